@@ -1,0 +1,1 @@
+"""The ``stabilitylab`` command (installed as ``stabilitylab.cli``)."""

@@ -1,0 +1,132 @@
+"""The ``stabilitylab`` command: parses arguments, calls the library, prints one-line errors.
+
+    stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
+    stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report]
+    stabilitylab report STORE [--out DIR]
+    stabilitylab validate STORE
+    stabilitylab presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from stabilitylab.errors import StabilityLabError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stabilitylab", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("record", help="train a study and record every trajectory to Zarr")
+    rec.add_argument("config", nargs="?", default=None,
+                     help="preset name or path to a .toml file (default: mnist1d_default)")
+    rec.add_argument("--out", default=None, help="store path or fsspec URL (default: runs/<name>-<id>.zarr)")
+    rec.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set training.lr=0.05 (repeatable)")
+    rec.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    rec.add_argument("--resume", action="store_true", help="continue a store with incomplete runs")
+    rec.add_argument("--scheduler", default=None,
+                     help="Dask scheduler address, or local:N for a LocalCluster of N workers")
+    rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
+    ana.add_argument("store")
+    ana.add_argument("--measures", nargs="*", default=None, help="subset of measures (default: all)")
+    ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    ana.add_argument("--no-report", action="store_true", help="skip writing the report")
+    ana.add_argument("--report-out", default=None, help="report folder (default: reports/<name>)")
+    ana.add_argument("--no-progress", action="store_true")
+
+    rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
+    rep.add_argument("store")
+    rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
+
+    val = sub.add_parser("validate", help="check a store against the schema")
+    val.add_argument("store")
+
+    sub.add_parser("presets", help="list the shipped presets")
+    return p
+
+
+def _default_out(cfg) -> str:
+    from stabilitylab.config import study_id
+
+    return str(Path("runs") / f"{cfg.study.name}-{study_id(cfg)}.zarr")
+
+
+def _record(args) -> int:
+    from stabilitylab.config import load_config
+    from stabilitylab.study.runner import record_study
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or _default_out(cfg)
+    progress = False if args.no_progress else None
+    if args.scheduler:
+        from stabilitylab.distributed import record_distributed
+
+        record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume, device=args.device)
+    else:
+        record_study(cfg, out, resume=args.resume, device=args.device, progress=progress)
+    print(f"recorded study {cfg.study.name} to {out}")
+    return 0
+
+
+def _analyze(args) -> int:
+    from stabilitylab.analysis.run import analyze_store
+
+    summary = analyze_store(args.store, measures=args.measures, device=args.device,
+                            alphas=args.alphas, progress=False if args.no_progress else None)
+    for line in summary.get("lines", []):
+        print(line)
+    if not args.no_report:
+        from stabilitylab.report import write_report
+
+        where = write_report(args.store, out=args.report_out)
+        print(f"report: {where}")
+    return 0
+
+
+def _report(args) -> int:
+    from stabilitylab.report import write_report
+
+    print(f"report: {write_report(args.store, out=args.out)}")
+    return 0
+
+
+def _validate(args) -> int:
+    from stabilitylab.store import validate
+
+    validate(args.store)
+    print(f"{args.store}: valid stabilitylab store")
+    return 0
+
+
+def _presets(args) -> int:
+    from stabilitylab.config import available_presets
+
+    print("\n".join(available_presets()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = _parser().parse_args(argv)
+    handler = {"record": _record, "analyze": _analyze, "report": _report,
+               "validate": _validate, "presets": _presets}[args.command]
+    try:
+        return handler(args)
+    except StabilityLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed runs are kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Load a study config: preset or TOML file, then ``--set section.key=value`` overrides.
+
+Every failure raises :class:`~stabilitylab.errors.ConfigError` with one line that
+names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from stabilitylab.config.schema import SECTIONS, Config
+from stabilitylab.errors import ConfigError
+
+DEFAULT_PRESET = "mnist1d_default"
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("stabilitylab.config") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(source: str | Path | None) -> tuple[dict, str]:
+    """Return the raw mapping and a label for ``source`` (preset name or path)."""
+    if source is None:
+        source = DEFAULT_PRESET
+    text_source = str(source)
+    path = Path(text_source)
+    if text_source.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        label = str(path)
+    else:
+        if text_source not in available_presets():
+            raise ConfigError(
+                f"unknown preset {text_source!r}; presets: {', '.join(available_presets())}"
+                " (or give a path to a .toml file)"
+            )
+        folder = resources.files("stabilitylab.config") / "presets"
+        text = (folder / f"{text_source}.toml").read_text(encoding="utf-8")
+        label = text_source
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: malformed TOML: {exc}") from None
+    return raw, label
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check ``value`` against a field's type, converting lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and "steps" in name:
+            return f"{value}it"
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, str) and item_type is not str:
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_type, f"{name}[{i}]") for i, v in enumerate(value))
+    if isinstance(annotation, types.UnionType):  # pragma: no cover - not used yet
+        raise ConfigError(f"{name}: unsupported type")
+    raise ConfigError(f"{name}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _build(raw: dict, label: str) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a table of sections")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{label}: unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}"
+        )
+    sections = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{label}: [{section}] must be a table")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - names)
+        if bad:
+            raise ConfigError(
+                f"{section}.{bad[0]}: unknown key; {section} keys: {', '.join(sorted(names))}"
+            )
+        kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def _parse_override_value(text: str) -> Any:
+    """Read the right-hand side of ``--set key=value`` as a TOML value, else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
+    """Apply ``section.key=value`` strings to a raw config mapping (a copy)."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. training.lr=0.05")
+        section, name = parts
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise ConfigError(f"[{section}] must be a table")
+        merged[section][name] = _parse_override_value(value.strip())
+    return merged
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Load a preset name or TOML path (default: the MNIST-1D study), apply overrides, validate.
+
+    Examples
+    --------
+    >>> cfg = load_config("mnist1d_default", ["training.lr=0.05"])
+    >>> cfg.training.lr
+    0.05
+    """
+    from stabilitylab.config.validate import validate
+
+    raw, label = _read_toml(source)
+    cfg = _build(apply_overrides(raw, overrides), label)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a config from a plain mapping (e.g. one read back from a store)."""
+    from stabilitylab.config.validate import validate
+
+    cfg = _build(raw, "config")
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """A JSON/TOML-friendly mapping of every field (tuples become lists)."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {
+        section: {f.name: plain(getattr(getattr(cfg, section), f.name))
+                  for f in dataclasses.fields(SECTIONS[section])}
+        for section in SECTIONS
+    }
+
+
+def non_default_settings(cfg: Config) -> dict:
+    """The settings that differ from the dataclass defaults, as ``{"section.key": value}``."""
+    default = config_to_dict(Config())
+    current = config_to_dict(cfg)
+    return {
+        f"{section}.{key}": value
+        for section, values in current.items()
+        for key, value in values.items()
+        if default[section][key] != value
+    }
+
+
+def study_id(cfg: Config) -> str:
+    """A stable 12-hex-digit id: the hash of the non-default settings.
+
+    ``study.name`` and ``study.device`` are left out: they label or place a study,
+    they don't change what it computes.
+    """
+    settings = {
+        k: v for k, v in non_default_settings(cfg).items() if k not in ("study.name", "study.device")
+    }
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

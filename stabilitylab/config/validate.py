@@ -1,0 +1,176 @@
+"""Check a config and resolve it to iteration counts.
+
+:func:`validate` raises :class:`ConfigError` on the first bad value, with one line
+naming the field and what is allowed. :func:`resolve` turns step strings into the
+integers the engine uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stabilitylab.config.schema import Config
+from stabilitylab.config.steps import parse_steps
+from stabilitylab.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
+STRATEGIES = ("global", "layerwise")
+CONTROLS = ("random_prune", "reinit")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated config with every step string turned into iterations."""
+
+    config: Config
+    iterations_per_epoch: int
+    total_steps: int  # T
+    rewinds: tuple[int, ...]  # sorted, unique
+    warmup: int
+    milestones: tuple[int, ...]
+    eval_every: int
+    log_every: int
+    record_steps: tuple[int, ...]  # global steps whose weights are recorded
+    eval_steps: tuple[int, ...]
+    log_steps: tuple[int, ...]
+    levels: tuple[int, ...]  # 0..L
+    control_levels: tuple[int, ...]
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _periodic(every: int, total: int) -> tuple[int, ...]:
+    steps = set(range(0, total + 1, every)) if every > 0 else {0}
+    steps.add(total)
+    return tuple(sorted(steps))
+
+
+def record_schedule(spec: str, total: int, rewinds: tuple[int, ...], points: int) -> tuple[int, ...]:
+    """Global steps to record for a schedule spec.
+
+    ``endpoints`` records only 0, the rewind points and T. ``dense_early`` records every step up to the largest rewind point when that is
+    at most 100 steps long, else ~100 evenly spaced steps there, then ``points``
+    evenly spaced steps to T. Every rewind point, 0 and T are always included.
+    """
+    field = "study.record"
+    spec = spec.strip()
+    if spec == "endpoints":
+        steps: set[int] = set()
+    elif spec == "dense_early":
+        last = max(rewinds)
+        early = min(last, 100)
+        steps = {round(i * last / early) for i in range(early + 1)} if last > 0 else {0}
+        n = max(points, 1)
+        steps |= {last + round(i * (total - last) / n) for i in range(n + 1)}
+    elif spec.startswith("every:"):
+        try:
+            every = int(spec[6:])
+        except ValueError:
+            raise ConfigError(f"{field}: bad period in {spec!r}; use every:N with N >= 1") from None
+        _need(every >= 1, f"{field}: bad period in {spec!r}; use every:N with N >= 1")
+        steps = set(range(0, total + 1, every))
+    elif spec.startswith("list:"):
+        try:
+            steps = {int(s) for s in spec[5:].split(",") if s.strip()}
+        except ValueError:
+            raise ConfigError(f"{field}: bad list {spec!r}; use list:0,10,20") from None
+        _need(all(0 <= s <= total for s in steps), f"{field}: recorded steps must lie in [0, {total}]")
+    else:
+        raise ConfigError(
+            f"{field}: unknown schedule {spec!r}; use dense_early, every:N, list:0,10,... or endpoints"
+        )
+    steps |= set(rewinds) | {0, total}  # always: resume and analysis need them
+    return tuple(sorted(steps))
+
+
+def validate(cfg: Config) -> Resolved:
+    """Check every field; return the resolved study. Raises ConfigError."""
+    from stabilitylab.data.registry import DATASETS
+    from stabilitylab.models.registry import MODEL_NAMES
+
+    d, m, t, p, s = cfg.data, cfg.model, cfg.training, cfg.pruning, cfg.study
+    _need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; choose from {', '.join(DATASETS)}")
+    _need(d.num_samples >= 50, f"data.num_samples: must be >= 50, got {d.num_samples}")
+    _need(d.train_eval_size >= 1, f"data.train_eval_size: must be >= 1, got {d.train_eval_size}")
+    _need(m.name in MODEL_NAMES, f"model.name: unknown model {m.name!r}; choose from {', '.join(MODEL_NAMES)}")
+    _need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), f"model.hidden: need >= 1 positive widths, got {list(m.hidden)}")
+    _need(m.channels >= 1, f"model.channels: must be >= 1, got {m.channels}")
+    _need(m.width >= 1, f"model.width: must be >= 1, got {m.width}")
+    _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
+    _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    _need(t.lr > 0, f"training.lr: must be > 0, got {t.lr}")
+    _need(0.0 <= t.momentum < 1.0, f"training.momentum: must be in [0, 1), got {t.momentum}")
+    _need(not t.nesterov or t.momentum > 0, "training.nesterov: needs training.momentum > 0")
+    _need(0.0 <= t.beta1 < 1.0, f"training.beta1: must be in [0, 1), got {t.beta1}")
+    _need(0.0 <= t.beta2 < 1.0, f"training.beta2: must be in [0, 1), got {t.beta2}")
+    _need(t.eps > 0, f"training.eps: must be > 0, got {t.eps}")
+    _need(t.weight_decay >= 0, f"training.weight_decay: must be >= 0, got {t.weight_decay}")
+    _need(t.lookahead_steps >= 1, f"training.lookahead_steps: must be >= 1, got {t.lookahead_steps}")
+    _need(0 < t.lookahead_alpha <= 1, f"training.lookahead_alpha: must be in (0, 1], got {t.lookahead_alpha}")
+    _need(t.gamma > 0, f"training.gamma: must be > 0, got {t.gamma}")
+    _need(t.precision in PRECISIONS, f"training.precision: choose from {', '.join(PRECISIONS)}, got {t.precision!r}")
+    _need(p.strategy in STRATEGIES, f"pruning.strategy: unknown {p.strategy!r}; choose from {', '.join(STRATEGIES)}")
+    _need(0.0 < p.fraction < 1.0, f"pruning.fraction: must be in (0, 1), got {p.fraction}")
+    _need(p.levels >= 0, f"pruning.levels: must be >= 0, got {p.levels}")
+    _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
+    _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
+    _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
+    bad_controls = [c for c in s.controls if c not in CONTROLS]
+    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(CONTROLS)}")
+    _need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")
+
+    info = DATASETS[d.name]
+    train_size = info.train_size(d)
+    _need(t.batch_size >= 1, f"training.batch_size: must be >= 1, got {t.batch_size}")
+    _need(
+        t.batch_size <= train_size,
+        f"training.batch_size: {t.batch_size} exceeds the {train_size} training examples",
+    )
+    per_epoch = train_size // t.batch_size
+    total = parse_steps(t.steps, per_epoch, field="training.steps")
+    _need(total >= 1, f"training.steps: must be >= 1 iteration, got {t.steps!r}")
+    rewinds = tuple(
+        sorted({parse_steps(r, per_epoch, field=f"study.rewinds[{i}]") for i, r in enumerate(s.rewinds)})
+    )
+    _need(
+        rewinds[-1] < total,
+        f"study.rewinds: rewind point {rewinds[-1]} must be < training length T={total}",
+    )
+    warmup = parse_steps(t.warmup, per_epoch, field="training.warmup")
+    _need(warmup <= total, f"training.warmup: {warmup} exceeds T={total}")
+    milestones = tuple(
+        sorted(parse_steps(x, per_epoch, field=f"training.milestones[{i}]") for i, x in enumerate(t.milestones))
+    )
+    eval_every = parse_steps(t.eval_every, per_epoch, field="training.eval_every")
+    log_every = parse_steps(t.log_every, per_epoch, field="training.log_every")
+    _need(eval_every >= 1, "training.eval_every: must be >= 1 iteration")
+    _need(log_every >= 1, "training.log_every: must be >= 1 iteration")
+    levels = tuple(range(p.levels + 1))
+    for lv in s.control_levels:
+        _need(1 <= lv <= p.levels, f"study.control_levels: level {lv} not in 1..{p.levels}")
+    control_levels = tuple(sorted(set(s.control_levels))) or ((p.levels,) if p.levels > 0 else ())
+    if not s.controls:
+        control_levels = ()
+    return Resolved(
+        config=cfg,
+        iterations_per_epoch=per_epoch,
+        total_steps=total,
+        rewinds=rewinds,
+        warmup=warmup,
+        milestones=milestones,
+        eval_every=eval_every,
+        log_every=log_every,
+        record_steps=record_schedule(s.record, total, rewinds, s.record_points),
+        eval_steps=_periodic(eval_every, total),
+        log_steps=tuple(range(0, total, log_every)),
+        levels=levels,
+        control_levels=control_levels,
+    )
+
+
+resolve = validate

@@ -1,0 +1,20 @@
+"""The documented error types. Anything the user can cause raises one of these.
+
+Each carries a one-line message meant to be printed as-is by the CLI.
+"""
+
+
+class StabilityLabError(Exception):
+    """Base class of every error stabilitylab raises on bad input or bad state."""
+
+
+class ConfigError(StabilityLabError, ValueError):
+    """An invalid configuration value, override, preset or TOML file."""
+
+
+class DataMissingError(StabilityLabError, FileNotFoundError):
+    """A dataset that must be present on disk is not."""
+
+
+class StoreError(StabilityLabError):
+    """A store that is not ours, is damaged, or clashes with the requested study."""

@@ -1,0 +1,1 @@
+"""Studies: which runs a config implies, and the recorder that trains them."""

@@ -1,0 +1,1 @@
+"""Training: stacked functional models, optimizers, schedules, the batched engine."""

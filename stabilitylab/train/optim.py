@@ -1,0 +1,182 @@
+"""Optimizers over stacked replica parameters, with masks enforced inside the update.
+
+Each parameter is a tensor of shape (R, ...). One call to :meth:`StackedOptimizer.step`
+updates all R replicas with Python work that does not grow with R. Each replica
+has its own learning rate (its schedule position) and its own optimizer step
+count (Adam bias correction, RAdam rectification, Lookahead sync).
+
+Masks are applied to the gradient *before* momentum and weight decay see it, and
+to the weights after the update, so pruned weights stay exactly 0 and never hold
+momentum or decay (OpenLTH lets both leak into pruned positions).
+
+Update rules match ``torch.optim`` (tests compare against it):
+
+- SGD: ``g = grad + wd*w; b = mu*b + g; d = g + mu*b if nesterov else b; w -= lr*d``
+- Adam (Kingma & Ba 2015): ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+  w -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)``; AdamW decays ``w *= 1 - lr*wd`` first
+  (Loshchilov & Hutter 2019).
+- RAdam (Liu et al. 2020, eq. in Alg. 2): with ``rho_inf = 2/(1-b2) - 1`` and
+  ``rho_t = rho_inf - 2 t b2^t/(1-b2^t)``, the adaptive step is used only when
+  ``rho_t > 5``, scaled by ``r_t = sqrt((rho_t-4)(rho_t-2)rho_inf / ((rho_inf-4)(rho_inf-2)rho_t))``.
+- Lookahead (Zhang et al. 2019): every k inner steps, ``slow += alpha*(fast - slow); fast = slow``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STATE_NAMES = {
+    "sgd": ("momentum",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+    "radam": ("exp_avg", "exp_avg_sq"),
+}
+
+
+def state_names(training) -> tuple[str, ...]:
+    """Names of the per-parameter state tensors for a TrainingConfig."""
+    names = STATE_NAMES[training.optimizer]
+    if training.optimizer == "sgd" and training.momentum == 0:
+        names = ()
+    return names + (("slow",) if training.lookahead else ())
+
+
+def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(R,) per-replica scalars shaped to broadcast against an (R, ...) tensor."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+class StackedOptimizer:
+    """The optimizer of one replica group.
+
+    Parameters
+    ----------
+    params : dict name -> (R, ...) tensor
+        Updated in place (leaf tensors; the caller computes gradients).
+    masks : dict name -> (R, ...) tensor
+        0/1 masks for pruned tensors; names absent from the dict are dense.
+    training : TrainingConfig
+    steps : list of int
+        Optimizer steps already taken by each replica (0 for a fresh state).
+    state : dict state_name -> dict param_name -> (R, ...) tensor, optional
+        Restored state (e.g. the dense run's momentum at the rewind point).
+    """
+
+    def __init__(self, params, masks, training, steps, state=None):
+        self.params = params
+        self.names = list(params)
+        self.masks = masks
+        self.cfg = training
+        self.kind = training.optimizer
+        self.steps = torch.tensor(steps, dtype=torch.float64)
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        for sname in state_names(training):
+            if state is not None and sname in state:
+                self.state[sname] = {n: state[sname][n].clone() for n in self.names}
+            elif sname == "slow":
+                self.state[sname] = {n: p.detach().clone() for n, p in params.items()}
+            else:
+                self.state[sname] = {n: torch.zeros_like(p) for n, p in params.items()}
+        with torch.no_grad():
+            for sname, tensors in self.state.items():
+                for n, m in masks.items():
+                    tensors[n].mul_(m)
+
+    # ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, grads: dict[str, torch.Tensor], lrs: torch.Tensor) -> None:
+        """One update of every replica. ``lrs`` is (R,) on the parameters' device."""
+        self.steps += 1
+        uniform = bool((lrs == lrs[0]).all()) if lrs.numel() > 1 else True
+        for n, m in self.masks.items():
+            grads[n].mul_(m)
+        if self.kind == "sgd":
+            self._sgd(grads, lrs, uniform)
+        else:
+            self._adam_family(grads, lrs)
+        for n, m in self.masks.items():
+            self.params[n].mul_(m)
+        if self.cfg.lookahead:
+            self._lookahead()
+
+    def _apply(self, direction: dict, lrs: torch.Tensor, uniform: bool, lr_scalar: float) -> None:
+        if uniform:
+            torch._foreach_add_([self.params[n] for n in self.names],
+                                [direction[n] for n in self.names], alpha=-lr_scalar)
+        else:
+            for n in self.names:
+                self.params[n].sub_(_view(lrs, direction[n]) * direction[n])
+
+    def _sgd(self, grads, lrs, uniform):
+        c = self.cfg
+        names = self.names
+        g = [grads[n] for n in names]
+        if c.weight_decay:
+            torch._foreach_add_(g, [self.params[n] for n in names], alpha=c.weight_decay)
+        if c.momentum:
+            buf = [self.state["momentum"][n] for n in names]
+            torch._foreach_mul_(buf, c.momentum)
+            torch._foreach_add_(buf, g)
+            if c.nesterov:
+                torch._foreach_add_(g, buf, alpha=c.momentum)
+                direction = dict(zip(names, g))
+            else:
+                direction = dict(zip(names, buf))
+        else:
+            direction = dict(zip(names, g))
+        self._apply(direction, lrs, uniform, float(lrs[0]))
+
+    def _adam_family(self, grads, lrs):
+        c = self.cfg
+        dev = lrs.device
+        t = self.steps
+        bc1 = (1 - c.beta1 ** t).to(dev, torch.float32)
+        bc2 = (1 - c.beta2 ** t).to(dev, torch.float32)
+        if self.kind == "radam":
+            rho_inf = 2 / (1 - c.beta2) - 1
+            rho_t = rho_inf - 2 * t * (c.beta2 ** t) / (1 - c.beta2 ** t)
+            adaptive = rho_t > 5
+            rect = torch.where(
+                adaptive,
+                torch.sqrt(((rho_t - 4) * (rho_t - 2) * rho_inf).clamp(min=0)
+                           / ((rho_inf - 4) * (rho_inf - 2) * rho_t)),
+                torch.zeros_like(rho_t),
+            ).to(dev, torch.float32)
+            adaptive = adaptive.to(dev)
+        for n in self.names:
+            p, g = self.params[n], grads[n]
+            m, v = self.state["exp_avg"][n], self.state["exp_avg_sq"][n]
+            lr = _view(lrs, p)
+            if c.weight_decay:
+                if self.kind == "adamw":
+                    p.mul_(1 - lr * c.weight_decay)
+                else:
+                    g = g.add(p, alpha=c.weight_decay)
+            m.lerp_(g, 1 - c.beta1)
+            v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+            m_hat = m / _view(bc1, p)
+            if self.kind == "radam":
+                denom = (v / _view(bc2, p)).sqrt_().add_(c.eps)
+                step = torch.where(_view(adaptive, p), m_hat * _view(rect, p) / denom, m_hat)
+            else:
+                denom = (v / _view(bc2, p)).sqrt_().add_(c.eps)
+                step = m_hat / denom
+            p.sub_(lr * step)
+
+    def _lookahead(self):
+        sync = (self.steps % self.cfg.lookahead_steps == 0)
+        if not bool(sync.any()):
+            return
+        alpha = self.cfg.lookahead_alpha
+        for n in self.names:
+            p, slow = self.params[n], self.state["slow"][n]
+            which = _view(sync.to(p.device), p)
+            new_slow = slow + alpha * (p - slow)
+            slow.copy_(torch.where(which, new_slow, slow))
+            p.copy_(torch.where(which, slow, p))
+
+    # ------------------------------------------------------------------------------------
+    def state_of(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Replica ``index``'s state tensors (without the replica dim)."""
+        return {s: {n: t[index].detach().clone() for n, t in d.items()} for s, d in self.state.items()}
+
