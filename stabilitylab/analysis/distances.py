@@ -1,0 +1,222 @@
+"""Weight-space distances between trained networks (array layer).
+
+Frankle, Dziugaite, Roy & Carbin, "Stabilizing the Lottery Ticket Hypothesis"
+(arXiv 1903.01611), §3 measures stability as a distance between two networks that
+should have ended up in the same place:
+
+* pruning-noise distance  d(A^{T-k}(W_k, u), A^{T-k}(m⊙W_k, u)) = ‖m⊙W_T^dense − m⊙W_T^sub‖₂
+* data-order distance     d(A^{T-k}(m⊙W_k, u), A^{T-k}(m⊙W_k, u′))
+
+with plain (unnormalised) L2 and the angle between the weight vectors, and a
+randomly pruned subnetwork of the same per-layer sparsity as a baseline (ratio
+Random / IMP). Every function here reduces over the parameter axis (``axis``,
+default last) and accepts an optional boolean ``mask`` (True = surviving weight)
+that broadcasts against the inputs; masked-out coordinates are ignored.
+
+Inputs may be numpy arrays or torch tensors; results are float64 numpy arrays
+(0-d for single vectors). Cost: O(P) per pair, computed in float64.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+__all__ = [
+    "angle",
+    "data_order_distance",
+    "l2_distance",
+    "pairwise_distance",
+    "pruning_noise_distance",
+    "random_imp_ratio",
+]
+
+
+def _as_float64(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _as_bool(mask) -> np.ndarray:
+    if hasattr(mask, "detach"):
+        mask = mask.detach().cpu().numpy()
+    return np.asarray(mask, dtype=bool)
+
+
+def _masked(x: np.ndarray, mask) -> np.ndarray:
+    return x if mask is None else np.where(_as_bool(mask), x, 0.0)
+
+
+def l2_distance(a, b, mask=None, axis: int = -1) -> np.ndarray:
+    """Euclidean distance ‖m⊙a − m⊙b‖₂ over the parameter axis.
+
+    Frankle et al. 2019 (arXiv 1903.01611) use plain L2 with no normalisation.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Flat weight vectors, broadcastable against each other; ``axis`` is the
+        parameter axis.
+    mask : array_like of bool, optional
+        True where a weight survives. Broadcasts against ``a - b``. Pruned
+        coordinates contribute nothing.
+    axis : int
+        Parameter axis, reduced.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 distances with ``axis`` removed. Cost O(P).
+    """
+    diff = _masked(_as_float64(a) - _as_float64(b), mask)
+    return np.sqrt(np.sum(diff * diff, axis=axis))
+
+
+def angle(a, b, mask=None, axis: int = -1) -> np.ndarray:
+    """Angle (radians) between m⊙a and m⊙b: arccos of their cosine similarity, in [0, π].
+
+    Reported alongside L2 by Frankle et al. 2019 (arXiv 1903.01611). Mathematically
+    this is ``arccos(clip(<a,b> / (‖a‖‖b‖), -1, 1))``; it is evaluated with the
+    equivalent, better conditioned ``2·atan2(‖â − b̂‖, ‖â + b̂‖)`` on the unit vectors
+    â, b̂ (Kahan), so that the angle of a vector with itself (or a positive multiple
+    of itself) is 0 to rounding rather than ~1e-8 from arccos near 1.
+
+    Parameters
+    ----------
+    a, b : array_like
+        Flat weight vectors; ``axis`` is the parameter axis.
+    mask : array_like of bool, optional
+        True where a weight survives; pruned coordinates are ignored.
+    axis : int
+        Parameter axis, reduced.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 angles in [0, π]; NaN where either (masked) vector is all zeros.
+        Scale-invariant: ``angle(c·a, c·b) == angle(a, b)`` for c > 0. Cost O(P).
+    """
+    a = _masked(_as_float64(a), mask)
+    b = _masked(_as_float64(b), mask)
+    a, b = np.broadcast_arrays(a, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ua = a / np.linalg.norm(a, axis=axis, keepdims=True)
+        ub = b / np.linalg.norm(b, axis=axis, keepdims=True)
+        return 2.0 * np.arctan2(np.linalg.norm(ua - ub, axis=axis),
+                                np.linalg.norm(ua + ub, axis=axis))
+
+
+_METRICS = {"l2": l2_distance, "angle": angle}
+
+
+def _metric(name: str):
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(_METRICS)}") from None
+
+
+def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None,
+                      axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Distances between all replica pairs (i < j), e.g. the data-order distance.
+
+    Parameters
+    ----------
+    x : array_like
+        Weights with a replica axis and a parameter axis.
+    replica_axis : int
+        Axis indexing replicas (R of them).
+    metric : {"l2", "angle"}
+        Distance between two weight vectors (see :func:`l2_distance`, :func:`angle`).
+    mask : array_like of bool, optional
+        Broadcasts against ``x``; True where weights survive. If masks differ
+        between replicas, a coordinate counts for a pair when it survives in both.
+    axis : int
+        Parameter axis.
+
+    Returns
+    -------
+    pairs : numpy.ndarray
+        (R(R−1)/2, 2) int array of replica indices (i, j), i < j, lexicographic.
+    values : numpy.ndarray
+        Distances with the replica and parameter axes removed and a new last
+        ``pair`` axis of length R(R−1)/2. Cost O(R² P).
+    """
+    fn = _metric(metric)
+    x = _as_float64(x)
+    ra, pa = replica_axis % x.ndim, axis % x.ndim
+    if ra == pa:
+        raise ValueError("replica_axis and the parameter axis must differ")
+    if mask is not None:  # must broadcast to x's shape (it may omit leading axes)
+        mask = np.moveaxis(np.broadcast_to(_as_bool(mask), x.shape), (ra, pa), (-2, -1))
+    x = np.moveaxis(x, (ra, pa), (-2, -1))
+    r = x.shape[-2]
+    pairs = np.array(list(combinations(range(r), 2)), dtype=np.int64).reshape(-1, 2)
+    values = [fn(x[..., i, :], x[..., j, :], None if mask is None else
+                 mask[..., i, :] & mask[..., j, :]) for i, j in pairs]
+    out = np.stack(values, axis=-1) if values else np.empty(x.shape[:-2] + (0,))
+    return pairs, out
+
+
+def pruning_noise_distance(dense, sub, mask, *, metric: str = "l2", axis: int = -1) -> np.ndarray:
+    """Pruning-noise distance ‖m⊙W_T^dense − m⊙W_T^sub‖₂ (Frankle et al. 2019, arXiv 1903.01611).
+
+    Compares the subnetwork trained alone (``sub``, started from m⊙W_k) with the same
+    subnetwork trained inside the dense network (``dense``, started from W_k), both
+    under the *same* data order u. Only surviving weights (``mask`` True) count.
+    With full trajectories both inputs may carry a step axis and the result is a
+    curve over step. Cost O(P).
+
+    Parameters
+    ----------
+    dense, sub : array_like
+        Weights of the dense and the sparse run; ``axis`` is the parameter axis.
+    mask : array_like of bool
+        The subnetwork's mask m.
+    metric : {"l2", "angle"}
+    axis : int
+    """
+    return _metric(metric)(dense, sub, mask, axis=axis)
+
+
+def data_order_distance(w_u, w_u_prime, mask=None, *, metric: str = "l2",
+                        axis: int = -1) -> np.ndarray:
+    """Data-order distance d(A^{T−k}(m⊙W_k, u), A^{T−k}(m⊙W_k, u′)) (Frankle et al. 2019).
+
+    Two copies of one (sub)network started from the same m⊙W_k and trained under
+    different data orders u ≠ u′. Both share the mask, so pruned entries are zero
+    in both and ``mask`` is optional. For all pairs of R replicas use
+    :func:`pairwise_distance`. Cost O(P).
+    """
+    return _metric(metric)(w_u, w_u_prime, mask, axis=axis)
+
+
+def random_imp_ratio(random_values, imp_values, axis: int | None = None) -> np.ndarray:
+    """Ratio Random / IMP of a distance (Frankle et al. 2019, arXiv 1903.01611, Table 1).
+
+    The paper compares IMP subnetworks with randomly pruned ones of the same
+    per-layer sparsity (e.g. LeNet at 10.7% density, data order 58.6 / 20.7 = 2.8×).
+    A ratio > 1 means the IMP subnetwork is more stable than chance.
+
+    Parameters
+    ----------
+    random_values, imp_values : array_like
+        Distances of random-pruned and IMP subnetworks (broadcastable).
+    axis : int, optional
+        If given, both are first averaged over this axis (e.g. over replica pairs),
+        giving the paper's ratio of means. NaNs are ignored in the averages.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ratio; NaN where the IMP value is 0 or NaN.
+    """
+    rnd = _as_float64(random_values)
+    imp = _as_float64(imp_values)
+    if axis is not None:
+        rnd = np.nanmean(rnd, axis=axis)
+        imp = np.nanmean(imp, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(imp == 0, np.nan, rnd / np.where(imp == 0, 1.0, imp))

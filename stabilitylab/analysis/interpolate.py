@@ -1,0 +1,204 @@
+"""Evaluate networks along the linear path between two weight vectors.
+
+Frankle et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis"
+(ICML 2020): E_α = E(α·W₁ + (1 − α)·W₂) on an α grid with both endpoints
+(α = 0 ↔ W₂, α = 1 ↔ W₁). The batched path stacks all A interpolated points of one
+pair as A "replicas" of a :class:`~stabilitylab.train.functional.StackedModel` and
+runs them in one vmapped forward per chunk of examples; cost is A forward passes
+over the evaluation set (plus A over ``bn_recompute_x`` for BatchNorm nets) with
+memory ~A × ``batch_size`` activations. :func:`evaluate_interpolation_loop` is the
+plain per-α reference.
+
+BatchNorm. Running statistics of an interpolated network are not the interpolation
+of the endpoints' statistics, so (Git Re-Basin, Ainsworth et al. 2023; REPAIR,
+Jordan et al. 2023) they are recomputed at every α on training examples. Here:
+running stats are reset (mean 0, var 1), then ``bn_recompute_x`` is passed through
+in chunks of ``bn_batch_size`` with *only* the BatchNorm layers in train mode
+(dropout stays off), and chunk j updates the stats with momentum 1/j. The result is
+the average over chunks of each chunk's batch mean and unbiased batch variance,
+exactly what PyTorch's cumulative average (``momentum=None``,
+``torch.optim.swa_utils.update_bn``) gives; with ``bn_batch_size ≥ len(bn_recompute_x)``
+they are the exact statistics of the whole recompute set.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from stabilitylab.train.functional import StackedModel
+
+__all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "interpolate_flat"]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def interpolate_flat(w1: torch.Tensor, w2: torch.Tensor, alphas) -> torch.Tensor:
+    """Points α·w1 + (1 − α)·w2 for every α: (P,), (P,), (A,) → (A, P).
+
+    Written as the two-term sum (not ``lerp``) so that α = 1 gives ``w1`` and
+    α = 0 gives ``w2`` bit for bit. Cost O(A·P).
+    """
+    a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=w1.dtype, device=w1.device)
+    a = a[:, None]
+    return a * w1[None, :] + (1 - a) * w2[None, :]
+
+
+def _bn_mode(stacked: StackedModel, buffers, bn_recompute_x) -> str:
+    if not stacked.buffer_slots:
+        return "none"
+    if bn_recompute_x is not None:
+        return "recomputed"
+    if buffers is not None:
+        return "interpolated"
+    raise ValueError("this model has BatchNorm buffers: pass bn_recompute_x (training examples, "
+                     "recommended) or buffers=(b1_flat, b2_flat) to interpolate running stats")
+
+
+def _loss_and_errors(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and error count over the example axis of (..., B, C) logits."""
+    flat = logits.reshape(-1, logits.shape[-1]).double()
+    yy = y.expand(*logits.shape[:-1]).reshape(-1)
+    loss = nn.functional.cross_entropy(flat, yy, reduction="none").reshape(logits.shape[:-1])
+    wrong = (logits.argmax(-1) != y).double()
+    return loss.sum(-1), wrong.sum(-1)
+
+
+def _set_bn_momentum(module: nn.Module, momentum) -> None:
+    for m in module.modules():
+        if isinstance(m, _BN_TYPES):
+            m.momentum = momentum
+
+
+def _bn_train_only(module: nn.Module) -> None:
+    module.eval()
+    for m in module.modules():
+        if isinstance(m, _BN_TYPES):
+            m.train()
+
+
+@torch.no_grad()
+def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat: torch.Tensor,
+                           alphas, x: torch.Tensor, y: torch.Tensor, *, buffers=None,
+                           bn_recompute_x: torch.Tensor | None = None, batch_size: int = 1000,
+                           bn_batch_size: int | None = None) -> dict:
+    """Error and mean cross-entropy at every α, all α points evaluated as one stacked group.
+
+    Parameters
+    ----------
+    stacked : StackedModel
+        Layout and template of the architecture.
+    w1_flat, w2_flat : torch.Tensor
+        (P,) flat weights (``param`` layout) of the two endpoints; their device is used.
+    alphas : array_like
+        (A,) coefficients; E_α = E(α·W₁ + (1−α)·W₂).
+    x, y : torch.Tensor
+        Evaluation examples (N, ...) and integer labels (N,).
+    buffers : tuple of two (Q,) tensors, optional
+        Endpoint flat buffers (b1, b2). For BatchNorm nets without ``bn_recompute_x``
+        they are interpolated like the weights (not recommended). Ignored otherwise.
+    bn_recompute_x : torch.Tensor, optional
+        Training examples used to recompute BatchNorm statistics at every α (module
+        docstring). Required for BatchNorm nets unless ``buffers`` is given.
+    batch_size : int
+        Examples per vmapped forward (memory ~ A × batch_size activations).
+    bn_batch_size : int, optional
+        Chunk size of the BN recompute pass; default: all of ``bn_recompute_x`` at once.
+
+    Returns
+    -------
+    dict
+        ``error`` (A,) and ``loss`` (A,) float64 numpy arrays; ``bn_mode`` is
+        "none", "recomputed" or "interpolated" (record it with the results).
+    """
+    mode = _bn_mode(stacked, buffers, bn_recompute_x)
+    device = w1_flat.device
+    flat = interpolate_flat(w1_flat, w2_flat, alphas)
+    params = stacked.unflatten(flat)
+    n_alpha = flat.shape[0]
+    if mode == "none":
+        bufs = {}
+    elif mode == "interpolated":
+        bufs = stacked.unflatten_buffers(interpolate_flat(buffers[0].to(device),
+                                                          buffers[1].to(device), alphas))
+    else:
+        bufs = _recompute_bn_stacked(stacked, params, bn_recompute_x.to(device),
+                                     bn_batch_size or len(bn_recompute_x))
+    loss = torch.zeros(n_alpha, dtype=torch.float64, device=device)
+    wrong = torch.zeros(n_alpha, dtype=torch.float64, device=device)
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        logits = stacked.forward(params, bufs, xb, train=False, shared_input=True)
+        dl, dw = _loss_and_errors(logits, yb)
+        loss += dl
+        wrong += dw
+    n = len(x)
+    return {"error": (wrong / n).cpu().numpy(), "loss": (loss / n).cpu().numpy(), "bn_mode": mode}
+
+
+def _recompute_bn_stacked(stacked: StackedModel, params: dict, x: torch.Tensor,
+                          chunk: int) -> dict:
+    """Fresh running stats for every stacked replica, BN layers alone in train mode."""
+    n_rep = next(iter(params.values())).shape[0]
+    bufs = {}
+    for s in stacked.buffer_slots:
+        fill = 1.0 if s.name.endswith("running_var") else 0.0
+        ref = params[stacked.param_names[0]]
+        bufs[s.name] = torch.full((n_rep, *s.shape), fill, dtype=ref.dtype, device=ref.device)
+    template = copy.deepcopy(stacked.template)  # never touch the shared template's modes
+    _bn_train_only(template)
+    fwd = vmap(lambda p, b, xx: functional_call(template, (p, b), (xx,)),
+               in_dims=(0, 0, None), randomness="different")
+    for j, start in enumerate(range(0, len(x), chunk), start=1):
+        _set_bn_momentum(template, 1.0 / j)  # chunk j: cumulative average of batch stats
+        fwd(params, bufs, x[start:start + chunk])
+    return bufs
+
+
+@torch.no_grad()
+def evaluate_interpolation_loop(stacked: StackedModel, w1_flat: torch.Tensor,
+                                w2_flat: torch.Tensor, alphas, x: torch.Tensor, y: torch.Tensor,
+                                *, buffers=None, bn_recompute_x: torch.Tensor | None = None,
+                                batch_size: int = 1000, bn_batch_size: int | None = None) -> dict:
+    """Reference for :func:`evaluate_interpolation`: one concrete module per α.
+
+    Same arguments and result. BN statistics are recomputed with PyTorch's own
+    cumulative average (``reset_running_stats`` + ``momentum=None``), an independent
+    implementation of the same quantity. Cost: A module builds plus A forward passes.
+    """
+    mode = _bn_mode(stacked, buffers, bn_recompute_x)
+    device = w1_flat.device
+    flat = interpolate_flat(w1_flat, w2_flat, alphas)
+    errors, losses = [], []
+    for i in range(flat.shape[0]):
+        params = stacked.unflatten(flat[i:i + 1])
+        bufs = {}
+        if mode == "interpolated":
+            bufs = stacked.unflatten_buffers(interpolate_flat(
+                buffers[0].to(device), buffers[1].to(device), alphas)[i:i + 1])
+        module = stacked.module_at(params, bufs, 0, device=device)
+        if mode == "recomputed":
+            xr = bn_recompute_x.to(device)
+            chunk = bn_batch_size or len(xr)
+            for m in module.modules():
+                if isinstance(m, _BN_TYPES):
+                    m.reset_running_stats()
+                    m.momentum = None
+            _bn_train_only(module)
+            for start in range(0, len(xr), chunk):
+                module(xr[start:start + chunk])
+        module.eval()
+        loss = wrong = 0.0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+            dl, dw = _loss_and_errors(module(xb), yb)
+            loss += float(dl)
+            wrong += float(dw)
+        errors.append(wrong / len(x))
+        losses.append(loss / len(x))
+    return {"error": np.array(errors), "loss": np.array(losses), "bn_mode": mode}

@@ -1,0 +1,124 @@
+"""MNIST-1D (Greydanus 2020), generated offline from the ``mnist1d`` package.
+
+The data are built with ``mnist1d.data.make_dataset(get_dataset_args())`` with
+``num_samples = cfg.num_samples`` and every other argument at mnist1d's default
+(seed 42, train split 0.8, length 40). ``get_dataset`` is never called: it
+downloads. The generated arrays are cached under ``<root>/mnist1d_n{N}_seed{S}.npz``
+(written atomically) together with the generation arguments, and regenerated
+if those arguments no longer match.
+
+Values are kept as mnist1d makes them (already centred, unit std over the whole
+set), cast to float32, with a channel axis: examples are ``(1, 40)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stabilitylab.data import Dataset
+from stabilitylab.errors import ConfigError
+
+_ARG_EXCLUDE = ("url",)  # irrelevant to the generated values
+
+
+def dataset_args(num_samples: int):
+    """mnist1d's default generation arguments with ``num_samples`` set."""
+    from mnist1d.data import get_dataset_args
+
+    args = get_dataset_args()
+    args.num_samples = int(num_samples)
+    return args
+
+
+def _args_json(args) -> str:
+    return json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in _ARG_EXCLUDE},
+                      sort_keys=True)
+
+
+def cache_path(root: Path, num_samples: int, seed: int) -> Path:
+    return Path(root) / f"mnist1d_n{int(num_samples)}_seed{int(seed)}.npz"
+
+
+def generate(num_samples: int) -> dict[str, np.ndarray]:
+    """Generate MNIST-1D in memory. Leaves Python's and numpy's global RNG states as found."""
+    from mnist1d.data import make_dataset
+
+    args = dataset_args(num_samples)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(args)  # seeds the global RNGs with args.seed
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return {
+        "x": np.asarray(d["x"], dtype=np.float32), "y": np.asarray(d["y"], dtype=np.int64),
+        "x_test": np.asarray(d["x_test"], dtype=np.float32),
+        "y_test": np.asarray(d["y_test"], dtype=np.int64),
+    }
+
+
+def _write_atomic(path: Path, arrays: dict[str, np.ndarray], args_json: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, args=np.array(args_json), **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _read_cache(path: Path, args_json: str) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["args"]) != args_json:
+                return None
+            return {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+    except (OSError, KeyError, ValueError):  # missing, truncated or foreign file: regenerate
+        return None
+
+
+def load_arrays(num_samples: int, root: Path | None) -> dict[str, np.ndarray]:
+    """The four arrays, from the cache under ``root`` if valid, else generated (and cached)."""
+    args = dataset_args(num_samples)
+    args_json = _args_json(args)
+    path = cache_path(root, num_samples, args.seed) if root is not None else None
+    if path is not None:
+        arrays = _read_cache(path, args_json)
+        if arrays is not None:
+            return arrays
+    arrays = generate(num_samples)
+    if path is not None:
+        _write_atomic(path, arrays, args_json)
+    return arrays
+
+
+def load_mnist1d(cfg, root: Path) -> Dataset:
+    """Loader for ``data.name = "mnist1d"``: ``cfg.num_samples`` examples, 80% train."""
+    n = int(cfg.num_samples)
+    if n < 10 or n % 10:
+        # mnist1d makes num_samples // 10 examples per class; anything else would
+        # silently disagree with the registry's train/test sizes.
+        raise ConfigError(f"data.num_samples must be a positive multiple of 10 for mnist1d, got {n}")
+    a = load_arrays(n, root)
+    return Dataset(
+        name="mnist1d",
+        train_x=torch.from_numpy(a["x"]).unsqueeze(1),
+        train_y=torch.from_numpy(a["y"]),
+        test_x=torch.from_numpy(a["x_test"]).unsqueeze(1),
+        test_y=torch.from_numpy(a["y_test"]),
+        num_classes=10,
+        augment=bool(getattr(cfg, "augment", False)),
+    )

@@ -1,0 +1,203 @@
+"""MNIST and CIFAR-10 from torchvision's on-disk layout, as whole tensors.
+
+Nothing is downloaded (these machines cannot). The torchvision dataset classes
+only parse the files; their ``.data``/``.targets`` arrays are converted to
+normalized float32 tensors in one go (no per-example transform).
+
+Layout under ``root`` (``data.root``, default ``./datasets/cache``):
+
+* MNIST: ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``; a
+  ``.gz`` copy alone is decompressed in place on first use.
+* CIFAR-10: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``;
+  if only ``<root>/cifar-10-python.tar.gz`` is there it is extracted first.
+
+Integrity: torchvision's ``CIFAR10`` checks every batch file's md5 against the
+official release. That stays on for real use. Files that are present but fail it
+raise a one-line :class:`DataMissingError`. Tests write small fake batches whose
+md5 cannot match, so they set :data:`VERIFY_CIFAR10_MD5` to ``False`` (or pass
+``verify_md5=False``), which swaps in :class:`PresenceOnlyCIFAR10`, a subclass
+that checks only that the files exist. MNIST has no md5 check in torchvision
+when ``download=False`` (it only checks that the uncompressed files exist).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stabilitylab.data import Dataset
+from stabilitylab.errors import DataMissingError
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+VERIFY_CIFAR10_MD5 = True
+"""Check CIFAR-10 batch files against the official md5 sums (tests turn this off)."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# -- MNIST ------------------------------------------------------------------------------------
+
+def _mnist_missing_message(raw: Path) -> str:
+    expected = ", ".join(f"{f}[.gz]" for f in MNIST_FILES)
+    return (f"MNIST not found at {raw.absolute()} (expected {expected}); "
+            "this machine cannot download it — place the files there")
+
+
+def _gunzip_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _prepare_mnist_raw(raw: Path) -> None:
+    """Make sure the four uncompressed idx files exist (decompressing ``.gz`` copies)."""
+    for name in MNIST_FILES:
+        plain, gz = raw / name, raw / f"{name}.gz"
+        if plain.is_file():
+            continue
+        if not gz.is_file():
+            raise DataMissingError(_mnist_missing_message(raw))
+        try:
+            _gunzip_atomic(gz, plain)
+        except (OSError, EOFError) as e:
+            raise DataMissingError(f"MNIST at {raw.absolute()}: could not decompress {gz.name} "
+                                   f"({_one_line(e)}); gunzip it there by hand") from None
+
+
+def _normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` -> float32 ``(x/255 - mean) / std`` per channel."""
+    c = x.shape[1]
+    mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand(c, 1, 1)
+    out = x.contiguous().to(torch.float32)
+    out.div_(255.0).sub_(mean).div_(std)
+    return out
+
+
+def load_mnist(cfg, root: Path) -> Dataset:
+    """Loader for ``data.name = "mnist"``: (N, 1, 28, 28) normalized with 0.1307 / 0.3081."""
+    import torchvision
+
+    root = Path(root)
+    raw = root / "MNIST" / "raw"
+    _prepare_mnist_raw(raw)
+    try:
+        train = torchvision.datasets.MNIST(str(root), train=True, download=False)
+        test = torchvision.datasets.MNIST(str(root), train=False, download=False)
+    except RuntimeError:
+        raise DataMissingError(_mnist_missing_message(raw)) from None
+    except (AssertionError, TypeError, ValueError) as e:
+        raise DataMissingError(f"MNIST at {raw.absolute()} is unreadable (not idx ubyte files?): "
+                               f"{_one_line(e)}") from None
+    return Dataset(
+        name="mnist",
+        train_x=_normalize_uint8(train.data.unsqueeze(1), MNIST_MEAN, MNIST_STD),
+        train_y=train.targets.to(torch.int64),
+        test_x=_normalize_uint8(test.data.unsqueeze(1), MNIST_MEAN, MNIST_STD),
+        test_y=test.targets.to(torch.int64),
+        num_classes=10,
+        augment=bool(getattr(cfg, "augment", False)),
+    )
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------
+
+def _cifar10_class(verify_md5: bool):
+    import torchvision
+
+    if verify_md5:
+        return torchvision.datasets.CIFAR10
+
+    class PresenceOnlyCIFAR10(torchvision.datasets.CIFAR10):
+        """torchvision's CIFAR10 minus the md5 checks: files need only exist.
+
+        Used by tests (which write small fake batches) and by anyone who passes
+        ``verify_md5=False`` knowingly; parsing is torchvision's own.
+        """
+
+        def _check_integrity(self) -> bool:
+            folder = os.path.join(self.root, self.base_folder)
+            return all(os.path.isfile(os.path.join(folder, f)) for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            import pickle
+
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return PresenceOnlyCIFAR10
+
+
+def _cifar10_missing_message(folder: Path) -> str:
+    return (f"CIFAR-10 not found at {folder.absolute()} (expected data_batch_1..5, test_batch, "
+            f"batches.meta from {CIFAR10_ARCHIVE}); this machine cannot download it — place the files there")
+
+
+def load_cifar10(cfg, root: Path, *, verify_md5: bool | None = None) -> Dataset:
+    """Loader for ``data.name = "cifar10"``: (N, 3, 32, 32) normalized per channel.
+
+    ``verify_md5`` defaults to :data:`VERIFY_CIFAR10_MD5` (True).
+    """
+    root = Path(root)
+    folder = root / CIFAR10_FOLDER
+    verify = VERIFY_CIFAR10_MD5 if verify_md5 is None else verify_md5
+    if not all((folder / f).is_file() for f in CIFAR10_FILES) and (root / CIFAR10_ARCHIVE).is_file():
+        from torchvision.datasets.utils import extract_archive
+
+        try:
+            extract_archive(str(root / CIFAR10_ARCHIVE), str(root))
+        except Exception as e:  # noqa: BLE001 - any failure means the data is not usable
+            raise DataMissingError(f"CIFAR-10: could not extract {(root / CIFAR10_ARCHIVE).absolute()} "
+                                   f"({_one_line(e)}); extract it there by hand") from None
+    if not all((folder / f).is_file() for f in CIFAR10_FILES):
+        raise DataMissingError(_cifar10_missing_message(folder))
+    cls = _cifar10_class(verify)
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except RuntimeError:
+        raise DataMissingError(f"CIFAR-10 at {folder.absolute()} failed torchvision's md5 check "
+                               f"(corrupt, or not the official {CIFAR10_ARCHIVE} files)") from None
+    except Exception as e:  # noqa: BLE001 - unpickling errors of many kinds
+        raise DataMissingError(f"CIFAR-10 at {folder.absolute()} is unreadable: "
+                               f"{_one_line(e)}") from None
+
+    def convert(ds):
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # NHWC uint8 -> NCHW view
+        return (_normalize_uint8(x, CIFAR10_MEAN, CIFAR10_STD),
+                torch.as_tensor(ds.targets, dtype=torch.int64))
+
+    train_x, train_y = convert(train)
+    test_x, test_y = convert(test)
+    return Dataset(name="cifar10", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                   num_classes=10, augment=bool(getattr(cfg, "augment", False)))

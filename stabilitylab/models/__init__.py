@@ -1,0 +1,119 @@
+"""Model zoo: ``build_model(cfg, input_shape, num_classes, generator)``.
+
+Every model is a plain ``nn.Module`` whose forward is a pure function of its
+parameters and buffers, so the batched engine can run stacked copies with
+``torch.func.functional_call`` + ``vmap`` (BatchNorm running statistics are
+stacked buffers and update per replica).
+
+Initialization (OpenLTH's): every conv and linear weight is Kaiming normal
+(fan_in, ReLU gain), every bias zero, BatchNorm weight 1 and bias 0, running
+statistics reset. The module is first built on the meta device, so construction
+consumes no random numbers: the initial weights are a function of ``generator``'s
+state alone (and the global RNG is neither read nor advanced when one is given).
+
+The output layer is always named ``fc``; :func:`output_layer_name` finds it as the
+last ``nn.Linear`` registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from stabilitylab.errors import ConfigError
+from stabilitylab.models.registry import MODEL_BUILDERS, MODEL_NAMES
+
+__all__ = [
+    "MODEL_BUILDERS",
+    "MODEL_NAMES",
+    "build_model",
+    "count_parameters",
+    "init_model",
+    "output_layer_name",
+]
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _builder(name: str):
+    target = MODEL_BUILDERS.get(name)
+    if target is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+@torch.no_grad()
+def init_model(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """(Re)initialize ``model`` in place: Kaiming-normal conv/linear weights, zero biases, BN 1/0.
+
+    Modules are visited in ``named_modules()`` order, so one generator state gives one
+    set of weights. Raises ``TypeError`` if the model holds a parameter or buffer this
+    scheme does not cover (so no tensor is ever left at an RNG-dependent default).
+    """
+    covered: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu", generator=generator)
+            covered.add(id(module.weight))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+                covered.add(id(module.bias))
+        elif isinstance(module, _NORMS):
+            if module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+                covered.update((id(module.weight), id(module.bias)))
+            if module.track_running_stats:
+                module.reset_running_stats()
+                covered.update(id(b) for b in module.buffers(recurse=False))
+    uncovered = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in covered]
+    if uncovered:
+        raise TypeError(f"init_model does not know how to initialize {uncovered}")
+    return model
+
+
+def build_model(cfg, input_shape: tuple, num_classes: int,
+                generator: torch.Generator | None = None, device=None) -> nn.Module:
+    """Build and initialize the model ``cfg.name`` (a :class:`~stabilitylab.config.schema.ModelConfig`).
+
+    Parameters
+    ----------
+    input_shape : one example's shape, channels first (e.g. ``(1, 40)``, ``(3, 32, 32)``).
+    generator : the only source of randomness for the initial weights (global RNG if None).
+        Initialization happens on the generator's device, then the model moves to ``device``.
+    device : where the returned model lives (default: the generator's device, else CPU).
+        ``"meta"`` returns an uninitialized shape-only model (cheap parameter counts).
+
+    Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name, bad widths or
+    an input rank the architecture cannot take.
+    """
+    build = _builder(cfg.name)
+    with torch.device("meta"):
+        model = build(cfg, tuple(int(s) for s in input_shape), int(num_classes))
+    if device is not None and torch.device(device).type == "meta":
+        return model
+    init_device = generator.device if generator is not None else torch.device("cpu")
+    model = model.to_empty(device=init_device)
+    init_model(model, generator)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def output_layer_name(model: nn.Module) -> str:
+    """Parameter name of the output layer's weight: the last ``nn.Linear`` registered (``"fc.weight"``)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
+    return f"{last}.weight" if last else "weight"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,24 @@
+"""Helpers shared by the model builders."""
+
+from __future__ import annotations
+
+from stabilitylab.errors import ConfigError
+
+
+def check_dropout(cfg) -> float:
+    p = float(cfg.dropout)
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {p}")
+    return p
+
+
+def check_positive(name: str, value: int) -> int:
+    if int(value) < 1:
+        raise ConfigError(f"model.{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def require_rank(model: str, input_shape: tuple, rank: int, what: str) -> None:
+    if len(input_shape) != rank:
+        raise ConfigError(f"model {model} needs {what} inputs, but the dataset's examples have "
+                          f"shape {tuple(input_shape)}")

@@ -1,0 +1,50 @@
+"""Fully connected networks: ``mlp`` (widths ``cfg.hidden``) and ``lenet_300_100``.
+
+Layout: flatten -> [Linear -> ReLU] per hidden width -> Linear (``fc``, the output).
+Parameter names: ``hidden.{i}.weight/bias`` and ``fc.weight/bias``.
+
+Dropout (``cfg.dropout > 0``) is applied to the input of every linear layer except
+the first, i.e. after each hidden ReLU (the same rule as every model here:
+dropout before each linear layer that reads a hidden representation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from stabilitylab.models.common import check_dropout
+
+
+class MLP(nn.Module):
+    def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        widths = (in_features, *hidden)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+            if self.dropout is not None:
+                x = self.dropout(x)
+        return self.fc(x)
+
+
+def build_mlp(cfg, input_shape: tuple, num_classes: int) -> MLP:
+    hidden = tuple(int(h) for h in cfg.hidden)
+    if any(h < 1 for h in hidden):
+        from stabilitylab.errors import ConfigError
+
+        raise ConfigError(f"model.hidden widths must be >= 1, got {list(hidden)}")
+    return MLP(math.prod(input_shape), hidden, num_classes, check_dropout(cfg))
+
+
+def build_lenet_300_100(cfg, input_shape: tuple, num_classes: int) -> MLP:
+    """LeNet-300-100 (OpenLTH's mnist_lenet_300_100): an MLP with hidden (300, 100), whatever cfg.hidden says."""
+    return MLP(math.prod(input_shape), (300, 100), num_classes, check_dropout(cfg))

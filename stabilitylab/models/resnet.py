@@ -1,0 +1,81 @@
+"""CIFAR ResNets of He et al. (2016), as OpenLTH's ``cifar_resnet_{20,32,56}``.
+
+conv3x3(16w) -> BN -> ReLU, then 3 stages of n = (depth - 2) / 6 basic blocks with
+16w, 32w, 64w filters (stride 2 at the first block of stages 2 and 3), global
+average pooling, and ``fc`` = Linear(64w, classes). Convs have no biases. A basic
+block is conv3x3-BN-ReLU-conv3x3-BN, plus a shortcut that is the identity, or a
+1x1 conv (stride 2) + BN where the shape changes; ReLU after the sum.
+ResNet-20 at width 1 has 272,474 parameters.
+
+Optional dropout (``cfg.dropout``) acts on the pooled features before ``fc``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stabilitylab.models.common import check_dropout, check_positive, require_rank
+
+
+class Block(nn.Module):
+    def __init__(self, f_in: int, f_out: int, downsample: bool):
+        super().__init__()
+        stride = 2 if downsample else 1
+        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(f_out)
+        self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(f_out)
+        if downsample or f_in != f_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int, width: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        widths = [16 * width, 32 * width, 64 * width]
+        self.conv = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        blocks = []
+        f_in = widths[0]
+        for stage, f_out in enumerate(widths):
+            for i in range(n):
+                blocks.append(Block(f_in, f_out, downsample=(stage > 0 and i == 0)))
+                f_in = f_out
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.blocks(x)
+        x = x.mean(dim=(-2, -1))  # global average pooling
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.fc(x)
+
+
+def _builder(depth: int):
+    def build(cfg, input_shape: tuple, num_classes: int) -> CifarResNet:
+        require_rank(f"resnet{depth}", input_shape, 3, "image (C, H, W)")
+        return CifarResNet(depth, input_shape[0], num_classes, check_positive("width", cfg.width),
+                           check_dropout(cfg))
+    build.__name__ = f"build_resnet{depth}"
+    build.__doc__ = f"ResNet-{depth} for CIFAR (OpenLTH cifar_resnet_{depth})."
+    return build
+
+
+build_resnet20 = _builder(20)
+build_resnet32 = _builder(32)
+build_resnet56 = _builder(56)

@@ -1,0 +1,74 @@
+"""CIFAR VGGs with BatchNorm, as OpenLTH's ``cifar_vgg_{11,13,16,19}``.
+
+Each conv is conv3x3 (with bias, padding 1) -> BN -> ReLU; ``M`` is a 2x2 max pool.
+After the last conv block the map (2x2 for 32x32 inputs) is average-pooled to one
+vector of 512w channels and ``fc`` = Linear(512w, classes) is the only linear
+layer. Channel counts are multiplied by ``cfg.width``. VGG-16 at width 1 has
+14,728,266 parameters.
+
+Optional dropout (``cfg.dropout``) acts on the pooled features before ``fc``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stabilitylab.models.common import check_dropout, check_positive, require_rank
+
+PLANS: dict[int, list] = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512],
+}
+
+
+class ConvBN(nn.Module):
+    def __init__(self, f_in: int, f_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(f_in, f_out, 3, padding=1)
+        self.bn = nn.BatchNorm2d(f_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class CifarVGG(nn.Module):
+    def __init__(self, depth: int, in_channels: int, num_classes: int, width: int = 1, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        f_in = in_channels
+        for spec in PLANS[depth]:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers.append(ConvBN(f_in, spec * width))
+                f_in = spec * width
+        self.layers = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.fc = nn.Linear(f_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(x)
+        x = x.mean(dim=(-2, -1))  # = OpenLTH's AvgPool2d(2) on the final 2x2 map of CIFAR inputs
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.fc(x)
+
+
+def _builder(depth: int):
+    def build(cfg, input_shape: tuple, num_classes: int) -> CifarVGG:
+        require_rank(f"vgg{depth}", input_shape, 3, "image (C, H, W)")
+        return CifarVGG(depth, input_shape[0], num_classes, check_positive("width", cfg.width),
+                        check_dropout(cfg))
+    build.__name__ = f"build_vgg{depth}"
+    build.__doc__ = f"VGG-{depth} with BatchNorm for CIFAR (OpenLTH cifar_vgg_{depth})."
+    return build
+
+
+build_vgg11 = _builder(11)
+build_vgg13 = _builder(13)
+build_vgg16 = _builder(16)
+build_vgg19 = _builder(19)

@@ -1,0 +1,108 @@
+"""Distance invariants (DESIGN.md §5): identity, symmetry, triangle, masking, scaling."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from stabilitylab.analysis import distances as d
+
+SETTINGS = settings(max_examples=40, deadline=None)
+finite = st.floats(-10, 10, allow_nan=False, width=64)
+
+
+@st.composite
+def vectors(draw, n_vec=3):
+    p = draw(st.integers(2, 12))
+    vs = [draw(arrays(np.float64, p, elements=finite)) for _ in range(n_vec)]
+    mask = draw(arrays(np.bool_, p))
+    return vs, mask
+
+
+@SETTINGS
+@given(vectors())
+def test_identity_and_symmetry(data):
+    (a, b, _), mask = data
+    assert d.l2_distance(a, a) == 0.0
+    assert d.l2_distance(a, b) == d.l2_distance(b, a)
+    assert d.l2_distance(a, b, mask) == d.l2_distance(b, a, mask)
+    if np.linalg.norm(a) > 1e-6:
+        assert d.angle(a, a) == pytest.approx(0.0, abs=1e-7)
+    if np.linalg.norm(a) > 1e-6 and np.linalg.norm(b) > 1e-6:
+        assert d.angle(a, b) == pytest.approx(d.angle(b, a), abs=1e-12)
+        assert 0.0 <= d.angle(a, b) <= np.pi
+
+
+@SETTINGS
+@given(vectors())
+def test_triangle_inequality(data):
+    (a, b, c), mask = data
+    for m in (None, mask):
+        assert d.l2_distance(a, c, m) <= d.l2_distance(a, b, m) + d.l2_distance(b, c, m) + 1e-9
+    if min(np.linalg.norm(v) for v in (a, b, c)) > 1e-3:
+        assert d.angle(a, c) <= d.angle(a, b) + d.angle(b, c) + 1e-9
+
+
+@SETTINGS
+@given(vectors(), st.floats(-1e3, 1e3, allow_nan=False))
+def test_pruned_coordinates_ignored(data, junk):
+    (a, b, _), mask = data
+    a2, b2 = a.copy(), b.copy()
+    a2[~mask] = junk
+    b2[~mask] = -junk + 1.0
+    assert d.l2_distance(a2, b2, mask) == pytest.approx(d.l2_distance(a, b, mask))
+    assert d.l2_distance(a, b, mask) == pytest.approx(d.l2_distance(a * mask, b * mask))
+    if np.linalg.norm(a * mask) > 1e-6 and np.linalg.norm(b * mask) > 1e-6:
+        assert d.angle(a2, b2, mask) == pytest.approx(d.angle(a, b, mask), abs=1e-9)
+
+
+@SETTINGS
+@given(vectors(), st.floats(0.01, 100))
+def test_scaling(data, c):
+    (a, b, _), _ = data
+    assert d.l2_distance(c * a, c * b) == pytest.approx(c * d.l2_distance(a, b), rel=1e-9, abs=1e-9)
+    if np.linalg.norm(a) > 1e-3 and np.linalg.norm(b) > 1e-3:
+        assert d.angle(c * a, c * b) == pytest.approx(d.angle(a, b), abs=1e-7)
+
+
+def test_angle_matches_arccos_and_torch_inputs():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 50))
+    cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert d.angle(a, b) == pytest.approx(np.arccos(cos), rel=1e-10)
+    assert d.angle(torch.tensor(a), torch.tensor(b)) == pytest.approx(np.arccos(cos), rel=1e-10)
+    assert d.angle(a, -a) == pytest.approx(np.pi)
+    assert np.isnan(d.angle(np.zeros(3), a[:3]))
+
+
+def test_pairwise_matches_loop_and_axes():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 4, 7))  # (level, replica, param)
+    mask = rng.random(7) > 0.3
+    pairs, vals = d.pairwise_distance(x, replica_axis=1, mask=mask)
+    assert pairs.tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert vals.shape == (2, 6)
+    for p, (i, j) in enumerate(pairs):
+        np.testing.assert_allclose(vals[:, p], d.l2_distance(x[:, i], x[:, j], mask))
+    # param axis first, replica axis last
+    _, vals2 = d.pairwise_distance(np.moveaxis(x, -1, 0), replica_axis=-1, axis=0,
+                                   metric="angle")
+    _, vals3 = d.pairwise_distance(x, replica_axis=1, metric="angle")
+    np.testing.assert_allclose(vals2, vals3)
+    with pytest.raises(ValueError, match="unknown metric"):
+        d.pairwise_distance(x, 1, metric="cosine")
+
+
+def test_named_distances_and_ratio():
+    rng = np.random.default_rng(2)
+    dense, sub = rng.normal(size=(2, 20))
+    mask = rng.random(20) > 0.5
+    assert d.pruning_noise_distance(dense, sub, mask) == pytest.approx(
+        np.linalg.norm(mask * dense - mask * sub))
+    assert d.data_order_distance(dense * mask, sub * mask) == pytest.approx(
+        np.linalg.norm(mask * dense - mask * sub))
+    assert d.random_imp_ratio(58.6, 20.7) == pytest.approx(2.83, abs=0.01)
+    assert np.isnan(d.random_imp_ratio(1.0, 0.0))
+    assert d.random_imp_ratio([2.0, 4.0], [1.0, 1.0], axis=0) == pytest.approx(3.0)

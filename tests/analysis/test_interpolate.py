@@ -1,0 +1,117 @@
+"""Batched interpolation == per-α loop; convex oracle for the above-line barrier."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, instability
+from stabilitylab.analysis.interpolate import (
+    evaluate_interpolation,
+    evaluate_interpolation_loop,
+    interpolate_flat,
+)
+from stabilitylab.train.functional import StackedModel
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _bn_conv():
+    return nn.Sequential(nn.Conv1d(1, 4, 3, stride=2), nn.BatchNorm1d(4), nn.ReLU(),
+                         nn.Conv1d(4, 5, 3), nn.BatchNorm1d(5), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(5 * 5, 3))
+
+
+def _endpoints(make, seed=0):
+    torch.manual_seed(seed)
+    m1, m2 = make(), make()
+    stacked = StackedModel(m1)
+    params, buffers = stacked.stack([m1, m2])
+    flat = stacked.flatten(params)
+    return stacked, flat[0], flat[1], buffers
+
+
+def test_interpolate_flat_endpoints_exact():
+    w1, w2 = torch.randn(2, 17, generator=torch.Generator().manual_seed(0))
+    pts = interpolate_flat(w1, w2, alpha_grid(7))
+    assert pts.shape == (7, 17)
+    assert torch.equal(pts[0], w2) and torch.equal(pts[-1], w1)
+    torch.testing.assert_close(pts[3], 0.5 * (w1 + w2))
+
+
+def test_batched_equals_loop_mlp():
+    stacked, w1, w2, _ = _endpoints(_mlp)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
+    alphas = alpha_grid(6)
+    fast = evaluate_interpolation(stacked, w1, w2, alphas, x, y, batch_size=16)
+    ref = evaluate_interpolation_loop(stacked, w1, w2, alphas, x, y, batch_size=50)
+    np.testing.assert_allclose(fast["error"], ref["error"])
+    np.testing.assert_allclose(fast["loss"], ref["loss"], rtol=1e-6)
+    assert fast["bn_mode"] == ref["bn_mode"] == "none"
+    # endpoints are the two networks themselves
+    m1 = stacked.module_at(stacked.unflatten(w1[None]), {}, 0)
+    assert fast["loss"][-1] == pytest.approx(nn.functional.cross_entropy(m1(x), y).item(),
+                                             rel=1e-6)
+    assert fast["error"][-1] == pytest.approx((m1(x).argmax(1) != y).double().mean().item())
+
+
+@pytest.mark.parametrize("bn_batch_size", [None, 12])
+def test_batched_equals_loop_bn_conv(bn_batch_size):
+    stacked, w1, w2, buffers = _endpoints(_bn_conv, seed=3)
+    assert stacked.buffer_slots
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, 1, 15, generator=g), torch.randint(0, 3, (40,), generator=g)
+    xt = torch.randn(30, 1, 15, generator=g) * 2 + 1
+    alphas = alpha_grid(5)
+    fast = evaluate_interpolation(stacked, w1, w2, alphas, x, y, bn_recompute_x=xt,
+                                  batch_size=16, bn_batch_size=bn_batch_size)
+    ref = evaluate_interpolation_loop(stacked, w1, w2, alphas, x, y, bn_recompute_x=xt,
+                                      batch_size=40, bn_batch_size=bn_batch_size)
+    assert fast["bn_mode"] == ref["bn_mode"] == "recomputed"
+    np.testing.assert_allclose(fast["error"], ref["error"])
+    np.testing.assert_allclose(fast["loss"], ref["loss"], rtol=1e-5)
+    # interpolated buffers: a different (naive) answer, but still batched == loop
+    bflat = stacked.flatten_buffers(buffers)
+    fast_i = evaluate_interpolation(stacked, w1, w2, alphas, x, y, buffers=(bflat[0], bflat[1]))
+    ref_i = evaluate_interpolation_loop(stacked, w1, w2, alphas, x, y,
+                                        buffers=(bflat[0], bflat[1]))
+    assert fast_i["bn_mode"] == "interpolated"
+    np.testing.assert_allclose(fast_i["loss"], ref_i["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        evaluate_interpolation(stacked, w1, w2, alphas, x, y)
+
+
+def test_bn_recompute_does_not_touch_template_mode():
+    stacked, w1, w2, _ = _endpoints(_bn_conv)
+    x, y = torch.randn(8, 1, 15), torch.randint(0, 3, (8,))
+    evaluate_interpolation(stacked, w1, w2, [0.0, 1.0], x, y, bn_recompute_x=x)
+    moms = {m.momentum for m in stacked.template.modules() if isinstance(m, nn.BatchNorm1d)}
+    assert moms == {0.1}
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.5, 5.0))
+def test_above_line_barrier_zero_for_convex_softmax_regression(seed, scale):
+    """Cross-entropy of softmax regression is convex in its parameters (DESIGN.md §5)."""
+    g = torch.Generator().manual_seed(seed)
+    stacked = StackedModel(nn.Linear(4, 3).double())
+    w1 = torch.randn(stacked.num_params, generator=g, dtype=torch.float64) * scale
+    w2 = torch.randn(stacked.num_params, generator=g, dtype=torch.float64) * scale
+    x = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,), generator=g)
+    out = evaluate_interpolation(stacked, w1, w2, alpha_grid(15), x, y)
+    assert above_line_barrier(out["loss"]) <= 1e-5
+    assert instability(out["error"]) >= abs(out["error"][0] - out["error"][-1]) / 2 - 1e-12
+
+
+def test_same_weights_give_zero_barrier():
+    stacked, w1, _, _ = _endpoints(_mlp)
+    x, y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    out = evaluate_interpolation(stacked, w1, w1.clone(), alpha_grid(7), x, y)
+    assert instability(out["error"]) == 0.0
+    assert instability(out["loss"]) == pytest.approx(0.0, abs=1e-6)

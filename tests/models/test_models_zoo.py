@@ -1,0 +1,155 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stabilitylab.config.schema import ModelConfig
+from stabilitylab.errors import ConfigError
+from stabilitylab.models import (
+    MODEL_NAMES,
+    build_model,
+    count_parameters,
+    init_model,
+    output_layer_name,
+)
+from stabilitylab.models.registry import MODEL_BUILDERS
+
+IMAGE = (3, 32, 32)
+SHAPES = {"mlp": (1, 40), "lenet_300_100": (1, 28, 28), "conv1d": (1, 40)}
+
+
+def _shape(name):
+    return SHAPES.get(name, IMAGE)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_registry_covers_model_names():
+    assert tuple(MODEL_BUILDERS) == MODEL_NAMES
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("conv1d", 5210), ("lenet_300_100", 266610), ("resnet20", 272474), ("resnet32", 466906),
+    ("resnet56", 855770), ("vgg11", 9231114), ("vgg16", 14728266), ("vgg19", 20040522),
+])
+def test_parameter_counts(name, expected):
+    model = build_model(ModelConfig(name=name), _shape(name), 10, device="meta")  # no memory, no compute
+    assert count_parameters(model) == expected
+
+
+def test_conv1d_is_about_5k_params():
+    n = count_parameters(build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, _gen()))
+    print(f"conv1d(25 channels) parameters: {n}")
+    assert 4000 <= n <= 6000
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_shapes_on_meta(name):
+    model = build_model(ModelConfig(name=name), _shape(name), 10, device="meta")
+    out = model.eval()(torch.empty(2, *_shape(name), device="meta"))
+    assert out.shape == (2, 10)
+    assert output_layer_name(model) == "fc.weight"
+    assert "fc.weight" in dict(model.named_parameters())
+    assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 10
+
+
+@pytest.mark.parametrize("name,cfg,shape", [
+    ("mlp", ModelConfig(name="mlp", hidden=(8, 6)), (1, 40)),
+    ("conv1d", ModelConfig(name="conv1d", channels=4), (1, 40)),
+    ("resnet20", ModelConfig(name="resnet20"), (3, 8, 8)),
+])
+def test_real_forward_small(name, cfg, shape):
+    model = build_model(cfg, shape, 7, _gen()).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, *shape))
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+
+
+def test_lenet_ignores_hidden_and_mlp_uses_it():
+    lenet = build_model(ModelConfig(name="lenet_300_100", hidden=(5,)), (1, 28, 28), 10, device="meta")
+    assert [layer.out_features for layer in lenet.hidden] == [300, 100]
+    mlp = build_model(ModelConfig(name="mlp", hidden=(5, 4)), (1, 40), 10, device="meta")
+    assert [layer.out_features for layer in mlp.hidden] == [5, 4] and mlp.hidden[0].in_features == 40
+
+
+def test_conv1d_lengths():
+    m = build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, device="meta")
+    x = torch.empty(2, 1, 40, device="meta")
+    x = m.conv1(x)
+    assert x.shape[-1] == 20
+    x = m.conv2(x)
+    assert x.shape[-1] == 10
+    assert m.conv3(x).shape[-1] == 5
+    assert m.fc.in_features == 125
+
+
+def test_resnet_structure():
+    m = build_model(ModelConfig(name="resnet20", width=2), IMAGE, 10, device="meta")
+    assert len(m.blocks) == 9
+    assert all(c.bias is None for c in m.modules() if isinstance(c, nn.Conv2d))
+    assert [len(b.shortcut) for b in m.blocks] == [0, 0, 0, 2, 0, 0, 2, 0, 0]
+    assert m.fc.in_features == 128
+
+
+def test_init_is_determined_by_generator():
+    cfg = ModelConfig(name="resnet20")
+    state = torch.get_rng_state()
+    a = build_model(cfg, IMAGE, 10, _gen(3)).state_dict()
+    b = build_model(cfg, IMAGE, 10, _gen(3)).state_dict()
+    c = build_model(cfg, IMAGE, 10, _gen(4)).state_dict()
+    assert torch.equal(state, torch.get_rng_state())  # global RNG neither used nor advanced
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv.weight"], c["conv.weight"])
+
+
+def test_init_values():
+    m = build_model(ModelConfig(name="lenet_300_100"), (1, 28, 28), 10, _gen())
+    w = m.hidden[0].weight
+    assert abs(w.std().item() - math.sqrt(2 / 784)) < 0.002 and abs(w.mean().item()) < 0.002
+    assert all(torch.count_nonzero(layer.bias) == 0 for layer in [*m.hidden, m.fc])
+    r = build_model(ModelConfig(name="resnet20"), IMAGE, 10, _gen())
+    for bn in (x for x in r.modules() if isinstance(x, nn.BatchNorm2d)):
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+
+
+def test_init_model_refuses_unknown_tensors():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+            self.fc = nn.Linear(3, 2)
+
+    with pytest.raises(TypeError, match="scale"):
+        init_model(Odd(), _gen())
+
+
+def test_dropout_placement():
+    m = build_model(ModelConfig(name="mlp", hidden=(8, 8), dropout=0.5), (1, 40), 10, _gen()).train()
+    assert isinstance(m.dropout, nn.Dropout) and m.dropout.p == 0.5
+    x = torch.randn(4, 1, 40)
+    torch.manual_seed(0)
+    y1 = m(x)
+    torch.manual_seed(1)
+    assert not torch.equal(y1, m(x))
+    m.eval()
+    assert torch.equal(m(x), m(x))
+    c = build_model(ModelConfig(name="conv1d", dropout=0.1), (1, 40), 10, device="meta")
+    assert isinstance(c.dropout, nn.Dropout)
+    assert build_model(ModelConfig(name="conv1d"), (1, 40), 10, device="meta").dropout is None
+
+
+@pytest.mark.parametrize("cfg,shape,match", [
+    (ModelConfig(name="transformer"), (1, 40), "unknown model"),
+    (ModelConfig(name="conv1d"), (1, 28, 28), "1-D"),
+    (ModelConfig(name="resnet20"), (1, 40), "image"),
+    (ModelConfig(name="mlp", dropout=1.0), (1, 40), "dropout"),
+    (ModelConfig(name="vgg11", width=0), IMAGE, "width"),
+])
+def test_config_errors(cfg, shape, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(cfg, shape, 10, device="meta")
