@@ -70,6 +70,9 @@ _ELEMENTWISE_FNS = {"relu", "relu_", "leaky_relu", "tanh", "sigmoid", "gelu", "e
                     "dropout", "dropout1d", "dropout2d", "contiguous", "max_pool1d", "max_pool2d",
                     "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"}
 _SHAPE_FNS = {"getattr", "size", "dim"}
+# Layout-only ops: they move the channel axis (e.g. length-major conv activations, see
+# stabilitylab.models.conv1d) but never mix units, so they do not affect the permutation.
+_LAYOUT_FNS = {"transpose", "permute", "contiguous"}
 _REDUCE_FNS = {"mean", "sum", "amax", "amin"}  # allowed over spatial dims (global pooling)
 
 
@@ -103,8 +106,13 @@ def _chain(model: nn.Module):
     """
     from torch import fx
 
+    class _Tracer(fx.Tracer):
+        # Subclasses of Linear/Conv/BN (e.g. MatmulConv1d) are layers, not code to trace.
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, _WEIGHT_LAYERS + _BN) or super().is_leaf_module(m, qualname)
+
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _Tracer().trace(model)
     except Exception as err:  # any tracing failure means "not supported"
         raise _unsupported(f"{type(model).__name__} cannot be traced by torch.fx ({err})") from err
     modules = dict(model.named_modules())
@@ -133,7 +141,7 @@ def _chain(model: nn.Module):
                 raise _unsupported(f"module {node.target!r} is applied twice")
             seen.add(node.target)
             yield node.target, modules[node.target]
-        elif name in _ELEMENTWISE_FNS:
+        elif name in _ELEMENTWISE_FNS or name in _LAYOUT_FNS:
             yield node.name, "elementwise"
         elif _is_flatten(node):
             yield node.name, "flatten"

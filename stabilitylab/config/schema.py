@@ -48,7 +48,7 @@ class TrainingConfig:
     eps: float = _f(1e-8, "adam-family epsilon")
     weight_decay: float = _f(0.0, "L2 weight decay (decoupled for adamw)")
     batch_size: int = _f(100, "examples per step, per replica")
-    steps: str = _f("3000it", "training length T, e.g. '3000it', '160ep', '1ep50it'")
+    steps: str = _f("1500it", "training length T, e.g. '3000it', '160ep', '1ep50it'")
     warmup: str = _f("0it", "linear learning-rate warmup length (0it = none)")
     milestones: tuple[str, ...] = _f((), "steps at which the learning rate is multiplied by gamma")
     gamma: float = _f(0.1, "learning-rate factor at each milestone")
@@ -64,7 +64,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class PruningConfig:
     strategy: str = _f("global", "global or layerwise magnitude pruning")
-    fraction: float = _f(0.2, "fraction of the remaining prunable weights removed per level")
+    fraction: float = _f(0.5, "fraction of the remaining prunable weights removed per level")
     levels: int = _f(2, "IMP levels L (0 = dense copies only: the cheap rewind-point study)")
     ignore: tuple[str, ...] = _f((), "layer names never pruned; 'output' means the last layer")
 

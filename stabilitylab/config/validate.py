@@ -95,7 +95,9 @@ def validate(cfg: Config) -> Resolved:
 
     d, m, t, p, s = cfg.data, cfg.model, cfg.training, cfg.pruning, cfg.study
     _need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; choose from {', '.join(DATASETS)}")
-    _need(d.num_samples >= 50, f"data.num_samples: must be >= 50, got {d.num_samples}")
+    _need(d.num_samples >= 50 and d.num_samples % 10 == 0,
+          f"data.num_samples: must be a multiple of 10 (mnist1d makes N/10 per class) and >= 50,"
+          f" got {d.num_samples}")
     _need(d.train_eval_size >= 1, f"data.train_eval_size: must be >= 1, got {d.train_eval_size}")
     _need(m.name in MODEL_NAMES, f"model.name: unknown model {m.name!r}; choose from {', '.join(MODEL_NAMES)}")
     _need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), f"model.hidden: need >= 1 positive widths, got {list(m.hidden)}")

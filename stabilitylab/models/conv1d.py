@@ -3,12 +3,46 @@
 conv1 (k5, s2, p2) -> ReLU -> conv2 (k3, s2, p1) -> ReLU -> conv3 (k3, s2, p1) -> ReLU
 -> flatten -> [dropout] -> fc. Length 40 -> 20 -> 10 -> 5, so fc is
 Linear(channels * 5, classes); 25 channels give 5,210 parameters.
+
+Activations between the convs are kept length-major, (B, L, C), and each conv is
+one concatenation of shifted views plus one matmul (:class:`MatmulConv1d`). It computes exactly what
+``nn.Conv1d`` computes, but under ``vmap`` with per-replica weights PyTorch turns a
+real convolution into a grouped one, and oneDNN's grouped kernels are slow for
+channels this small on CPU; the matmul becomes one batched GEMM. Measured
+on 2 CPU cores, 18 replicas, batch 100: 33 ms/step (nn.Conv1d) vs 16 ms/step.
+The flatten before ``fc`` is channel-major, as with ``nn.Conv1d``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class MatmulConv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters, same function) on length-major input (B, L, C).
+
+    Returns (B, L_out, C_out). Only zero padding, dilation 1 and groups 1.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, L_out, O)
+        (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
+        batch, length, channels = x.shape
+        out_len = (length + 2 * p - k) // s + 1
+        # im2col without a gather: view the padded input as rows of s positions, so the
+        # window of output t is rows t..t+k//s plus the first k%s positions of the next row.
+        rows = out_len - 1 + -(-k // s)
+        right = rows * s - length - p
+        xp = F.pad(x, (0, 0, p, max(right, 0)))[:, : rows * s]
+        grid = xp.reshape(batch, rows, s * channels)
+        parts = [grid[:, q:q + out_len] for q in range(k // s)]
+        if k % s:
+            parts.append(grid[:, k // s:k // s + out_len, : (k % s) * channels])
+        cols = torch.cat(parts, dim=-1).reshape(batch * out_len, k * channels)
+        weight = self.weight.permute(0, 2, 1).reshape(self.out_channels, k * channels)
+        out = cols @ weight.t() if self.bias is None else torch.addmm(self.bias, cols, weight.t())
+        return out.view(batch, out_len, self.out_channels)
 
 from stabilitylab.models.common import check_dropout, check_positive, require_rank
 
@@ -20,18 +54,18 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
 class Conv1dNet(nn.Module):
     def __init__(self, in_channels: int, length: int, channels: int, num_classes: int, dropout: float = 0.0):
         super().__init__()
-        self.conv1 = nn.Conv1d(in_channels, channels, 5, stride=2, padding=2)
-        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv1 = MatmulConv1d(in_channels, channels, 5, stride=2, padding=2)
+        self.conv2 = MatmulConv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = MatmulConv1d(channels, channels, 3, stride=2, padding=1)
         out = _out_len(_out_len(_out_len(length, 5, 2, 2), 3, 2, 1), 3, 2, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fc = nn.Linear(channels * out, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv1(x.transpose(1, 2)))  # (B, C, L) -> length-major
         x = torch.relu(self.conv2(x))
         x = torch.relu(self.conv3(x))
-        x = x.reshape(x.shape[0], -1)
+        x = x.transpose(1, 2).reshape(x.shape[0], -1)  # channel-major flatten, as nn.Conv1d
         if self.dropout is not None:
             x = self.dropout(x)
         return self.fc(x)

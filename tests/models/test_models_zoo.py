@@ -77,13 +77,25 @@ def test_lenet_ignores_hidden_and_mlp_uses_it():
 
 def test_conv1d_lengths():
     m = build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, device="meta")
-    x = torch.empty(2, 1, 40, device="meta")
+    x = torch.empty(2, 40, 1, device="meta")  # the convs run length-major: (B, L, C)
     x = m.conv1(x)
-    assert x.shape[-1] == 20
+    assert x.shape[1:] == (20, 25)
     x = m.conv2(x)
-    assert x.shape[-1] == 10
-    assert m.conv3(x).shape[-1] == 5
+    assert x.shape[1:] == (10, 25)
+    assert m.conv3(x).shape[1:] == (5, 25)
     assert m.fc.in_features == 125
+
+
+def test_matmul_conv1d_equals_nn_conv1d():
+    from stabilitylab.models.conv1d import MatmulConv1d
+
+    torch.manual_seed(0)
+    for k, s, p, bias in ((5, 2, 2, True), (3, 2, 1, False), (3, 1, 0, True)):
+        ref = nn.Conv1d(3, 4, k, stride=s, padding=p, bias=bias)
+        ours = MatmulConv1d(3, 4, k, stride=s, padding=p, bias=bias)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 3, 11)
+        torch.testing.assert_close(ours(x.transpose(1, 2)).transpose(1, 2), ref(x))
 
 
 def test_resnet_structure():

@@ -1,0 +1,84 @@
+"""Generate reports/explore.ipynb, the example notebook for exploring a study store.
+
+    python reports/make_notebook.py            # rewrites reports/explore.ipynb (unexecuted)
+
+Edit the cells here, not in the .ipynb, so the notebook stays reviewable as code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+CELLS = [
+    ("md", """# Exploring a stabilitylab study
+
+Opens a recorded study, computes a data-order distance curve straight from the stored
+weights, plots an interpolation curve from the analysis, and joins instability with
+final accuracy in one table. Set `STABILITYLAB_STORE` to point at another store."""),
+    ("code", """import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+import stabilitylab
+
+# the store to explore: $STABILITYLAB_STORE, or the default study's output
+STORE = os.environ.get("STABILITYLAB_STORE", "runs/mnist1d-default.zarr")
+ds = stabilitylab.open_study(STORE)  # lazy: nothing is loaded until .compute()/.values
+ds"""),
+    ("code", """# pick the sparsest level and a middle rewind point k
+level = int(ds.level[-1])
+rewind = int(ds.rewind[len(ds.rewind) // 2])
+print(ds.attrs["config"]["study"]["name"], "| level", level, "| rewind k =", rewind)"""),
+    ("md", """## Data-order distance, from the raw trajectories
+
+Replicas 0 and 1 start from the same `m⊙W_k` and differ only in data order.
+Steps before `k` are never written (they read as 0), so keep `step >= rewind`."""),
+    ("code", """w = ds.weights.sel(kind="imp", level=level, rewind=rewind).sel(step=slice(rewind, None))
+distance = np.sqrt(((w.sel(replica=0) - w.sel(replica=1)) ** 2).sum("param")).compute()
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+distance.plot(ax=ax, marker="o", markersize=3)
+ax.set(xlabel="training step (iterations)", ylabel="L2 distance ‖W_0 − W_1‖",
+       title=f"data-order distance, level {level}, k = {rewind}");"""),
+    ("md", """## Linear interpolation, from the analysis
+
+`stabilitylab analyze STORE` wrote the `analysis` group: E_α is the test error of
+αW_a + (1−α)W_b for each replica pair."""),
+    ("code", """an = stabilitylab.open_analysis(STORE)
+curve = an.interp_test_error.sel(kind="imp", level=level, rewind=rewind)
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+curve.plot.line(ax=ax, x="alpha", hue="pair")
+ax.set(xlabel="α", ylabel="test error", title="error along the linear path");"""),
+    ("code", """# the same, as the report draws it (returns a Figure; no pyplot inside)
+from stabilitylab.report import plot_interpolation
+
+plot_interpolation(an, level=level, rewind=rewind)"""),
+    ("md", "## Instability next to final accuracy"),
+    ("code", """# mean over pairs / complete replicas, then one row per (kind, level, rewind)
+final_acc = ds.final_test_acc.where(ds.status == 2).mean("replica").rename("final_acc")
+summary = xr.merge([an.instability.mean("pair"), final_acc, ds.density],
+                   join="outer", compat="no_conflicts")
+table = summary.to_dataframe().dropna(subset=["instability"]).reset_index()
+table"""),
+    ("code", """# does instability track accuracy across rewind points? (IMP only)
+imp = table[table.kind == "imp"]
+imp[["level", "rewind", "instability", "final_acc"]].corr(method="spearman")"""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("explore.ipynb")
+    nbformat.write(build(), path)

@@ -1,0 +1,136 @@
+"""What every study-level measure needs: the opened store, the model, the data, which runs exist.
+
+:class:`StudyContext` is built once per ``analyze`` and passed to the measure
+modules (:mod:`trajectory_measures`, :mod:`function_measures`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+
+from stabilitylab.config import config_from_dict, validate
+from stabilitylab.store.schema import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
+from stabilitylab.train.functional import StackedModel
+from stabilitylab.train.seeds import generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyContext:
+    url: str
+    ds: xr.Dataset
+    cfg: object
+    resolved: object
+    stacked: StackedModel
+    data: object  # Dataset on device
+    device: torch.device
+    status: np.ndarray  # (kind, level, rewind, replica)
+    kinds: list[str]
+    levels: list[int]
+    rewinds: list[int]
+    replicas: list[int]
+    steps: np.ndarray
+    prunable: np.ndarray  # (P,) bool: conv/linear weights
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(itertools.combinations(range(len(self.replicas)), 2))
+
+    @property
+    def pair_labels(self) -> list[str]:
+        return [f"{a}-{b}" for a, b in self.pairs]
+
+    def complete(self, kind: str, level: int, rewind: int, replica: int) -> bool:
+        return self.status[self._idx(kind, level, rewind, replica)] == STATUS_COMPLETE
+
+    def complete_replicas(self, kind, level, rewind) -> list[int]:
+        return [r for r in range(len(self.replicas)) if self.complete(kind, level, rewind, r)]
+
+    def combos(self):
+        """(kind, level, rewind) with at least one complete run."""
+        for kind in self.kinds:
+            for level in self.levels:
+                for k in self.rewinds:
+                    if self.complete_replicas(kind, level, k):
+                        yield kind, level, k
+
+    def _idx(self, kind, level, rewind, replica):
+        return (self.kinds.index(kind), self.levels.index(level), self.rewinds.index(rewind), replica)
+
+    def trajectory(self, kind, level, rewind) -> np.ndarray:
+        """(R, S, P) float32 weights of every replica; steps before the rewind point are NaN."""
+        w = self.ds.weights.sel(kind=kind, level=level, rewind=rewind).values.astype(np.float32)
+        w[:, self.steps < rewind, :] = np.nan
+        return w
+
+    def final_weights(self, kind, level, rewind) -> np.ndarray:
+        """(R, P) weights at T."""
+        return self.ds.weights.sel(kind=kind, level=level, rewind=rewind,
+                                   step=self.resolved.total_steps).values.astype(np.float32)
+
+    def final_buffers(self, kind, level, rewind) -> np.ndarray:
+        return self.ds.final_buffers.sel(kind=kind, level=level, rewind=rewind).values
+
+    def mask(self, kind, level, rewind) -> np.ndarray:
+        return np.asarray(self.ds.masks.sel(kind=kind, level=level, rewind=rewind).values, bool)
+
+
+def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
+    lines = []
+    diverged = ds.diverged_step.values
+    for idx in zip(*np.nonzero((status == STATUS_INCOMPLETE) | (status == STATUS_DIVERGED))):
+        kind, level, k, r = kinds[idx[0]], levels[idx[1]], rewinds[idx[2]], int(idx[3])
+        if status[idx] == STATUS_DIVERGED:
+            lines.append(f"skipped {kind} level {level} rewind {k} replica {r}: diverged at step "
+                         f"{int(diverged[idx])}")
+        else:
+            lines.append(f"skipped {kind} level {level} rewind {k} replica {r}: incomplete")
+    return lines
+
+
+def load_context(url, *, device=None, storage_options=None) -> StudyContext:
+    """Open the store, rebuild the model and data it was trained with."""
+    from stabilitylab.data import load_dataset
+    from stabilitylab.data.registry import DATASETS
+    from stabilitylab.models import build_model
+    from stabilitylab.store import open_study
+    from stabilitylab.train.engine import resolve_device
+
+    ds = open_study(url, storage_options=storage_options)
+    cfg = config_from_dict(ds.attrs["config"])
+    resolved = validate(cfg)
+    dev = resolve_device(device or "auto")
+    info = DATASETS[cfg.data.name]
+    model = build_model(cfg.model, info.input_shape, info.num_classes, generator=generator(0))
+    stacked = StackedModel(model)
+    layout = ds.attrs["param_layout"]
+    if isinstance(layout, str):
+        layout = json.loads(layout)
+    if [tuple(s["shape"]) for s in layout] != [s.shape for s in stacked.param_slots]:
+        from stabilitylab.errors import StoreError
+
+        raise StoreError(f"{url}: parameter layout does not match model {cfg.model.name!r}")
+    prunable = np.zeros(stacked.num_params, bool)
+    for s in stacked.param_slots:
+        if s.prunable:
+            prunable[s.offset:s.offset + s.size] = True
+    data = load_dataset(cfg.data, dev)
+    kinds = [str(k) for k in ds.kind.values]
+    levels = [int(v) for v in ds.level.values]
+    rewinds = [int(v) for v in ds.rewind.values]
+    status = ds.status.values
+    return StudyContext(
+        url=str(url), ds=ds, cfg=cfg, resolved=resolved, stacked=stacked, data=data, device=dev,
+        status=status, kinds=kinds, levels=levels, rewinds=rewinds,
+        replicas=[int(v) for v in ds.replica.values], steps=ds.step.values, prunable=prunable,
+        skipped=_skipped_lines(ds, status, kinds, levels, rewinds),
+    )

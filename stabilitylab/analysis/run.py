@@ -1,0 +1,154 @@
+"""``analyze``: every measure of a recorded study, written back to the store and to CSV.
+
+    stabilitylab analyze runs/mnist1d-default.zarr
+
+Results go to the store's ``analysis`` group (see docs/analysis-schema.md; any
+earlier one is replaced, so re-running is idempotent) and to tidy CSV files in
+``<store>.analysis/``. Incomplete and diverged runs are skipped, one line each.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+import time
+
+import numpy as np
+import xarray as xr
+
+from stabilitylab.analysis.context import load_context
+from stabilitylab.analysis.function_measures import (
+    gradient_measures,
+    interpolation_measures,
+    replica_measures,
+)
+from stabilitylab.analysis.prediction import SCALAR_MEASURES, flags, predictions
+from stabilitylab.analysis.trajectory_measures import random_imp_ratios, trajectory_measures
+from stabilitylab.errors import StabilityLabError
+
+log = logging.getLogger(__name__)
+
+MEASURE_GROUPS = ("trajectory", "interpolation", "aligned", "replica", "gradient")
+THRESHOLD = 0.02  # LMC: stable when instability < 2% error
+MATCHING_TOLERANCE = 0.002  # matching: within 0.2% of dense accuracy
+
+
+def _accuracy(ctx):
+    acc = ctx.ds.final_test_acc.where(ctx.ds.status == 2)
+    with np.errstate(invalid="ignore"):
+        return acc.mean("replica", skipna=True).compute(), acc.std("replica", skipna=True).compute()
+
+
+def _csv_base(url: str) -> str:
+    return url.rstrip("/") + ".analysis"
+
+
+def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
+    """Tidy CSV files next to the store: summary, correlations, predictions."""
+    import fsspec
+
+    base = _csv_base(url)
+    fs, path = fsspec.core.url_to_fs(base, **(storage_options or {}))
+    fs.makedirs(path, exist_ok=True)
+    summary_vars = ["density", "final_test_acc", "final_test_acc_std", "stable", "matching"]
+    frame = analysis[summary_vars].to_dataframe()
+    for name, (source, dim) in SCALAR_MEASURES.items():
+        if source in analysis and dim is not None and dim in analysis[source].dims:
+            frame[name] = analysis[source].mean(dim, skipna=True).to_dataframe(name=name)[name] \
+                if set(analysis[source].dims) - {dim} >= {"kind"} else np.nan
+    frame = frame.reset_index()
+    corr = analysis[["spearman", "spearman_low", "spearman_high", "kendall", "kendall_low",
+                     "kendall_high", "predicted_rewind_measure", "gap_measure"]].to_dataframe()
+    pred = analysis[["predicted_rewind_lmc", "oracle_rewind", "gap_lmc"]].to_dataframe()
+    for name, df in (("summary", frame), ("correlations", corr.reset_index()),
+                     ("predictions", pred.reset_index())):
+        with fs.open(f"{path}/{name}.csv", "w") as f:
+            df.to_csv(f, index=False)
+    return base
+
+
+def _lines(ctx, analysis: xr.Dataset) -> list[str]:
+    lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
+    inst = analysis.instability.mean("pair", skipna=True)
+    for level in ctx.levels:
+        d = analysis.density.sel(kind="imp", level=level).values
+        density = np.nanmean(d) if np.isfinite(d).any() else 1.0
+        values = ", ".join(
+            f"k={k}: {100 * float(inst.sel(kind='imp', level=level, rewind=k)):.2f}%"
+            for k in ctx.rewinds)
+        lines.append(f"level {level} (density {100 * density:.1f}%) instability: {values}")
+        pk = int(analysis.predicted_rewind_lmc.sel(level=level))
+        ok = int(analysis.oracle_rewind.sel(level=level))
+        gap = float(analysis.gap_lmc.sel(level=level))
+        lines.append(f"  LMC rule (<{100 * THRESHOLD:g}%): k={'none' if pk < 0 else pk}; "
+                     f"oracle k={'none' if ok < 0 else ok}; accuracy gap {100 * gap:.2f} points")
+    if ctx.levels == [0]:
+        pk = int(analysis.predicted_rewind_lmc.sel(level=0))
+        lines.append("recommended rewind point (dense copies only): "
+                     + ("none is stable; try later k" if pk < 0 else f"k={pk}"))
+    return lines + ctx.skipped
+
+
+def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
+                  storage_options=None, n_boot: int = 1000) -> dict:
+    """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``."""
+    from tqdm.auto import tqdm
+
+    groups = tuple(measures) if measures else MEASURE_GROUPS
+    bad = [m for m in groups if m not in MEASURE_GROUPS]
+    if bad:
+        raise StabilityLabError(f"--measures: unknown group {bad[0]!r}; choose from "
+                                + ", ".join(MEASURE_GROUPS))
+    if alphas < 2:
+        raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
+    started = time.perf_counter()
+    ctx = load_context(url, device=device, storage_options=storage_options)
+    combos = len(list(ctx.combos()))
+    work = combos * (2 + ("interpolation" in groups)) + len(ctx.levels) * len(ctx.rewinds)
+    disable = not sys.stderr.isatty() if progress is None else not progress
+    bar = tqdm(total=work, desc="analyze", unit="task", disable=disable)
+    results: dict[str, xr.DataArray] = {}
+    if "trajectory" in groups:
+        results.update(trajectory_measures(ctx, progress=bar.update))
+        results.update(random_imp_ratios(ctx, results))
+        T = ctx.resolved.total_steps
+        results["data_order_l2_final"] = results["data_order_l2"].sel(step=T, drop=True)
+        results["data_order_angle_final"] = results["data_order_angle"].sel(step=T, drop=True)
+    if "interpolation" in groups or "aligned" in groups:
+        results.update(interpolation_measures(ctx, n_alphas=alphas, aligned="aligned" in groups,
+                                              progress=bar.update))
+    if "replica" in groups:
+        results.update(replica_measures(ctx, progress=bar.update))
+    if "gradient" in groups:
+        results.update(gradient_measures(ctx, progress=bar.update))
+    bar.close()
+    accuracy, accuracy_std = _accuracy(ctx)
+    results["final_test_acc"] = accuracy
+    results["final_test_acc_std"] = accuracy_std
+    results["density"] = ctx.ds.density.compute()
+    dense_acc = float(ctx.ds.dense_final_test_acc.values.reshape(-1)[0]) \
+        if "dense_final_test_acc" in ctx.ds else float("nan")
+    results["dense_test_acc"] = xr.DataArray(dense_acc)
+    if "instability" in results:
+        results.update(flags(results, accuracy, dense_acc, threshold=THRESHOLD,
+                             tolerance=MATCHING_TOLERANCE))
+        results.update(predictions(ctx, results, accuracy, threshold=THRESHOLD, n_boot=n_boot))
+    analysis = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in v.dims])
+                           for k, v in results.items()})
+    # Variable-length strings: the only string type with a Zarr v3 specification.
+    analysis = analysis.assign_coords({c: analysis[c].values.astype(object)
+                                       for c in analysis.coords if analysis[c].dtype.kind == "U"})
+    analysis.attrs.update({
+        "threshold": THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
+        "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
+        "skipped": list(ctx.skipped),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "analysis_seconds": round(time.perf_counter() - started, 2),
+    })
+    from stabilitylab.store.writer import write_analysis
+
+    write_analysis(url, analysis, storage_options=storage_options)
+    csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
+    lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
+    return {"analysis": analysis, "lines": lines, "csv": csv}

@@ -1,0 +1,377 @@
+"""The study report: PNG figures, a self-contained ``index.html`` and a ``report.md``.
+
+    stabilitylab.report.write_report("runs/mnist1d-default.zarr")   # -> reports/mnist1d-default/
+
+The folder is built in a temporary sibling directory and renamed into place, so a
+crash never leaves a half-written report. Figures are PNGs of at most ~200 KB
+(the resolution is lowered until they fit); the HTML embeds them as data URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from stabilitylab.report import figures as F
+
+log = logging.getLogger(__name__)
+
+MAX_PNG_BYTES = 200_000
+STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}
+PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap"}  # fractions shown as %
+CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ccc;
+padding:.25em .6em;text-align:left}th{background:#f3f3f3}.meta{color:#666}"""
+
+
+# ----------------------------------------------------------------------------- tables
+def _num(v):
+    """A plain Python number, None for NaN / missing / a negative rewind (−1 = none)."""
+    if v is None:
+        return None
+    v = np.asarray(v).item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def _accuracy_at(analysis: xr.Dataset, level, rewind):
+    if rewind is None or "final_test_acc" not in analysis:
+        return None
+    try:
+        return _num(analysis["final_test_acc"].sel(kind="imp", level=level, rewind=rewind))
+    except KeyError:
+        return None
+
+
+def prediction_table(analysis: xr.Dataset) -> list[dict]:
+    """Predicted rewind point per (level, rule) vs the oracle, with the accuracy gap.
+
+    One row for the LMC rule (earliest k with mean instability < threshold) and one per
+    stability measure with finite values at that level. Keys: ``level``, ``density``,
+    ``rule``, ``predicted_rewind``, ``oracle_rewind``, ``accuracy_predicted``,
+    ``accuracy_oracle``, ``gap`` (accuracy(oracle) − accuracy(predicted)); None where
+    a rule predicts nothing.
+    """
+    if "oracle_rewind" not in analysis:
+        return []
+    threshold = float(analysis.attrs.get("threshold", 0.02))
+    rows = []
+
+    def k_or_none(v):
+        v = _num(v)
+        return None if v is None or v < 0 else v
+
+    for level in analysis["level"].values:
+        oracle = k_or_none(analysis["oracle_rewind"].sel(level=level))
+        density = F._get(analysis, "density", kind="imp", level=level)
+        base = {"level": int(level), "oracle_rewind": oracle,
+                "density": _num(np.nanmean(density.values)) if F._finite(density) else None,
+                "accuracy_oracle": _accuracy_at(analysis, level, oracle)}
+        rules = []
+        if "predicted_rewind_lmc" in analysis:
+            rules.append((f"LMC: instability < {100 * threshold:g}%",
+                          analysis["predicted_rewind_lmc"].sel(level=level),
+                          F._get(analysis, "gap_lmc", level=level)))
+        if "predicted_rewind_measure" in analysis:
+            for m in analysis["measure"].values:
+                values = F._get(analysis, "measure_value", measure=m, level=level)
+                if values is not None and not F._finite(values):
+                    continue  # the measure was not computed here (e.g. unsupported alignment)
+                rules.append((f"measure: {m}",
+                              analysis["predicted_rewind_measure"].sel(measure=m, level=level),
+                              F._get(analysis, "gap_measure", measure=m, level=level)))
+        for rule, pred, gap in rules:
+            pred = k_or_none(pred)
+            acc = _accuracy_at(analysis, level, pred)
+            gap = _num(gap) if gap is not None else None
+            if gap is None and acc is not None and base["accuracy_oracle"] is not None:
+                gap = base["accuracy_oracle"] - acc
+            rows.append({**base, "rule": rule, "predicted_rewind": pred,
+                         "accuracy_predicted": acc, "gap": gap})
+    return rows
+
+
+def _config(attrs: dict) -> dict:
+    cfg = attrs.get("config", attrs.get("config_json", {}))
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except json.JSONDecodeError:
+            return {"config": cfg}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def study_name(study: xr.Dataset) -> str:
+    """``config.study.name`` (else the study_id), safe as a folder name."""
+    name = _config(study.attrs).get("study", {}).get("name") or study.attrs.get("study_id") or "study"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "study"
+
+
+def _lines(v) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [ln for ln in v.splitlines() if ln.strip()]
+    return [str(x) for x in np.atleast_1d(v).tolist()]
+
+
+def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> list[dict]:
+    """Rows ``{"section", "key", "value"}``: provenance, config (dotted keys), run counts,
+    every incomplete or diverged run, and the analysis' settings and skipped runs."""
+    a = study.attrs
+    rows = [{"section": "provenance", "key": k, "value": a[k]} for k in
+            ("study_id", "created_at", "creation_library", "schema_version", "seed", "device",
+             "complete") if k in a]
+    versions = a.get("versions", {})
+    if isinstance(versions, str):
+        versions = json.loads(versions) if versions.startswith("{") else {"versions": versions}
+    rows += [{"section": "provenance", "key": f"versions.{k}", "value": v} for k, v in versions.items()]
+    rows += [{"section": "config", "key": k, "value": json.dumps(v) if isinstance(v, list) else v}
+             for k, v in _flatten(_config(a))]
+    if "status" in study:
+        status = study["status"].load()
+        for kind in status["kind"].values:
+            codes, counts = np.unique(status.sel(kind=kind).values, return_counts=True)
+            text = ", ".join(f"{n} {STATUS.get(int(c), c)}" for c, n in zip(codes, counts) if c != 0)
+            rows.append({"section": "runs", "key": str(kind), "value": text or "none"})
+        if "dense_status" in study:
+            dense = int(np.asarray(study["dense_status"].values).ravel()[0])
+            rows.append({"section": "runs", "key": "dense", "value": STATUS.get(dense, dense)})
+        div = study["diverged_step"].load() if "diverged_step" in study else None
+        bad = status.where(status.isin([1, 3])).to_series().dropna()
+        for (kind, level, rewind, replica), code in bad.items():
+            text = STATUS[int(code)]
+            if code == 3 and div is not None:
+                text += f" at step {int(div.sel(kind=kind, level=level, rewind=rewind, replica=replica))}"
+            rows.append({"section": "issues", "value": text,
+                         "key": f"{kind} level {level} k={rewind} replica {replica}"})
+    if analysis is not None:
+        for k in ("threshold", "matching_tolerance", "bn_recompute", "created_at", "analysis_seconds"):
+            if k in analysis.attrs:
+                rows.append({"section": "analysis", "key": k, "value": analysis.attrs[k]})
+        rows += [{"section": "analysis", "key": "skipped", "value": line}
+                 for line in _lines(analysis.attrs.get("skipped"))]
+    return rows
+
+
+# ----------------------------------------------------------------------------- figures
+def _png(fig, dpi: int) -> bytes:
+    """PNG bytes at ``dpi``, quantized to a 256-colour palette (about 3x smaller, no visible
+    change for line plots) and lowered in resolution until the file is ≤ MAX_PNG_BYTES."""
+    from PIL import Image  # a matplotlib dependency
+
+    while True:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            small = io.BytesIO()
+            im.convert("RGB").quantize(256).save(small, format="png", optimize=True)
+        data = min(buf.getvalue(), small.getvalue(), key=len)
+        if len(data) <= MAX_PNG_BYTES or dpi <= 50:
+            return data
+        dpi = int(dpi * 0.85)
+
+
+def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
+    """(file name, caption, builder) for every figure the data supports."""
+    specs = []
+    if analysis is not None:
+        levels = analysis["level"].values if "level" in analysis.coords else []
+        rewinds = analysis["rewind"].values if "rewind" in analysis.coords else []
+        last = levels[-1] if len(levels) else 0
+        thr = 100 * float(analysis.attrs.get("threshold", 0.02))
+        specs.append(("instability.png",
+                      (f"Instability (test-error barrier along the linear path between replicas) "
+                       f"vs rewind point, IMP; dashed: the {thr:g}% stability threshold."),
+                      lambda: F.plot_instability(analysis)))
+        for kind in ("random_prune", "reinit"):
+            if F._finite(F._get(analysis, "instability", kind=kind)):
+                specs.append((f"instability_{kind}.png",
+                              f"Instability of the {F.KIND_LABELS[kind]} control.",
+                              lambda kind=kind: F.plot_instability(analysis, kind=kind)))
+        if len(rewinds):
+            ks = sorted({rewinds[0], rewinds[-1]})
+            specs.append(("interpolation.png",
+                          (f"Test error along αW_a + (1−α)W_b at level {last}, earliest and "
+                           "latest rewind point (thin: each replica pair)."),
+                          lambda: F.plot_interpolation(analysis, level=last, rewind=ks)))
+        specs.append(("distances_data_order.png",
+                      f"L2 distance between data-order replicas (pair mean) at level {last}.",
+                      lambda: F.plot_distances(analysis, level=last)))
+        if last >= 1 and F._finite(F._get(analysis, "pruning_noise_l2", level=last)):
+            specs.append(("distances_pruning_noise.png",
+                          f"Pruning-noise distance at level {last} (subnetwork vs dense copy).",
+                          lambda: F.plot_distances(analysis, level=last, which="pruning_noise")))
+    source = study if study is not None and "final_test_acc" in study else analysis
+    if source is not None and "final_test_acc" in source and "density" in source:
+        specs.append(("accuracy_density.png",
+                      ("Final test accuracy vs density (latest rewind point); grey band: dense "
+                       "accuracy ± the matching tolerance."),
+                      lambda: F.plot_accuracy_vs_density(source)))
+    if analysis is not None and "measure_value" in analysis:
+        specs.append(("measure_correlations.png",
+                      "Each stability measure vs final test accuracy across rewind points.",
+                      lambda: F.plot_measure_correlations(analysis)))
+    return specs
+
+
+# ----------------------------------------------------------------------------- writers
+def _fmt(key: str, v) -> str:
+    v = _num(v) if isinstance(v, (float, np.floating, np.integer)) else v
+    if v is None:
+        return "–"
+    if key in PERCENT and isinstance(v, float):
+        return f"{100 * v:.2f}"
+    if key == "density" and isinstance(v, float):
+        return f"{100 * v:.3g}%"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+PREDICTION_COLUMNS = {"level": "level", "density": "density", "rule": "rule",
+                      "predicted_rewind": "predicted k", "oracle_rewind": "oracle k",
+                      "accuracy_predicted": "acc. at predicted (%)",
+                      "accuracy_oracle": "acc. at oracle (%)", "gap": "gap (pp)"}
+
+
+def _html_table(rows, columns: dict) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in columns.values())
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(k, r.get(k)))}</td>" for k in columns)
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(rows, columns: dict) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(_fmt(k, r.get(k))) for k in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _sections(provenance: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in provenance:
+        out.setdefault(row["section"], []).append(row)
+    return out
+
+
+SECTION_TITLES = {"provenance": "Provenance", "runs": "Runs", "issues": "Skipped or diverged runs",
+                  "analysis": "Analysis settings", "config": "Configuration"}
+
+
+def _write_documents(folder: Path, title: str, meta: str, images, predictions, provenance) -> None:
+    kv = {"key": "key", "value": "value"}
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+         f"<p class='meta'>{html.escape(meta)}</p>"]
+    md = [f"# {title}", "", meta, ""]
+    for name, caption, data in images:
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        h.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
+                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+    if predictions:
+        h.append("<h2>Rewind-point prediction</h2>" + _html_table(predictions, PREDICTION_COLUMNS))
+        md += ["## Rewind-point prediction", "", _md_table(predictions, PREDICTION_COLUMNS), ""]
+    for section, rows in _sections(provenance).items():
+        t = SECTION_TITLES.get(section, section)
+        h.append(f"<h2>{html.escape(t)}</h2>" + _html_table(rows, kv))
+        md += [f"## {t}", "", _md_table(rows, kv), ""]
+    h.append("</body></html>")
+    (folder / "index.html").write_text("\n".join(h), encoding="utf-8")
+    (folder / "report.md").write_text("\n".join(md), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _atomic_folder(out: Path):
+    """Yield a temporary sibling folder; on success it replaces ``out`` in one rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out,
+                      *, dpi: int = 100) -> Path:
+    """Write the report for in-memory Datasets into folder ``out`` (replaced atomically).
+
+    Either Dataset may be None (e.g. a study not yet analysed). A figure that fails is
+    logged and left out; the rest of the report is still written. Returns ``out``.
+    """
+    out = Path(out)
+    images, notes = [], []
+    for name, caption, build in _figure_specs(study, analysis):
+        try:
+            fig = build()
+            images.append((name, caption, _png(fig, dpi)))
+        except Exception as e:  # one broken figure must not lose the report
+            log.warning("report: figure %s failed: %s", name, e, exc_info=True)
+            notes.append({"section": "analysis", "key": f"figure {name}", "value": f"failed: {e}"})
+    predictions = prediction_table(analysis) if analysis is not None else []
+    provenance = (provenance_rows(study, analysis) if study is not None else []) + notes
+    attrs = study.attrs if study is not None else {}
+    name = study_name(study) if study is not None else "analysis"
+    title = f"stabilitylab report: {name}"
+    meta = (f"study {attrs.get('study_id', '?')}, created {attrs.get('created_at', '?')}, "
+            f"device {attrs.get('device', '?')}")
+    with _atomic_folder(out) as folder:
+        for file, _, data in images:
+            (folder / file).write_bytes(data)
+        _write_documents(folder, title, meta, images, predictions, provenance)
+    log.info("report: wrote %s (%d figures)", out, len(images))
+    return out
+
+
+def write_report(store_url, *, out=None, dpi: int = 100) -> Path:
+    """Open a study store (and its analysis, if any) and write its report.
+
+    ``out`` defaults to ``reports/<config.study.name>``. Returns the report folder.
+    """
+    import stabilitylab
+    from stabilitylab.errors import StoreError
+
+    study = stabilitylab.open_study(store_url)
+    try:
+        analysis = stabilitylab.open_analysis(store_url)
+    except StoreError as e:
+        log.warning("report: %s; writing the study-only report", e)
+        analysis = None
+    out = Path("reports") / study_name(study) if out is None else Path(out)
+    return write_report_from(study, analysis, out, dpi=dpi)

@@ -1,0 +1,388 @@
+"""Report figures: each takes xarray data first, keyword-only options after, returns a Figure.
+
+    from stabilitylab.report import figures
+    fig = figures.plot_instability(stabilitylab.open_analysis("runs/mnist1d-default.zarr"))
+    fig.savefig("instability.png", dpi=100)
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure``, no
+pyplot), so they never open a window and render with Agg when saved. Missing or
+all-NaN data is skipped (logged), never an error: a panel with nothing to show says so.
+Colors: Okabe & Ito (2008) for categories, viridis for ordered values (colorblind-safe).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
+KIND_COLORS = {"imp": "#0072B2", "random_prune": "#D55E00", "reinit": "#009E73"}
+KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random reinit"}
+KIND_STYLES = {"imp": "-", "random_prune": "--", "reinit": ":"}
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
+         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}
+MIN_PAIRS_FOR_CI = 3  # below this a t interval is meaningless: show min–max instead
+
+
+def _styled(fn):
+    """Build the figure under the report's rcParams (fonts are fixed when artists are made)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize=(6.4, 4.2)):
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _ordered_colors(n: int) -> list:
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))][:n]
+
+
+def _as_list(x) -> list:
+    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence | np.ndarray):
+        return [x]
+    return list(x)
+
+
+def _get(ds: xr.Dataset, name: str, **sel) -> xr.DataArray | None:
+    """``ds[name].sel(**sel)`` over the dims it has, or None if the variable/label is absent."""
+    if name not in ds:
+        log.info("report: %s not in the dataset; skipped", name)
+        return None
+    da = ds[name]
+    try:
+        return da.sel({k: v for k, v in sel.items() if k in da.dims}).load()
+    except KeyError:
+        log.info("report: %s has no %s; skipped", name, sel)
+        return None
+
+
+def _finite(da) -> bool:
+    return da is not None and bool(np.isfinite(np.asarray(da, dtype=float)).any())
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no data: {what}", ha="center", va="center", transform=ax.transAxes,
+            color="0.4")
+
+
+def density_label(ds: xr.Dataset, level, kind: str = "imp") -> str:
+    """``"level 1 (density 80.0%)"``, or ``"level 1"`` when the density is unknown."""
+    d = _get(ds, "density", kind=kind, level=level)
+    if _finite(d):
+        return f"level {level} (density {100 * float(np.nanmean(np.asarray(d, float))):.3g}%)"
+    return f"level {level}"
+
+
+def interval(values: np.ndarray, axis: int = -1):
+    """Mean and band over ``axis``: mean ± t-based 95% CI with ≥3 finite values, else min–max.
+
+    Returns ``(mean, low, high, method)``; ``method`` is ``"95% t-CI"`` or ``"min–max"``
+    (the one used where the most values were finite), for the legend.
+    """
+    v = np.moveaxis(np.asarray(values, dtype=float), axis, -1)
+    n = np.isfinite(v).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(v, -1) / np.maximum(n, 1), np.nan)
+        sd = np.sqrt(np.nansum((v - mean[..., None]) ** 2, -1) / np.maximum(n - 1, 1))
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
+        vmin = np.where(n > 0, np.nanmin(np.where(np.isfinite(v), v, np.inf), -1), np.nan)
+        vmax = np.where(n > 0, np.nanmax(np.where(np.isfinite(v), v, -np.inf), -1), np.nan)
+    use_ci = n >= MIN_PAIRS_FOR_CI
+    low = np.where(use_ci, mean - half, vmin)
+    high = np.where(use_ci, mean + half, vmax)
+    method = "95% t-CI" if n.size and n.max() >= MIN_PAIRS_FOR_CI else "min–max"
+    return mean, low, high, method
+
+
+def _step_axis(ax, ticks, label: str, *, fixed: bool = True) -> None:
+    """Symlog x axis (k includes 0), linear below the smallest positive tick; ``fixed``
+    puts the ticks at the given values (rewind points)."""
+    ticks = np.asarray(sorted(set(np.asarray(ticks).tolist())))
+    positive = ticks[ticks > 0]
+    linthresh = float(positive.min()) if positive.size else 1.0
+    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.set_xlabel(label)
+    if fixed and 0 < ticks.size <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
+@_styled
+def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: float | None = None,
+                     variable: str = "instability") -> Figure:
+    """Error barrier (Frankle et al. 2020, eq. 1) vs rewind step k, one line per level.
+
+    Line: mean over replica pairs; band: mean ± t-based 95% CI over pairs, or min–max
+    with fewer than 3 pairs (the legend title says which). ``threshold`` defaults to
+    ``analysis.attrs["threshold"]`` (0.02). ``variable`` may be any barrier with dims
+    (kind, level, rewind, pair), e.g. ``instability_train`` or ``aligned_instability``.
+    """
+    threshold = float(analysis.attrs.get("threshold", 0.02) if threshold is None else threshold)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    da = _get(analysis, variable, kind=kind)
+    rewinds = analysis["rewind"].values if "rewind" in analysis.coords else []
+    levels = da["level"].values if da is not None and "level" in da.dims else []
+    colors = _ordered_colors(len(levels))
+    methods, n_pairs, drawn = set(), 0, 0
+    for color, level in zip(colors, levels):
+        vals = da.sel(level=level).transpose("rewind", ...).values.reshape(len(rewinds), -1)
+        if not np.isfinite(vals).any():
+            continue
+        mean, low, high, method = interval(vals)
+        methods.add(method)
+        n_pairs = max(n_pairs, vals.shape[1])
+        ok = np.isfinite(mean)
+        ax.plot(rewinds[ok], 100 * mean[ok], "o-", color=color,
+                label=density_label(analysis, level, kind))
+        ax.fill_between(rewinds[ok], 100 * low[ok], 100 * high[ok], color=color, alpha=0.2, lw=0)
+        drawn += 1
+    ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g}%")
+    _step_axis(ax, rewinds, "rewind step k (iterations)")
+    what = variable.replace("_", " ")
+    ax.set_ylabel(f"{what}: error barrier (percentage points)" if "loss" not in variable
+                  else f"{what} (nats)")
+    ax.set_title(f"{what.capitalize()} of {KIND_LABELS.get(kind, kind)} vs rewind point")
+    if not drawn:
+        _no_data(ax, f"{variable} for kind={kind}")
+    band = " / ".join(sorted(methods)) or "none"
+    ax.legend(title=f"mean over {n_pairs} pairs; band: {band}", loc="upper right")
+    return fig
+
+
+@_styled
+def plot_interpolation(analysis: xr.Dataset, *, level, rewind, kind: str = "imp",
+                       split: str = "test", quantity: str = "error") -> Figure:
+    """Error (or loss) along the linear path αW_a + (1−α)W_b, one line per replica pair.
+
+    ``level`` / ``rewind`` may be lists: every (level, rewind) combination gets its own
+    color, its pairs thin lines and its pair mean a thick one.
+    """
+    if split not in ("test", "train") or quantity not in ("error", "loss"):
+        raise ValueError(f"split must be test|train and quantity error|loss, got {split!r}, {quantity!r}")
+    name = f"interp_{split}_{quantity}"
+    scale = 100.0 if quantity == "error" else 1.0
+    combos = list(itertools.product(_as_list(level), _as_list(rewind)))
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    drawn = 0
+    for c, (lv, k) in enumerate(combos):
+        da = _get(analysis, name, kind=kind, level=lv, rewind=k)
+        if not _finite(da):
+            continue
+        da = da.transpose("pair", "alpha")
+        alpha = da["alpha"].values
+        single = len(combos) == 1
+        for p, pair in enumerate(da["pair"].values):
+            y = scale * da.sel(pair=pair).values
+            color = OKABE_ITO[p % len(OKABE_ITO)] if single else OKABE_ITO[c % len(OKABE_ITO)]
+            label = f"replicas {pair}" if single else (f"level {lv}, k = {k}" if p == 0 else None)
+            ax.plot(alpha, y, "-", color=color, lw=1.5 if single else 0.8,
+                    alpha=1.0 if single else 0.5, label=label)
+        if not single:
+            ax.plot(alpha, scale * da.mean("pair").values, "-", lw=2.5,
+                    color=OKABE_ITO[c % len(OKABE_ITO)])
+        drawn += 1
+    ax.set_xlabel("interpolation coefficient α (weight on W_a)")
+    ax.set_ylabel(f"{split} {quantity}" + (" (%)" if quantity == "error" else " (nats)"))
+    what = (f"level {combos[0][0]}, k = {combos[0][1]}" if len(combos) == 1
+            else f"{len(combos)} (level, rewind) settings; thick: pair mean")
+    ax.set_title(f"Linear interpolation, {KIND_LABELS.get(kind, kind)}: {what}")
+    if drawn:
+        ax.legend(loc="best")
+    else:
+        _no_data(ax, f"{name} for kind={kind}, level={level}, rewind={rewind}")
+    return fig
+
+
+@_styled
+def plot_distances(analysis: xr.Dataset, *, level, which: str = "data_order",
+                   metric: str = "l2", rewind=None,
+                   kinds: Sequence[str] = ("imp", "random_prune")) -> Figure:
+    """Weight distance vs training step, IMP vs controls.
+
+    ``which="data_order"``: between the pair's replicas (pair mean); ``"pruning_noise"``:
+    between the subnetwork and the dense copy, over surviving weights (levels ≥ 1).
+    ``rewind=None``: one color per rewind point, line style per kind; a rewind value:
+    one line per kind at that k.
+    """
+    if which not in ("data_order", "pruning_noise") or metric not in ("l2", "angle"):
+        raise ValueError(f"which must be data_order|pruning_noise, metric l2|angle; got {which!r}, {metric!r}")
+    name = f"{which}_{metric}"
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    rewinds = analysis["rewind"].values if rewind is None else np.asarray(_as_list(rewind))
+    colors = _ordered_colors(len(rewinds))
+    drawn, steps = 0, []
+    for (color, k), kind in itertools.product(zip(colors, rewinds), kinds):
+        da = _get(analysis, name, kind=kind, level=level, rewind=k)
+        if not _finite(da):
+            continue
+        if "pair" in da.dims:
+            da = da.mean("pair", skipna=True)
+        ok = np.isfinite(da.values)
+        x = da["step"].values[ok]
+        steps.extend(x.tolist())
+        if rewind is None:
+            label = f"k = {k}" if kind == kinds[0] else None
+            ax.plot(x, da.values[ok], ls=KIND_STYLES.get(kind, "-"), color=color, label=label)
+        else:
+            ax.plot(x, da.values[ok], ls=KIND_STYLES.get(kind, "-"),
+                    color=KIND_COLORS.get(kind, "k"), label=f"{KIND_LABELS.get(kind, kind)}, k = {k}")
+        drawn += 1
+    if rewind is None and drawn:  # line-style key for the kinds
+        for kind in kinds:
+            ax.plot([], [], ls=KIND_STYLES.get(kind, "-"), color="0.3", label=KIND_LABELS.get(kind, kind))
+    _step_axis(ax, steps or [0, 1], "training step t (iterations)", fixed=False)
+    pair = "‖W_a − W_b‖" if which == "data_order" else "‖m⊙W_dense − m⊙W_sub‖"
+    ax.set_ylabel(f"L2 distance {pair}" if metric == "l2" else "angle between weights (rad)")
+    what = "data-order distance (pair mean)" if which == "data_order" else "pruning-noise distance"
+    ax.set_title(f"{what.capitalize()}, {density_label(analysis, level)}")
+    if drawn:
+        ax.legend(loc="best", ncols=2)
+    else:
+        _no_data(ax, f"{name} at level {level}")
+    return fig
+
+
+def _accuracy_table(data: xr.Dataset):
+    """(mean, std, density, dense accuracy, tolerance) from a study or an analysis Dataset."""
+    acc = data["final_test_acc"]
+    tol = float(data.attrs.get("matching_tolerance", 0.002))
+    if "replica" in acc.dims:  # a study: complete runs only
+        if "status" in data:
+            acc = acc.where(data["status"] == 2)
+        acc = acc.load()
+        mean, std = acc.mean("replica", skipna=True), acc.std("replica", skipna=True)
+    else:
+        mean = acc
+        std = data["final_test_acc_std"] if "final_test_acc_std" in data else xr.zeros_like(acc)
+    dense = np.nan
+    if "dense_test_acc" in data:
+        d = np.asarray(data["dense_test_acc"].values, dtype=float).ravel()
+        d = d[np.isfinite(d)]
+        dense = float(d[-1]) if d.size else np.nan
+    return mean.load(), std.load(), data["density"].load(), dense, tol
+
+
+@_styled
+def plot_accuracy_vs_density(study_or_analysis: xr.Dataset, *, rewind=None,
+                             kinds: Sequence[str] = ("imp", "random_prune", "reinit")) -> Figure:
+    """Final test accuracy vs density (log x, sparser to the right), IMP and controls.
+
+    Accepts the study (mean/std over complete replicas) or the analysis Dataset.
+    ``rewind=None`` uses the latest rewind point with IMP results. The grey band is
+    the dense accuracy ± the matching tolerance (0.2 percentage points by default).
+    """
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    mean, std, density, dense, tol = _accuracy_table(study_or_analysis)
+    if rewind is None:
+        has = np.isfinite(mean.sel(kind="imp").values).any(axis=0) if "imp" in mean["kind"] else []
+        rewind = mean["rewind"].values[np.flatnonzero(has)[-1]] if np.any(has) else None
+    xs = []
+    for kind in kinds:
+        if rewind is None or kind not in mean["kind"] or rewind not in mean["rewind"]:
+            continue
+        m, s = mean.sel(kind=kind, rewind=rewind).values, std.sel(kind=kind, rewind=rewind).values
+        d = density.sel(kind=kind, rewind=rewind).values
+        ok = np.isfinite(m) & np.isfinite(d) & (d > 0)
+        if not ok.any():
+            continue
+        ax.errorbar(d[ok], 100 * m[ok], yerr=100 * np.nan_to_num(s[ok]), fmt="o" + KIND_STYLES[kind]
+                    if kind in KIND_STYLES else "o-", color=KIND_COLORS.get(kind), capsize=3,
+                    label=KIND_LABELS.get(kind, kind))
+        xs.extend(d[ok].tolist())
+    if np.isfinite(dense):
+        ax.axhspan(100 * (dense - tol), 100 * (dense + tol), color="0.6", alpha=0.35, lw=0,
+                   label=f"dense {100 * dense:.2f}% ± {100 * tol:.1f}")
+        ax.axhline(100 * dense, color="0.4", lw=1)
+    ax.set_xscale("log")
+    if xs:
+        ticks = np.unique(np.round(xs, 6))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{100 * t:.3g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(ticks.max() * 1.15, ticks.min() / 1.15)  # decreasing density to the right
+    else:
+        ax.invert_xaxis()
+        _no_data(ax, "final_test_acc / density")
+    ax.set_xlabel("density: kept fraction of prunable weights (%)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"Accuracy vs density at rewind k = {rewind}" + ("" if "replica" not in
+                 study_or_analysis["final_test_acc"].dims else " (mean ± sd over replicas)"))
+    if xs or np.isfinite(dense):
+        ax.legend(loc="lower left")
+    return fig
+
+
+@_styled
+def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
+                              measures: Sequence[str] | None = None, ncols: int = 4) -> Figure:
+    """Small multiples: each stability measure vs IMP final test accuracy across rewind points.
+
+    Panel titles give Spearman ρ and its bootstrap 95% CI (``spearman_low/high``).
+    ``level=None`` uses the last level with any finite measure. Measures that are
+    all NaN at that level (e.g. ``aligned_instability`` unsupported) are left out.
+    """
+    values = _get(analysis, "measure_value")
+    acc = _get(analysis, "final_test_acc", kind="imp")
+    if values is not None and level is None:
+        finite = [lv for lv in values["level"].values if _finite(values.sel(level=lv))]
+        level = finite[-1] if finite else None
+    names = [] if values is None or level is None else [
+        str(m) for m in (values["measure"].values if measures is None else measures)
+        if m in values["measure"] and _finite(values.sel(measure=m, level=level))]
+    if not names or acc is None:
+        fig, axes = _figure()
+        _no_data(axes[0, 0], "measure_value / final_test_acc")
+        axes[0, 0].set_xlabel("measure value")
+        axes[0, 0].set_ylabel("final test accuracy (%)")
+        return fig
+    ncols = min(ncols, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = _figure(nrows, ncols, figsize=(2.9 * ncols, 2.5 * nrows + 0.5))
+    rewinds = values["rewind"].values
+    colors = _ordered_colors(len(rewinds))
+    y = 100 * acc.sel(level=level).sel(rewind=rewinds).values
+    for ax, name in zip(axes.flat, names):
+        x = values.sel(measure=name, level=level).values
+        ok = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[ok], y[ok], c=[colors[i] for i in np.flatnonzero(ok)], s=28, zorder=3)
+        for i in np.flatnonzero(ok):
+            ax.annotate(f"{rewinds[i]:g}", (x[i], y[i]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color="0.3")
+        title = name.replace("_", " ")
+        rho = _get(analysis, "spearman", measure=name, level=level)
+        if _finite(rho):
+            lo = _get(analysis, "spearman_low", measure=name, level=level)
+            hi = _get(analysis, "spearman_high", measure=name, level=level)
+            ci = f" [{float(lo):.2f}, {float(hi):.2f}]" if _finite(lo) and _finite(hi) else ""
+            title += f"\nρ = {float(rho):.2f}{ci}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(name)
+        ax.set_ylabel("final test acc. (%)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.remove()
+    fig.suptitle(f"Stability measures vs final test accuracy, IMP {density_label(analysis, level)}"
+                 " (points: rewind k; ρ: Spearman, 95% bootstrap CI)", fontsize=10)
+    return fig

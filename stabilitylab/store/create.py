@@ -1,0 +1,174 @@
+"""Creating a study store: checks first, then a fully pre-sized, empty schema-1 layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import zarr
+
+from stabilitylab.errors import StoreError
+from stabilitylab.store import schema as S
+
+
+def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[dict],
+                provenance: dict, runs: list, optimizer_state_names: list[str],
+                step_chunk: int | None, precision_bits: int | None,
+                storage_options: dict | None) -> zarr.Group:
+    """Check the arguments and the target, then create every array; returns the root group."""
+    where = S.describe(url)
+    P = _layout_size(param_layout, "param_layout")
+    Q = _layout_size(buffer_layout, "buffer_layout")
+    if P < 1:
+        raise ValueError("param_layout: need at least one parameter")
+    if precision_bits is not None and not 1 <= int(precision_bits) <= 23:
+        raise ValueError(f"precision_bits: must be in 1..23 (float32 mantissa) or None, got {precision_bits}")
+    for name in optimizer_state_names:
+        if not name or not str(name).replace("_", "").isalnum():
+            raise ValueError(f"optimizer_state_names: bad name {name!r}")
+    cfg = resolved.config
+    levels, rewinds = tuple(resolved.levels), tuple(resolved.rewinds)
+    R = int(cfg.study.replicas)
+    for run in runs:
+        check_key(run, levels, rewinds, R)
+    if step_chunk is not None and int(step_chunk) < 1:
+        raise ValueError(f"step_chunk: must be >= 1, got {step_chunk}")
+    c = int(step_chunk) if step_chunk else S.default_step_chunk(len(resolved.record_steps), P)
+    _precheck_location(url, storage_options)
+
+    attrs = _root_attrs(resolved, provenance, param_layout, buffer_layout, precision_bits)
+    store = S.open_store(url, read_only=False, storage_options=storage_options)
+    try:
+        with S.quiet():
+            group = zarr.open_group(store, mode="w-", use_consolidated=False, attributes=attrs)
+    except FileExistsError:
+        raise StoreError(f"a store already exists at {where}; use resume or another --out") from None
+    except OSError as e:
+        raise StoreError(f"cannot create store at {where}: {S.one_line(e)}") from None
+
+    coords = {
+        "kind": np.array(S.KINDS, dtype=str),
+        "level": np.array(levels, dtype=np.int64),
+        "rewind": np.array(rewinds, dtype=np.int64),
+        "replica": np.arange(R, dtype=np.int64),
+        "step": np.array(resolved.record_steps, dtype=np.int64),
+        "param": np.arange(P, dtype=np.int64),
+        "buffer": np.arange(Q, dtype=np.int64),
+        "log_step": np.array(resolved.log_steps, dtype=np.int64),
+        "eval_step": np.array(resolved.eval_steps, dtype=np.int64),
+    }
+    sizes = {d: len(v) for d, v in coords.items()} | {"dense": 1}
+    try:
+        with S.quiet():
+            for name, values in coords.items():
+                dtype = str if name == "kind" else "int64"
+                arr = group.create_array(
+                    name, shape=values.shape, chunks=(max(1, len(values)),), dtype=dtype,
+                    fill_value="" if name == "kind" else 0, dimension_names=(name,),
+                    compressors=[zarr.codecs.ZstdCodec(level=3)], chunk_key_encoding=_KEYS,
+                )
+                if len(values):
+                    arr[:] = values
+            for spec in S.array_specs(list(optimizer_state_names)):
+                shape = tuple(sizes[d] for d in spec.dims)
+                group.create_array(
+                    spec.name, shape=shape, chunks=S.chunks_for(spec.dims, shape, c),
+                    dtype=spec.dtype, fill_value=spec.fill, dimension_names=spec.dims,
+                    chunk_key_encoding=_KEYS, **S.codecs_for(spec, precision_bits),
+                )
+            status = np.zeros([sizes[d] for d in S.RUN_DIMS], dtype=np.int8)
+            for run in runs:
+                status[_index(run, levels, rewinds)] = S.STATUS_INCOMPLETE
+            group["status"][...] = status
+            group["dense_status"][...] = np.array([S.STATUS_INCOMPLETE], dtype=np.int8)
+            if 0 in levels:  # level-0 masks: everything kept
+                group["masks"][0, levels.index(0)] = True
+                group["density"][0, levels.index(0)] = 1.0
+    except OSError as e:
+        raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
+    return group
+
+
+_KEYS = {"name": "default", "configuration": {"separator": "/"}}
+
+
+def check_key(run, levels, rewinds, n_replicas: int) -> None:
+    try:
+        kind, level, rewind, replica = run
+    except (TypeError, ValueError):
+        raise ValueError(f"run key must be (kind, level, rewind, replica), got {run!r}") from None
+    if kind not in S.KINDS or int(level) not in levels or int(rewind) not in rewinds \
+            or not 0 <= int(replica) < n_replicas:
+        raise ValueError(f"run {tuple(run)} is not in this study (kinds {S.KINDS}, levels {list(levels)}, "
+                         f"rewinds {list(rewinds)}, replicas 0..{n_replicas - 1})")
+
+
+def _index(run, levels, rewinds) -> tuple[int, int, int, int]:
+    kind, level, rewind, replica = run
+    return S.KINDS.index(kind), levels.index(int(level)), rewinds.index(int(rewind)), int(replica)
+
+
+def _layout_size(layout: list[dict], what: str) -> int:
+    S.check_json(layout, what)
+    offset = 0
+    for i, entry in enumerate(layout):
+        if not isinstance(entry, dict) or not {"name", "shape", "offset", "size"} <= set(entry):
+            raise ValueError(f"{what}[{i}]: need name, shape, offset, size (and prunable)")
+        if entry["offset"] != offset or entry["size"] != int(np.prod(entry["shape"], dtype=np.int64)):
+            raise ValueError(f"{what}[{i}] ({entry['name']}): offset/size do not follow the previous entry")
+        offset += int(entry["size"])
+    return offset
+
+
+def _precheck_location(url, storage_options) -> None:
+    """Fail before creating anything when a local target is unusable or already taken."""
+    path = S.local_path(url)
+    if path is None:
+        return  # remote: zarr's mode='w-' refuses an existing store
+    where = str(url)
+    if (path / "zarr.json").exists() or (path / ".zgroup").exists():
+        raise StoreError(f"a store already exists at {where}; use resume or another --out")
+    if path.exists():
+        if not path.is_dir() or any(path.iterdir()):
+            raise StoreError(f"cannot create store at {where}: path exists and is not an empty directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot create store at {where}: directory is not writable")
+        return
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise StoreError(f"cannot create store at {where}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create store at {where}: parent directory {parent} is not writable")
+
+
+def _root_attrs(resolved, provenance: dict, param_layout, buffer_layout, precision_bits) -> dict:
+    from stabilitylab.config.loader import config_to_dict, study_id
+
+    cfg = resolved.config
+    config = provenance.get("config")
+    if config is None:
+        config = config_to_dict(cfg)
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            raise ValueError("provenance['config']: not a JSON string") from None
+    attrs = {
+        "schema": S.SCHEMA,
+        "schema_version": S.SCHEMA_VERSION,
+        "created_at": str(provenance.get("created_at")
+                          or datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        "creation_library": S.CREATION_LIBRARY,
+        "versions": {**S.library_versions(), **provenance.get("versions", {})},
+        "device": str(provenance.get("device", "cpu")),
+        "seed": int(provenance.get("seed", cfg.study.seed)),
+        "study_id": str(provenance.get("study_id") or study_id(cfg)),
+        "config": json.dumps(config, sort_keys=True),
+        "param_layout": list(param_layout),
+        "buffer_layout": list(buffer_layout),
+        "precision_bits": None if precision_bits is None else int(precision_bits),
+        "complete": False,
+    }
+    return S.check_json(attrs, "store attributes")

@@ -1,0 +1,64 @@
+"""Open a study store lazily as xarray (dask-backed); never loads trajectories."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from stabilitylab.errors import StoreError
+from stabilitylab.store import schema as S
+
+
+def _open(store, where: str, group: str | None) -> xr.Dataset:
+    try:
+        with S.quiet():
+            node = zarr.open_group(store, mode="r", path=group)
+    except Exception:  # noqa: BLE001 - any failure here means: no such group
+        raise StoreError(f"{where} has no {group!r} group; run `stabilitylab analyze` first") from None
+    consolidated = node.metadata.consolidated_metadata is not None
+    try:
+        with S.quiet():
+            return xr.open_zarr(
+                store, group=group, consolidated=consolidated, chunks={},
+                use_zarr_fill_value_as_mask=False, zarr_format=3,
+            )
+    except Exception as e:  # noqa: BLE001 - xarray/zarr errors on damaged stores
+        raise StoreError(f"cannot open {where}: {S.one_line(e)}") from None
+
+
+def _root(url, storage_options):
+    where = S.describe(url)
+    store = S.open_store(url, read_only=True, storage_options=storage_options)
+    root = S.open_root(store, mode="r")
+    attrs = dict(root.attrs)
+    S.check_ours(attrs, where)
+    return where, store, root, attrs
+
+
+def open_study(url, *, storage_options: dict | None = None) -> xr.Dataset:
+    """The study as a lazy ``xarray.Dataset``; ``ds.weights`` is a dask array.
+
+    Chunks are the store's chunks, so ``ds.weights.sel(kind=..., level=..., rewind=...,
+    replica=...)`` touches only that run's chunks. ``ds.attrs["config"]`` is the parsed
+    config dict (the JSON text stays in ``ds.attrs["config_json"]``). Works with
+    consolidated or unconsolidated metadata.
+    """
+    from stabilitylab.store.validate import check_structure
+
+    where, store, root, attrs = _root(url, storage_options)
+    check_structure(root, where, attrs)
+    ds = _open(store, where, None)
+    # plain fixed-width unicode labels, whatever numpy/zarr return for vlen strings
+    ds = ds.assign_coords(kind=np.array([str(k) for k in ds["kind"].values]))
+    ds.attrs["config_json"] = ds.attrs["config"]
+    ds.attrs["config"] = json.loads(ds.attrs["config"])
+    return ds
+
+
+def open_analysis(url, *, storage_options: dict | None = None) -> xr.Dataset:
+    """The ``analysis`` sub-group written by the analysis layer; StoreError if absent."""
+    where, store, _, _ = _root(url, storage_options)
+    return _open(store, where, "analysis")

@@ -1,0 +1,256 @@
+"""The study-store schema (version 1): dims, arrays, chunking, codecs, storage.
+
+``docs/store-schema.md`` is the human-readable form of this module; keep them in
+step. The writer builds a store from :func:`array_specs`, and the validator
+checks a store against the same list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stabilitylab.errors import StoreError
+
+SCHEMA = "stabilitylab.study"
+SCHEMA_VERSION = 1
+CREATION_LIBRARY = "stabilitylab"
+
+KINDS: tuple[str, ...] = ("imp", "random_prune", "reinit")
+RUN_DIMS: tuple[str, ...] = ("kind", "level", "rewind", "replica")
+
+STATUS_ABSENT, STATUS_INCOMPLETE, STATUS_COMPLETE, STATUS_DIVERGED = 0, 1, 2, 3
+STATUS_CODES = {"absent": 0, "incomplete": 1, "complete": 2, "diverged": 3}
+DONE = (STATUS_COMPLETE, STATUS_DIVERGED)
+
+RunKey = tuple[str, int, int, int]  # (kind, level, rewind_step, replica)
+
+REQUIRED_ATTRS = (
+    "schema", "schema_version", "created_at", "creation_library", "versions", "device",
+    "seed", "study_id", "config", "param_layout", "buffer_layout", "complete",
+)
+
+# Target size of one uncompressed trajectory chunk (c steps x P float32).
+CHUNK_BYTES = 1 << 20
+
+# Coordinates: name == dim, 1-D, one chunk.
+COORD_DTYPES = {
+    "kind": "string", "level": "int64", "rewind": "int64", "replica": "int64",
+    "step": "int64", "param": "int64", "buffer": "int64",
+    "log_step": "int64", "eval_step": "int64",
+}
+
+LOG_METRICS = ("train_loss", "train_acc")
+EVAL_METRICS = ("test_loss", "test_acc", "train_eval_loss", "train_eval_acc")
+FINAL_METRICS = ("test_acc", "test_loss", "train_eval_acc", "train_eval_loss")
+STATE_PREFIX = "rewind_state_"
+
+_RUN = RUN_DIMS
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    dims: tuple[str, ...]
+    dtype: str
+    fill: Any
+
+
+def array_specs(state_names: tuple[str, ...] | list[str] = ()) -> list[ArraySpec]:
+    """Every data array of a schema-1 store (coordinates excluded)."""
+    f32, nan = "float32", _NAN
+    specs = [
+        ArraySpec("weights", _RUN + ("step", "param"), f32, 0.0),
+        ArraySpec("masks", ("kind", "level", "rewind", "param"), "bool", False),
+        ArraySpec("final_buffers", _RUN + ("buffer",), f32, 0.0),
+        ArraySpec("status", _RUN, "int8", 0),
+        ArraySpec("diverged_step", _RUN, "int64", -1),
+        ArraySpec("density", ("kind", "level", "rewind"), f32, nan),
+        ArraySpec("dense_weights", ("step", "param"), f32, 0.0),
+        ArraySpec("dense_final_buffers", ("buffer",), f32, 0.0),
+        ArraySpec("dense_status", ("dense",), "int8", 0),
+    ]
+    for m in LOG_METRICS:
+        specs.append(ArraySpec(m, _RUN + ("log_step",), f32, nan))
+        specs.append(ArraySpec(f"dense_{m}", ("log_step",), f32, nan))
+    for m in EVAL_METRICS:
+        specs.append(ArraySpec(m, _RUN + ("eval_step",), f32, nan))
+        specs.append(ArraySpec(f"dense_{m}", ("eval_step",), f32, nan))
+    for m in FINAL_METRICS:
+        specs.append(ArraySpec(f"final_{m}", _RUN, f32, nan))
+        specs.append(ArraySpec(f"dense_final_{m}", ("dense",), f32, nan))
+    specs.append(ArraySpec("rewind_buffers", ("rewind", "buffer"), f32, 0.0))
+    for name in state_list(state_names):
+        specs.append(ArraySpec(f"{STATE_PREFIX}{name}", ("rewind", "param"), f32, 0.0))
+    return specs
+
+
+def state_list(names) -> list[str]:
+    """Rewind-state names of a store: always ``weights`` (W_k, exact), then the optimizer's."""
+    return ["weights"] + [str(n) for n in names if n != "weights"]
+
+
+
+def chunks_for(dims: tuple[str, ...], shape: tuple[int, ...], step_chunk: int) -> tuple[int, ...]:
+    """One chunk per run (run dims -> 1), ``step_chunk`` steps, everything else whole."""
+    out = []
+    for d, n in zip(dims, shape):
+        if d in RUN_DIMS:
+            out.append(1)
+        elif d == "step":
+            out.append(max(1, min(step_chunk, n)))
+        else:
+            out.append(max(1, n))
+    return tuple(out)
+
+
+def default_step_chunk(n_steps: int, n_params: int) -> int:
+    """Steps per trajectory chunk: about CHUNK_BYTES uncompressed, at least 1."""
+    return max(1, min(max(n_steps, 1), CHUNK_BYTES // max(4 * n_params, 1)))
+
+
+def codecs_for(spec: ArraySpec, precision_bits: int | None) -> dict:
+    """create_array keyword arguments (filters/compressors) for one array.
+
+    Float arrays over ``param``: Blosc(zstd, level 3, byte shuffle). Trajectories are
+    also transposed to param-major inside a chunk (each weight's steps adjacent),
+    which measured best on pruned float32 trajectories (see docs/store-schema.md).
+    Both are core zarr v3 codecs. ``precision_bits`` adds numcodecs BitRound to
+    ``weights`` only: ``dense_weights`` (which supply every W_k) stay exact.
+    """
+    from zarr.codecs import BloscCodec, TransposeCodec, ZstdCodec
+
+    if spec.dtype != "float32" or "param" not in spec.dims:
+        return {"compressors": [ZstdCodec(level=3)]}
+    filters: list = []
+    if spec.name == "weights" and precision_bits is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "numcodecs codecs are not in the v3 spec"
+            filters.append(_numcodec("BitRound")(keepbits=int(precision_bits)))
+    if "step" in spec.dims:
+        order = list(range(len(spec.dims)))
+        order[-2], order[-1] = order[-1], order[-2]
+        filters.append(TransposeCodec(order=tuple(order)))
+    blosc = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=4)
+    return {"filters": filters, "compressors": [blosc]}
+
+
+def _numcodec(name: str):
+    try:
+        import zarr.codecs.numcodecs as zn  # zarr >= 3.1.3
+    except ImportError:  # pragma: no cover - older zarr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import numcodecs.zarr3 as zn
+    return getattr(zn, name)
+
+
+# -- storage -----------------------------------------------------------------
+
+def local_path(url: Any) -> Path | None:
+    """The filesystem path of a local store URL/path, or None for other URLs/stores."""
+    if isinstance(url, os.PathLike):
+        return Path(url)
+    if not isinstance(url, str):
+        return None
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def describe(url: Any) -> str:
+    return str(url) if isinstance(url, (str, os.PathLike)) else type(url).__name__
+
+
+def open_store(url: Any, *, read_only: bool, storage_options: dict | None = None):
+    """A zarr Store for a local path, ``file://`` / fsspec URL, or a Store passed through."""
+    if isinstance(url, zarr.abc.store.Store):
+        return url
+    path = local_path(url)
+    if path is not None:
+        if storage_options:
+            raise StoreError(f"storage_options given for local store {url}; they apply to URLs only")
+        return zarr.storage.LocalStore(str(path), read_only=read_only)
+    try:
+        return zarr.storage.FsspecStore.from_url(
+            url, storage_options=storage_options or None, read_only=read_only
+        )
+    except Exception as e:  # noqa: BLE001 - unknown protocol, missing fsspec backend, ...
+        raise StoreError(f"cannot open store URL {url}: {one_line(e)}") from None
+
+
+def open_root(url: Any, *, mode: str, storage_options: dict | None = None,
+              use_consolidated: bool | None = None) -> zarr.Group:
+    """Open the root group; a missing store or a non-group gives one-line StoreError."""
+    store = open_store(url, read_only=(mode == "r"), storage_options=storage_options)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return zarr.open_group(store, mode=mode, use_consolidated=use_consolidated)
+    except (FileNotFoundError, KeyError) as e:
+        raise StoreError(f"no stabilitylab store at {describe(url)}") from e
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds on foreign data
+        if type(e).__name__ in ("GroupNotFoundError", "NodeTypeValidationError"):
+            raise StoreError(f"no stabilitylab store at {describe(url)}") from None
+        raise StoreError(f"cannot open store at {describe(url)}: {one_line(e)}") from None
+
+
+def check_ours(attrs: dict, where: str) -> None:
+    """StoreError unless attrs say this is a schema-1 (or older) stabilitylab study."""
+    if attrs.get("schema") != SCHEMA:
+        raise StoreError(f"{where} is not a stabilitylab study store (no schema={SCHEMA!r} attr)")
+    version = attrs.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StoreError(f"{where}: bad schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} was written by a newer stabilitylab (schema {version} > {SCHEMA_VERSION}); upgrade"
+        )
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence zarr's notices about non-spec codecs (BitRound) and consolidated metadata."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def one_line(e: BaseException | str) -> str:
+    text = str(e) if str(e) else type(e).__name__
+    return " ".join(text.split())
+
+
+def check_json(value: Any, what: str, *, allow_nan: bool = False) -> Any:
+    """Return value if it is plain JSON (str keys; no NaN/inf unless allowed), else StoreError."""
+    try:
+        json.dumps(value, allow_nan=allow_nan)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what} is not plain JSON: {one_line(e)}") from None
+    return value
+
+
+def library_versions() -> dict[str, str]:
+    def v(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "stabilitylab": v("stabilitylab"), "torch": v("torch"), "zarr": zarr.__version__,
+        "xarray": v("xarray"), "numpy": np.__version__, "python": sys.version.split()[0],
+    }

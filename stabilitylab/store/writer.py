@@ -1,0 +1,464 @@
+"""StudyWriter: create or resume a study store and fill it while training runs.
+
+Trajectory rows are buffered per run until a step-chunk is full; whole chunks go
+to one background thread through a bounded queue, so the training thread blocks
+on I/O only when that queue is full. Every other write goes through the same
+queue, in order. An error in the writer thread is re-raised as a one-line
+:class:`StoreError` at the next call. ``finish_run`` writes a run's status only
+after its data is on the store (crash safety).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from stabilitylab.errors import StoreError
+from stabilitylab.store import schema as S
+from stabilitylab.store.create import build_store, check_key
+from stabilitylab.store.schema import RunKey
+
+_DENSE = "dense"  # buffer key of the dense pretraining run
+
+
+@dataclass
+class _Buf:
+    s0: int
+    s1: int
+    data: np.ndarray  # (s1 - s0, P) float32
+
+
+class _Worker:
+    """One background thread running queued writes in order."""
+
+    def __init__(self, maxsize: int = 32):
+        self.q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="stabilitylab-store-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.q.get()
+            try:
+                if item is None:
+                    return
+                fn, always = item
+                if always or self.error is None:
+                    try:
+                        fn()
+                    except BaseException as e:  # noqa: BLE001 - surfaced in the training thread
+                        if self.error is None:
+                            self.error = e
+            finally:
+                self.q.task_done()
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        self.q.put((fn, False))
+
+    def barrier(self) -> None:
+        """Wait until everything queued so far has run (or been skipped after an error)."""
+        done = threading.Event()
+        self.q.put((done.set, True))
+        done.wait()
+
+    def stop(self, timeout: float | None = None) -> None:
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join(timeout)
+
+
+class StudyWriter:
+    """Writes one study store. Use :meth:`create` or :meth:`resume`, not the constructor."""
+
+    def __init__(self, group: zarr.Group, where: str):
+        self._g = group
+        self._where = where
+        with S.quiet():
+            names = [n for n, _ in group.arrays()]
+            self._state_names = sorted(
+                n[len(S.STATE_PREFIX):] for n in names if n.startswith(S.STATE_PREFIX))
+            self._a = {spec.name: group[spec.name] for spec in S.array_specs(self._state_names)}
+            coord = {d: group[d][:] for d in ("level", "rewind", "replica", "step", "log_step", "eval_step")}
+        self._level_idx = {int(v): i for i, v in enumerate(coord["level"])}
+        self._rewind_idx = {int(v): i for i, v in enumerate(coord["rewind"])}
+        self._step_idx = {int(v): i for i, v in enumerate(coord["step"])}
+        self.steps = tuple(int(s) for s in coord["step"])
+        self.n_replicas = len(coord["replica"])
+        self.n_log = len(coord["log_step"])
+        self.n_eval = len(coord["eval_step"])
+        self.n_params = int(group["param"].shape[0])
+        self.n_buffers = int(group["buffer"].shape[0])
+        self.step_chunk = int(self._a["weights"].chunks[4])
+        self._bufs: dict[Any, _Buf] = {}
+        self._last: dict[Any, int] = {}
+        self._worker = _Worker()
+        self._closed = False
+        # a writer dropped without close() (or alive at exit): finish what is queued, then stop
+        weakref.finalize(self, _Worker.stop, self._worker, 60.0)
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def create(cls, url, resolved, *, param_layout: list[dict], buffer_layout: list[dict],
+               provenance: dict, runs: list[RunKey], optimizer_state_names: list[str],
+               step_chunk: int | None = None, precision_bits: int | None = None,
+               storage_options: dict | None = None) -> StudyWriter:
+        """Create a new, pre-sized store. StoreError if one exists or url is not writable."""
+        group = build_store(
+            url, resolved, param_layout=param_layout, buffer_layout=buffer_layout,
+            provenance=provenance, runs=runs, optimizer_state_names=optimizer_state_names,
+            step_chunk=step_chunk, precision_bits=precision_bits, storage_options=storage_options)
+        return cls(group, S.describe(url))
+
+    @classmethod
+    def resume(cls, url, resolved, *, study_id: str, storage_options: dict | None = None) -> StudyWriter:
+        """Reopen an existing store of the same study for resuming."""
+        from stabilitylab.store.validate import check_structure
+
+        where = S.describe(url)
+        group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
+        attrs = dict(group.attrs)
+        S.check_ours(attrs, where)
+        if attrs.get("study_id") != study_id:
+            raise StoreError(
+                f"store at {where} holds study {attrs.get('study_id')}, not {study_id}; use another --out"
+            )
+        with S.quiet():
+            check_structure(group, where, attrs)
+        expect = {
+            "level": resolved.levels, "rewind": resolved.rewinds,
+            "replica": tuple(range(resolved.config.study.replicas)), "step": resolved.record_steps,
+            "log_step": resolved.log_steps, "eval_step": resolved.eval_steps,
+        }
+        for dim, values in expect.items():
+            if tuple(int(v) for v in group[dim][:]) != tuple(int(v) for v in values):
+                raise StoreError(
+                    f"store at {where} was sized for a different schedule ({dim} differs); use another --out"
+                )
+        try:
+            group.attrs.update({"complete": False})  # also drops stale consolidated metadata
+        except OSError as e:
+            raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
+        return cls(group, where)
+
+    # -- status ----------------------------------------------------------------
+
+    def completed_runs(self) -> set[RunKey]:
+        """Runs whose status is complete or diverged."""
+        self._check()
+        self._worker.barrier()
+        status = self._a["status"][...]
+        levels = {i: lv for lv, i in self._level_idx.items()}
+        rewinds = {i: k for k, i in self._rewind_idx.items()}
+        return {
+            (S.KINDS[k], levels[l], rewinds[r], int(p))
+            for k, l, r, p in zip(*np.nonzero(np.isin(status, S.DONE)))
+        }
+
+    def dense_complete(self) -> bool:
+        self._check()
+        self._worker.barrier()
+        return int(self._a["dense_status"][0]) in S.DONE
+
+    # -- trajectories ------------------------------------------------------------
+
+    def record(self, runs: list[RunKey], step: int, weights: np.ndarray) -> None:
+        """Buffer one recorded step of several runs; ``weights`` is (len(runs), P)."""
+        self._check()
+        i = self._step(step)
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape != (len(runs), self.n_params):
+            raise ValueError(f"record: weights shape {w.shape}, expected {(len(runs), self.n_params)}")
+        for j, run in enumerate(runs):
+            self._put(self._idx(run), i, w[j])
+
+    def record_dense(self, step: int, weights: np.ndarray) -> None:
+        self._check()
+        i = self._step(step)
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape != (self.n_params,):
+            raise ValueError(f"record_dense: weights shape {w.shape}, expected {(self.n_params,)}")
+        self._put(_DENSE, i, w)
+
+    def _put(self, key, i: int, row: np.ndarray) -> None:
+        if i <= self._last.get(key, -1):
+            raise ValueError(f"record: steps of a run must increase (step {self.steps[i]} after "
+                             f"{self.steps[self._last[key]]})")
+        buf = self._bufs.get(key)
+        if buf is not None and not buf.s0 <= i < buf.s1:
+            self._submit_buf(key, self._bufs.pop(key))
+            buf = None
+        if buf is None:
+            s0 = (i // self.step_chunk) * self.step_chunk
+            s1 = min(s0 + self.step_chunk, len(self.steps))
+            buf = self._bufs[key] = _Buf(s0, s1, np.zeros((s1 - s0, self.n_params), np.float32))
+        buf.data[i - buf.s0] = row
+        self._last[key] = i
+        if i == buf.s1 - 1:
+            self._submit_buf(key, self._bufs.pop(key))
+
+    def _submit_buf(self, key, buf: _Buf) -> None:
+        if key == _DENSE:
+            arr, region = self._a["dense_weights"], (slice(buf.s0, buf.s1), slice(None))
+        else:
+            arr, region = self._a["weights"], key + (slice(buf.s0, buf.s1), slice(None))
+        self._submit(arr, region, buf.data)
+
+    def _submit(self, arr, region, value) -> None:
+        def write():
+            arr[region] = value
+        self._worker.submit(write)
+
+    # -- metrics, masks, finals, states ----------------------------------------------
+
+    def write_metrics(self, run: RunKey, *, train_loss, train_acc, test_loss, test_acc,
+                      train_eval_loss, train_eval_acc) -> None:
+        self._check()
+        self._metrics(self._idx(run), "", locals())
+
+    def write_dense_metrics(self, *, train_loss, train_acc, test_loss, test_acc,
+                            train_eval_loss, train_eval_acc) -> None:
+        self._check()
+        self._metrics((), "dense_", locals())
+
+    def _metrics(self, idx: tuple, prefix: str, values: dict) -> None:
+        for names, n in ((S.LOG_METRICS, self.n_log), (S.EVAL_METRICS, self.n_eval)):
+            for m in names:
+                v = np.asarray(values[m], dtype=np.float32)
+                if v.shape != (n,):
+                    raise ValueError(f"{m}: shape {v.shape}, expected ({n},)")
+                self._submit(self._a[prefix + m], idx + (slice(None),), v.copy())
+
+    def write_mask(self, kind: str, level: int, rewind: int, mask: np.ndarray, density: float) -> None:
+        self._check()
+        idx = self._idx((kind, level, rewind, 0))[:3]
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (self.n_params,):
+            raise ValueError(f"write_mask: mask shape {m.shape}, expected ({self.n_params},)")
+        self._submit(self._a["masks"], idx + (slice(None),), m.copy())
+        self._submit(self._a["density"], idx, np.float32(density))
+
+    def write_final(self, run: RunKey, *, buffers, test_acc, test_loss, train_eval_acc,
+                    train_eval_loss) -> None:
+        self._check()
+        self._final(self._idx(run), "", locals())
+
+    def write_dense_final(self, *, buffers, test_acc, test_loss, train_eval_acc, train_eval_loss) -> None:
+        self._check()
+        self._final((), "dense_", locals())
+
+    def _final(self, idx: tuple, prefix: str, values: dict) -> None:
+        b = np.asarray(values["buffers"] if values["buffers"] is not None else [], dtype=np.float32)
+        if b.shape != (self.n_buffers,):
+            raise ValueError(f"buffers: shape {b.shape}, expected ({self.n_buffers},)")
+        if self.n_buffers:
+            self._submit(self._a[prefix + "final_buffers"], idx + (slice(None),), b.copy())
+        at = idx if idx else (0,)
+        for m in S.FINAL_METRICS:
+            self._submit(self._a[f"{prefix}final_{m}"], at, np.float32(values[m]))
+
+    def write_rewind_state(self, name: str, rewind: int, values: np.ndarray) -> None:
+        self._check()
+        arr = self._state(name)
+        v = np.asarray(values, dtype=np.float32)
+        if v.shape != (self.n_params,):
+            raise ValueError(f"write_rewind_state: shape {v.shape}, expected ({self.n_params},)")
+        self._submit(arr, (self._rewind(rewind), slice(None)), v.copy())
+
+    def write_rewind_buffers(self, rewind: int, values: np.ndarray) -> None:
+        """Floating buffers (BatchNorm running stats) of the dense run at rewind point k."""
+        self._check()
+        v = np.asarray(values, dtype=np.float32)
+        if v.shape != (self.n_buffers,):
+            raise ValueError(f"write_rewind_buffers: shape {v.shape}, expected ({self.n_buffers},)")
+        if self.n_buffers:
+            self._submit(self._a["rewind_buffers"], (self._rewind(rewind), slice(None)), v.copy())
+
+    # -- reads (see pending writes) ------------------------------------------------
+
+    def read_rewind_buffers(self, rewind: int) -> np.ndarray:
+        self._check()
+        i = self._rewind(rewind)
+        self._sync()
+        return np.asarray(self._a["rewind_buffers"][i, :])
+
+    def read_rewind_state(self, name: str, rewind: int) -> np.ndarray:
+        self._check()
+        arr = self._state(name)
+        self._sync()
+        return np.asarray(arr[self._rewind(rewind), :])
+
+    def read_weights(self, run: RunKey, step: int) -> np.ndarray:
+        self._check()
+        return self._read(self._idx(run), self._step(step))
+
+    def read_dense_weights(self, step: int) -> np.ndarray:
+        self._check()
+        return self._read(_DENSE, self._step(step))
+
+    def _read(self, key, i: int) -> np.ndarray:
+        buf = self._bufs.get(key)
+        if buf is not None and buf.s0 <= i < buf.s1 and i <= self._last.get(key, -1):
+            return buf.data[i - buf.s0].copy()
+        self._sync()
+        if key == _DENSE:
+            return np.asarray(self._a["dense_weights"][i, :])
+        return np.asarray(self._a["weights"][key + (i, slice(None))])
+
+    # -- finishing --------------------------------------------------------------------
+
+    def finish_run(self, run: RunKey, status: str, diverged_step: int = -1) -> None:
+        """Flush the run's data, wait until it is written, then write its status."""
+        self._check()
+        idx = self._idx(run)
+        code = _status_code(status)
+        if code == S.STATUS_COMPLETE and self.steps and self._last.get(idx) != len(self.steps) - 1:
+            raise ValueError(f"finish_run: run {run} marked complete but step {self.steps[-1]} "
+                             "was never recorded")
+        if idx in self._bufs:
+            self._submit_buf(idx, self._bufs.pop(idx))
+        self._sync()  # data first ...
+        self._submit(self._a["diverged_step"], idx, np.int64(diverged_step))
+        self._submit(self._a["status"], idx, np.int8(code))  # ... then the status
+        self._sync()
+
+    def finish_dense(self, status: str, diverged_step: int = -1) -> None:
+        self._check()
+        code = _status_code(status)
+        if code == S.STATUS_COMPLETE and self.steps and self._last.get(_DENSE) != len(self.steps) - 1:
+            raise ValueError(f"finish_dense: marked complete but step {self.steps[-1]} was never recorded")
+        if _DENSE in self._bufs:
+            self._submit_buf(_DENSE, self._bufs.pop(_DENSE))
+        self._sync()
+        self._submit(self._a["dense_status"], (0,), np.int8(code))
+        self._sync()
+
+    def reset_run(self, run: RunKey) -> None:
+        """Mark a run incomplete and clear what it wrote (for resume)."""
+        self._check()
+        idx = self._idx(run)
+        self._bufs.pop(idx, None)
+        self._last.pop(idx, None)
+        a = self._a
+        self._submit(a["status"], idx, np.int8(S.STATUS_INCOMPLETE))  # first: never 'complete' on stale data
+        self._submit(a["diverged_step"], idx, np.int64(-1))
+        for m in S.FINAL_METRICS:
+            self._submit(a[f"final_{m}"], idx, np.float32(np.nan))
+        for m in S.LOG_METRICS + S.EVAL_METRICS:
+            self._submit(a[m], idx + (slice(None),), np.float32(np.nan))
+        self._submit(a["final_buffers"], idx + (slice(None),), np.float32(0))
+        self._submit(a["weights"], idx + (slice(None), slice(None)), np.float32(0))  # drops chunks
+        self._sync()
+
+    def flush(self) -> None:
+        """Write every pending row (partial chunks too) and wait for it."""
+        self._check()
+        for key, buf in self._bufs.items():
+            self._submit_buf(key, _Buf(buf.s0, buf.s1, buf.data.copy()))
+        self._sync()
+
+    def close(self, *, consolidate: bool) -> bool:
+        """Flush, stop the writer thread; if ``consolidate``, mark complete (when every
+        planned run is done) and consolidate metadata. Returns the ``complete`` flag."""
+        if self._closed:
+            return bool(self._g.attrs.get("complete", False))
+        try:
+            if self._worker.error is None:
+                for key in list(self._bufs):
+                    self._submit_buf(key, self._bufs.pop(key))
+        finally:
+            self._worker.barrier()
+            self._worker.stop()
+            self._closed = True
+        self._raise_worker_error()
+        complete = False
+        if consolidate:
+            status = self._a["status"][...]
+            planned = status != S.STATUS_ABSENT
+            complete = bool(np.isin(status[planned], S.DONE).all()) and \
+                int(self._a["dense_status"][0]) in S.DONE
+            try:
+                self._g.attrs.update({"complete": complete})
+                with S.quiet():
+                    zarr.consolidate_metadata(self._g.store, path=self._g.path or None)
+            except OSError as e:
+                raise StoreError(f"cannot write store at {self._where}: {S.one_line(e)}") from None
+        return complete
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close(consolidate=True)
+        elif not self._closed:
+            try:
+                self.close(consolidate=False)
+            except StoreError:
+                pass
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError(f"store writer for {self._where} is closed")
+        self._raise_worker_error()
+
+    def _raise_worker_error(self) -> None:
+        err = self._worker.error
+        if err is not None:
+            raise StoreError(f"cannot write store at {self._where}: {S.one_line(err)}") from err
+
+    def _sync(self) -> None:
+        self._worker.barrier()
+        self._raise_worker_error()
+
+    def _step(self, step: int) -> int:
+        try:
+            return self._step_idx[int(step)]
+        except KeyError:
+            raise ValueError(f"step {step} is not a recorded step of this study") from None
+
+    def _rewind(self, rewind: int) -> int:
+        try:
+            return self._rewind_idx[int(rewind)]
+        except KeyError:
+            raise ValueError(f"rewind {rewind} is not a rewind point of this study") from None
+
+    def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
+        check_key(run, tuple(self._level_idx), tuple(self._rewind_idx), self.n_replicas)
+        kind, level, rewind, replica = run
+        return (S.KINDS.index(kind), self._level_idx[int(level)], self._rewind_idx[int(rewind)], int(replica))
+
+    def _state(self, name: str):
+        arr = self._a.get(S.STATE_PREFIX + str(name))
+        if arr is None:
+            raise ValueError(f"unknown optimizer state {name!r}; store has {self._state_names}")
+        return arr
+
+
+def write_analysis(url, analysis, *, storage_options: dict | None = None) -> None:
+    """Replace the ``analysis`` sub-group of a study store with an xarray Dataset."""
+    where = S.describe(url)
+    store = S.open_store(url, read_only=False, storage_options=storage_options)
+    root = S.open_root(store, mode="r+", use_consolidated=False)
+    S.check_ours(dict(root.attrs), where)
+    try:
+        with S.quiet():
+            analysis.to_zarr(store, group="analysis", mode="w", zarr_format=3, consolidated=True)
+    except OSError as e:
+        raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
+
+
+def _status_code(status: str) -> int:
+    if status not in ("complete", "diverged", "incomplete"):
+        raise ValueError(f"status must be complete, diverged or incomplete, got {status!r}")
+    return S.STATUS_CODES[status]
