@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import make_data, tiny_conv, tiny_mlp
+from engine_helpers import data, make_data, tiny_conv, tiny_mlp  # noqa: F401 (fixture)
 
 from stabilitylab.config import load_config, validate
 from stabilitylab.train.engine import GroupPlan, train_group

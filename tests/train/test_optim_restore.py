@@ -1,7 +1,7 @@
 """Restoring the optimizer state at k continues the original trajectory exactly."""
 
 import torch
-from conftest import tiny_mlp
+from engine_helpers import data, tiny_mlp  # noqa: F401 (fixture)
 from test_engine import resolved_for
 
 from stabilitylab.train.engine import GroupPlan, train_group

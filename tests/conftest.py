@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny recorded (and analyzed) study reused across test modules."""
+
+import shutil
+
+import pytest
+
+import stabilitylab
+
+TINY = [
+    "training.steps='60it'", "study.rewinds=['0it','10it']", "study.replicas=2",
+    "pruning.levels=2", "data.num_samples=500", "model.channels=4",
+    "training.eval_every='30it'", "training.log_every='5it'", "study.record='every:5'",
+]
+
+
+def tiny_config(*extra):
+    return stabilitylab.load_config(None, TINY + list(extra))
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A complete tiny study (read-only: copy it before changing it)."""
+    out = tmp_path_factory.mktemp("study") / "tiny.zarr"
+    stabilitylab.record_study(tiny_config(), str(out), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzed(tiny_study, tmp_path_factory):
+    """The tiny study plus its analysis (a separate copy)."""
+    from stabilitylab.analysis.run import analyze_store
+
+    out = tmp_path_factory.mktemp("analyzed") / "tiny.zarr"
+    shutil.copytree(tiny_study, out)
+    result = analyze_store(str(out), progress=False, n_boot=200)
+    return out, result
