@@ -3,7 +3,7 @@
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
     stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report]
     stabilitylab report STORE [--out DIR]
-    stabilitylab validate STORE
+    stabilitylab validate STORE [--deep]
     stabilitylab presets
 """
 
@@ -17,8 +17,20 @@ from pathlib import Path
 from stabilitylab.errors import StabilityLabError
 
 
+class _UsageError(StabilityLabError):
+    """A bad command line (unknown option, bad choice, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises (printed as one ``error:`` line, exit 2)
+    instead of printing the usage block and calling ``sys.exit``."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stabilitylab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="stabilitylab", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("record", help="train a study and record every trajectory to Zarr")
@@ -48,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a store against the schema")
     val.add_argument("store")
+    val.add_argument("--deep", action="store_true",
+                     help="also decode every chunk (finds truncated or corrupt chunks; slow)")
 
     sub.add_parser("presets", help="list the shipped presets")
     return p
@@ -69,7 +83,8 @@ def _record(args) -> int:
     if args.scheduler:
         from stabilitylab.distributed import record_distributed
 
-        record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume, device=args.device)
+        record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
+                           device=args.device, progress=progress)
     else:
         record_study(cfg, out, resume=args.resume, device=args.device, progress=progress)
     print(f"recorded study {cfg.study.name} to {out}")
@@ -78,6 +93,9 @@ def _record(args) -> int:
 
 def _analyze(args) -> int:
     from stabilitylab.analysis.run import analyze_store
+    from stabilitylab.store import validate
+
+    validate(args.store)  # cheap; a damaged store stops here, before anything is written
 
     summary = analyze_store(args.store, measures=args.measures, device=args.device,
                             alphas=args.alphas, progress=False if args.no_progress else None)
@@ -93,6 +111,9 @@ def _analyze(args) -> int:
 
 def _report(args) -> int:
     from stabilitylab.report import write_report
+    from stabilitylab.store import validate
+
+    validate(args.store)
 
     print(f"report: {write_report(args.store, out=args.out)}")
     return 0
@@ -101,7 +122,7 @@ def _report(args) -> int:
 def _validate(args) -> int:
     from stabilitylab.store import validate
 
-    validate(args.store)
+    validate(args.store, deep=args.deep)
     print(f"{args.store}: valid stabilitylab store")
     return 0
 
@@ -113,15 +134,21 @@ def _presets(args) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message on one line: a path or value with a newline in it must not split it."""
+    text = str(exc) or type(exc).__name__
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args = _parser().parse_args(argv)
-    handler = {"record": _record, "analyze": _analyze, "report": _report,
-               "validate": _validate, "presets": _presets}[args.command]
     try:
+        args = _parser().parse_args(argv)
+        handler = {"record": _record, "analyze": _analyze, "report": _report,
+                   "validate": _validate, "presets": _presets}[args.command]
         return handler(args)
     except StabilityLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed runs are kept (continue with --resume)", file=sys.stderr)

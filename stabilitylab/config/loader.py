@@ -34,10 +34,13 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
         source = DEFAULT_PRESET
     text_source = str(source)
     path = Path(text_source)
-    if text_source.endswith(".toml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8", errors="replace")
+    if text_source.endswith(".toml") or _exists(path):
+        if not _is_file(path):
+            raise ConfigError(f"config file not found: {text_source!r}")
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {text_source!r}: {exc.strerror or exc}") from None
         label = str(path)
     else:
         if text_source not in available_presets():
@@ -50,9 +53,27 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
         label = text_source
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long for int()
         raise ConfigError(f"{label}: malformed TOML: {exc}") from None
     return raw, label
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # name too long, embedded NUL byte, ...
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+# Integers are stored as int64 (step coordinates, seeds); anything wider is a typo.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -64,37 +85,53 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise ConfigError(f"{name}: integer out of the 64-bit range")
             return value
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        raise ConfigError(f"{name}: expected an integer, got {_short(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{name}: number out of range") from None
+        raise ConfigError(f"{name}: expected a number, got {_short(value)}")
     if annotation is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int) and not isinstance(value, bool) and "steps" in name:
+            if not 0 <= value <= _INT_MAX:
+                raise ConfigError(f"{name}: steps must be in 0..2**63-1, got {_short(value)}")
             return f"{value}it"
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
+        raise ConfigError(f"{name}: expected a string, got {_short(value)}")
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if isinstance(value, str) and item_type is not str:
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {_short(value)}")
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
+            raise ConfigError(f"{name}: expected a list, got {_short(value)}")
         return tuple(_coerce(v, item_type, f"{name}[{i}]") for i, v in enumerate(value))
     if isinstance(annotation, types.UnionType):  # pragma: no cover - not used yet
         raise ConfigError(f"{name}: unsupported type")
     raise ConfigError(f"{name}: unsupported type {annotation!r}")  # pragma: no cover
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (error messages stay one short line)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still a bad value
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _build(raw: dict, label: str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: expected a table of sections")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS), key=repr)
     if unknown:
         raise ConfigError(
-            f"{label}: unknown section {unknown[0]!r}; sections: {', '.join(SECTIONS)}"
+            f"{label}: unknown section {_short(unknown[0])}; sections: {', '.join(SECTIONS)}"
         )
     sections = {}
     for section, cls in SECTIONS.items():
@@ -103,10 +140,11 @@ def _build(raw: dict, label: str) -> Config:
             raise ConfigError(f"{label}: [{section}] must be a table")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(values) - names)
+        bad = sorted(set(values) - names, key=repr)
         if bad:
+            key = bad[0] if isinstance(bad[0], str) and bad[0].isidentifier() else _short(bad[0])
             raise ConfigError(
-                f"{section}.{bad[0]}: unknown key; {section} keys: {', '.join(sorted(names))}"
+                f"{section}.{key}: unknown key; {section} keys: {', '.join(sorted(names))}"
             )
         kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
         sections[section] = cls(**kwargs)
@@ -117,23 +155,28 @@ def _parse_override_value(text: str) -> Any:
     """Read the right-hand side of ``--set key=value`` as a TOML value, else a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, KeyError):  # not one TOML value (or an over-long integer): a string
         return text
 
 
 def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
     """Apply ``section.key=value`` strings to a raw config mapping (a copy)."""
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"--set: expected a list of section.key=value strings, got {_short(overrides)}")
     for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"--set {_short(item)}: expected a section.key=value string")
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"--set {_short(item)}: expected section.key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. training.lr=0.05")
+            raise ConfigError(f"--set {_short(item)}: expected section.key=value, e.g. training.lr=0.05")
         section, name = parts
         if section not in SECTIONS:
-            raise ConfigError(f"--set {key}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+            raise ConfigError(f"--set {_short(key)}: unknown section {_short(section)}; "
+                              f"sections: {', '.join(SECTIONS)}")
         merged.setdefault(section, {})
         if not isinstance(merged[section], dict):
             raise ConfigError(f"[{section}] must be a table")

@@ -11,7 +11,10 @@ import re
 
 from stabilitylab.errors import ConfigError
 
-_STEP_RE = re.compile(r"^\s*(?:(?P<ep>\d+)\s*ep)?\s*(?:(?P<it>\d+)\s*it)?\s*$")
+# Matched against the stripped text; ASCII digits only, and one \s* between tokens, so
+# no input can make the match backtrack more than linearly.
+_STEP_RE = re.compile(r"(?:(?P<ep>[0-9]+)\s*ep)?\s*(?:(?P<it>[0-9]+)\s*it)?")
+_MAX_LEN = 64  # longer step strings are typos (and would hit int()'s digit limit)
 
 
 def parse_steps(text: str | int, iterations_per_epoch: int, *, field: str = "steps") -> int:
@@ -34,9 +37,12 @@ def parse_steps(text: str | int, iterations_per_epoch: int, *, field: str = "ste
         return text
     if not isinstance(text, str):
         raise ConfigError(f"{field}: expected a step like '2000it', '2ep' or '1ep50it', got {text!r}")
-    match = _STEP_RE.match(text)
-    if text.strip().isdigit():
-        return int(text)
+    stripped = text.strip()
+    if len(stripped) > _MAX_LEN:
+        raise ConfigError(f"{field}: step string too long ({len(stripped)} characters)")
+    if stripped.isascii() and stripped.isdigit():
+        return int(stripped)
+    match = _STEP_RE.fullmatch(stripped)
     if not match or (match.group("ep") is None and match.group("it") is None):
         raise ConfigError(
             f"{field}: bad step string {text!r}; use '<N>it', '<N>ep' or '<E>ep<I>it'"

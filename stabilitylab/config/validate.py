@@ -19,6 +19,12 @@ CONTROLS = ("random_prune", "reinit")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Sanity bounds: beyond these a value is a typo, and materializing its schedule
+# (a tuple of every recorded/logged step) would exhaust memory before anything ran.
+MAX_STEPS = 10**9  # training length T, in iterations
+MAX_SCHEDULE = 10**6  # entries of any recorded / evaluated / logged step schedule
+MAX_LEVELS = 100  # IMP levels
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -59,30 +65,35 @@ def record_schedule(spec: str, total: int, rewinds: tuple[int, ...], points: int
     """
     field = "study.record"
     spec = spec.strip()
+    short = spec if len(spec) <= 40 else spec[:37] + "..."
     if spec == "endpoints":
         steps: set[int] = set()
     elif spec == "dense_early":
+        _need(points <= MAX_SCHEDULE, f"study.record_points: at most {MAX_SCHEDULE}, got {points}")
         last = max(rewinds)
         early = min(last, 100)
         steps = {round(i * last / early) for i in range(early + 1)} if last > 0 else {0}
         n = max(points, 1)
         steps |= {last + round(i * (total - last) / n) for i in range(n + 1)}
     elif spec.startswith("every:"):
+        bad = f"{field}: bad period in {short!r}; use every:N with N >= 1"
         try:
-            every = int(spec[6:])
+            every = int(spec[6:]) if len(spec) <= 64 else 0
         except ValueError:
-            raise ConfigError(f"{field}: bad period in {spec!r}; use every:N with N >= 1") from None
-        _need(every >= 1, f"{field}: bad period in {spec!r}; use every:N with N >= 1")
+            raise ConfigError(bad) from None
+        _need(every >= 1, bad)
+        _need(total // every < MAX_SCHEDULE,
+              f"{field}: {short!r} records {total // every + 1} steps; at most {MAX_SCHEDULE}")
         steps = set(range(0, total + 1, every))
     elif spec.startswith("list:"):
         try:
             steps = {int(s) for s in spec[5:].split(",") if s.strip()}
-        except ValueError:
-            raise ConfigError(f"{field}: bad list {spec!r}; use list:0,10,20") from None
+        except ValueError:  # not integers (or absurdly long ones)
+            raise ConfigError(f"{field}: bad list {short!r}; use list:0,10,20") from None
         _need(all(0 <= s <= total for s in steps), f"{field}: recorded steps must lie in [0, {total}]")
     else:
         raise ConfigError(
-            f"{field}: unknown schedule {spec!r}; use dense_early, every:N, list:0,10,... or endpoints"
+            f"{field}: unknown schedule {short!r}; use dense_early, every:N, list:0,10,... or endpoints"
         )
     steps |= set(rewinds) | {0, total}  # always: resume and analysis need them
     return tuple(sorted(steps))
@@ -118,7 +129,7 @@ def validate(cfg: Config) -> Resolved:
     _need(t.precision in PRECISIONS, f"training.precision: choose from {', '.join(PRECISIONS)}, got {t.precision!r}")
     _need(p.strategy in STRATEGIES, f"pruning.strategy: unknown {p.strategy!r}; choose from {', '.join(STRATEGIES)}")
     _need(0.0 < p.fraction < 1.0, f"pruning.fraction: must be in (0, 1), got {p.fraction}")
-    _need(p.levels >= 0, f"pruning.levels: must be >= 0, got {p.levels}")
+    _need(0 <= p.levels <= MAX_LEVELS, f"pruning.levels: must be in 0..{MAX_LEVELS}, got {p.levels}")
     _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
     _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
@@ -136,6 +147,7 @@ def validate(cfg: Config) -> Resolved:
     per_epoch = train_size // t.batch_size
     total = parse_steps(t.steps, per_epoch, field="training.steps")
     _need(total >= 1, f"training.steps: must be >= 1 iteration, got {t.steps!r}")
+    _need(total <= MAX_STEPS, f"training.steps: at most {MAX_STEPS} iterations, got {total}")
     rewinds = tuple(
         sorted({parse_steps(r, per_epoch, field=f"study.rewinds[{i}]") for i, r in enumerate(s.rewinds)})
     )
@@ -152,6 +164,10 @@ def validate(cfg: Config) -> Resolved:
     log_every = parse_steps(t.log_every, per_epoch, field="training.log_every")
     _need(eval_every >= 1, "training.eval_every: must be >= 1 iteration")
     _need(log_every >= 1, "training.log_every: must be >= 1 iteration")
+    _need(total // eval_every < MAX_SCHEDULE,
+          f"training.eval_every: evaluates {total // eval_every + 1} times; at most {MAX_SCHEDULE}")
+    _need(total // log_every < MAX_SCHEDULE,
+          f"training.log_every: logs {total // log_every + 1} times; at most {MAX_SCHEDULE}")
     levels = tuple(range(p.levels + 1))
     for lv in s.control_levels:
         _need(1 <= lv <= p.levels, f"study.control_levels: level {lv} not in 1..{p.levels}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from stabilitylab.errors import ConfigError
 
 
@@ -22,3 +24,15 @@ def require_rank(model: str, input_shape: tuple, rank: int, what: str) -> None:
     if len(input_shape) != rank:
         raise ConfigError(f"model {model} needs {what} inputs, but the dataset's examples have "
                           f"shape {tuple(input_shape)}")
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that normalises in float32 under bf16 autocast.
+
+    Under ``vmap`` with stacked running statistics, batch_norm's batching rule needs the
+    input and the (float32) running stats in one dtype, so a bf16 activation fails. The
+    statistics stay float32 (exact), and the next conv casts back to bf16 by itself.
+    """
+
+    def forward(self, x):
+        return super().forward(x.float())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stabilitylab.models.common import check_dropout, check_positive, require_rank
+from stabilitylab.models.common import BatchNorm2d, check_dropout, check_positive, require_rank
 
 
 class Block(nn.Module):
@@ -23,12 +23,12 @@ class Block(nn.Module):
         super().__init__()
         stride = 2 if downsample else 1
         self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
+        self.bn1 = BatchNorm2d(f_out)
         self.conv2 = nn.Conv2d(f_out, f_out, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(f_out)
+        self.bn2 = BatchNorm2d(f_out)
         if downsample or f_in != f_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+                nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), BatchNorm2d(f_out))
         else:
             self.shortcut = nn.Sequential()
 
@@ -46,7 +46,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         widths = [16 * width, 32 * width, 64 * width]
         self.conv = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(widths[0])
+        self.bn = BatchNorm2d(widths[0])
         blocks = []
         f_in = widths[0]
         for stage, f_out in enumerate(widths):

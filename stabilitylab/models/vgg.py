@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stabilitylab.models.common import check_dropout, check_positive, require_rank
+from stabilitylab.models.common import BatchNorm2d, check_dropout, check_positive, require_rank
 
 PLANS: dict[int, list] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -29,7 +29,7 @@ class ConvBN(nn.Module):
     def __init__(self, f_in: int, f_out: int):
         super().__init__()
         self.conv = nn.Conv2d(f_in, f_out, 3, padding=1)
-        self.bn = nn.BatchNorm2d(f_out)
+        self.bn = BatchNorm2d(f_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.bn(self.conv(x)))

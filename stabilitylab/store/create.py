@@ -67,7 +67,8 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
                 arr = group.create_array(
                     name, shape=values.shape, chunks=(max(1, len(values)),), dtype=dtype,
                     fill_value="" if name == "kind" else 0, dimension_names=(name,),
-                    compressors=[zarr.codecs.ZstdCodec(level=3)], chunk_key_encoding=_KEYS,
+                    compressors=[zarr.codecs.ZstdCodec(level=3), S.checksum()],
+                    chunk_key_encoding=_KEYS,
                 )
                 if len(values):
                     arr[:] = values
@@ -136,11 +137,15 @@ def _precheck_location(url, storage_options) -> None:
         if not os.access(path, os.W_OK | os.X_OK):
             raise StoreError(f"cannot create store at {where}: directory is not writable")
         return
-    parent = path.absolute().parent
-    if not parent.is_dir():
-        raise StoreError(f"cannot create store at {where}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot create store at {where}: parent directory {parent} is not writable")
+    # Missing parent folders are created (like `mkdir -p`), so the nearest existing
+    # ancestor must be a writable directory.
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StoreError(f"cannot create store at {where}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create store at {where}: {ancestor} is not writable")
 
 
 def _root_attrs(resolved, provenance: dict, param_layout, buffer_layout, precision_bits) -> dict:

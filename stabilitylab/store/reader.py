@@ -24,6 +24,8 @@ def _open(store, where: str, group: str | None) -> xr.Dataset:
             return xr.open_zarr(
                 store, group=group, consolidated=consolidated, chunks={},
                 use_zarr_fill_value_as_mask=False, zarr_format=3,
+                # a damaged chunk raises StoreError when the lazy array is computed
+                from_array_kwargs={"getitem": S.GuardedGetter(where)},
             )
     except Exception as e:  # noqa: BLE001 - xarray/zarr errors on damaged stores
         raise StoreError(f"cannot open {where}: {S.one_line(e)}") from None
@@ -60,5 +62,8 @@ def open_study(url, *, storage_options: dict | None = None) -> xr.Dataset:
 
 def open_analysis(url, *, storage_options: dict | None = None) -> xr.Dataset:
     """The ``analysis`` sub-group written by the analysis layer; StoreError if absent."""
-    where, store, _, _ = _root(url, storage_options)
+    from stabilitylab.store.validate import check_safe
+
+    where, store, root, _ = _root(url, storage_options)
+    check_safe(root, where)  # no pickle codecs / object dtypes in what we are about to decode
     return _open(store, where, "analysis")

@@ -132,7 +132,7 @@ def codecs_for(spec: ArraySpec, precision_bits: int | None) -> dict:
     from zarr.codecs import BloscCodec, TransposeCodec, ZstdCodec
 
     if spec.dtype != "float32" or "param" not in spec.dims:
-        return {"compressors": [ZstdCodec(level=3)]}
+        return {"compressors": [ZstdCodec(level=3), checksum()]}
     filters: list = []
     if spec.name == "weights" and precision_bits is not None:
         with warnings.catch_warnings():
@@ -143,7 +143,19 @@ def codecs_for(spec: ArraySpec, precision_bits: int | None) -> dict:
         order[-2], order[-1] = order[-1], order[-2]
         filters.append(TransposeCodec(order=tuple(order)))
     blosc = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=4)
-    return {"filters": filters, "compressors": [blosc]}
+    return {"filters": filters, "compressors": [blosc, checksum()]}
+
+
+def checksum():
+    """The last codec of every array: a CRC32C of the stored chunk bytes.
+
+    A truncated or damaged chunk then fails to decode with a checksum error instead of
+    decoding to garbage (c-blosc does not bound-check a truncated buffer: it reads past
+    its end). ``crc32c`` is a core zarr v3 codec.
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return Crc32cCodec()
 
 
 def _numcodec(name: str):
@@ -227,6 +239,70 @@ def quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
+
+
+@contextlib.contextmanager
+def reading(where: str):
+    """Turn any failure to read or decode store data into a one-line StoreError."""
+    from stabilitylab.errors import StabilityLabError
+
+    try:
+        yield
+    except StabilityLabError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zarr/numcodecs/OS errors on damaged data
+        settle_zarr_tasks()
+        raise StoreError(f"cannot read store at {where}: {read_error_text(e)}") from None
+
+
+def read_error_text(e: BaseException) -> str:
+    """One line for a failed chunk read; checksum mismatches get a plain explanation."""
+    text = one_line(e)
+    if "checksum" in text.lower():
+        return "a chunk is truncated or corrupt (checksum mismatch)"
+    return text
+
+
+def settle_zarr_tasks(timeout: float = 10.0) -> None:
+    """Let zarr's other chunk tasks of a failed read finish.
+
+    When one chunk of a multi-chunk read fails, zarr abandons the sibling tasks on its
+    event loop; if the process then exits they are destroyed mid-flight and asyncio
+    prints a page of "Task was destroyed but it is pending!" under our one-line error.
+    Best effort: never raises.
+    """
+    import asyncio
+
+    async def settle():
+        me = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    try:
+        from zarr.core.sync import sync
+
+        sync(settle(), timeout=timeout + 1)
+    except Exception:  # noqa: BLE001 - internal API moved, or called from the loop itself
+        pass
+
+
+class GuardedGetter:
+    """A dask ``getitem`` for lazily read store arrays: a chunk that cannot be read or
+    decoded (truncated, corrupt, missing metadata) raises :class:`StoreError`, not the
+    zarr/numcodecs exception, wherever the array is finally computed."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def __call__(self, a, b, asarray=True, lock=None):
+        from dask.array.core import getter
+
+        with reading(self.where):
+            return getter(a, b, asarray=asarray, lock=lock)
+
+    def __dask_tokenize__(self):
+        return ("stabilitylab.GuardedGetter", self.where)
 
 
 def one_line(e: BaseException | str) -> str:

@@ -6,7 +6,10 @@ are checked for presence (final step of each complete run), never loaded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 
 import numpy as np
 import zarr
@@ -21,6 +24,24 @@ _SAFE_DTYPES = {
 }
 _STRING_DTYPES = {"string", "fixed_length_utf32"}
 
+# Codecs we decode: the core zarr v3 ones and numcodecs' numeric ones. Anything else
+# (numcodecs.pickle, msgpack/json object codecs, codecs from unknown plugins) is refused
+# before a single chunk is read: decoding a pickle executes code.
+_SAFE_CODECS = {
+    "bytes", "transpose", "blosc", "zstd", "gzip", "crc32c", "sharding_indexed",
+    "vlen-utf8", "vlen-bytes", "endian",
+} | {f"numcodecs.{n}" for n in (
+    "bitround", "blosc", "zstd", "zlib", "gzip", "bz2", "lzma", "lz4", "delta", "shuffle",
+    "fixedscaleoffset", "quantize", "packbits", "astype", "crc32", "crc32c", "adler32",
+    "fletcher32", "jenkins_lookup3", "pcodec", "zfpy",
+)}
+
+# validate(deep=True) reads arrays up to this size in one go, bigger ones chunk by chunk.
+_WHOLE_READ_BYTES = 64 << 20
+
+# Coordinates are read whole; a length beyond this is a damaged (or hostile) shape.
+_MAX_COORD = 10**8
+
 
 def _meta(arr) -> dict:
     return arr.metadata.to_dict()
@@ -31,9 +52,80 @@ def _dtype_name(meta: dict) -> str:
     return dt.get("name", "?") if isinstance(dt, dict) else str(dt)
 
 
+_PICKLE_GLOBAL = re.compile(rb"(?:^|[\n(}\]])c[\w.]+\n[\w.]+\n")
+
+
+def _looks_pickled(text: str) -> bool:
+    """Whether a string attribute is a pickle (raw, or base64): protocol 2+ starts with
+    PROTO (0x80, 2..5); protocols 0/1 import with GLOBAL (``c<module>\\n<name>\\n``) and
+    end with STOP (``.``). We never unpickle attributes; such a store is refused outright."""
+    if len(text) < 4:
+        return False
+    candidates = []
+    try:
+        candidates.append(text.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    if len(text) % 4 == 0:
+        try:
+            candidates.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            pass
+    for raw in candidates:
+        if len(raw) >= 2 and raw[0] == 0x80 and 2 <= raw[1] <= 5:
+            return True
+        if raw.rstrip().endswith(b".") and _PICKLE_GLOBAL.search(raw):
+            return True
+    return False
+
+
+def _check_no_pickles(value, what: str) -> None:
+    if isinstance(value, str):
+        if _looks_pickled(value):
+            raise StoreError(f"{what} holds a pickled object (refused: pickles can run code)")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_no_pickles(k, what)
+            _check_no_pickles(v, what)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_no_pickles(v, what)
+
+
+def _codec_names(codecs) -> list[str]:
+    """Names of a codec chain, including the inner chains of sharding codecs."""
+    names = []
+    for codec in codecs or ():
+        if isinstance(codec, dict):
+            names.append(str(codec.get("name", "?")))
+            config = codec.get("configuration")
+            if isinstance(config, dict):
+                for key in ("codecs", "index_codecs"):
+                    if isinstance(config.get(key), (list, tuple)):
+                        names += _codec_names(config[key])
+        else:  # a codec object: its JSON form
+            to_dict = getattr(codec, "to_dict", None)
+            names += _codec_names([to_dict()]) if callable(to_dict) else [type(codec).__name__]
+    return names
+
+
+def check_safe(group: zarr.Group, where: str) -> None:
+    """StoreError unless every array below ``group`` has a plain dtype and only known,
+    code-free codecs (no pickles, no objects) and every attribute is plain JSON."""
+    with S.quiet():
+        try:
+            _check_safe(group, where)
+        except StoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unknown codec/dtype in the metadata itself
+            raise StoreError(f"{where}: unreadable array metadata: {S.one_line(e)}") from None
+
+
 def _check_safe(group: zarr.Group, where: str, prefix: str = "") -> None:
     """No object dtypes, no pickle codecs, JSON-only attributes, anywhere below ``group``."""
-    S.check_json(dict(group.attrs), f"{where}: attributes of group {prefix or '/'!r}", allow_nan=True)
+    attrs = dict(group.attrs)
+    S.check_json(attrs, f"{where}: attributes of group {prefix or '/'!r}", allow_nan=True)
+    _check_no_pickles(attrs, f"{where}: an attribute of group {prefix or '/'!r}")
     for name, arr in group.arrays():
         meta = _meta(arr)
         if meta.get("zarr_format") != 3:
@@ -41,11 +133,12 @@ def _check_safe(group: zarr.Group, where: str, prefix: str = "") -> None:
         dtype = _dtype_name(meta)
         if dtype not in _SAFE_DTYPES:
             raise StoreError(f"{where}: array {prefix + name!r} has unsupported dtype {dtype!r} (objects refused)")
-        for codec in meta.get("codecs", ()):
-            cname = codec.get("name", "") if isinstance(codec, dict) else str(codec)
-            if "pickle" in cname.lower() or "object" in cname.lower():
-                raise StoreError(f"{where}: array {prefix + name!r} uses codec {cname!r} (pickles refused)")
+        for cname in _codec_names(meta.get("codecs", ())):
+            if cname.lower() not in _SAFE_CODECS:
+                raise StoreError(f"{where}: array {prefix + name!r} uses codec {cname!r} "
+                                 "(only numeric codecs are read; pickles refused)")
         S.check_json(dict(arr.attrs), f"{where}: attributes of array {prefix + name!r}", allow_nan=True)
+        _check_no_pickles(dict(arr.attrs), f"{where}: an attribute of array {prefix + name!r}")
     for name, sub in group.groups():
         _check_safe(sub, where, f"{prefix}{name}/")
 
@@ -87,6 +180,7 @@ def check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, int
 def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, int]:
     check_attrs(attrs, where)
     _check_safe(group, where)
+    _check_originals(group, where)
     arrays = dict(group.arrays())
     sizes: dict[str, int] = {"dense": 1}
     for dim, dtype in S.COORD_DTYPES.items():
@@ -102,7 +196,11 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
             raise StoreError(f"{where}: coordinate {dim!r} has dtype {got}, expected {dtype}")
         if len(arr.chunks) != 1 or arr.chunks[0] < arr.shape[0]:
             raise StoreError(f"{where}: coordinate {dim!r} must be one chunk")
+        if arr.shape[0] > _MAX_COORD:
+            raise StoreError(f"{where}: coordinate {dim!r} has implausible length {arr.shape[0]}")
         sizes[dim] = int(arr.shape[0])
+    if sizes["kind"] != len(S.KINDS):
+        raise StoreError(f"{where}: kind coordinate has {sizes['kind']} entries, expected {len(S.KINDS)}")
     kinds = tuple(str(k) for k in arrays["kind"][:])
     if kinds != S.KINDS:
         raise StoreError(f"{where}: kind coordinate is {list(kinds)}, expected {list(S.KINDS)}")
@@ -146,18 +244,97 @@ def _chunk_exists(arr, index: tuple[int, ...]) -> bool | None:
         return None
 
 
-def validate(url, *, storage_options: dict | None = None) -> list[str]:
-    """Check a store; raise StoreError naming the first problem, else return summary lines."""
+def check_store(group: zarr.Group, where: str, attrs: dict) -> dict[str, int]:
+    """:func:`check_structure` plus the cheap content checks of :func:`validate`
+    (status values, final chunks of complete runs); returns the dim sizes."""
+    sizes = check_structure(group, where, attrs)
+    with S.quiet(), S.reading(where):
+        _check_contents(group, where, attrs, sizes)
+    return sizes
+
+
+def validate(url, *, storage_options: dict | None = None, deep: bool = False) -> list[str]:
+    """Check a store; raise StoreError naming the first problem, else return summary lines.
+
+    ``deep=True`` also reads and decodes every stored chunk of every array (checksums
+    included): slow on a big store, but it finds truncated or corrupt chunks.
+    """
     where = S.describe(url)
     group = S.open_root(url, mode="r", storage_options=storage_options)
     attrs = dict(group.attrs)
     S.check_ours(attrs, where)
     sizes = check_structure(group, where, attrs)
-    with S.quiet():
-        return _check_contents(group, where, attrs, sizes)
+    with S.quiet(), S.reading(where):
+        notes = _check_contents(group, where, attrs, sizes)
+        if deep:
+            notes.append(f"{_check_chunks(group, where)} chunks decoded")
+    return notes
+
+
+def _check_chunks(group: zarr.Group, where: str, prefix: str = "") -> int:
+    """Decode every chunk below ``group`` (one at a time); return how many were read."""
+    import itertools
+
+    n = 0
+    for name, arr in group.arrays():
+        grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+        if arr.nbytes <= _WHOLE_READ_BYTES:
+            try:  # small array: one concurrent read; only on failure look for the chunk
+                arr[...]
+                n += int(np.prod([len(g) for g in grid]))
+                continue
+            except Exception:  # noqa: BLE001
+                S.settle_zarr_tasks()
+        for block in itertools.product(*grid):
+            try:
+                arr.get_block_selection(block)
+            except Exception as e:  # noqa: BLE001 - checksum, codec, truncation, I/O
+                S.settle_zarr_tasks()
+                raise StoreError(f"{where}: array {prefix + name!r} chunk {list(block)} is unreadable: "
+                                 f"{S.read_error_text(e)}") from None
+            n += 1
+    for name, sub in group.groups():
+        n += _check_chunks(sub, where, f"{prefix}{name}/")
+    return n
+
+
+def _read_key(group: zarr.Group, key: str) -> bytes | bool | None:
+    """The bytes stored at ``key`` (relative to the group), False if absent, None if
+    that can't be asked."""
+    path = group.path.strip("/")
+    try:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(group.store.get(f"{path}/{key}" if path else key, default_buffer_prototype()))
+    except Exception:  # noqa: BLE001 - internal API moved: skip the check
+        return None
+    return False if buf is None else buf.to_bytes()
+
+
+def _check_originals(group: zarr.Group, where: str) -> None:
+    """With consolidated metadata, every listed array's own zarr.json must still be there
+    and parse: the consolidated copy would otherwise hide a deleted or damaged folder."""
+    if group.metadata.consolidated_metadata is None:
+        return
+    for name in [n for n, _ in group.arrays()]:
+        text = _read_key(group, f"{name}/zarr.json")
+        if text is False:
+            raise StoreError(f"{where}: array {name!r} is listed in the consolidated metadata "
+                             "but missing from the store")
+        if text is not None:
+            try:
+                ok = isinstance(json.loads(text), dict)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise StoreError(f"{where}: metadata of array {name!r} (zarr.json) is damaged")
 
 
 def _check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, int]) -> list[str]:
+    for dim in S.COORD_DTYPES:  # (a length-1 coordinate [0] equals the fill value: not stored)
+        if sizes[dim] > 1 and _chunk_exists(group[dim], (0,)) is False:
+            raise StoreError(f"{where}: coordinate {dim!r} has no data (its chunk is missing)")
     status = np.asarray(group["status"][...])
     dense = int(group["dense_status"][0])
     bad = status[(status < 0) | (status > 3)]

@@ -81,7 +81,7 @@ class StudyWriter:
     def __init__(self, group: zarr.Group, where: str):
         self._g = group
         self._where = where
-        with S.quiet():
+        with S.quiet(), S.reading(where):
             names = [n for n, _ in group.arrays()]
             self._state_names = sorted(
                 n[len(S.STATE_PREFIX):] for n in names if n.startswith(S.STATE_PREFIX))
@@ -121,28 +121,32 @@ class StudyWriter:
     @classmethod
     def resume(cls, url, resolved, *, study_id: str, storage_options: dict | None = None) -> StudyWriter:
         """Reopen an existing store of the same study for resuming."""
-        from stabilitylab.store.validate import check_structure
+        from stabilitylab.store.validate import check_store
 
         where = S.describe(url)
-        group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
+        # every check on a read-only view first: a refused resume writes nothing (opening a
+        # local path read-write would already create the folder)
+        group = S.open_root(url, mode="r", storage_options=storage_options, use_consolidated=False)
         attrs = dict(group.attrs)
         S.check_ours(attrs, where)
         if attrs.get("study_id") != study_id:
             raise StoreError(
                 f"store at {where} holds study {attrs.get('study_id')}, not {study_id}; use another --out"
             )
-        with S.quiet():
-            check_structure(group, where, attrs)
+        check_store(group, where, attrs)  # structure, status values, final chunks
         expect = {
             "level": resolved.levels, "rewind": resolved.rewinds,
             "replica": tuple(range(resolved.config.study.replicas)), "step": resolved.record_steps,
             "log_step": resolved.log_steps, "eval_step": resolved.eval_steps,
         }
         for dim, values in expect.items():
-            if tuple(int(v) for v in group[dim][:]) != tuple(int(v) for v in values):
+            with S.reading(where):
+                stored = tuple(int(v) for v in group[dim][:])
+            if stored != tuple(int(v) for v in values):
                 raise StoreError(
                     f"store at {where} was sized for a different schedule ({dim} differs); use another --out"
                 )
+        group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
         try:
             group.attrs.update({"complete": False})  # also drops stale consolidated metadata
         except OSError as e:
@@ -155,7 +159,8 @@ class StudyWriter:
         """Runs whose status is complete or diverged."""
         self._check()
         self._worker.barrier()
-        status = self._a["status"][...]
+        with S.reading(self._where):
+            status = self._a["status"][...]
         levels = {i: lv for lv, i in self._level_idx.items()}
         rewinds = {i: k for k, i in self._rewind_idx.items()}
         return {
@@ -166,7 +171,8 @@ class StudyWriter:
     def dense_complete(self) -> bool:
         self._check()
         self._worker.barrier()
-        return int(self._a["dense_status"][0]) in S.DONE
+        with S.reading(self._where):
+            return int(self._a["dense_status"][0]) in S.DONE
 
     # -- trajectories ------------------------------------------------------------
 
@@ -288,13 +294,15 @@ class StudyWriter:
         self._check()
         i = self._rewind(rewind)
         self._sync()
-        return np.asarray(self._a["rewind_buffers"][i, :])
+        with S.reading(self._where):
+            return np.asarray(self._a["rewind_buffers"][i, :])
 
     def read_rewind_state(self, name: str, rewind: int) -> np.ndarray:
         self._check()
         arr = self._state(name)
         self._sync()
-        return np.asarray(arr[self._rewind(rewind), :])
+        with S.reading(self._where):
+            return np.asarray(arr[self._rewind(rewind), :])
 
     def read_weights(self, run: RunKey, step: int) -> np.ndarray:
         self._check()
@@ -309,9 +317,10 @@ class StudyWriter:
         if buf is not None and buf.s0 <= i < buf.s1 and i <= self._last.get(key, -1):
             return buf.data[i - buf.s0].copy()
         self._sync()
-        if key == _DENSE:
-            return np.asarray(self._a["dense_weights"][i, :])
-        return np.asarray(self._a["weights"][key + (i, slice(None))])
+        with S.reading(self._where):
+            if key == _DENSE:
+                return np.asarray(self._a["dense_weights"][i, :])
+            return np.asarray(self._a["weights"][key + (i, slice(None))])
 
     # -- finishing --------------------------------------------------------------------
 
@@ -381,10 +390,11 @@ class StudyWriter:
         self._raise_worker_error()
         complete = False
         if consolidate:
-            status = self._a["status"][...]
+            with S.reading(self._where):
+                status = self._a["status"][...]
+                dense = int(self._a["dense_status"][0])
             planned = status != S.STATUS_ABSENT
-            complete = bool(np.isin(status[planned], S.DONE).all()) and \
-                int(self._a["dense_status"][0]) in S.DONE
+            complete = bool(np.isin(status[planned], S.DONE).all()) and dense in S.DONE
             try:
                 self._g.attrs.update({"complete": complete})
                 with S.quiet():

@@ -14,6 +14,7 @@ snapshotted then, and the few iterations it computes after T are discarded.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -107,11 +108,134 @@ def _subset(tensors: dict, index) -> dict:
     return {n: t[index] for n, t in tensors.items()}
 
 
+# -- CUDA paths (each falls back to the plain CPU behaviour) ------------------------------
+
+def _pinned_empty(shape, dtype) -> torch.Tensor:
+    """A page-locked host tensor when CUDA can pin memory, else an ordinary one.
+
+    Pinning needs a CUDA driver; without one ``pin_memory=True`` raises, and we fall back.
+    """
+    if torch.cuda.is_available():
+        try:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=dtype)
+
+
+def _host_copy(t: torch.Tensor):
+    """Start copying ``t`` to host memory: ``(host_tensor, event)``.
+
+    CUDA tensor and pinned memory available: an asynchronous copy into a fresh pinned
+    buffer (``non_blocking=True``) and a CUDA event recorded after it on the current
+    stream; ``host_tensor`` is valid once ``event`` has completed. Otherwise (CPU tensor,
+    or no pinned memory): a plain synchronous copy and ``event`` None. A CPU tensor is
+    returned as is (no copy), so pass a tensor nobody will modify afterwards.
+
+    Fresh pinned buffers are cheap after warm-up: PyTorch's caching host allocator
+    reuses a pinned block only after its tensor is freed and the copies recorded on it
+    are done, so a recorder may keep the arrays it is handed.
+    """
+    t = t.detach()
+    if t.device.type != "cuda":
+        return t.cpu(), None
+    host = _pinned_empty(t.shape, t.dtype)
+    if not host.is_pinned():  # a non_blocking copy into pageable memory is synchronous anyway
+        return t.cpu(), None
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(t.device))
+    return host, event
+
+
+class _HostRecords:
+    """Hands recorded weights to a recorder, in order, without stalling the device.
+
+    ``push`` starts a device-to-host copy (:func:`_host_copy`). A copy that needs no
+    event (CPU) is delivered at once, which is the direct path. Otherwise it waits in a
+    queue of at most ``depth`` copies in flight (a ring of pinned buffers); completed
+    copies are delivered at the next ``push``, the oldest is waited for when the queue
+    is full, and ``flush`` delivers the rest. Delivery order is push order.
+    """
+
+    def __init__(self, recorder: Recorder, depth: int = 4, copy=_host_copy):
+        self.recorder = recorder
+        self.depth = max(1, int(depth))
+        self.copy = copy
+        self.pending: deque = deque()
+
+    def push(self, runs: list, step: int, flat: torch.Tensor) -> None:
+        host, event = self.copy(flat)
+        if event is None and not self.pending:
+            self.recorder.record(runs, step, host.numpy())
+            return
+        self.pending.append((runs, step, host, event, flat))  # keep ``flat`` alive until copied
+        self._deliver(block=False)
+        while len(self.pending) > self.depth:
+            self._deliver_one()
+
+    def flush(self) -> None:
+        self._deliver(block=True)
+
+    def _deliver(self, block: bool) -> None:
+        while self.pending:
+            event = self.pending[0][3]
+            if not block and event is not None and not event.query():
+                return
+            self._deliver_one()
+
+    def _deliver_one(self) -> None:
+        runs, step, host, event, _ = self.pending.popleft()
+        if event is not None and not event.query():
+            event.synchronize()
+        self.recorder.record(runs, step, host.numpy())
+
+
+def channels_last_stacked(x: torch.Tensor) -> torch.Tensor:
+    """The same values with a layout that makes vmapped ``conv2d`` run channels-last.
+
+    Under ``vmap`` with per-replica weights, PyTorch runs a conv2d over a stacked
+    (R, B, C, H, W) input as one grouped convolution over the (B, R*C, H, W) view
+    (groups = R). ``x.contiguous(memory_format=torch.channels_last)`` is meaningless
+    for a 5-D tensor (it would be channels_last_3d over the wrong dims), so instead we
+    store x physically as (B, H, W, R, C): the grouped conv's input view is then
+    exactly NHWC, and cuDNN keeps its output NHWC, which BN/ReLU/add under vmap
+    preserve (checked in tests/train/test_cuda_paths.py). A shared (B, C, H, W) input
+    (evaluation) gets the ordinary channels_last format. Other ranks are returned as is.
+    Values, shapes and therefore results are unchanged; only the speed can differ.
+    """
+    if x.dim() == 5:
+        return x.permute(1, 3, 4, 0, 2).contiguous().permute(3, 0, 4, 1, 2)
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# torch.compile is deliberately not applied. The step is vmap(functional_call) with
+# in-place per-replica BatchNorm buffer updates under vmap, R changes from group to group
+# (a recompile per shape), and the compiled graph would have to be checked against the
+# reference path on a GPU we cannot test here. Wrapping ``StackedModel._forward`` in
+# ``torch.compile`` is the place to try it once it can be measured.
+
+
+def use_channels_last(device: torch.device, example_shape: tuple, setting: bool | None = None) -> bool:
+    """Whether to feed conv2d models channels-last: ``setting`` if given, else off.
+
+    Off by default: on an H200 with torch 2.11, vmapped BatchNorm over a channels-last
+    input raises "NYI: querying is_contiguous inside of vmap for memory_format other than
+    torch.contiguous_format", so the layout only works for BN-free conv nets today.
+    """
+    if setting is not None:
+        return bool(setting)
+    return False
+
+
 def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
                 recorder: Recorder | None = None,
                 on_snapshot: Callable | None = None,
                 on_progress: Callable[[int], None] | None = None,
-                augment: Callable | None = None) -> GroupResult:
+                augment: Callable | None = None,
+                channels_last: bool | None = None) -> GroupResult:
     """Train every run of ``plan`` to T; record, evaluate and log on the study's schedules.
 
     Parameters
@@ -123,6 +247,11 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         (R must be 1), before the update at that step.
     on_progress : called with the number of replica-steps done since the last call.
     augment : ``f(x (B, ...), generator) -> x`` applied per replica (CIFAR recipes).
+    channels_last : feed image batches channels-last (:func:`channels_last_stacked`);
+        None: on for image data on CUDA, off otherwise (:func:`use_channels_last`).
+
+    On CUDA, recorded weights go to the recorder through pinned host buffers and
+    asynchronous copies (:class:`_HostRecords`), all delivered before this returns.
     """
     cfg = resolved.config.training
     device = data.train_x.device
@@ -163,6 +292,11 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     train_eval_y = data.train_y[: resolved.config.data.train_eval_size]
     names = list(params)
     plist = [params[n] for n in names]
+    host_records = _HostRecords(recorder) if recorder is not None else None
+    to_channels_last = use_channels_last(device, tuple(data.train_x.shape[1:]), channels_last)
+    test_x = channels_last_stacked(data.test_x) if to_channels_last else data.test_x
+    if to_channels_last:
+        train_eval_x = channels_last_stacked(train_eval_x)
 
     for i in range(n_iter + 1):
         steps = [k + i for k in starts]
@@ -176,12 +310,12 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
             for step, rs in by_step.items():
                 with torch.no_grad():
                     flat = stacked.flatten(_subset({n: params[n].detach() for n in names}, rs))
-                recorder.record([plan.runs[r] for r in rs], step, flat.float().cpu().numpy())
+                host_records.push([plan.runs[r] for r in rs], step, flat.float())
         ev = [r for r in live if steps[r] in eval_index]
         if ev:
             sub_p = _subset({n: params[n].detach() for n in names}, ev)
             sub_b = _subset(buffers, ev)
-            tl, ta = evaluate(stacked, sub_p, sub_b, data.test_x, data.test_y, precision=cfg.precision)
+            tl, ta = evaluate(stacked, sub_p, sub_b, test_x, data.test_y, precision=cfg.precision)
             el, ea = evaluate(stacked, sub_p, sub_b, train_eval_x, train_eval_y, precision=cfg.precision)
             for j, r in enumerate(ev):
                 col = eval_index[steps[r]]
@@ -210,6 +344,8 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
                     derive_seed(plan.data_seeds[r], "augment", steps[r])))
                 for r in range(R)
             ])
+        if to_channels_last:
+            xb = channels_last_stacked(xb)
         if has_dropout:
             torch.manual_seed(derive_seed(plan.seed, "dropout", i))
         with autocast(device, cfg.precision):
@@ -235,6 +371,8 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         if on_progress is not None:
             on_progress(len(live) - sum(1 for r in live if steps[r] == T))
 
+    if host_records is not None:
+        host_records.flush()
     # A replica whose loss went non-finite between log steps is caught here too.
     for r in range(R):
         if diverged[r] < 0 and not all(torch.isfinite(final_params[n][r]).all() for n in names):

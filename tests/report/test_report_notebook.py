@@ -1,18 +1,15 @@
 """reports/explore.ipynb runs top to bottom (nbclient) against a store; so does write_report.
 
-Two stores: a fake one (store testing helpers + the synthetic analysis, no training) and,
-where the runner and the analysis driver exist, a tiny recorded and analysed study.
+Two stores: a fake one (store testing helpers + the synthetic analysis, no training) and
+a tiny recorded and analysed study.
 """
 
-import importlib
 import warnings
 from pathlib import Path
 
 import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "reports" / "explore.ipynb"
-TINY = ["training.steps='60it'", "study.rewinds=['0it','10it']", "study.replicas=2",
-        "pruning.levels=1", "data.num_samples=500", "model.channels=4", "training.eval_every='30it'"]
 
 pytestmark = pytest.mark.slow
 
@@ -57,33 +54,16 @@ def fake_store(tmp_path_factory):
     return url
 
 
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    try:
-        importlib.import_module("stabilitylab.study.runner")
-        run = importlib.import_module("stabilitylab.analysis.run")
-    except ImportError as e:
-        pytest.skip(f"runner or analysis driver unavailable: {e}")
-    import stabilitylab
-
-    out = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
-    try:
-        cfg = stabilitylab.load_config(None, TINY)
-        stabilitylab.record_study(cfg, out)
-        run.analyze_store(out)
-    except Exception as e:  # noqa: BLE001 - the study pipeline is not ready yet
-        pytest.skip(f"cannot record and analyse a tiny study: {type(e).__name__}: {e}")
-    return out
-
-
 def test_notebook_on_fake_store(fake_store, tmp_path, monkeypatch):
     check(run_notebook(fake_store, tmp_path, monkeypatch))
 
 
-def test_notebook_and_report_on_tiny_study(tiny_study, tmp_path, monkeypatch):
+def test_notebook_and_report_on_tiny_study(tiny_analyzed, tmp_path, monkeypatch):
+    """A real recorded and analyzed study (tests/conftest.py); failures here are real."""
     from stabilitylab.report import write_report
 
-    check(run_notebook(tiny_study, tmp_path, monkeypatch))
-    out = write_report(tiny_study, out=tmp_path / "report")
+    store = tiny_analyzed[0]
+    check(run_notebook(store, tmp_path, monkeypatch))
+    out = write_report(store, out=tmp_path / "report")
     assert (out / "index.html").exists() and (out / "instability.png").exists()
     assert sum(p.stat().st_size for p in out.iterdir()) < 2_000_000

@@ -41,12 +41,19 @@ def test_refuses_existing_store(tmp_path):
         _create(tmp_path / "junk")
 
 
+def test_missing_parent_folders_are_created(tmp_path):
+    target = tmp_path / "missing" / "deeper" / "s.zarr"
+    _create(target)
+    assert (target / "zarr.json").exists()
+
+
 def test_unwritable_target_fails_before_creating_anything(tmp_path):
-    target = tmp_path / "missing" / "s.zarr"
-    with pytest.raises(StoreError, match="parent directory .* does not exist") as e:
+    (tmp_path / "file").write_text("not a folder")
+    target = tmp_path / "file" / "sub" / "s.zarr"
+    with pytest.raises(StoreError, match="is not a directory") as e:
         _create(target)
     assert "\n" not in str(e.value)
-    assert not (tmp_path / "missing").exists()
+    assert not (tmp_path / "file" / "sub").exists()
     if os.geteuid() == 0:
         return  # root ignores directory permissions
     ro = tmp_path / "ro"

@@ -1,0 +1,154 @@
+"""CUDA row: ResNet-20 on CIFAR-10-shaped synthetic data, batch 128.
+
+    python benchmarks/bench_cuda.py [--quick] [--steps 30] [--channels-last auto|on|off]
+
+* speedup: our batched engine with 8 replicas (fp32, and bf16 autocast) vs a plain
+  FP32 PyTorch loop (nn.Module + torch.optim.SGD, one replica at a time); replica-steps/s.
+* efficiency: achieved TFLOP/s of the engine in bf16 at 8 and 32 replicas, as a fraction
+  of the GPU's dense bf16 peak (H100/H200 SXM: 989 TFLOP/s; other GPUs: a measured
+  8192² bf16 matmul). FLOPs per replica-step are counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` on one forward + backward of one replica.
+
+Self-contained on purpose: it imports torch, ``benchmarks/common.py`` and
+``stabilitylab.{config,models,train}`` only (never the store, zarr or dask), so it runs
+on a machine with torch alone plus this source tree (it puts the repo root on
+``sys.path`` itself). Without CUDA it prints one "no CUDA device" row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(_ROOT), str(_ROOT / "benchmarks")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import torch
+from common import machine, plain_loop, print_table, synthetic_data, timed
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by device-name substring.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
+                    "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+STEPS = 30
+QUICK_STEPS = 10
+BATCH = 128
+
+
+def _resolved(steps: int, precision: str):
+    from stabilitylab.config import load_config, validate
+
+    return validate(load_config("resnet20_cifar10", [
+        f"training.steps='{steps}it'", f"training.batch_size={BATCH}", "training.lr=0.1",
+        "training.warmup='0it'", "training.milestones=[]", "study.rewinds=['0it']",
+        f"training.eval_every='{steps}it'", f"training.log_every='{steps}it'",
+        "data.train_eval_size=1", "data.augment=false", f"training.precision='{precision}'",
+        "training.weight_decay=0.0",
+    ]))
+
+
+def _resnet20(seed: int, device):
+    from stabilitylab.config import load_config
+    from stabilitylab.models import build_model
+
+    cfg = load_config("resnet20_cifar10").model
+    g = torch.Generator().manual_seed(seed)
+    return build_model(cfg, (3, 32, 32), 10, generator=g).to(device)
+
+
+def _engine(stacked, models, data, resolved, channels_last):
+    from stabilitylab.train.engine import GroupPlan, train_group
+
+    params, buffers = stacked.stack(models)
+    r = len(models)
+    plan = GroupPlan(runs=list(range(r)), start_steps=[0] * r, data_seeds=list(range(r)),
+                     params=params, buffers=buffers)
+    return train_group(stacked, plan, data, resolved, channels_last=channels_last)
+
+
+def flops_per_replica_step(model, device) -> float:
+    """FLOPs of one forward + backward of one replica on a batch of BATCH (counted, not estimated)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = copy.deepcopy(model).train()
+    x = torch.randn(BATCH, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    return float(counter.get_total_flops())
+
+
+def bf16_peak_tflops() -> tuple[float, str]:
+    name = torch.cuda.get_device_name()
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return peak, f"{name} datasheet"
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = timed(lambda: [a @ b for _ in range(10)], repeat=3)
+    return 10 * 2 * 8192**3 / t / 1e12, f"{name} measured 8192² bf16 matmul"
+
+
+def rows(quick: bool = False, steps: int | None = None, channels_last: bool | None = None) -> list[dict]:
+    if not torch.cuda.is_available():
+        return [{"row": "cuda (ResNet-20, CIFAR-shaped, B=128)",
+                 "ours": "skipped: no CUDA device", "baseline": "", "ratio": "", "target": ">= 5x",
+                 "met": "n/a"}]
+    from stabilitylab.train.functional import StackedModel
+
+    steps = steps or (QUICK_STEPS if quick else STEPS)
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    data = synthetic_data(5000, (3, 32, 32), device=device)
+    data.test_x, data.test_y = data.test_x[:1], data.test_y[:1]
+    out = []
+
+    # -- speedup at R=8 -------------------------------------------------------------------------
+    r8 = 8
+    models = [_resnet20(i, device) for i in range(r8)]
+    stacked = StackedModel(models[0])
+    base = timed(lambda: plain_loop([copy.deepcopy(m) for m in models], data, steps, BATCH), repeat=2)
+    base_rate = r8 * steps / base
+    for precision in ("fp32", "bf16"):
+        resolved = _resolved(steps, precision)
+        ours = timed(lambda res=resolved: _engine(stacked, models, data, res, channels_last), repeat=2)
+        out.append({
+            "row": f"cuda speedup R={r8} {precision} (ResNet-20, B=128)",
+            "ours": f"{r8 * steps / ours:,.0f} rep-steps/s",
+            "baseline": f"{base_rate:,.0f} rep-steps/s (fp32 loop)",
+            "ratio": f"{base / ours:.2f}x", "target": ">= 5x",
+            "met": "yes" if base / ours >= 5 else "no",
+        })
+
+    # -- efficiency in bf16 at R=8, 32 --------------------------------------------------------
+    flops = flops_per_replica_step(models[0], device)
+    peak, source = bf16_peak_tflops()
+    resolved = _resolved(steps, "bf16")
+    for r in (8, 32):
+        reps = [models[i % r8] for i in range(r)]
+        t = timed(lambda reps=reps: _engine(stacked, reps, data, resolved, channels_last), repeat=2)
+        tflops = r * steps * flops / t / 1e12
+        out.append({
+            "row": f"cuda efficiency R={r} bf16 ({flops / 1e9:.1f} GFLOP/rep-step)",
+            "ours": f"{tflops:.1f} TFLOP/s",
+            "baseline": f"{peak:.0f} TFLOP/s peak ({source})",
+            "ratio": f"{100 * tflops / peak:.1f}% of peak", "target": "reported", "met": "",
+        })
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    args = parser.parse_args()
+    cl = {"auto": None, "on": True, "off": False}[args.channels_last]  # auto = the engine's default (off)
+    print(machine())
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    print_table(rows(args.quick, args.steps, cl))

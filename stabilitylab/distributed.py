@@ -1,0 +1,218 @@
+"""Scale-out: record a study as tasks on a Dask cluster.
+
+    stabilitylab record --scheduler local:4 ...          # a LocalCluster of 4 worker processes
+    stabilitylab record --scheduler tcp://host:8786 ...  # any running cluster (Slurm, k8s, ...)
+
+:func:`record_distributed` submits the tasks of :mod:`stabilitylab.study.tasks`:
+the dense pretraining, then one task per (level, rewind point), each depending on
+the task that trained the same rewind point one level below (level 0 on the dense
+run). Every task opens the store itself, reads its inputs from it and writes only
+its own runs' chunks, so workers never write the same chunk and need nothing but
+the store URL. The driver creates (or resumes) the store before submitting and
+consolidates its metadata once at the end. Because local ``record_study`` runs the
+same tasks in-process, both write the same store, bit for bit on CPU.
+
+A worker lost mid-task makes the scheduler rerun the task elsewhere; the rerun
+resets the runs the task had finished and retrains all of them from the same
+stored inputs, which rewrites them identically. On ``cuda`` every task asks for
+the worker resource ``GPU=1`` (start workers with ``--resources GPU=1``).
+See docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+
+from stabilitylab.errors import ConfigError, StabilityLabError
+
+log = logging.getLogger(__name__)
+
+GPU = "GPU"  # the Dask worker resource a cuda task asks for
+
+
+def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str | None = None,
+                       progress: bool | None = None, storage_options: dict | None = None,
+                       rewinds_per_task: int | None = 1, retries: int = 1) -> str:
+    """Train and record the study ``cfg`` into ``out`` on a Dask cluster; return ``out``.
+
+    Parameters
+    ----------
+    scheduler : a Dask scheduler address (``tcp://host:8786``), ``local:N`` for a
+        LocalCluster of N single-threaded worker processes (closed at the end), or a
+        ``distributed.Client``.
+    device : ``cpu``, ``cuda`` or ``auto`` (default: ``study.device``). On a remote
+        cluster ``auto`` means cuda when some worker offers a ``GPU`` resource.
+    storage_options : fsspec options of ``out`` (e.g. an S3 endpoint), passed to every task.
+    rewinds_per_task : rewind points per task (default 1; 0 = a whole level per task).
+    retries : extra tries for a task that raised (lost workers are retried by the
+        scheduler regardless).
+    """
+    from stabilitylab.config import config_to_dict, study_id, validate
+    from stabilitylab.store import StudyWriter
+    from stabilitylab.study.tasks import check_rewinds_per_task, plan_tasks
+
+    resolved = validate(cfg)
+    per_task = check_rewinds_per_task(rewinds_per_task)
+    url = _task_url(out)
+    if not resume:
+        _refuse_existing(url, storage_options)  # before starting a cluster; create checks again
+    wanted = str(device or cfg.study.device)
+    client, cluster, owned = _connect(scheduler, wanted)
+    try:
+        dev = _task_device(client, wanted)
+        resources = {GPU: 1} if dev == "cuda" else None
+        cfg_dict = config_to_dict(cfg)
+        token = f"stabilitylab-{study_id(cfg)}-{uuid.uuid4().hex[:8]}"
+        # Build the task context on a worker first: a missing dataset or a bad pruning.ignore
+        # stops us there, before anything is written.
+        from stabilitylab.study.tasks import probe_task
+
+        spec = client.submit(probe_task, cfg_dict, dev, key=f"{token}-probe", pure=False,
+                             resources=resources).result()
+        if resume:
+            writer = StudyWriter.resume(url, resolved, study_id=study_id(cfg),
+                                        storage_options=storage_options)
+        else:
+            writer = StudyWriter.create(url, resolved, storage_options=storage_options, **spec)
+        try:
+            _run_tasks(client, writer, plan_tasks(resolved, per_task), resolved, url, cfg_dict,
+                       dev=dev, resources=resources, storage_options=storage_options,
+                       token=token, retries=retries, progress=progress)
+        finally:
+            writer.close(consolidate=True)
+    finally:
+        if owned:
+            client.close()
+        if cluster is not None:
+            _close_quietly(cluster)
+    return str(out)
+
+
+def _close_quietly(cluster) -> None:
+    """Close a LocalCluster we started. Worker processes that imported torch often exit a
+    little after the nanny's 4 s grace period; its 'killing' warning is noise here."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    try:
+        cluster.close()
+    finally:
+        nanny.setLevel(level)
+
+
+def _task_url(out) -> str:
+    """``out`` as a string every worker can open: local paths made absolute."""
+    import os
+
+    from stabilitylab.store.schema import local_path
+
+    if isinstance(out, os.PathLike):
+        out = os.fspath(out)
+    if not isinstance(out, str):
+        raise ConfigError(f"record on a cluster needs a store path or URL, not {type(out).__name__}")
+    path = local_path(out)
+    if path is not None and not out.startswith("file://"):
+        return str(path.absolute())
+    return out
+
+
+def _refuse_existing(url: str, storage_options: dict | None) -> None:
+    import fsspec
+
+    from stabilitylab.errors import StoreError
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        exists = fs.exists(path.rstrip("/") + "/zarr.json")
+    except Exception:  # noqa: BLE001 - unreachable/unauthorized: StudyWriter.create says why
+        return
+    if exists:
+        raise StoreError(f"a store already exists at {url}; use resume or another --out")
+
+
+def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources, storage_options,
+               token, retries, progress) -> None:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from stabilitylab.study.plan import DENSE
+    from stabilitylab.study.tasks import dependencies, train_task
+
+    done = writer.completed_runs()
+    dense_done = writer.dense_complete()
+    disable = not sys.stderr.isatty() if progress is None else not progress
+    bar = tqdm(total=sum(t.replica_steps(resolved) for t in tasks), unit="step", desc="record",
+               disable=disable, dynamic_ncols=True)
+    futures = {}
+    steps = {}
+    for task in tasks:
+        runs = task.runs(resolved)
+        if dense_done if runs == [DENSE] else all(run in done for run in runs):
+            bar.update(task.replica_steps(resolved))  # resumed: nothing to do
+            continue
+        after = [futures[d] for d in dependencies(task, resolved) if d in futures]
+        f = client.submit(train_task, url, cfg_dict,
+                          task.level, task.rewinds, device=dev, storage_options=storage_options,
+                          after=after, key=f"{token}-{task.name}", pure=False,
+                          resources=resources, retries=retries)
+        futures[task] = f
+        steps[f.key] = task.replica_steps(resolved)
+    try:
+        for f in as_completed(list(futures.values())):
+            if f.status != "finished":
+                f.result()  # raises the task's error here, with its own type
+            bar.update(steps[f.key])
+    except BaseException:
+        client.cancel(list(futures.values()))
+        raise
+    finally:
+        bar.close()
+
+
+def _connect(scheduler, device: str):
+    """(client, the cluster we started or None, whether we own the client)."""
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler, None, False
+    text = str(scheduler).strip()
+    if text.startswith("local:"):
+        n = text[len("local:"):]
+        if not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"--scheduler {text}: need local:N with N >= 1 worker processes")
+        from distributed import LocalCluster
+
+        from stabilitylab.train.engine import resolve_device
+
+        resources = {GPU: 1} if resolve_device(device).type == "cuda" else None
+        try:
+            cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None, resources=resources)
+        except Exception as e:  # noqa: BLE001 - ports, spawn failures, ...
+            raise StabilityLabError(f"cannot start a local Dask cluster: {_one_line(e)}") from None
+        return Client(cluster), cluster, True
+    try:
+        return Client(text, timeout="30s"), None, True
+    except Exception as e:  # noqa: BLE001 - OSError, TimeoutError, bad address, ...
+        raise StabilityLabError(f"cannot connect to Dask scheduler {text}: {_one_line(e)}") from None
+
+
+def _task_device(client, wanted: str) -> str:
+    """``cpu`` or ``cuda``: where the tasks train."""
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device: choose auto, cpu or cuda, got {wanted!r}")
+    gpus = [w for w, info in client.scheduler_info(n_workers=-1)["workers"].items()
+            if info.get("resources", {}).get(GPU, 0) >= 1]
+    if wanted == "auto":
+        return "cuda" if gpus else "cpu"
+    if wanted == "cuda" and not gpus:
+        log.warning("no Dask worker offers a %s resource yet; cuda tasks wait for one "
+                    "(start workers with --resources %s=1)", GPU, GPU)
+    return wanted
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
