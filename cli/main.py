@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--resume", action="store_true", help="continue a store with incomplete runs")
     rec.add_argument("--scheduler", default=None,
                      help="Dask scheduler address, or local:N for a LocalCluster of N workers")
+    rec.add_argument("--rewinds-per-task", type=int, default=0, metavar="N",
+                     help="rewind points per batched task (0 = a whole level, the default; "
+                          "1 = one task per rewind point, the most parallel on a cluster)")
     rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
@@ -84,9 +87,11 @@ def _record(args) -> int:
         from stabilitylab.distributed import record_distributed
 
         record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
-                           device=args.device, progress=progress)
+                           device=args.device, progress=progress,
+                           rewinds_per_task=args.rewinds_per_task)
     else:
-        record_study(cfg, out, resume=args.resume, device=args.device, progress=progress)
+        record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
+                     rewinds_per_task=args.rewinds_per_task)
     print(f"recorded study {cfg.study.name} to {out}")
     return 0
 

@@ -34,7 +34,7 @@ GPU = "GPU"  # the Dask worker resource a cuda task asks for
 
 def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str | None = None,
                        progress: bool | None = None, storage_options: dict | None = None,
-                       rewinds_per_task: int | None = 1, retries: int = 1) -> str:
+                       rewinds_per_task: int | None = 0, retries: int = 1) -> str:
     """Train and record the study ``cfg`` into ``out`` on a Dask cluster; return ``out``.
 
     Parameters
@@ -45,7 +45,8 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
     device : ``cpu``, ``cuda`` or ``auto`` (default: ``study.device``). On a remote
         cluster ``auto`` means cuda when some worker offers a ``GPU`` resource.
     storage_options : fsspec options of ``out`` (e.g. an S3 endpoint), passed to every task.
-    rewinds_per_task : rewind points per task (default 1; 0 = a whole level per task).
+    rewinds_per_task : rewind points per task (default 0 = a whole level per task, the widest
+        batched groups; 1 = one task per rewind point, the most parallel tasks).
     retries : extra tries for a task that raised (lost workers are retried by the
         scheduler regardless).
     """

@@ -283,7 +283,7 @@ def settle_zarr_tasks(timeout: float = 10.0) -> None:
         from zarr.core.sync import sync
 
         sync(settle(), timeout=timeout + 1)
-    except Exception:  # noqa: BLE001 - internal API moved, or called from the loop itself
+    except Exception:  # noqa: BLE001, S110 - internal API moved, or called from the loop itself
         pass
 
 

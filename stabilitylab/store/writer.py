@@ -11,6 +11,7 @@ after its data is on the store (crash safety).
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -149,6 +150,7 @@ class StudyWriter:
         group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
         try:
             group.attrs.update({"complete": False})  # also drops stale consolidated metadata
+            _remove_partial_files(url)
         except OSError as e:
             raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
         return cls(group, where)
@@ -466,6 +468,21 @@ def write_analysis(url, analysis, *, storage_options: dict | None = None) -> Non
             analysis.to_zarr(store, group="analysis", mode="w", zarr_format=3, consolidated=True)
     except OSError as e:
         raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
+
+
+# zarr's LocalStore writes every file as "<name>.<uuid4 hex>.partial", then renames it;
+# a process killed mid-write leaves that temporary file behind (never read by zarr).
+_PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
+
+
+def _remove_partial_files(url) -> None:
+    """Delete the temporary files an interrupted run left in a local store."""
+    path = S.local_path(url)
+    if path is None or not path.is_dir():
+        return
+    for p in path.rglob("*.partial"):
+        if _PARTIAL.fullmatch(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _status_code(status: str) -> int:

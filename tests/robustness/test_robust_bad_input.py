@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stabilitylab.cli.main import main
 
 import stabilitylab
-from stabilitylab.cli.main import main
 from stabilitylab.errors import StoreError
 from stabilitylab.store.testing import make_fake_store
 
@@ -334,7 +334,7 @@ def test_truncated_weight_chunk_raises_store_error_on_read(fake_stores, work, ca
     _truncate(chunk)
     ds = stabilitylab.open_study(store)  # metadata is fine: opening works, lazily
     with pytest.raises(StoreError, match="truncated or corrupt"):
-        ds.weights.values
+        _ = ds.weights.values
     with pytest.raises(StoreError, match="truncated or corrupt"):
         float(ds.weights.sum())
     from stabilitylab.store import validate
@@ -355,4 +355,4 @@ def test_garbage_chunk_of_same_length_is_caught_by_checksum(fake_stores, tmp_pat
     chunk = next(p for p in sorted((store / "masks").rglob("c/*/*/*/*")) if p.is_file())
     chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
     with pytest.raises(StoreError):
-        stabilitylab.open_study(store).masks.values
+        _ = stabilitylab.open_study(store).masks.values

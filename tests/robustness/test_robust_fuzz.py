@@ -31,7 +31,7 @@ _BASE = settings(deadline=None, derandomize=True, database=None,
                                         HealthCheck.function_scoped_fixture])
 
 
-def FUZZ(n: int):  # noqa: N802 - reads like the hypothesis decorators it wraps
+def FUZZ(n: int):
     return settings(_BASE, max_examples=n)
 
 FIELDS = {name: [f for f in cls.__dataclass_fields__] for name, cls in SECTIONS.items()}
@@ -227,8 +227,8 @@ def fake_store(tmp_path_factory):
     """Two tiny fake stores (consolidated or not); each example damages one in place and
     the files it touched are restored afterwards (much cheaper than copying the store)."""
     base = tmp_path_factory.mktemp("fuzzstore")
-    small = dict(levels=1, rewinds=(0, 10), replicas=2, n_params=10, controls=("random_prune",),
-                 total_steps=20, record_every=10, step_chunk=2)
+    small = {"levels": 1, "rewinds": (0, 10), "replicas": 2, "n_params": 10, "controls": ("random_prune",),
+                 "total_steps": 20, "record_every": 10, "step_chunk": 2}
     make_fake_store(base / "cons.zarr", **small)
     make_fake_store(base / "plain.zarr", consolidate=False, **small)
     return base

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from stabilitylab.cli.main import main
 from zarr.abc.codec import ArrayBytesCodec
 
 import stabilitylab
-from stabilitylab.cli.main import main
 from stabilitylab.errors import StoreError
 from stabilitylab.store import open_analysis, open_study, validate
 from stabilitylab.store.testing import make_fake_store
@@ -105,7 +105,7 @@ class _PickleCodec(ArrayBytesCodec):
         return {"name": "numcodecs.pickle", "configuration": {}}
 
     async def _decode_single(self, chunk_bytes, chunk_spec):
-        arr = np.asarray(pickle.loads(chunk_bytes.to_bytes()))  # noqa: S301 - the attack itself
+        arr = np.asarray(pickle.loads(chunk_bytes.to_bytes()))
         return chunk_spec.prototype.nd_buffer.from_numpy_array(
             arr.astype(chunk_spec.dtype.to_native_dtype()).reshape(chunk_spec.shape))
 
