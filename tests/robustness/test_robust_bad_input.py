@@ -159,6 +159,8 @@ BAD_ARGS = {
     "set-newline": (["record", "--set", "training.l\nr=1"], "training.'l\\nr': unknown key"),
     "bad-device": (["record", "--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     "unknown-option": (["record", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    "negative-rewinds-per-task": (["record", "--rewinds-per-task", "-1"], "rewinds_per_task"),
+    "bad-rewinds-per-task": (["record", "--rewinds-per-task", "two"], "argument --rewinds-per-task"),
     "unknown-command": (["frob"], "invalid choice: 'frob'"),
     "no-command": ([], "required: command"),
     "bad-alphas": (["analyze", "x.zarr", "--alphas", "many"], "argument --alphas"),
