@@ -42,7 +42,8 @@ SCALAR_MEASURES = {
 }
 
 
-def _mean(da: xr.DataArray, dim):
+def reduce_measure(da: xr.DataArray, dim):
+    """Mean over the pair/replica dim ``dim`` (if any), ignoring NaN."""
     if dim is None or dim not in da.dims:
         return da
     with np.errstate(invalid="ignore"):
@@ -55,7 +56,7 @@ def measure_table(results: dict[str, xr.DataArray], levels, rewinds) -> xr.DataA
     for name, (source, dim) in SCALAR_MEASURES.items():
         if source not in results:
             continue
-        da = _mean(results[source], dim)
+        da = reduce_measure(results[source], dim)
         if "kind" in da.dims:
             da = da.sel(kind="imp")
         names.append(name)

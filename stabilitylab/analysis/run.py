@@ -23,7 +23,7 @@ from stabilitylab.analysis.function_measures import (
     interpolation_measures,
     replica_measures,
 )
-from stabilitylab.analysis.prediction import SCALAR_MEASURES, flags, predictions
+from stabilitylab.analysis.prediction import SCALAR_MEASURES, flags, predictions, reduce_measure
 from stabilitylab.analysis.trajectory_measures import random_imp_ratios, trajectory_measures
 from stabilitylab.errors import StabilityLabError
 
@@ -53,10 +53,9 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
     fs.makedirs(path, exist_ok=True)
     summary_vars = ["density", "final_test_acc", "final_test_acc_std", "stable", "matching"]
     frame = analysis[summary_vars].to_dataframe()
-    for name, (source, dim) in SCALAR_MEASURES.items():
-        if source in analysis and dim is not None and dim in analysis[source].dims:
-            frame[name] = analysis[source].mean(dim, skipna=True).to_dataframe(name=name)[name] \
-                if set(analysis[source].dims) - {dim} >= {"kind"} else np.nan
+    for name, (source, dim) in SCALAR_MEASURES.items():  # per-kind measures, pair/replica mean
+        if source in analysis and "kind" in analysis[source].dims:
+            frame[name] = reduce_measure(analysis[source], dim).to_series()
     frame = frame.reset_index()
     corr = analysis[["spearman", "spearman_low", "spearman_high", "kendall", "kendall_low",
                      "kendall_high", "predicted_rewind_measure", "gap_measure"]].to_dataframe()
