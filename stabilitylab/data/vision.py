@@ -11,23 +11,29 @@ Layout under ``root`` (``data.root``, default ``./datasets/cache``):
 * CIFAR-10: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``;
   if only ``<root>/cifar-10-python.tar.gz`` is there it is extracted first.
 
-Integrity: torchvision's ``CIFAR10`` checks every batch file's md5 against the
-official release. That stays on for real use. Files that are present but fail it
-raise a one-line :class:`DataMissingError`. Tests write small fake batches whose
-md5 cannot match, so they set :data:`VERIFY_CIFAR10_MD5` to ``False`` (or pass
-``verify_md5=False``), which swaps in :class:`PresenceOnlyCIFAR10`, a subclass
-that checks only that the files exist. MNIST has no md5 check in torchvision
-when ``download=False`` (it only checks that the uncompressed files exist).
+CIFAR-10's official python format is pickle. We parse it ourselves with
+:class:`_ArraysOnlyUnpickler`, which can build dicts, lists, strings and numpy
+arrays and nothing else, so a crafted batch file cannot run code.
+
+Integrity: every batch file's md5 is checked against the official release
+(:data:`CIFAR10_MD5`). That stays on for real use. Files that are present but fail
+it raise a one-line :class:`DataMissingError`. Tests write small fake batches
+whose md5 cannot match, so they set :data:`VERIFY_CIFAR10_MD5` to ``False`` (or
+pass ``verify_md5=False``), which checks only that the files exist. MNIST is
+parsed by torchvision, which has no md5 check when ``download=False``.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from stabilitylab.data import Dataset
@@ -130,32 +136,65 @@ def load_mnist(cfg, root: Path) -> Dataset:
 
 # -- CIFAR-10 ---------------------------------------------------------------------------------
 
-def _cifar10_class(verify_md5: bool):
-    import torchvision
+# md5 sums of the official python-format batch files (a public fact of the release).
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
 
-    if verify_md5:
-        return torchvision.datasets.CIFAR10
+# What a CIFAR-10 batch may contain besides dicts/lists/str/bytes/ints: numpy arrays
+# (and bytes, as Python 3 pickles them at low protocols).
+# Nothing else can be named, so a crafted file cannot reach os.system & co.
+_CIFAR10_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how Python 3 writes bytes at protocol <= 2 (a pure str->bytes encode)
+}
 
-    class PresenceOnlyCIFAR10(torchvision.datasets.CIFAR10):
-        """torchvision's CIFAR10 minus the md5 checks: files need only exist.
 
-        Used by tests (which write small fake batches) and by anyone who passes
-        ``verify_md5=False`` knowingly; parsing is torchvision's own.
-        """
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR-10's python batches that resolves only numpy's array
+    reconstruction globals and refuses every other class or callable."""
 
-        def _check_integrity(self) -> bool:
-            folder = os.path.join(self.root, self.base_folder)
-            return all(os.path.isfile(os.path.join(folder, f)) for f, _ in self.train_list + self.test_list)
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR10_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
 
-        def _load_meta(self) -> None:
-            import pickle
 
-            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+def _read_cifar10_batch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    if not isinstance(obj, dict):
+        raise TypeError(f"{path.name} holds a {type(obj).__name__}, not a dict")
+    return obj
 
-    return PresenceOnlyCIFAR10
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cifar10_arrays(folder: Path, files: tuple[str, ...]) -> tuple[np.ndarray, list[int]]:
+    xs, ys = [], []
+    for name in files:
+        batch = _read_cifar10_batch(folder / name)
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = batch.get("labels", batch.get("fine_labels"))
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels is None or len(labels) != len(data):
+            raise ValueError(f"{name}: expected data (N, 3072) and N labels, got {data.shape}")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.extend(int(v) for v in labels)
+    return np.concatenate(xs), ys
 
 
 def _cifar10_missing_message(folder: Path) -> str:
@@ -181,21 +220,22 @@ def load_cifar10(cfg, root: Path, *, verify_md5: bool | None = None) -> Dataset:
                                    f"({_one_line(e)}); extract it there by hand") from None
     if not all((folder / f).is_file() for f in CIFAR10_FILES):
         raise DataMissingError(_cifar10_missing_message(folder))
-    cls = _cifar10_class(verify)
+    if verify:
+        bad = [f for f in CIFAR10_FILES if _md5(folder / f) != CIFAR10_MD5[f]]
+        if bad:
+            raise DataMissingError(f"CIFAR-10 at {folder.absolute()} failed the md5 check on {', '.join(bad)} "
+                                   f"(corrupt, or not the official {CIFAR10_ARCHIVE} files)")
     try:
-        train = cls(str(root), train=True, download=False)
-        test = cls(str(root), train=False, download=False)
-    except RuntimeError:
-        raise DataMissingError(f"CIFAR-10 at {folder.absolute()} failed torchvision's md5 check "
-                               f"(corrupt, or not the official {CIFAR10_ARCHIVE} files)") from None
-    except Exception as e:  # noqa: BLE001 - unpickling errors of many kinds
+        train = _cifar10_arrays(folder, tuple(f"data_batch_{i}" for i in range(1, 6)))
+        test = _cifar10_arrays(folder, ("test_batch",))
+    except Exception as e:  # noqa: BLE001 - unpickling/format errors of many kinds
         raise DataMissingError(f"CIFAR-10 at {folder.absolute()} is unreadable: "
                                f"{_one_line(e)}") from None
 
-    def convert(ds):
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # NHWC uint8 -> NCHW view
-        return (_normalize_uint8(x, CIFAR10_MEAN, CIFAR10_STD),
-                torch.as_tensor(ds.targets, dtype=torch.int64))
+    def convert(arrays):
+        x, y = arrays
+        return (_normalize_uint8(torch.from_numpy(x), CIFAR10_MEAN, CIFAR10_STD),
+                torch.as_tensor(y, dtype=torch.int64))
 
     train_x, train_y = convert(train)
     test_x, test_y = convert(test)

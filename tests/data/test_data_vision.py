@@ -132,3 +132,46 @@ def test_cifar10_partial_folder_is_missing(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(DataMissingError, match="CIFAR-10 not found at"):
         vision.load_cifar10(DataConfig(name="cifar10"), tmp_path, verify_md5=False)
+
+
+class _RunsCode:
+    def __init__(self, sentinel):
+        self.sentinel = str(sentinel)
+
+    def __reduce__(self):
+        import os
+
+        return (os.makedirs, (self.sentinel,))
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
+    """The batches are pickles; ours resolve only numpy array globals, so a crafted
+    batch is an unreadable-data error and its payload never runs."""
+    write_fake_cifar10(tmp_path)
+    sentinel = tmp_path / "PWNED"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4,
+                     "x": _RunsCode(sentinel)}, f)
+    with pytest.raises(DataMissingError, match="unreadable.*refusing to load posix.makedirs|"
+                                               "unreadable.*refusing to load os.makedirs") as err:
+        vision.load_cifar10(DataConfig(name="cifar10"), tmp_path, verify_md5=False)
+    assert "\n" not in str(err.value)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar10_arrays_pickled_by_any_protocol_load(tmp_path, protocol):
+    batches = write_fake_cifar10(tmp_path)
+    data, labels = batches["test_batch"]
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": labels}, f, protocol=protocol)
+    ds = vision.load_cifar10(DataConfig(name="cifar10"), tmp_path, verify_md5=False)
+    assert ds.test_y.tolist() == labels
+
+
+def test_cifar10_wrong_shapes_are_one_line(tmp_path):
+    write_fake_cifar10(tmp_path)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((3, 100), np.uint8), "labels": [0, 1, 2]}, f)
+    with pytest.raises(DataMissingError, match="expected data"):
+        vision.load_cifar10(DataConfig(name="cifar10"), tmp_path, verify_md5=False)
