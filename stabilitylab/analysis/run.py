@@ -103,6 +103,9 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     started = time.perf_counter()
     ctx = load_context(url, device=device, storage_options=storage_options)
+    from stabilitylab.store.schema import check_writable
+
+    check_writable(url, storage_options=storage_options)  # before minutes of work, not after
     combos = len(list(ctx.combos()))
     work = combos * (2 + ("interpolation" in groups)) + len(ctx.levels) * len(ctx.rewinds)
     disable = not sys.stderr.isatty() if progress is None else not progress

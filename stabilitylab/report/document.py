@@ -162,7 +162,10 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
             rows.append({"section": "runs", "key": str(kind), "value": text or "none"})
         if "dense_status" in study:
             dense = int(np.asarray(study["dense_status"].values).ravel()[0])
-            rows.append({"section": "runs", "key": "dense", "value": STATUS.get(dense, dense)})
+            text = STATUS.get(dense, dense)
+            if dense == 3 and "dense_diverged_step" in study:
+                text = f"{text} at step {int(np.asarray(study['dense_diverged_step'].values).ravel()[0])}"
+            rows.append({"section": "runs", "key": "dense", "value": text})
         div = study["diverged_step"].load() if "diverged_step" in study else None
         bad = status.where(status.isin([1, 3])).to_series().dropna()
         for (kind, level, rewind, replica), code in bad.items():

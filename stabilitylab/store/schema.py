@@ -80,6 +80,7 @@ def array_specs(state_names: tuple[str, ...] | list[str] = ()) -> list[ArraySpec
         ArraySpec("dense_weights", ("step", "param"), f32, 0.0),
         ArraySpec("dense_final_buffers", ("buffer",), f32, 0.0),
         ArraySpec("dense_status", ("dense",), "int8", 0),
+        ArraySpec("dense_diverged_step", ("dense",), "int64", -1),
     ]
     for m in LOG_METRICS:
         specs.append(ArraySpec(m, _RUN + ("log_step",), f32, nan))
@@ -94,6 +95,11 @@ def array_specs(state_names: tuple[str, ...] | list[str] = ()) -> list[ArraySpec
     for name in state_list(state_names):
         specs.append(ArraySpec(f"{STATE_PREFIX}{name}", ("rewind", "param"), f32, 0.0))
     return specs
+
+
+# Arrays added to schema 1 after its first release. A store written before then lacks
+# them and is still valid; readers treat the array as all fill values.
+LATER_ARRAYS = frozenset({"dense_diverged_step"})
 
 
 def state_list(names) -> list[str]:
@@ -184,7 +190,50 @@ def local_path(url: Any) -> Path | None:
 
 
 def describe(url: Any) -> str:
-    return str(url) if isinstance(url, (str, os.PathLike)) else type(url).__name__
+    """How errors name a store: the path/URL the user gave, also when a Store is passed."""
+    if isinstance(url, (str, os.PathLike)):
+        return str(url)
+    root = getattr(url, "root", None)  # LocalStore
+    if root is not None:
+        return str(root)
+    fs, path = getattr(url, "fs", None), getattr(url, "path", None)  # FsspecStore
+    if fs is not None and path is not None:
+        try:
+            return fs.unstrip_protocol(path)
+        except Exception:  # noqa: BLE001 - any fsspec oddity: fall back to the type
+            pass
+    return type(url).__name__
+
+
+def check_writable(url: Any, *, storage_options: dict | None = None) -> None:
+    """One-line StoreError unless a file can be created in the store (and is removed again).
+
+    Called before long work whose result goes into the store (``analyze``), so a
+    read-only location (HTTP, a read-only mount, an S3 bucket without write permission)
+    fails in a second, not after the computation.
+    """
+    where = describe(url)
+    if isinstance(url, zarr.abc.store.Store):
+        if url.read_only:
+            raise StoreError(f"cannot write the analysis into {where} (opened read-only)")
+        return
+    path = local_path(url)
+    try:
+        if path is not None:
+            probe = path / ".stabilitylab-write-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        probe = f"{root.rstrip('/')}/.stabilitylab-write-probe"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - NotImplementedError (http), PermissionError, ...
+        reason = "read-only over HTTP" if str(where).startswith(("http://", "https://")) else one_line(e)
+        raise StoreError(f"cannot write the analysis into {where} ({reason}); copy the store "
+                         "somewhere writable and analyze the copy") from None
 
 
 def open_store(url: Any, *, read_only: bool, storage_options: dict | None = None):

@@ -182,6 +182,13 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
     _check_safe(group, where)
     _check_originals(group, where)
     arrays = dict(group.arrays())
+    if not arrays and group.metadata.consolidated_metadata is None:
+        # a store that lists nothing: typically an unconsolidated store over HTTP, which
+        # cannot list folders (zarr needs listings or consolidated metadata to find arrays)
+        raise StoreError(f"{where}: no arrays found and no consolidated metadata; a server that "
+                         "cannot list folders (HTTP, most static hosting) needs the consolidated "
+                         "metadata `record` writes at the end: run zarr.consolidate_metadata on "
+                         "the original store and serve it again")
     sizes: dict[str, int] = {"dense": 1}
     for dim, dtype in S.COORD_DTYPES.items():
         arr = arrays.get(dim)
@@ -208,6 +215,8 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
     for spec in S.array_specs(states):
         arr = arrays.get(spec.name)
         if arr is None:
+            if spec.name in S.LATER_ARRAYS:
+                continue
             raise StoreError(f"{where}: missing array {spec.name!r}")
         meta = _meta(arr)
         dims = tuple(meta.get("dimension_names") or ())

@@ -86,7 +86,8 @@ class StudyWriter:
             names = [n for n, _ in group.arrays()]
             self._state_names = sorted(
                 n[len(S.STATE_PREFIX):] for n in names if n.startswith(S.STATE_PREFIX))
-            self._a = {spec.name: group[spec.name] for spec in S.array_specs(self._state_names)}
+            self._a = {spec.name: group[spec.name] for spec in S.array_specs(self._state_names)
+                       if spec.name in names or spec.name not in S.LATER_ARRAYS}
             coord = {d: group[d][:] for d in ("level", "rewind", "replica", "step", "log_step", "eval_step")}
         self._level_idx = {int(v): i for i, v in enumerate(coord["level"])}
         self._rewind_idx = {int(v): i for i, v in enumerate(coord["rewind"])}
@@ -342,6 +343,7 @@ class StudyWriter:
         self._sync()
 
     def finish_dense(self, status: str, diverged_step: int = -1) -> None:
+        """Flush the dense run, then write its diverged step and (last) its status."""
         self._check()
         code = _status_code(status)
         if code == S.STATUS_COMPLETE and self.steps and self._last.get(_DENSE) != len(self.steps) - 1:
@@ -349,6 +351,8 @@ class StudyWriter:
         if _DENSE in self._bufs:
             self._submit_buf(_DENSE, self._bufs.pop(_DENSE))
         self._sync()
+        if "dense_diverged_step" in self._a:  # (absent from stores older than the array)
+            self._submit(self._a["dense_diverged_step"], (0,), np.int64(diverged_step))
         self._submit(self._a["dense_status"], (0,), np.int8(code))
         self._sync()
 

@@ -280,8 +280,11 @@ def _pretrain(ctx: TaskContext, writer, progress) -> dict:
     writer.write_dense_metrics(**_metrics(result, 0))
     writer.write_dense_final(buffers=ctx.flat_buffers(
         {n: t[0] for n, t in result.buffers.items()}), **_finals(result, 0))
-    status = "diverged" if result.diverged_step[0] >= 0 else "complete"
-    writer.finish_dense(status)
+    div = int(result.diverged_step[0])
+    status = "diverged" if div >= 0 else "complete"
+    if div >= 0:
+        log.warning("the dense run diverged at step %d", div)
+    writer.finish_dense(status, diverged_step=div)
     return {DENSE: status}
 
 

@@ -119,8 +119,9 @@ def test_open_study_over_http_is_lazy_and_equals_the_local_store(tiny_study, ser
 
 def test_unconsolidated_store_needs_a_listing_server(served):
     url = f"{served['no-listing']}/unconsolidated.zarr"
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError, match="no consolidated metadata.*cannot list") as err:
         stabilitylab.open_study(url, storage_options=_options())
+    assert url in str(err.value) and "\n" not in str(err.value)
     ds = stabilitylab.open_study(f"{served['http.server']}/unconsolidated.zarr",
                                  storage_options=_options())
     assert ds.sizes["param"] > 0
@@ -130,9 +131,11 @@ def test_analyze_reads_the_study_over_http(tiny_analyzed, served, monkeypatch):
     """Every measure computed from the HTTP store equals the local analysis. HTTP is
     read-only, so the write-back (store group + CSV) is captured instead."""
     from stabilitylab.analysis import run
+    from stabilitylab.store import schema as run_schema
     from stabilitylab.store import writer
 
     captured = {}
+    monkeypatch.setattr(run_schema, "check_writable", lambda url, **kw: None)
     monkeypatch.setattr(writer, "write_analysis",
                         lambda url, analysis, **kw: captured.setdefault("analysis", analysis))
     monkeypatch.setattr(run, "write_csv", lambda url, analysis, *a, **kw: None)
@@ -146,3 +149,31 @@ def test_analyze_reads_the_study_over_http(tiny_analyzed, served, monkeypatch):
         {k: v for k, v in expected.attrs.items() if k not in ignore}
     xr.testing.assert_identical(remote.drop_attrs(), expected.drop_attrs())
     assert result["lines"] == local["lines"]
+
+
+def test_analyze_on_a_read_only_http_store_fails_fast_in_one_line(served, capsys):
+    """Nothing is computed: the write-ability probe runs right after the store is opened."""
+    from stabilitylab.analysis import run
+    from stabilitylab.cli.main import main
+
+    url = f"{served['no-listing']}/tiny.zarr"
+    calls = []
+    real = run.trajectory_measures
+    try:
+        run.trajectory_measures = lambda *a, **k: calls.append(1) or real(*a, **k)
+        assert main(["analyze", url, "--no-progress"]) == 2
+    finally:
+        run.trajectory_measures = real
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert url in err[0] and "read-only over HTTP" in err[0] and "copy" in err[0]
+    assert not calls
+
+
+def test_missing_store_at_a_url_names_the_url(served):
+    url = f"{served['no-listing']}/nothing-here.zarr"
+    with pytest.raises(StoreError) as err:
+        stabilitylab.open_study(url, storage_options=_options())
+    assert url in str(err.value) and "FsspecStore" not in str(err.value)
+    with pytest.raises(StoreError, match="nothing-here"):
+        stabilitylab.open_analysis(url, storage_options=_options())

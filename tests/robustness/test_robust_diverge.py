@@ -60,7 +60,26 @@ def test_diverged_runs_are_marked_and_the_study_finishes(diverged):
         elif s == 2:
             assert d == -1
             assert np.isfinite(ds.weights.sel(**sel).values[-1]).all()
-    assert int(ds.dense_status[0]) in (2, 3)
+    assert int(ds.dense_status[0]) == 3, "lr=1e4 makes the dense run diverge too"
+    d = int(ds.dense_diverged_step[0])
+    assert 0 <= d <= T
+    assert not np.isfinite(ds.dense_weights.values[ds.step.values >= d]).all()
+    assert np.isfinite(ds.dense_weights.values[ds.step.values < d]).all()
+
+
+def test_store_without_dense_diverged_step_still_valid(diverged, tmp_path):
+    """Stores written before ``dense_diverged_step`` joined schema 1 stay readable."""
+    import shutil
+
+    import zarr
+
+    store = tmp_path / "old.zarr"
+    shutil.copytree(diverged, store)
+    shutil.rmtree(store / "dense_diverged_step")
+    zarr.consolidate_metadata(str(store))
+    validate(store, deep=True)
+    ds = stabilitylab.open_study(store)
+    assert "dense_diverged_step" not in ds and int(ds.dense_status[0]) == 3
 
 
 def test_analysis_skips_diverged_runs_and_survives_nans(diverged, tmp_path):
