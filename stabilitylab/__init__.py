@@ -12,8 +12,8 @@ In Python::
 
 __version__ = "0.1.0"
 
-from stabilitylab.config import load_config  # noqa: E402
-from stabilitylab.errors import (  # noqa: E402
+from stabilitylab.config import load_config
+from stabilitylab.errors import (
     ConfigError,
     DataMissingError,
     StabilityLabError,

@@ -16,8 +16,13 @@ import numpy as np
 import xarray as xr
 
 from stabilitylab.analysis.distances import angle, l2_distance
-from stabilitylab.analysis.measures import chance_jaccard, early_bird_distance, magnitude_mask
-from stabilitylab.analysis.measures import mask_jaccard, sign_flips
+from stabilitylab.analysis.measures import (
+    chance_jaccard,
+    early_bird_distance,
+    magnitude_mask,
+    mask_jaccard,
+    sign_flips,
+)
 
 EARLY_WINDOW = 10  # recorded intervals after k averaged into the scalar early-bird measure
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from stabilitylab.config.schema import SECTIONS, Config
 from stabilitylab.errors import ConfigError

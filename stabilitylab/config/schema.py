@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def _f(default, help: str):  # noqa: A002 - "help" reads best at the call sites
+def _f(default, help: str):
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults (configs are frozen)")
     return field(default=default, metadata={"help": help})

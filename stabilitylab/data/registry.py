@@ -6,8 +6,8 @@ The metadata is known without loading anything, so a config can be validated
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
