@@ -1,0 +1,61 @@
+"""The findings report (reports/findings/): its regenerate script renders the committed
+README.md exactly from the committed results, and knows a stale store when it sees one."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import stabilitylab
+
+FINDINGS = Path(__file__).resolve().parents[2] / "reports" / "findings"
+
+
+@pytest.fixture(scope="module")
+def make_findings():
+    spec = importlib.util.spec_from_file_location("make_findings", FINDINGS / "make_findings.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["make_findings"] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    for name in ("make_findings", "collect", "render", "document"):
+        sys.modules.pop(name, None)
+
+
+def test_every_study_config_loads_and_the_plan_has_three_seeds(make_findings):
+    plan = make_findings.load_plan()
+    assert len(plan["seeds"]) >= 3
+    questions = {q for c in plan["condition"] for q in c["questions"]}
+    assert questions == {"Q1", "Q2", "Q3", "Q4"}
+    for c in plan["condition"]:
+        cfg = stabilitylab.load_config(c["config"])
+        assert cfg.study.replicas >= 2 and len(cfg.study.rewinds) >= 3
+    ids = {make_findings.expected_id(c["config"], s) for c in plan["condition"] for s in plan["seeds"]}
+    assert len(ids) == len(plan["condition"]) * len(plan["seeds"])  # no two studies alike
+
+
+def test_report_phase_reproduces_the_committed_report(make_findings, tmp_path):
+    assert make_findings.main(["report", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    for q in ("## Q1.", "## Q2.", "## Q3.", "## Q4."):
+        assert q in text
+    for fig in ("q1_stability", "q1_accuracy", "q2_dropout", "q3_measures", "q4_ratio"):
+        assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
+    assert "Warning" not in text  # every study uses its sweep's best learning rate
+    assert text == (FINDINGS / "README.md").read_text(encoding="utf-8"), \
+        "reports/findings/README.md is stale: rerun `python reports/findings/make_findings.py report`"
+
+
+def test_stale_and_incomplete_stores_are_recognised(make_findings, tiny_study, tmp_path):
+    sid = stabilitylab.open_study(tiny_study).attrs["study_id"]
+    assert make_findings._state(tiny_study, sid) == "recorded"
+    assert make_findings._state(tiny_study, "0" * 12) == "stale"
+    assert make_findings._state(tmp_path / "none.zarr", sid) == "missing"
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(tiny_study, broken)
+    (broken / "zarr.json").write_text("{not json")
+    assert make_findings._state(broken, sid) == "incomplete"
