@@ -263,10 +263,13 @@ def figure_q3(rows, path: Path) -> None:
     y = np.arange(len(rows))[::-1]
     rho = np.array([r["rho"] for r in rows])
     err = np.array([[r["rho"] - r["lo"], r["hi"] - r["rho"]] for r in rows]).T
-    ax.errorbar(rho, y, xerr=np.nan_to_num(err), fmt="o", ms=4, capsize=2)
+    base = np.array([r["name"] == "rewind_k" for r in rows])
+    for sel, color in ((~base, "C0"), (base, "C3")):
+        ax.errorbar(rho[sel], y[sel], xerr=np.nan_to_num(err[:, sel]), fmt="o", ms=4, capsize=2, color=color)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(y, [MEASURE_LABELS.get(r["name"], r["name"]) for r in rows], fontsize=8)
-    ax.set_xlabel("Spearman ρ of measure(k) vs final accuracy(k), mean over cases (95% bootstrap CI)")
+    ax.set_yticks(y, [MEASURE_LABELS.get(r["name"], r["name"]).strip("*") for r in rows], fontsize=8)
+    ax.set_xlabel("Spearman ρ, level-0 measure vs IMP accuracy across k\n(mean over cases, 95% bootstrap CI)",
+                  fontsize=9)
     ax.set_xlim(-1, 1)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
