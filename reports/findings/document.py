@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 def _notes() -> dict[str, str]:
     """notes.md split by its ``## key`` headings."""
     text = (HERE / "notes.md").read_text(encoding="utf-8")
-    parts = re.split(r"^## (\S+)\s*$", text, flags=re.M)
+    parts = re.split(r"^## (\S+)\s*$", text, flags=re.MULTILINE)
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
 
 
@@ -45,8 +45,8 @@ def _measure_table(rows: list[dict]) -> list[str]:
 
 
 def _rules_table(extra: dict) -> list[str]:
-    out = ["| rule | picks within 0.2 points of the oracle's accuracy (95% CI) | accuracy lost vs the "
-           "oracle k, points (mean, 95% CI) |", "|---|---|---|"]
+    out = [("| rule | picks within 0.2 points of the oracle's accuracy (95% CI) | accuracy lost vs the "
+            "oracle k, points (mean, 95% CI) |"), "|---|---|---|"]
     for name, (p, lo, hi, raw, n) in extra["rules"].items():
         count = f"{raw * n:.1f}" if name.startswith("a random") else f"{round(raw * n)}"
         g, glo, ghi = extra["gaps"][name]
@@ -84,9 +84,9 @@ def write_report(plan: dict, n: dict, path: Path) -> None:
     w("")
     w("## Setup")
     w("")
-    w(f"- **Data and network.** MNIST-1D (4,000 train / 1,000 test, the embedded default), the "
-      f"default 1-D conv net (3 conv layers of 25 channels + linear classifier, 5,210 weights). "
-      f"T = 1,000 steps of batch 100 (25 epochs), constant learning rate apart from warmup.")
+    w("- **Data and network.** MNIST-1D (4,000 train / 1,000 test, the embedded default), the "
+      "default 1-D conv net (3 conv layers of 25 channels + linear classifier, 5,210 weights). "
+      "T = 1,000 steps of batch 100 (25 epochs), constant learning rate apart from warmup.")
     w(f"- **Studies.** {len(plan['condition'])} conditions × {len(res.seeds)} seeds (seeds {seeds}: "
       f"init, masks and data orders) = {len(plan['condition']) * len(res.seeds)} studies. Each: a dense "
       f"run, then R = 3 data-order copies from each rewind point k ∈ {{{ks}}} at every level: level 0 "

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -79,19 +81,26 @@ def _state(store: Path, study_id: str) -> str:
 
 def _discard(store: Path) -> None:
     """Remove a generated store (and the CSV folder analyze wrote beside it)."""
-    import shutil
-
     for p in (store, store.with_name(store.name + ".analysis")):
         if p.exists():
             shutil.rmtree(p)
+
+
+def _command() -> str:
+    """The installed ``stabilitylab`` script (not ``python -m``: run from the repository
+    root, that would import the source folder, which lacks the installed ``cli`` mapping)."""
+    beside = Path(sys.executable).with_name("stabilitylab")
+    found = str(beside) if beside.is_file() else shutil.which("stabilitylab")
+    if not found:
+        raise SystemExit("error: the stabilitylab command is not installed; run `pip install -e .` first")
+    return found
 
 
 def _cli(args: list[str], env: dict, log: Path) -> None:
     with open(log, "a") as out:
         out.write(f"$ stabilitylab {' '.join(args)}\n")
         out.flush()
-        rc = subprocess.call([sys.executable, "-m", "stabilitylab.cli.main", *args], env=env,
-                             stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        rc = subprocess.call([_command(), *args], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     if rc != 0:
         raise RuntimeError(f"stabilitylab {args[0]} exited {rc}; see {log}")
 

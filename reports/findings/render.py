@@ -20,11 +20,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
 
-from stabilitylab.analysis.stats import (  # noqa: E402
+from stabilitylab.analysis.stats import (
     accuracy_gap,
     oracle_rewind,
     predict_rewind_lmc,

@@ -4,7 +4,6 @@ before a single chunk is decoded."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from _scan_source import ALLOWED_PICKLE, package_files, scan
 from stabilitylab.cli.main import main
 from zarr.abc.codec import ArrayBytesCodec
 
@@ -26,85 +26,14 @@ from stabilitylab.errors import StoreError
 from stabilitylab.store import open_analysis, open_study, validate
 from stabilitylab.store.testing import make_fake_store
 
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE_DIRS = [REPO / "stabilitylab", REPO / "cli"]
-
-# The one place allowed to touch pickle: CIFAR-10's official python format *is* pickle. It is
-# read by a restricted Unpickler that resolves only numpy's array-reconstruction globals
-# (tests/data/test_data_vision.py checks a crafted batch is refused). Pinned by count, so
-# any new use anywhere fails this test.
-ALLOWED_PICKLE = {"stabilitylab/data/vision.py": 2}  # `import pickle` + raising UnpicklingError
-
-FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",
-                     "joblib", "jsonpickle"}
-
-
-def _calls(tree: ast.AST):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            f = node.func
-            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-            owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
-            yield node, owner, name
-
-
-def _kw(node: ast.Call, name: str):
-    for k in node.keywords:
-        if k.arg == name:
-            return k.value
-    return None
-
-
-def _scan(paths: list[Path]) -> dict:
-    """Parse every file and list forbidden imports/calls. Run in a fresh interpreter (see the
-    test): CPython 3.11.7's ``ast.parse`` can raise a spurious ``SystemError: AST constructor
-    recursion depth mismatch`` when called after the recursion limit was changed in-process
-    (hypothesis does so), which is interpreter state, not a property of our source."""
-    problems, allowed_seen = [], {}
-    for path in paths:
-        rel = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
-        hits = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                hits += [f"import {a.name}" for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
-                hits.append(f"from {node.module} import ...")
-        for node, owner, name in _calls(tree):
-            if owner in FORBIDDEN_MODULES:
-                hits.append(f"{owner}.{name}()")
-            if owner == "torch" and name == "load":
-                wo = _kw(node, "weights_only")
-                if not (isinstance(wo, ast.Constant) and wo.value is True):
-                    problems.append(f"{rel}:{node.lineno}: torch.load without weights_only=True")
-            if owner in ("np", "numpy") and name == "load":
-                ap = _kw(node, "allow_pickle")
-                if not (isinstance(ap, ast.Constant) and ap.value is False):
-                    problems.append(f"{rel}:{node.lineno}: np.load without allow_pickle=False")
-            if owner in ("yaml",) and name in ("load", "unsafe_load", "load_all"):
-                problems.append(f"{rel}:{node.lineno}: yaml.{name}")
-            if owner == "" and name in ("eval", "exec", "__import__"):
-                problems.append(f"{rel}:{node.lineno}: builtin {name}()")
-        if hits:
-            if rel in ALLOWED_PICKLE:
-                allowed_seen[rel] = len(hits)
-            else:
-                problems += [f"{rel}: {h}" for h in hits]
-    return {"problems": problems, "allowed_seen": allowed_seen, "files": len(paths)}
-
-
-def _package_files() -> list[Path]:
-    return [p for folder in PACKAGE_DIRS for p in sorted(folder.rglob("*.py"))]
-
 
 def test_no_pickle_no_eval_in_the_package():
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import _scan_source as s; "
-            "print(json.dumps(s.scan()))")
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)],
+    # A fresh interpreter (see _scan_source.py), running only the stdlib scanner.
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("_scan_source.py"))],
                          capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
-    assert result["files"] == len(_package_files()) > 50
+    assert result["files"] == len(package_files()) > 50
     assert not result["problems"], result["problems"]
     assert result["allowed_seen"] == ALLOWED_PICKLE, result["allowed_seen"]
 
@@ -115,7 +44,7 @@ def test_the_scanner_finds_what_it_forbids(tmp_path):
     src = ("import pickle\nimport torch, numpy as np\npickle.loads(b'')\ntorch.load('x')\n"
            "np.load('x')\neval('1')\n")
     bad.write_text(src)
-    res = _scan([bad])
+    res = scan([bad])
     text = " ".join(res["problems"])
     for needle in ("import pickle", "pickle.loads()", "torch.load without", "np.load without", "builtin eval"):
         assert needle in text, (needle, res)
