@@ -55,9 +55,8 @@ def _rules_table(extra: dict) -> list[str]:
     return out
 
 
-def summary_lines(n: dict) -> dict[str, str]:
-    """One line per question (also used by the top-level README and the closing note)."""
-    notes = _notes()
+def summary_lines(notes: dict[str, str]) -> dict[str, str]:
+    """One line per question, from the ``summary-Qn`` sections of notes.md."""
     return {q: notes.get(f"summary-{q}", "").replace("\n", " ") for q in ("Q1", "Q2", "Q3", "Q4")}
 
 
@@ -79,7 +78,7 @@ def write_report(plan: dict, n: dict, path: Path) -> None:
     w("")
     w("## Answers in one line each")
     w("")
-    for q, line in summary_lines(n).items():
+    for q, line in summary_lines(notes).items():
         w(f"- **{q}.** {line}")
     w("")
     w("## Setup")

@@ -8,7 +8,6 @@ list a store, so zarr needs the consolidated metadata ``record`` writes at the e
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 import xarray as xr
+from _helpers import free_port, stop
 
 import stabilitylab
 from stabilitylab.errors import StoreError
@@ -41,14 +41,8 @@ server.serve_forever()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(kind: str, root) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     if kind == "http.server":
         cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                "--directory", str(root)]
@@ -88,12 +82,7 @@ def served(tiny_study, tmp_path_factory):
         yield {kind: base for kind, (_, base) in servers.items()}
     finally:
         for proc, _ in servers.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def _options():
@@ -153,8 +142,9 @@ def test_analyze_reads_the_study_over_http(tiny_analyzed, served, monkeypatch):
 
 def test_analyze_on_a_read_only_http_store_fails_fast_in_one_line(served, capsys):
     """Nothing is computed: the write-ability probe runs right after the store is opened."""
-    from stabilitylab.analysis import run
     from stabilitylab.cli.main import main
+
+    from stabilitylab.analysis import run
 
     url = f"{served['no-listing']}/tiny.zarr"
     calls = []

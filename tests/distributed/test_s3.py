@@ -2,15 +2,14 @@
 server (from PyPI) in a subprocess on 127.0.0.1, stopped after the module."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 import zarr
+from _helpers import assert_same_store, free_port, stop
 from conftest import TINY, tiny_config
 
 import stabilitylab
@@ -26,16 +25,10 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
                "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server with one empty bucket: (endpoint URL, fsspec storage options)."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -56,27 +49,7 @@ def s3():
                                      "retries": {"max_attempts": 2}}}
         yield endpoint, options
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _assert_same_store(expected: zarr.Group, actual: zarr.Group):
-    names = sorted(n for n, _ in expected.arrays())
-    assert names == sorted(n for n, _ in actual.arrays())
-    for name in names:
-        x, y = np.asarray(expected[name][...]), np.asarray(actual[name][...])
-        if x.dtype.kind in "OTU":
-            assert x.tolist() == y.tolist(), name
-        else:
-            assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
-    a, b = dict(expected.attrs), dict(actual.attrs)
-    a.pop("created_at")
-    b.pop("created_at")
-    assert a == b
+        stop(proc)
 
 
 @pytest.mark.slow
@@ -88,7 +61,7 @@ def test_record_on_a_local_cluster_to_s3_then_analyze_with_the_cli(tiny_study, s
                        storage_options=options)
     remote = zarr.open_group(zarr.storage.FsspecStore.from_url(url, storage_options=options,
                                                                read_only=True), mode="r")
-    _assert_same_store(zarr.open_group(str(tiny_study), mode="r"), remote)
+    assert_same_store(zarr.open_group(str(tiny_study), mode="r"), remote)
     ds = stabilitylab.open_study(url, storage_options=options)
     assert ds.attrs["complete"] is True
 

@@ -14,19 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny import TINY
 from stabilitylab.cli.main import main
 
 import stabilitylab
 from stabilitylab.errors import StoreError
 from stabilitylab.store.testing import make_fake_store
-
-DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "cache"
-TINY = [
-    "training.steps='40it'", "study.rewinds=['0it','10it']", "study.replicas=2",
-    "pruning.levels=1", "data.num_samples=500", "model.channels=4",
-    "training.eval_every='20it'", "training.log_every='5it'", "study.record='every:5'",
-    f"data.root='{DATA_ROOT}'",
-]
 
 
 def _sets(items):

@@ -36,19 +36,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from _tiny import TINY
 
 from stabilitylab.errors import StoreError
 from stabilitylab.store import validate
 
 pytestmark = pytest.mark.slow
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "cache"
-TINY = [
-    "training.steps='40it'", "study.rewinds=['0it','10it']", "study.replicas=2",
-    "pruning.levels=1", "data.num_samples=500", "model.channels=4",
-    "training.eval_every='20it'", "training.log_every='5it'", "study.record='every:5'",
-    f"data.root='{DATA_ROOT}'",
-]
 RUN_TIMEOUT = 300.0
 
 # Runs the CLI; ROBUST_HOOK arms a fault in zarr's LocalStore file writer (_put), which

@@ -16,17 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr.storage._local as zarr_local
+from _tiny import TINY
 from stabilitylab.cli.main import main
 
 from stabilitylab.store import validate
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "cache"
-TINY = [
-    "training.steps='40it'", "study.rewinds=['0it','10it']", "study.replicas=2",
-    "pruning.levels=1", "data.num_samples=500", "model.channels=4",
-    "training.eval_every='20it'", "training.log_every='5it'", "study.record='every:5'",
-    f"data.root='{DATA_ROOT}'",
-]
 LEVEL1_WEIGHTS = re.compile(r"/weights/c/\d+/1/\d+/\d+/\d+/\d+$")
 ANY_CHUNK = re.compile(r"/c/[\d/]+$")
 

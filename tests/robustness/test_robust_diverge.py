@@ -5,22 +5,16 @@ without tripping over the NaNs."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny import TINY as ROBUST_TINY
 from stabilitylab.cli.main import main
 
 import stabilitylab
 from stabilitylab.store import validate
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "cache"
-TINY = [
-    "training.steps='40it'", "study.rewinds=['0it','10it']", "study.replicas=2",
-    "pruning.levels=1", "data.num_samples=500", "model.channels=4",
-    "training.eval_every='20it'", "training.log_every='5it'", "study.record='every:5'",
-    f"data.root='{DATA_ROOT}'", "training.lr=1e4",
-]
+TINY = [*ROBUST_TINY, "training.lr=1e4"]
 
 
 @pytest.fixture(scope="module")

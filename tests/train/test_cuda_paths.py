@@ -3,12 +3,12 @@ pinned-memory host copies, channels-last layout, and the self-contained CUDA ben
 
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from engine_helpers import make_data
 from torch import nn
 
 from stabilitylab.config import load_config, validate
@@ -20,15 +20,8 @@ from stabilitylab.train.functional import StackedModel
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _data(shape=(1, 8), n_train=120, n_test=30, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return types.SimpleNamespace(
-        train_x=torch.randn(n_train, *shape, generator=g),
-        train_y=torch.randint(0, classes, (n_train,), generator=g),
-        test_x=torch.randn(n_test, *shape, generator=g),
-        test_y=torch.randint(0, classes, (n_test,), generator=g),
-        num_classes=classes,
-    )
+def _data(shape=(1, 8)):
+    return make_data(n_train=120, n_test=30, shape=shape)
 
 
 def _resolved(*overrides, steps=12):
