@@ -59,6 +59,11 @@ class TrainingConfig:
         "on rewind, restore the optimizer state at k (True) or start it fresh as OpenLTH does",
     )
     precision: str = _f("fp32", "fp32 (exact, default) or bf16 (CUDA autocast)")
+    compile: str = _f(
+        "auto",
+        "the training step: 'on' (torch.compile'd fused step), 'off' (eager reference) or"
+        " 'auto' (compiled for groups large enough to repay the compilation)",
+    )
 
 
 @dataclass(frozen=True)

@@ -172,9 +172,9 @@ class TaskContext:
         self.data = load_dataset(cfg.data, self.device)
         self.augment = None
         if cfg.data.augment:
-            from stabilitylab.data.augment import random_flip_crop
+            from stabilitylab.data.augment import random_flip_crop_replicas
 
-            self.augment = random_flip_crop
+            self.augment = random_flip_crop_replicas
         self.opt_state_names = list(state_names(cfg.training))
 
     # -- what a new store is created with -----------------------------------------------
