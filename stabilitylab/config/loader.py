@@ -238,14 +238,17 @@ def non_default_settings(cfg: Config) -> dict:
     }
 
 
+_PLACEMENT = ("study.name", "study.device", "data.root")
+
+
 def study_id(cfg: Config) -> str:
     """A stable 12-hex-digit id: the hash of the non-default settings.
 
-    ``study.name`` and ``study.device`` are left out: they label or place a study,
-    they don't change what it computes.
+    ``study.name``, ``study.device`` and ``data.root`` are left out: they label or place a
+    study or its data, they don't change what it computes.
     """
     settings = {
-        k: v for k, v in non_default_settings(cfg).items() if k not in ("study.name", "study.device")
+        k: v for k, v in non_default_settings(cfg).items() if k not in _PLACEMENT
     }
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
