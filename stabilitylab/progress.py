@@ -60,6 +60,7 @@ class Progress:
         self._start = self.clock()
         self._last_time = self._start
         self._last_done = 0
+        self._last_state = None
         self._closed = False
 
     # -- counting --------------------------------------------------------------------
@@ -93,8 +94,8 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self._lines and self.done != self._last_done:
-            self._emit(self.clock())
+        elif self._lines and self._state() != self._last_state:
+            self._emit(self.clock())  # the final state (e.g. the last runs committed)
 
     def __enter__(self):
         return self
@@ -121,7 +122,11 @@ class Progress:
             parts.append("ETA unknown")
         return f"{self.desc}: " + " | ".join(parts)
 
+    def _state(self):
+        return self.done, tuple(self.fields.items())
+
     def _emit(self, now: float) -> None:
         print(self.line(now), file=self.stream, flush=True)
         self._last_time = now
         self._last_done = self.done
+        self._last_state = self._state()
