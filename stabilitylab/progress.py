@@ -2,8 +2,8 @@
 
 * On a terminal: a tqdm bar.
 * Otherwise (a pipe, ``tee``, nohup, a log file): one plain line on stderr every
-  ``interval`` seconds (10) or every ``fraction`` (5%) of the work, whichever comes first,
-  and a last one at the end, e.g.::
+  ``interval`` seconds (10) or every ``fraction`` (5%) of the work, whichever comes first
+  (but at most one a second), and a last one at the end, e.g.::
 
       record: level 1 | runs 7/19 | 52% of 35,100 replica-steps | 1,210 replica-steps/s | ETA 14s
 
@@ -38,11 +38,12 @@ class Progress:
 
     def __init__(self, total: int, *, desc: str, unit: str, enabled: bool | None = None,
                  stream=None, interval: float = 10.0, fraction: float = 0.05,
-                 clock=time.monotonic):
+                 min_gap: float = 1.0, clock=time.monotonic):
         self.total = max(0, int(total))
         self.desc, self.unit = desc, unit
         self.stream = stream if stream is not None else sys.stderr
         self.interval, self.fraction, self.clock = float(interval), float(fraction), clock
+        self.min_gap = float(min_gap)  # a short run prints a few lines, not one per 5%
         self.done = 0
         self.fields: dict[str, str] = {}
         self._bar = None
@@ -72,7 +73,9 @@ class Progress:
         elif self._lines:
             now = self.clock()
             step = max(1, int(self.fraction * self.total)) if self.total else 1
-            if now - self._last_time >= self.interval or self.done - self._last_done >= step:
+            since = now - self._last_time
+            if since >= self.interval or (self.done - self._last_done >= step
+                                          and since >= self.min_gap):
                 self._emit(now)
 
     def set(self, announce: bool = False, **fields) -> None:

@@ -86,7 +86,7 @@ def prediction_table(analysis: xr.Dataset) -> list[dict]:
                 "accuracy_oracle": _accuracy_at(analysis, level, oracle)}
         rules = []
         if "predicted_rewind_lmc" in analysis:
-            rules.append((f"LMC: instability < {100 * threshold:g}%",
+            rules.append((f"LMC: instability < {100 * threshold:g} pp",
                           analysis["predicted_rewind_lmc"].sel(level=level),
                           F._get(analysis, "gap_lmc", level=level)))
         if "predicted_rewind_measure" in analysis:
