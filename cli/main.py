@@ -34,7 +34,6 @@ DATA_ROOT_HELP = ("where datasets are (default: $STABILITYLAB_DATA, else "
                   "~/.cache/stabilitylab/datasets)")
 
 
-
 class _UsageError(StabilityLabError):
     """A bad command line (unknown option, bad choice, missing argument)."""
 

@@ -132,8 +132,11 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
-    combos = len(list(ctx.combos()))
-    work = combos * (2 + ("interpolation" in groups)) + len(ctx.levels) * len(ctx.rewinds)
+    combos = len(list(ctx.combos()))  # each group below reports one unit per item done
+    work = combos * (("trajectory" in groups) + ("replica" in groups)
+                     + ("interpolation" in groups or "aligned" in groups))
+    if "gradient" in groups:
+        work += sum(ctx.complete("imp", lv, k, 0) for lv in ctx.levels for k in ctx.rewinds)
     bar = Progress(work, desc="analyze", unit="tasks", enabled=progress)
     results: dict[str, xr.DataArray] = {}
     if "trajectory" in groups:

@@ -75,3 +75,6 @@ def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys):
     assert {"trajectory measures", "replica measures", "gradient noise"} <= phases, lines
     assert any(p.startswith("interpolation") for p in phases)
     assert "100% of" in lines[-1]
+    analyze_store(str(copy), n_boot=20, alphas=3, measures=["instability"])  # one group
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("analyze: ")]
+    assert "100% of" in lines[-1] and "done in" in lines[-1], lines
