@@ -78,3 +78,13 @@ def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys):
     analyze_store(str(copy), n_boot=20, alphas=3, measures=["instability"])  # one group
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("analyze: ")]
     assert "100% of" in lines[-1] and "done in" in lines[-1], lines
+
+
+def test_terminal_mode_is_a_tqdm_bar_with_the_fields():
+    out = io.StringIO()
+    p = Progress(10, desc="record", unit="replica-steps", stream=out, enabled=True)
+    p.set(level=2, runs="3/19")
+    p.update(10)
+    p.close()
+    text = out.getvalue()
+    assert "record" in text and "level 2 runs 3/19" in text and "10/10" in text
