@@ -69,7 +69,8 @@ def download(name: str, root: str | os.PathLike | None = None, *, mirror: str | 
     folder the loader reads (``<root>/MNIST/raw`` or ``<root>/cifar-10-batches-py``).
 
     ``root`` defaults to :func:`stabilitylab.data.data_root` (``$STABILITYLAB_DATA`` or
-    ``~/.cache/stabilitylab/datasets``). Files already in place are kept.
+    ``~/.cache/stabilitylab/datasets``). MNIST archives already there with the right md5
+    are not fetched again; CIFAR-10 is fetched again and replaces its folder.
     """
     from stabilitylab.data import data_root
 
@@ -87,9 +88,16 @@ def download(name: str, root: str | os.PathLike | None = None, *, mirror: str | 
         if name == "mnist":
             mirrors, resources = _mnist_sources()
             bases = [mirror] if mirror else mirrors
-            for filename, md5 in resources:
-                _fetch(bases, filename, md5, tmp, extract=True)
+            from torchvision.datasets.utils import check_integrity, extract_archive
+
             target = root / "MNIST" / "raw"
+            for filename, md5 in resources:
+                kept = target / filename
+                if check_integrity(str(kept), md5):  # already here and intact: no download
+                    shutil.copy(kept, tmp / filename)
+                    extract_archive(str(tmp / filename), str(tmp))
+                    continue
+                _fetch(bases, filename, md5, tmp, extract=True)
             target.mkdir(parents=True, exist_ok=True)
             for f in sorted(tmp.iterdir()):
                 if f.is_file():
