@@ -19,7 +19,8 @@ def _f(default, help: str):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist or cifar10")
-    root: str = _f("", "data root for torchvision sets and the mnist1d cache ('' = ./datasets/cache)")
+    root: str = _f("", "record only: data root for torchvision sets and the mnist1d cache "
+                   "('' = $STABILITYLAB_DATA or ~/.cache/stabilitylab/datasets)")
     num_samples: int = _f(5000, "mnist1d only: examples generated in all (80% train, 20% test)")
     train_eval_size: int = _f(1000, "size of the fixed train subset used for train-set error")
     augment: bool = _f(False, "random flip + crop-with-padding-4 (CIFAR recipes), batched on device")
