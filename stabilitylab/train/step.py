@@ -31,7 +31,7 @@ from stabilitylab.train.optim import fused_update
 
 log = logging.getLogger(__name__)
 
-from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: E402,F401 (re-exported)
+from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: F401 (re-exported)
 
 # ``auto`` compiles a group when its work is large enough to repay the compilation
 # (a new graph per replica count R; about 15-25 s on a 2-core CPU, a few seconds when
