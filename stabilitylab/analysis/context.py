@@ -100,7 +100,7 @@ def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
 def load_context(url, *, device=None, storage_options=None) -> StudyContext:
     """Open the store, rebuild the model and data it was trained with."""
     from stabilitylab.data import load_dataset
-    from stabilitylab.data.registry import DATASETS
+    from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
     from stabilitylab.store import open_study
     from stabilitylab.train.engine import resolve_device
@@ -109,7 +109,7 @@ def load_context(url, *, device=None, storage_options=None) -> StudyContext:
     cfg = config_from_dict(ds.attrs["config"])
     resolved = validate(cfg)
     dev = resolve_device(device or "auto")
-    info = DATASETS[cfg.data.name]
+    info = dataset_info(cfg.data)
     model = build_model(cfg.model, info.input_shape, info.num_classes, generator=generator(0))
     stacked = StackedModel(model)
     layout = ds.attrs["param_layout"]

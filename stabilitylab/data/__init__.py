@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from stabilitylab.data.registry import DATASETS, DatasetInfo
-from stabilitylab.errors import ConfigError
 
 DEFAULT_ROOT = Path("datasets") / "cache"
 
@@ -83,10 +82,10 @@ def load_dataset(cfg, device="cpu") -> Dataset:
     :class:`~stabilitylab.errors.DataMissingError` when files that must be on disk
     (MNIST, CIFAR-10) are not.
     """
-    info = DATASETS.get(cfg.name)
-    if info is None:
-        raise ConfigError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
-    ds = _resolve(info.loader)(cfg, data_root(cfg))
+    from stabilitylab.data.registry import dataset_info, load_plugin
+
+    info = dataset_info(cfg)  # plugins: see stabilitylab.data.registry
+    ds = load_plugin(info, cfg) if info.plugin else _resolve(info.loader)(cfg, data_root(cfg))
     if ds.input_shape != info.input_shape:  # a loader bug, not user input
         raise AssertionError(f"{cfg.name}: loader returned inputs of shape {ds.input_shape}, "
                              f"registry says {info.input_shape}")
