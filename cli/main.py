@@ -67,7 +67,36 @@ def _parser() -> argparse.ArgumentParser:
                      help="also decode every chunk (finds truncated or corrupt chunks; slow)")
 
     sub.add_parser("presets", help="list the shipped presets")
+    _add_plugin_commands(sub)
     return p
+
+
+# -- models, datasets, compare, import (issue 14: plugins and checkpoints) ------------------
+
+def _add_plugin_commands(sub) -> None:
+    sub.add_parser("models", help="list the model names a config can use (shipped and entry points)")
+    sub.add_parser("datasets", help="list the dataset names a config can use (shipped and entry points)")
+
+
+def _models(args) -> int:
+    from stabilitylab.models.registry import available_models
+
+    for name, target in available_models().items():
+        print(f"{name}\t{target}")
+    print("(or any package.module:function builder)")
+    return 0
+
+
+def _datasets(args) -> int:
+    from stabilitylab.data.registry import available_datasets
+
+    for name, target in available_datasets().items():
+        print(f"{name}\t{target}")
+    print("(or any package.module:function loader)")
+    return 0
+
+
+_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets}
 
 
 def _default_out(cfg) -> str:
@@ -150,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         handler = {"record": _record, "analyze": _analyze, "report": _report,
-                   "validate": _validate, "presets": _presets}[args.command]
+                   "validate": _validate, "presets": _presets, **_PLUGIN_HANDLERS}[args.command]
         return handler(args)
     except StabilityLabError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)

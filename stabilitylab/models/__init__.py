@@ -46,12 +46,15 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
 
 
 @torch.no_grad()
-def init_model(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+def init_model(model: nn.Module, generator: torch.Generator | None = None, *,
+               buffers_from: nn.Module | None = None) -> nn.Module:
     """(Re)initialize ``model`` in place: Kaiming-normal conv/linear weights, zero biases, BN 1/0.
 
     Modules are visited in ``named_modules()`` order, so one generator state gives one
     set of weights. Raises ``TypeError`` if the model holds a parameter or buffer this
     scheme does not cover (so no tensor is ever left at an RNG-dependent default).
+    ``buffers_from``: a concrete module of the same architecture whose values fill the
+    buffers the scheme does not cover (a plugin's constant buffers).
     """
     covered: set[int] = set()
     for module in model.modules():
@@ -70,6 +73,12 @@ def init_model(model: nn.Module, generator: torch.Generator | None = None) -> nn
             if getattr(module, "track_running_stats", False) and hasattr(module, "reset_running_stats"):
                 module.reset_running_stats()
                 covered.update(id(b) for b in module.buffers(recurse=False))
+    if buffers_from is not None:
+        source = dict(buffers_from.named_buffers())
+        for n, b in model.named_buffers():
+            if id(b) not in covered and n in source and source[n].shape == b.shape:
+                b.copy_(source[n])
+                covered.add(id(b))
     uncovered = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in covered]
     if uncovered:
         raise TypeError(f"init_model does not know how to initialize {uncovered}")
@@ -114,8 +123,15 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
         return model
     init_device = generator.device if generator is not None else torch.device("cpu")
     model = model.to_empty(device=init_device)
+    reference = None
+    if cfg.name not in MODEL_BUILDERS and any(True for _ in model.buffers()):
+        # A plugin's own buffers (constants) keep the values its builder gives them, built
+        # once on the CPU with the global RNG forked and seeded (deterministic).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            reference = build(cfg, tuple(int(s) for s in input_shape), int(num_classes), **options)
     try:
-        init_model(model, generator)
+        init_model(model, generator, buffers_from=reference)
     except TypeError as exc:
         if cfg.name in MODEL_BUILDERS:
             raise

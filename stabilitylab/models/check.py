@@ -35,7 +35,7 @@ def _reason(exc: BaseException) -> str:
     low = text.lower()
     if "data-dependent control flow" in low or "_local_scalar_dense" in low or ".item()" in low:
         return "data-dependent Python control flow on a tensor value (vmap cannot trace it)"
-    if "batching rule not implemented" in low or "not implemented for" in low \
+    if "batching rule not implemented" in low or "not implemented for" in low or "do not support" in low \
             or "not supported" in low or "unsupported" in low:
         return f"an operation vmap does not support ({first[:160]})"
     if "inplace" in low or "in-place" in low:

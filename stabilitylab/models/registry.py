@@ -135,7 +135,10 @@ def register_session_model(builder: Callable) -> str:
         except ConfigError:
             pass
     name = f"{SESSION_PREFIX}{module or 'builder'}.{qual or type(builder).__name__}"
-    if name in _SESSION and _SESSION[name] is not builder:
+    def same(a, b):
+        return getattr(a, "__wrapped_factory__", a) is getattr(b, "__wrapped_factory__", b)
+
+    if name in _SESSION and not same(_SESSION[name], builder):
         name = f"{name}#{id(builder):x}"
     _SESSION[name] = builder
     return name
