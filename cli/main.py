@@ -77,6 +77,23 @@ def _add_plugin_commands(sub) -> None:
     sub.add_parser("models", help="list the model names a config can use (shipped and entry points)")
     sub.add_parser("datasets", help="list the dataset names a config can use (shipped and entry points)")
 
+    cmp = sub.add_parser("compare", help="barriers, distance and disagreement between two checkpoints")
+    cmp.add_argument("a", help="state_dict file (.pt/.pth via torch.load(weights_only=True), or .safetensors)")
+    cmp.add_argument("b", help="second state_dict file of the same architecture")
+    cmp.add_argument("--model", required=True, metavar="SPEC",
+                     help="model name, package.module:function or entry point")
+    cmp.add_argument("--data", required=True, metavar="SPEC",
+                     help="dataset name, package.module:function or entry point (its test set is used)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="further settings, e.g. --set model.options.width=2 --set data.root=DIR")
+    cmp.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    cmp.add_argument("--bn-recompute", action="store_true",
+                     help="recompute BatchNorm statistics at every alpha on the train subset "
+                          "(default: interpolate the files' statistics)")
+    cmp.add_argument("--align", action="store_true", help="also the barrier after weight matching")
+    cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
 
 def _models(args) -> int:
     from stabilitylab.models.registry import available_models
@@ -96,7 +113,19 @@ def _datasets(args) -> int:
     return 0
 
 
-_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets}
+def _compare(args) -> int:
+    import json
+
+    from stabilitylab.interop.compare import compare_checkpoints, summary_lines
+
+    result = compare_checkpoints(args.a, args.b, model=args.model, data=args.data,
+                                 alphas=args.alphas, bn_recompute=args.bn_recompute,
+                                 align=args.align, overrides=args.overrides, device=args.device)
+    print(json.dumps(result) if args.json else "\n".join(summary_lines(result)))
+    return 0
+
+
+_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compare}
 
 
 def _default_out(cfg) -> str:
