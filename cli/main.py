@@ -5,6 +5,9 @@
     stabilitylab report STORE [--out DIR]
     stabilitylab validate STORE [--deep]
     stabilitylab presets
+    stabilitylab models | datasets
+    stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute] [--json]
+    stabilitylab import openlth RUN_DIR --out STORE
 """
 
 from __future__ import annotations
@@ -94,6 +97,15 @@ def _add_plugin_commands(sub) -> None:
     cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
+    imp = sub.add_parser("import", help="convert another framework's runs into a store")
+    fmt = imp.add_subparsers(dest="format", required=True)
+    olth = fmt.add_parser("openlth", help="an OpenLTH lottery_<hash> directory (replicates, "
+                                          "levels, branches)")
+    olth.add_argument("run_dir", help="the OpenLTH lottery_<hash> directory")
+    olth.add_argument("--out", required=True, help="the new store (path or fsspec URL)")
+    olth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="settings on top of the mapped config, e.g. --set data.root=DIR")
+
 
 def _models(args) -> int:
     from stabilitylab.models.registry import available_models
@@ -125,7 +137,18 @@ def _compare(args) -> int:
     return 0
 
 
-_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compare}
+def _import(args) -> int:
+    from stabilitylab.interop.openlth import import_openlth
+
+    summary = import_openlth(args.run_dir, args.out, overrides=args.overrides)
+    for line in summary["lines"]:
+        print(line)
+    print(f"wrote {args.out}; next: stabilitylab analyze {args.out}")
+    return 0
+
+
+_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compare,
+                    "import": _import}
 
 
 def _default_out(cfg) -> str:

@@ -134,14 +134,15 @@ def summary_lines(result: dict) -> list[str]:
     """The human-readable report of :func:`compare_checkpoints`."""
     pct = 100.0
     lines = [
-        f"A: {result['a']}  (test error {pct * result['test_error_a']:.2f}%, "
-        f"loss {result['test_loss_a']:.4f})",
-        f"B: {result['b']}  (test error {pct * result['test_error_b']:.2f}%, "
-        f"loss {result['test_loss_b']:.4f})",
+        (f"A: {result['a']}  (test error {pct * result['test_error_a']:.2f}%, "
+         f"loss {result['test_loss_a']:.4f})"),
+        (f"B: {result['b']}  (test error {pct * result['test_error_b']:.2f}%, "
+         f"loss {result['test_loss_b']:.4f})"),
         f"error barrier (instability, Frankle et al. 2020): {pct * result['error_barrier']:.2f}%",
         f"loss barrier: {result['loss_barrier']:.4f}",
-        f"above-the-line barrier (Entezari et al. 2022): error "
-        f"{pct * result['above_line_error_barrier']:.2f}%, loss {result['above_line_loss_barrier']:.4f}",
+        (f"above-the-line barrier (Entezari et al. 2022): error "
+         f"{pct * result['above_line_error_barrier']:.2f}%, "
+         f"loss {result['above_line_loss_barrier']:.4f}"),
         f"L2 distance: {result['l2_distance']:.4f}; angle: {result['angle']:.4f} rad",
         f"prediction disagreement: {pct * result['disagreement']:.2f}%",
         f"({result['alphas']} interpolation points; BatchNorm statistics: {result['bn_mode']})",

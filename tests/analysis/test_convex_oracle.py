@@ -39,7 +39,7 @@ def test_above_line_loss_barrier_is_zero_for_softmax_regression(tmp_path_factory
 
 
 def test_pruning_noise_is_nan_for_reinit_runs(tiny_analyzed):
-    out, result = tiny_analyzed
+    _, result = tiny_analyzed
     an = result["analysis"]
     assert np.isnan(an.pruning_noise_l2.sel(kind="reinit").values).all()
     assert np.isnan(an.pruning_noise_angle.sel(kind="reinit").values).all()
