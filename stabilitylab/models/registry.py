@@ -229,6 +229,14 @@ def legacy_model_options(raw: dict) -> dict:
     legacy = {k: raw[k] for k in LEGACY_FIELDS if k in raw}
     if not legacy:
         return raw
+    for key, value in legacy.items():  # the flat fields' old types, checked even when unused
+        if key == "hidden":
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ConfigError(f"model.hidden: expected a list, got {value!r:.60}")
+            if not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+                raise ConfigError(f"model.hidden: expected a list of integers, got {value!r:.60}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"model.{key}: expected an integer, got {value!r:.60}")
     out = {k: v for k, v in raw.items() if k not in LEGACY_FIELDS}
     options = dict(out.get("options") or {}) if isinstance(out.get("options"), dict) else out.get(
         "options", {})

@@ -211,7 +211,7 @@ def _analysis(*, levels: int = 2, rewinds=(0, 25, 50, 100, 200, 400), replicas: 
     imp = 0
     measure_value = np.stack([
         np.nanmean(inst[imp], -1), np.nanmean(0.8 * inst[imp], -1), np.nanmean(2.5 * inst[imp], -1),
-        np.nanmean(1.1 * inst[imp], -1),
+        np.nanmean(1.1 * inst[imp], -1), np.nanmean(2.0 * inst[imp], -1),
         np.nanmean(0.3 * inst[imp], -1) if aligned else _nan(nl, nr),
         np.nanmean(1.5 * inst[imp] + 0.02, -1), final_l2[imp],
         np.nanmean(d_angle[imp, ..., -1], -1),
