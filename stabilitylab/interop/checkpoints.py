@@ -12,7 +12,6 @@ file.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -41,10 +40,11 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise CheckpointError(f"{path}: holds pickled Python objects; refused (only tensors "
-                                  "and plain containers load with weights_only=True)") from None
-        except Exception as exc:  # noqa: BLE001 - not a torch file at all
+        except Exception as exc:  # noqa: BLE001 - refused pickles, or not a torch file at all
+            if type(exc).__name__ == "UnpicklingError":  # weights_only refused an object
+                raise CheckpointError(f"{path}: holds pickled Python objects; refused (only "
+                                      "tensors and plain containers load with "
+                                      "weights_only=True)") from None
             first = str(exc).splitlines()[0][:120] if str(exc) else ""
             raise CheckpointError(f"{path}: not a readable torch file ({type(exc).__name__}"
                                   + (f": {first})" if first else ")")) from None
