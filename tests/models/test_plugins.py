@@ -70,6 +70,24 @@ def blobs(cfg, n_train=200, n_test=100, side=6):
     return {"train_x": tx, "train_y": ty, "test_x": vx, "test_y": vy, "num_classes": 2}
 
 
+CALLS = {"counted": 0, "stated": 0}
+
+
+def counted(cfg):
+    CALLS["counted"] += 1
+    return blobs(cfg, n_train=60, n_test=20, side=4)
+
+
+def _stated_loader(cfg, side=4):
+    CALLS["stated"] += 1
+    return blobs(cfg, n_train=60, n_test=20, side=side)
+
+
+from stabilitylab.data.registry import DatasetInfo  # noqa: E402
+
+stated = DatasetInfo("stated", (1, 4, 4), 2, lambda cfg: 60, lambda cfg: 20, _stated_loader)
+
+
 class Branchy(nn.Module):
     def __init__(self):
         super().__init__()
@@ -229,6 +247,22 @@ def test_entry_points_are_listed_and_resolved(monkeypatch, capsys):
     cfg = load_config(None, [*TINY, "model.name='ln-mlp'", "data.name='blobs'",
                              "training.batch_size=20"])
     assert cfg.model.name == "ln-mlp"
+
+
+def test_a_plugin_dataset_is_loaded_once_and_one_that_states_its_sizes_not_at_all(plugin_module):
+    from stabilitylab.config import validate
+    from stabilitylab.data import load_dataset
+
+    mod = __import__(plugin_module)
+    sets = [*TINY, "training.batch_size=20", "model.name='slab_plugin_mod:gn_conv'"]
+    cfg = load_config(None, [*sets, "data.name='slab_plugin_mod:counted'"])
+    validate(cfg)
+    ds = load_dataset(cfg.data)
+    assert mod.CALLS["counted"] == 1 and ds.train_size == 60 and ds.num_classes == 2
+    cfg = load_config(None, [*sets, "data.name='slab_plugin_mod:stated'"])
+    r = validate(cfg)
+    assert mod.CALLS["stated"] == 0 and r.iterations_per_epoch == 60 // 20  # sizes, no load
+    assert load_dataset(cfg.data).input_shape == (1, 4, 4) and mod.CALLS["stated"] == 1
 
 
 @pytest.mark.parametrize("name,reason", [
