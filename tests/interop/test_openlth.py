@@ -82,7 +82,7 @@ def _state(g, scale=0.1):
     return {k: torch.randn(*s, generator=g) * scale for k, s in SHAPES.items()}
 
 
-def build_run(root, levels=2, replicates=2, branches=True, our_rule=False):
+def build_run(root, levels=2, replicates=2, branches=True, our_rule=False, k=K):
     """A lottery run in OpenLTH's layout, with masks drawn by OpenLTH's rule (or ours)."""
     exp = root / f"lottery_{HASH}"
     for r in range(1, replicates + 1):
@@ -92,25 +92,26 @@ def build_run(root, levels=2, replicates=2, branches=True, our_rule=False):
         pre.mkdir(parents=True)
         init = _state(g)
         torch.save(init, pre / _name(0))
-        w_k = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in init.items()}
-        torch.save(w_k, pre / _name(K))
+        w_k = {n: t + 0.01 * torch.randn(t.shape, generator=g) for n, t in init.items()} \
+            if k else init
+        torch.save(w_k, pre / _name(k))
         mask = {n: np.ones(SHAPES[n], np.int64) for n in (*PRUNABLE, "fc.weight")}
         for level in range(levels + 1):
             main_dir = rep / f"level_{level}" / "main"
             main_dir.mkdir(parents=True)
             if level == 0 and r == 1:
-                (main_dir / "hparams.log").write_text(HPARAMS)
+                (main_dir / "hparams.log").write_text(HPARAMS if k else _without_pretraining())
             torch.save({n: torch.as_tensor(m).int() for n, m in mask.items()}, main_dir / "mask.pth")
             start = {n: t * torch.as_tensor(mask[n]).float() if n in mask else t
                      for n, t in w_k.items()}
             end = {n: t + 0.05 * torch.randn(t.shape, generator=g) for n, t in start.items()}
             for n in PRUNABLE:  # pruned weights keep moving (momentum, weight decay)
                 end[n][torch.as_tensor(mask[n]) == 0] += 1e-3
-            torch.save(start, main_dir / _name(K))
+            torch.save(start, main_dir / _name(k))
             torch.save(end, main_dir / _name(T))
             acc = 0.5 + 0.1 * level + 0.01 * r
             (main_dir / "logger").write_text(
-                f"test_loss,{K},2.0\ntest_accuracy,{K},0.1\ntest_examples,{K},10000.0\n"
+                f"test_loss,{k},2.0\ntest_accuracy,{k},0.1\ntest_examples,{k},10000.0\n"
                 f"test_loss,{T},1.0\ntest_accuracy,{T},{acc}\ntest_examples,{T},10000.0")
             if branches and level == levels:
                 for name in ("randomly_prune", "randomly_reinitialize"):
@@ -124,7 +125,7 @@ def build_run(root, levels=2, replicates=2, branches=True, our_rule=False):
                     torch.save(bm, b / "mask.pth")
                     bs = _state(g) if name == "randomly_reinitialize" else start
                     bs = {n: t * bm[n].float() if n in bm else t for n, t in bs.items()}
-                    torch.save(bs, b / _name(K))
+                    torch.save(bs, b / _name(k))
                     torch.save({n: t + 0.05 for n, t in bs.items()}, b / _name(T))
                     (b / "logger").write_text(f"test_accuracy,{T},0.3\ntest_loss,{T},1.5")
                     (b / "hparams.log").write_text(HPARAMS + "\nBranch Arguments\n    * seed => 1")
@@ -138,6 +139,17 @@ def build_run(root, levels=2, replicates=2, branches=True, our_rule=False):
                 new = _rule({n: final[n] * masked[n] for n in PRUNABLE}, masked, 0.2)
             mask = {**mask, **new}
     return exp
+
+
+def _without_pretraining():
+    """hparams.log of a run without --rewinding_steps: no Pretraining sections."""
+    keep, skip = [], False
+    for line in HPARAMS.splitlines():
+        if not line.startswith(" "):
+            skip = line.startswith("Pretraining")
+        if not skip:
+            keep.append(line)
+    return "\n".join(keep)
 
 
 @pytest.fixture
@@ -200,6 +212,19 @@ def test_import_then_analyze_end_to_end(tmp_path, capsys, digits_plugin):
     assert np.isfinite(an.data_order_l2_final.sel(kind="imp").values).all()
     assert np.isfinite(an.mask_jaccard.values).all()
     assert np.isnan(an.early_bird.values).all() and np.isnan(an.rhat.values).all()
+
+
+def test_a_run_without_rewinding_imports_at_k_zero(tmp_path, capsys, digits_plugin):
+    exp = build_run(tmp_path / "d", levels=1, branches=False, k=0)
+    out = tmp_path / "s.zarr"
+    assert main(["import", "openlth", str(exp), "--out", str(out), *digits_plugin]) == 0
+    ds = stabilitylab.open_study(str(out))
+    assert list(ds.step.values) == [0, T] and list(ds.rewind.values) == [0]
+    start = torch.load(exp / "replicate_1" / "level_0" / "main" / _name(0))
+    w0 = ds.weights.sel(kind="imp", level=0, rewind=0, replica=0, step=0).values
+    assert w0[:20 * 784].reshape(20, 784).tolist() == start["fc_layers.0.weight"].tolist()
+    assert main(["analyze", str(out), "--no-report", "--no-progress", "--measures",
+                 "interpolation"]) == 0
 
 
 def test_masks_drawn_by_our_rule_are_reported(tmp_path, capsys, digits_plugin):
