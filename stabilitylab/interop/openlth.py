@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +143,6 @@ class _Run:
     start: Path | None = None
     end: Path | None = None
     mask: Path | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _model_files(folder: Path, ipe: int) -> dict[int, Path]:
@@ -263,7 +262,7 @@ def read_run(run_dir, overrides=()) -> dict:
     settings = {
         "data": {"name": DATASETS[dataset][0]},
         "model": {"name": model_name, "options": model_options},
-        "training": {
+        "training": {  # informational: nothing is trained; OpenLTH's own hparams are in the attrs
             "optimizer": optimizer if optimizer in ("sgd", "adam") else "sgd",
             "lr": float(train_hp.get("lr", "0.1")),
             "momentum": float(train_hp.get("momentum", "0") or 0.0),
@@ -286,7 +285,7 @@ def read_run(run_dir, overrides=()) -> dict:
     if optimizer == "sgd" and float(settings["training"]["momentum"]) == 0:
         settings["training"]["momentum"] = 0.0
     return {"settings": settings, "runs": runs, "k": k, "T": T, "ipe": ipe, "rename": rename,
-            "replicates": reps, "init": init, "hashname": run_dir.name,
+            "replicates": reps, "init": init, "hashname": run_dir.name, "hparams": sections,
             "overrides": list(overrides)}
 
 
@@ -419,6 +418,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
             "format": "openlth", "experiment": info["hashname"], "replicates": len(info["replicates"]),
             "masked_nonzeros_zeroed": zeroed, "replicate_densities": densities,
             "masks_reproduced_by_openlth_rule": reproduced, "levels_checked": checked,
+            "hparams": info["hparams"],
             "note": "endpoints only (steps 0, k, T); masks are the union over replicates"}})
     finally:
         writer.close(consolidate=True)
