@@ -6,6 +6,9 @@
     stabilitylab validate STORE [--deep]
     stabilitylab data download mnist|cifar10 [--data-root DIR]
     stabilitylab presets
+    stabilitylab models | datasets
+    stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute] [--json]
+    stabilitylab import openlth RUN_DIR --out STORE
 
 Every error on bad input is one ``error: ...`` line on stderr and exit status 2.
 """
@@ -124,7 +127,85 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-root", default=None, metavar="DIR", help=DATA_ROOT_HELP)
     dl.add_argument("--mirror", default=None, metavar="URL",
                     help="base URL of a mirror serving the same files (default: torchvision's)")
+    _add_plugin_commands(sub)
     return p
+
+
+# -- models, datasets, compare, import (issue 14: plugins and checkpoints) ------------------
+
+def _add_plugin_commands(sub) -> None:
+    sub.add_parser("models", help="list the model names a config can use (shipped and entry points)")
+    sub.add_parser("datasets", help="list the dataset names a config can use (shipped and entry points)")
+
+    cmp = sub.add_parser("compare", help="barriers, distance and disagreement between two checkpoints")
+    cmp.add_argument("a", help="state_dict file (.pt/.pth via torch.load(weights_only=True), or .safetensors)")
+    cmp.add_argument("b", help="second state_dict file of the same architecture")
+    cmp.add_argument("--model", required=True, metavar="SPEC",
+                     help="model name, package.module:function or entry point")
+    cmp.add_argument("--data", required=True, metavar="SPEC",
+                     help="dataset name, package.module:function or entry point (its test set is used)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="further settings, e.g. --set model.options.width=2 --set data.root=DIR")
+    cmp.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    cmp.add_argument("--bn-recompute", action="store_true",
+                     help="recompute BatchNorm statistics at every alpha on the train subset "
+                          "(default: interpolate the files' statistics)")
+    cmp.add_argument("--align", action="store_true", help="also the barrier after weight matching")
+    cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+    imp = sub.add_parser("import", help="convert another framework's runs into a store")
+    fmt = imp.add_subparsers(dest="format", required=True)
+    olth = fmt.add_parser("openlth", help="an OpenLTH lottery_<hash> directory (replicates, "
+                                          "levels, branches)")
+    olth.add_argument("run_dir", help="the OpenLTH lottery_<hash> directory")
+    olth.add_argument("--out", required=True, help="the new store (path or fsspec URL)")
+    olth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="settings on top of the mapped config, e.g. --set data.root=DIR")
+
+
+def _models(args) -> int:
+    from stabilitylab.models.registry import available_models
+
+    for name, target in available_models().items():
+        print(f"{name}\t{target}")
+    print("(or any package.module:function builder)")
+    return 0
+
+
+def _datasets(args) -> int:
+    from stabilitylab.data.registry import available_datasets
+
+    for name, target in available_datasets().items():
+        print(f"{name}\t{target}")
+    print("(or any package.module:function loader)")
+    return 0
+
+
+def _compare(args) -> int:
+    import json
+
+    from stabilitylab.interop.compare import compare_checkpoints, summary_lines
+
+    result = compare_checkpoints(args.a, args.b, model=args.model, data=args.data,
+                                 alphas=args.alphas, bn_recompute=args.bn_recompute,
+                                 align=args.align, overrides=args.overrides, device=args.device)
+    print(json.dumps(result) if args.json else "\n".join(summary_lines(result)))
+    return 0
+
+
+def _import(args) -> int:
+    from stabilitylab.interop.openlth import import_openlth
+
+    summary = import_openlth(args.run_dir, args.out, overrides=args.overrides)
+    for line in summary["lines"]:
+        print(line)
+    print(f"wrote {args.out}; next: stabilitylab analyze {args.out}")
+    return 0
+
+
+_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compare,
+                    "import": _import}
 
 
 def _default_out(cfg) -> str:
@@ -246,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             raise _UsageError(f"unrecognized arguments: {' '.join(extra)} "
                               f"(see `{where} --help`)")
         handler = {"record": _record, "analyze": _analyze, "report": _report,
-                   "validate": _validate, "presets": _presets, "data": _data}[args.command]
+                   "validate": _validate, "presets": _presets, "data": _data,
+                   **_PLUGIN_HANDLERS}[args.command]
         return handler(args)
     except StabilityLabError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -8,6 +8,10 @@ In Python::
     import stabilitylab
     ds = stabilitylab.open_study("runs/mnist1d-default.zarr")
     ds.weights.sel(kind="imp", level=1, rewind=100, replica=0)
+
+    # your own model and data, no registry entry needed
+    stabilitylab.record_study("mnist1d_default", "runs/mine.zarr", model=make_net, data=tensors)
+    analysis = stabilitylab.analyze_study("runs/mine.zarr")
 """
 
 __version__ = "0.1.0"
@@ -35,12 +39,20 @@ def open_analysis(url, **kwargs):
     return _open(url, **kwargs)
 
 
-def record_study(cfg, out, **kwargs):
-    """Train and record a study (see :func:`stabilitylab.study.runner.record_study`)."""
-    from stabilitylab.study.runner import record_study as _record
+def record_study(config=None, out=None, *, model=None, data=None, **kwargs):
+    """Train and record a study, optionally with your own model and data
+    (see :func:`stabilitylab.api.record_study`)."""
+    from stabilitylab.api import record_study as _record
 
-    return _record(cfg, out, **kwargs)
+    return _record(config, out, model=model, data=data, **kwargs)
+
+
+def analyze_study(out, *, model=None, data=None, **kwargs):
+    """Analyze a recorded study; returns the analysis Dataset (see :func:`stabilitylab.api.analyze_study`)."""
+    from stabilitylab.api import analyze_study as _analyze
+
+    return _analyze(out, model=model, data=data, **kwargs)
 
 
 __all__ = ["ConfigError", "DataMissingError", "StabilityLabError", "StoreError", "__version__",
-           "load_config", "open_analysis", "open_study", "record_study"]
+           "analyze_study", "load_config", "open_analysis", "open_study", "record_study"]

@@ -18,3 +18,8 @@ class DataMissingError(StabilityLabError, FileNotFoundError):
 
 class StoreError(StabilityLabError):
     """A store that is not ours, is damaged, or clashes with the requested study."""
+
+
+class CheckpointError(StabilityLabError):
+    """A checkpoint file (compare, import) that is missing, unreadable, unsafe, or does not
+    fit the model."""

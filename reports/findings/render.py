@@ -39,6 +39,7 @@ MEASURE_LABELS = {
     "instability_train": "barrier on train error",
     "loss_barrier": "loss barrier",
     "above_line_barrier": "barrier above the chord",
+    "above_line_loss_barrier": "loss barrier above the chord",
     "aligned_instability": "aligned barrier (weight matching)",
     "disagreement": "disagreement",
     "data_order_l2": "data-order L2 distance",

@@ -105,7 +105,7 @@ def load_context(url, *, device=None, storage_options=None, data_root=None) -> S
     nothing read from a store chooses a path outside it.
     """
     from stabilitylab.data import load_dataset
-    from stabilitylab.data.registry import DATASETS
+    from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
     from stabilitylab.store import open_study
     from stabilitylab.train.engine import resolve_device
@@ -114,7 +114,7 @@ def load_context(url, *, device=None, storage_options=None, data_root=None) -> S
     cfg = config_from_dict(ds.attrs["config"])
     resolved = validate(cfg)
     dev = resolve_device(device or "auto")
-    info = DATASETS[cfg.data.name]
+    info = dataset_info(cfg.data)
     model = build_model(cfg.model, info.input_shape, info.num_classes, generator=generator(0))
     stacked = StackedModel(model)
     layout = ds.attrs["param_layout"]

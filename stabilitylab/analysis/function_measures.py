@@ -1,7 +1,8 @@
 """Measures that need forward (or backward) passes through the recorded networks.
 
 - interpolation curves and barriers between replica pairs (Frankle et al., LMC,
-  ICML 2020; above-the-line form of Entezari et al. 2022), on test and train subset;
+  ICML 2020; above-the-line form of Entezari et al. 2022, Eq. 1, on test error and
+  on test loss), on test and train subset;
 - the same barrier after weight matching (Ainsworth et al., Git Re-Basin, 2023);
 - prediction disagreement between replicas;
 - split-R̂ of per-example test losses over the last recorded steps;
@@ -96,6 +97,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
         "instability_train": instability(out["interp_train_error"].values),
         "loss_barrier": instability(out["interp_test_loss"].values),
         "above_line_barrier": _above_line(out["interp_test_error"].values, alphas),
+        "above_line_loss_barrier": _above_line(out["interp_test_loss"].values, alphas),
         "aligned_instability": instability(out["aligned_test_error"].values),
     }
     coords = out["interp_test_error"].isel(alpha=0, drop=True).coords

@@ -30,6 +30,7 @@ SCALAR_MEASURES = {
     "instability_train": ("instability_train", "pair"),
     "loss_barrier": ("loss_barrier", "pair"),
     "above_line_barrier": ("above_line_barrier", "pair"),
+    "above_line_loss_barrier": ("above_line_loss_barrier", "pair"),
     "aligned_instability": ("aligned_instability", "pair"),
     "disagreement": ("disagreement", "pair"),
     "data_order_l2": ("data_order_l2_final", "pair"),

@@ -115,6 +115,24 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
     return lines + ctx.skipped
 
 
+# Measures that need recorded steps between the rewind point and T.
+TRAJECTORY_ONLY = ("early_bird", "early_bird_early", "rhat")
+
+
+def _absent_trajectory_measures(ctx, results: dict) -> list[str]:
+    """With endpoints only (0, k, T) the trajectory measures are not defined: set them to
+    NaN and name them. Distances and barriers at T are endpoint measures and stay."""
+    T = ctx.resolved.total_steps
+    if not {int(s) for s in ctx.steps} <= {0, T, *ctx.rewinds}:
+        return []
+    absent = []
+    for name in TRAJECTORY_ONLY:
+        if name in results:
+            results[name] = xr.full_like(results[name], np.nan)
+            absent.append(name)
+    return absent
+
+
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None) -> dict:
     """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``.
@@ -158,6 +176,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
         bar.set(phase="gradient noise", announce=True)
         results.update(gradient_measures(ctx, progress=bar.update))
     bar.close()
+    absent = _absent_trajectory_measures(ctx, results)
     accuracy, accuracy_std = _accuracy(ctx)
     results["final_test_acc"] = accuracy
     results["final_test_acc_std"] = accuracy_std
@@ -177,7 +196,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     analysis.attrs.update({
         "threshold": THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
-        "skipped": list(ctx.skipped),
+        "skipped": list(ctx.skipped), "absent": absent,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analysis_seconds": round(time.perf_counter() - started, 2),
     })
@@ -186,4 +205,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     write_analysis(url, analysis, storage_options=storage_options)
     csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
     lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
+    if absent:
+        lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
+                     "OpenLTH import): " + ", ".join(absent))
     return {"analysis": analysis, "lines": lines, "csv": csv}

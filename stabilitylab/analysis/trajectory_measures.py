@@ -1,7 +1,8 @@
 """Measures read straight off the recorded trajectories (no forward passes).
 
 - data-order distance curves between replica pairs (L2, angle);
-- pruning-noise distance curves against the dense copy with the same data order;
+- pruning-noise distance curves against the dense copy with the same data order
+  (IMP and random-prune runs; NaN for reinit runs, which do not start from W_k);
 - sign flips between W_k and W_T;
 - early-bird mask distance along each trajectory;
 - overlap of the masks IMP would draw from each replica.
@@ -62,8 +63,11 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
                     traj[a], traj[b], mask)
                 out["data_order_angle"].loc[{**at, "pair": ctx.pair_labels[p]}] = angle(
                     traj[a], traj[b], mask)
-        # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0.
-        if level > 0 and 0 in reps and ctx.complete("imp", 0, k, 0):
+        # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
+        # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from
+        # W_k, so the dense copy is not its counterpart and the distance would mix the
+        # re-initialization into the pruning noise; it stays NaN.
+        if kind != "reinit" and level > 0 and 0 in reps and ctx.complete("imp", 0, k, 0):
             if k not in dense_cache:
                 dense_cache[k] = ctx.trajectory("imp", 0, k)[0]
             out["pruning_noise_l2"].loc[at] = l2_distance(dense_cache[k], traj[0], mask)

@@ -18,7 +18,7 @@ from typing import Any
 import tomllib
 
 from stabilitylab.config.schema import SECTIONS, Config
-from stabilitylab.errors import ConfigError
+from stabilitylab.errors import ConfigError, StabilityLabError
 
 DEFAULT_PRESET = "mnist1d_default"
 
@@ -105,6 +105,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
                 raise ConfigError(f"{name}: steps must be in 0..2**63-1, got {_short(value)}")
             return f"{value}it"
         raise ConfigError(f"{name}: expected a string, got {_short(value)}")
+    if annotation is dict:
+        return _options(value, name)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if isinstance(value, str) and item_type is not str:
@@ -115,6 +117,26 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if isinstance(annotation, types.UnionType):  # pragma: no cover - not used yet
         raise ConfigError(f"{name}: unsupported type")
     raise ConfigError(f"{name}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _options(value: Any, name: str, depth: int = 0) -> Any:
+    """A free ``options`` table: string keys, TOML values (lists and tables nest)."""
+    if depth == 0 and not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table of options, got {_short(value)}")
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ConfigError(f"{name}: option names must be identifiers, got {_short(key)}")
+            out[key] = _options(v, f"{name}.{key}", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_options(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        raise ConfigError(f"{name}: integer out of the 64-bit range")
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    raise ConfigError(f"{name}: unsupported option value {_short(value)}")
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -139,6 +161,10 @@ def _build(raw: dict, label: str) -> Config:
         values = raw.get(section, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{label}: [{section}] must be a table")
+        if section == "model":
+            from stabilitylab.models.registry import legacy_model_options
+
+            values = legacy_model_options(values)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(values) - names, key=repr)
@@ -172,6 +198,17 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
             raise ConfigError(f"--set {_short(item)}: expected section.key=value")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if len(parts) == 3 and parts[1] == "options" and all(parts):  # model.options.KEY=value
+            section, _, name = parts
+            if section not in ("model", "data"):
+                raise ConfigError(f"--set {_short(key)}: only model.options and data.options exist")
+            merged.setdefault(section, {})
+            if not isinstance(merged[section], dict):
+                raise ConfigError(f"[{section}] must be a table")
+            options = dict(merged[section].get("options") or {})
+            options[name] = _parse_override_value(value.strip())
+            merged[section]["options"] = options
+            continue
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"--set {_short(item)}: expected section.key=value, e.g. training.lr=0.05")
         section, name = parts
@@ -215,8 +252,10 @@ def config_to_dict(cfg: Config) -> dict:
     """A JSON/TOML-friendly mapping of every field (tuples become lists)."""
 
     def plain(v):
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     return {
@@ -227,15 +266,44 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def non_default_settings(cfg: Config) -> dict:
-    """The settings that differ from the dataclass defaults, as ``{"section.key": value}``."""
+    """The settings that differ from the dataclass defaults, as ``{"section.key": value}``.
+
+    An entry of ``model.options`` / ``data.options`` counts when it differs from the
+    builder's (loader's) own default, and is listed as ``model.<key>``: so a study that
+    sets ``model.options.channels = 4`` has the id it had when ``model.channels`` was a
+    flat field.
+    """
     default = config_to_dict(Config())
     current = config_to_dict(cfg)
-    return {
-        f"{section}.{key}": value
-        for section, values in current.items()
-        for key, value in values.items()
-        if default[section][key] != value
-    }
+    out = {}
+    for section, values in current.items():
+        for key, value in values.items():
+            if key == "options" and section in ("model", "data"):
+                out.update({f"{section}.{k}": v for k, v in _effective(cfg, section).items()})
+            elif default[section][key] != value:
+                out[f"{section}.{key}"] = value
+    return out
+
+
+def _effective(cfg: Config, section: str) -> dict:
+    from stabilitylab.models.registry import canonical, effective_options, resolve_builder
+
+    options = getattr(cfg, section).options
+    if not options:
+        return {}
+    builder, positional = None, 3
+    try:
+        if section == "model":
+            builder = resolve_builder(cfg.model.name)
+        else:
+            from stabilitylab.data.registry import DATASETS, _plugin_target
+
+            if cfg.data.name not in DATASETS and not cfg.data.name.startswith("python:"):
+                target = _plugin_target(cfg.data.name)
+                builder, positional = (target, 1) if callable(target) else (None, 1)
+    except StabilityLabError:
+        builder = None
+    return canonical(effective_options(builder, options, positional))
 
 
 _NOT_IN_ID = ("study.name", "study.device", "data.root", "training.compile")

@@ -16,6 +16,9 @@ def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+# ``options`` tables are dicts: a Config is frozen but not hashable.
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist or cifar10")
@@ -24,15 +27,18 @@ class DataConfig:
     num_samples: int = _f(5000, "mnist1d only: examples generated in all (80% train, 20% test)")
     train_eval_size: int = _f(1000, "size of the fixed train subset used for train-set error")
     augment: bool = _f(False, "random flip + crop-with-padding-4 (CIFAR recipes), batched on device")
+    options: dict = field(default_factory=dict, metadata={
+        "help": "keyword arguments of a plugin dataset's loader (a free table)"})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("conv1d", "model: mlp, lenet_300_100, conv1d, resnet20/32/56, vgg11/13/16/19")
-    hidden: tuple[int, ...] = _f((300, 100), "mlp only: hidden layer widths")
-    channels: int = _f(25, "conv1d only: channels of each conv layer")
-    width: int = _f(1, "resnet/vgg only: width multiplier on the 16/32/64 (resnet) filters")
+    name: str = _f("conv1d", "model: mlp, lenet_300_100, conv1d, resnet20/32/56, vgg11/13/16/19,"
+                   " package.module:function or an entry point (`stabilitylab models`)")
     dropout: float = _f(0.0, "dropout probability before each hidden linear layer (0 = off)")
+    options: dict = field(default_factory=dict, metadata={
+        "help": "keyword arguments of the model's builder (a free table): mlp hidden=[300, 100]"
+                " ([] = softmax regression), conv1d channels=25, resnet/vgg width=1"})
 
 
 @dataclass(frozen=True)

@@ -100,21 +100,30 @@ def record_schedule(spec: str, total: int, rewinds: tuple[int, ...], points: int
     return tuple(sorted(steps))
 
 
+def _check_model(m, info) -> None:
+    """Build the model on the meta device (names, options, input rank); a model the
+    package does not ship must also pass the batched-engine check."""
+    from stabilitylab.models import build_model
+    from stabilitylab.models.registry import MODEL_BUILDERS
+
+    build_model(m, info.input_shape, info.num_classes, device="meta")
+    if m.name not in MODEL_BUILDERS:
+        from stabilitylab.models.check import check_batched
+
+        check_batched(m, info.input_shape, info.num_classes)
+
+
 def validate(cfg: Config) -> Resolved:
     """Check every field; return the resolved study. Raises ConfigError."""
-    from stabilitylab.data.registry import DATASETS
-    from stabilitylab.models.registry import MODEL_NAMES
+    from stabilitylab.data.registry import dataset_info
 
     d, m, t, p, s = cfg.data, cfg.model, cfg.training, cfg.pruning, cfg.study
-    _need(d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; choose from {', '.join(DATASETS)}")
+    _need(isinstance(d.name, str) and d.name != "", "data.name: must be a non-empty string")
     _need(d.num_samples >= 50 and d.num_samples % 10 == 0,
           f"data.num_samples: must be a multiple of 10 (mnist1d makes N/10 per class) and >= 50,"
           f" got {d.num_samples}")
     _need(d.train_eval_size >= 1, f"data.train_eval_size: must be >= 1, got {d.train_eval_size}")
-    _need(m.name in MODEL_NAMES, f"model.name: unknown model {m.name!r}; choose from {', '.join(MODEL_NAMES)}")
-    _need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), f"model.hidden: need >= 1 positive widths, got {list(m.hidden)}")
-    _need(m.channels >= 1, f"model.channels: must be >= 1, got {m.channels}")
-    _need(m.width >= 1, f"model.width: must be >= 1, got {m.width}")
+    _need(isinstance(m.name, str) and m.name != "", "model.name: must be a non-empty string")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     _need(t.lr > 0, f"training.lr: must be > 0, got {t.lr}")
@@ -140,7 +149,8 @@ def validate(cfg: Config) -> Resolved:
     _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(CONTROLS)}")
     _need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")
 
-    info = DATASETS[d.name]
+    info = dataset_info(d)  # a plugin dataset without stated sizes is loaded here, once
+    _check_model(m, info)
     train_size = info.train_size(d)
     _need(t.batch_size >= 1, f"training.batch_size: must be >= 1, got {t.batch_size}")
     _need(

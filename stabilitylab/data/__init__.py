@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from stabilitylab.data.registry import DATASETS, DatasetInfo
-from stabilitylab.errors import ConfigError
 
 DATA_ENV = "STABILITYLAB_DATA"
 """The environment variable that overrides the default data root."""
@@ -114,11 +113,11 @@ def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None) ->
     :class:`~stabilitylab.errors.DataMissingError` when files that must be on disk
     (MNIST, CIFAR-10) are not.
     """
-    info = DATASETS.get(cfg.name)
-    if info is None:
-        raise ConfigError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    from stabilitylab.data.registry import dataset_info, load_plugin
+
+    info = dataset_info(cfg)  # plugins: see stabilitylab.data.registry
     where = data_root(root) if root is not None else data_root(cfg.root)
-    ds = _resolve(info.loader)(cfg, where)
+    ds = load_plugin(info, cfg) if info.plugin else _resolve(info.loader)(cfg, where)
     if ds.input_shape != info.input_shape:  # a loader bug, not user input
         raise AssertionError(f"{cfg.name}: loader returned inputs of shape {ds.input_shape}, "
                              f"registry says {info.input_shape}")

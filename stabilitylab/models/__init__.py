@@ -7,7 +7,8 @@ stacked buffers and update per replica).
 
 Initialization (OpenLTH's): every conv and linear weight is Kaiming normal
 (fan_in, ReLU gain), every bias zero, BatchNorm weight 1 and bias 0, running
-statistics reset. The module is first built on the meta device, so construction
+statistics reset. Plugin models get the same, plus LayerNorm / GroupNorm /
+InstanceNorm weight 1 and bias 0; a parameter of any other kind is refused. The module is first built on the meta device, so construction
 consumes no random numbers: the initial weights are a function of ``generator``'s
 state alone (and the global RNG is neither read nor advanced when one is given).
 
@@ -17,42 +18,43 @@ last ``nn.Linear`` registered.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 from torch import nn
 
 from stabilitylab.errors import ConfigError
-from stabilitylab.models.registry import MODEL_BUILDERS, MODEL_NAMES
+from stabilitylab.models.registry import (
+    MODEL_BUILDERS,
+    MODEL_NAMES,
+    available_models,
+    check_options,
+    resolve_builder,
+)
 
 __all__ = [
     "MODEL_BUILDERS",
     "MODEL_NAMES",
+    "available_models",
     "build_model",
     "count_parameters",
     "init_model",
     "output_layer_name",
 ]
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _builder(name: str):
-    target = MODEL_BUILDERS.get(name)
-    if target is None:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    module, _, fn = target.partition(":")
-    return getattr(importlib.import_module(module), fn)
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+          nn.modules.instancenorm._InstanceNorm)
 
 
 @torch.no_grad()
-def init_model(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+def init_model(model: nn.Module, generator: torch.Generator | None = None, *,
+               buffers_from: nn.Module | None = None) -> nn.Module:
     """(Re)initialize ``model`` in place: Kaiming-normal conv/linear weights, zero biases, BN 1/0.
 
     Modules are visited in ``named_modules()`` order, so one generator state gives one
     set of weights. Raises ``TypeError`` if the model holds a parameter or buffer this
     scheme does not cover (so no tensor is ever left at an RNG-dependent default).
+    ``buffers_from``: a concrete module of the same architecture whose values fill the
+    buffers the scheme does not cover (a plugin's constant buffers).
     """
     covered: set[int] = set()
     for module in model.modules():
@@ -63,13 +65,20 @@ def init_model(model: nn.Module, generator: torch.Generator | None = None) -> nn
                 nn.init.zeros_(module.bias)
                 covered.add(id(module.bias))
         elif isinstance(module, _NORMS):
-            if module.affine:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-                covered.update((id(module.weight), id(module.bias)))
-            if module.track_running_stats:
+            for name, value in (("weight", 1.0), ("bias", 0.0)):
+                p = getattr(module, name, None)
+                if isinstance(p, nn.Parameter):
+                    nn.init.constant_(p, value)
+                    covered.add(id(p))
+            if getattr(module, "track_running_stats", False) and hasattr(module, "reset_running_stats"):
                 module.reset_running_stats()
                 covered.update(id(b) for b in module.buffers(recurse=False))
+    if buffers_from is not None:
+        source = dict(buffers_from.named_buffers())
+        for n, b in model.named_buffers():
+            if id(b) not in covered and n in source and source[n].shape == b.shape:
+                b.copy_(source[n])
+                covered.add(id(b))
     uncovered = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if id(t) not in covered]
     if uncovered:
         raise TypeError(f"init_model does not know how to initialize {uncovered}")
@@ -88,17 +97,46 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
     device : where the returned model lives (default: the generator's device, else CPU).
         ``"meta"`` returns an uninitialized shape-only model (cheap parameter counts).
 
-    Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name, bad widths or
+    ``cfg.name`` is a shipped name, a ``package.module:function`` spec or an entry point
+    (see :mod:`stabilitylab.models.registry`); ``cfg.options`` are the builder's keyword
+    arguments.
+
+    Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name, bad options or
     an input rank the architecture cannot take.
     """
-    build = _builder(cfg.name)
-    with torch.device("meta"):
-        model = build(cfg, tuple(int(s) for s in input_shape), int(num_classes))
+    build = resolve_builder(cfg.name)
+    options = dict(getattr(cfg, "options", {}) or {})
+    check_options("model", f"model {cfg.name}", build, options)
+    try:
+        with torch.device("meta"):
+            model = build(cfg, tuple(int(s) for s in input_shape), int(num_classes), **options)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin builder's own failure, as one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"model {cfg.name}: the builder failed: {type(exc).__name__}: {first}"
+                          ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {cfg.name}: the builder returned a {type(model).__name__}, "
+                          "not an nn.Module")
     if device is not None and torch.device(device).type == "meta":
         return model
     init_device = generator.device if generator is not None else torch.device("cpu")
     model = model.to_empty(device=init_device)
-    init_model(model, generator)
+    reference = None
+    if cfg.name not in MODEL_BUILDERS and any(True for _ in model.buffers()):
+        # A plugin's own buffers (constants) keep the values its builder gives them, built
+        # once on the CPU with the global RNG forked and seeded (deterministic).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            reference = build(cfg, tuple(int(s) for s in input_shape), int(num_classes), **options)
+    try:
+        init_model(model, generator, buffers_from=reference)
+    except TypeError as exc:
+        if cfg.name in MODEL_BUILDERS:
+            raise
+        raise ConfigError(f"model {cfg.name}: {exc} (only conv, linear and norm layers have an "
+                          "initialization rule)") from None
     if device is not None:
         model = model.to(device)
     return model

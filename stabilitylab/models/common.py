@@ -15,8 +15,8 @@ def check_dropout(cfg) -> float:
 
 
 def check_positive(name: str, value: int) -> int:
-    if int(value) < 1:
-        raise ConfigError(f"model.{name} must be >= 1, got {value}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.options.{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 

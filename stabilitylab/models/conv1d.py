@@ -71,7 +71,8 @@ class Conv1dNet(nn.Module):
         return self.fc(x)
 
 
-def build_conv1d(cfg, input_shape: tuple, num_classes: int) -> Conv1dNet:
+def build_conv1d(cfg, input_shape: tuple, num_classes: int, channels: int = 25) -> Conv1dNet:
+    """The 1-D conv net; option ``channels`` (of each conv layer)."""
     require_rank("conv1d", input_shape, 2, "1-D (C, L)")
-    return Conv1dNet(input_shape[0], input_shape[1], check_positive("channels", cfg.channels),
+    return Conv1dNet(input_shape[0], input_shape[1], check_positive("channels", channels),
                      num_classes, check_dropout(cfg))

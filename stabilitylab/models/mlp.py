@@ -1,4 +1,4 @@
-"""Fully connected networks: ``mlp`` (widths ``cfg.hidden``) and ``lenet_300_100``.
+"""Fully connected networks: ``mlp`` (option ``hidden``, widths) and ``lenet_300_100``.
 
 Layout: flatten -> [Linear -> ReLU] per hidden width -> Linear (``fc``, the output).
 Parameter names: ``hidden.{i}.weight/bias`` and ``fc.weight/bias``.
@@ -36,15 +36,21 @@ class MLP(nn.Module):
         return self.fc(x)
 
 
-def build_mlp(cfg, input_shape: tuple, num_classes: int) -> MLP:
-    hidden = tuple(int(h) for h in cfg.hidden)
-    if any(h < 1 for h in hidden):
-        from stabilitylab.errors import ConfigError
+def build_mlp(cfg, input_shape: tuple, num_classes: int, hidden=(300, 100)) -> MLP:
+    """An MLP with hidden widths ``hidden`` (option ``model.options.hidden``).
 
-        raise ConfigError(f"model.hidden widths must be >= 1, got {list(hidden)}")
-    return MLP(math.prod(input_shape), hidden, num_classes, check_dropout(cfg))
+    ``hidden = []`` is softmax regression: one linear layer, whose cross-entropy loss is
+    convex in its parameters.
+    """
+    from stabilitylab.errors import ConfigError
+
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise ConfigError(f"model.options.hidden: expected a list of widths, got {hidden!r}")
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden):
+        raise ConfigError(f"model.options.hidden: widths must be integers >= 1, got {list(hidden)}")
+    return MLP(math.prod(input_shape), tuple(int(h) for h in hidden), num_classes, check_dropout(cfg))
 
 
 def build_lenet_300_100(cfg, input_shape: tuple, num_classes: int) -> MLP:
-    """LeNet-300-100 (OpenLTH's mnist_lenet_300_100): an MLP with hidden (300, 100), whatever cfg.hidden says."""
+    """LeNet-300-100 (OpenLTH's mnist_lenet_300_100): an MLP with hidden (300, 100)."""
     return MLP(math.prod(input_shape), (300, 100), num_classes, check_dropout(cfg))

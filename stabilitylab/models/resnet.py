@@ -67,9 +67,9 @@ class CifarResNet(nn.Module):
 
 
 def _builder(depth: int):
-    def build(cfg, input_shape: tuple, num_classes: int) -> CifarResNet:
+    def build(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarResNet:
         require_rank(f"resnet{depth}", input_shape, 3, "image (C, H, W)")
-        return CifarResNet(depth, input_shape[0], num_classes, check_positive("width", cfg.width),
+        return CifarResNet(depth, input_shape[0], num_classes, check_positive("width", width),
                            check_dropout(cfg))
     build.__name__ = f"build_resnet{depth}"
     build.__doc__ = f"ResNet-{depth} for CIFAR (OpenLTH cifar_resnet_{depth})."

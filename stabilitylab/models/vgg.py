@@ -3,7 +3,7 @@
 Each conv is conv3x3 (with bias, padding 1) -> BN -> ReLU; ``M`` is a 2x2 max pool.
 After the last conv block the map (2x2 for 32x32 inputs) is average-pooled to one
 vector of 512w channels and ``fc`` = Linear(512w, classes) is the only linear
-layer. Channel counts are multiplied by ``cfg.width``. VGG-16 at width 1 has
+layer. Channel counts are multiplied by the option ``width``. VGG-16 at width 1 has
 14,728,266 parameters.
 
 Optional dropout (``cfg.dropout``) acts on the pooled features before ``fc``.
@@ -59,9 +59,9 @@ class CifarVGG(nn.Module):
 
 
 def _builder(depth: int):
-    def build(cfg, input_shape: tuple, num_classes: int) -> CifarVGG:
+    def build(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
         require_rank(f"vgg{depth}", input_shape, 3, "image (C, H, W)")
-        return CifarVGG(depth, input_shape[0], num_classes, check_positive("width", cfg.width),
+        return CifarVGG(depth, input_shape[0], num_classes, check_positive("width", width),
                         check_dropout(cfg))
     build.__name__ = f"build_vgg{depth}"
     build.__doc__ = f"VGG-{depth} with BatchNorm for CIFAR (OpenLTH cifar_vgg_{depth})."

@@ -4,7 +4,11 @@ Masks are dicts ``name -> bool tensor`` over the *prunable* tensors only (conv a
 linear weights); everything else is dense. Each level removes ``fraction`` of the
 weights that are still alive (Frankle & Carbin 2019, "The Lottery Ticket
 Hypothesis", Alg. 1 with rate p), so after n levels density = (1 - fraction)^n up
-to rounding: the number pruned at a level is ``round(fraction * alive)``.
+to rounding: the number pruned at a level is ``round(fraction * alive)`` (Python's
+round, half to even). OpenLTH's ``sparse_global`` strategy prunes one weight more,
+``ceil(fraction * alive) + 1`` (it keeps the weights strictly above the magnitude at
+index ceil(fraction * alive) of the sorted alive weights);
+:func:`stabilitylab.interop.openlth.openlth_global_masks` reproduces that rule.
 
 Ties are broken deterministically (by index, through a stable sort), and the
 global strategy selects exactly what ``torch.nn.utils.prune.global_unstructured``

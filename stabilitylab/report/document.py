@@ -197,14 +197,11 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _applies(key: str, cfg) -> bool:
     """Whether config field ``key`` affects a study with config ``cfg``."""
-    t, m = cfg.training, cfg.model.name
+    t = cfg.training
     adam = t.optimizer in ("adam", "adamw", "radam")
     rules = {
         "data.root": False,  # where record read the data; placement, not part of the study
         "data.num_samples": cfg.data.name == "mnist1d",
-        "model.hidden": m == "mlp",
-        "model.channels": m == "conv1d",
-        "model.width": m.startswith(("resnet", "vgg")),
         "training.momentum": t.optimizer == "sgd",
         "training.nesterov": t.optimizer == "sgd",
         "training.beta1": adam, "training.beta2": adam, "training.eps": adam,
@@ -226,8 +223,9 @@ def _iterations(spec, n: int) -> str:
 def config_rows(config: dict, *, device=None) -> list[dict]:
     """Rows ``{"section": "config", "key", "value"}``: every setting that applies to this
     study, resolved (step strings as iterations, the control levels that actually ran, the
-    number of recorded steps); settings that do not apply (``model.hidden`` for a conv net,
-    Adam's betas under SGD, ...) are left out. A config that does not load or validate is
+    number of recorded steps); settings that do not apply (Adam's betas under SGD, the
+    sample count of a fixed-size dataset, ...) are left out; a model's or dataset's
+    ``options`` are its own, so they always apply. A config that does not load or validate is
     shown as stored."""
     from stabilitylab.config import config_from_dict, config_to_dict, validate
 
@@ -257,7 +255,6 @@ def config_rows(config: dict, *, device=None) -> list[dict]:
         "pruning.levels": f"{cfg.pruning.levels} (densities "
         + ", ".join(f"{100 * (1 - cfg.pruning.fraction) ** lv:.3g}%" for lv in r.levels) + ")",
         "pruning.ignore": listed(cfg.pruning.ignore),
-        "model.hidden": listed(cfg.model.hidden),
     }
     if device:
         resolved["study.device"] = f"{cfg.study.device} (ran on {device})"
@@ -268,7 +265,11 @@ def config_rows(config: dict, *, device=None) -> list[dict]:
         if not _applies(key, cfg):
             continue
         section, field = key.split(".", 1)
-        value = resolved.get(key, getattr(getattr(cfg, section), field, None))
+        if field.startswith("options."):  # a model's or dataset's own option (a free table)
+            value = resolved.get(key, getattr(cfg, section).options.get(field.split(".", 1)[1]))
+            value = listed(value) if isinstance(value, (list, tuple)) else value
+        else:
+            value = resolved.get(key, getattr(getattr(cfg, section), field, None))
         rows.append({"section": "config", "key": key, "value": value})
     return rows
 

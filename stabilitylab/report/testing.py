@@ -22,7 +22,7 @@ from scipy import stats
 
 KINDS = ("imp", "random_prune", "reinit")
 MEASURES = ("instability", "instability_train", "loss_barrier", "above_line_barrier",
-            "aligned_instability", "disagreement", "data_order_l2", "data_order_angle",
+            "above_line_loss_barrier", "aligned_instability", "disagreement", "data_order_l2", "data_order_angle",
             "mask_jaccard", "sign_flips", "early_bird", "rhat", "gradient_noise_scale")
 DENSE_ACC = 0.925
 TAU = 60.0  # iterations: how fast instability decays with k
@@ -211,7 +211,7 @@ def _analysis(*, levels: int = 2, rewinds=(0, 25, 50, 100, 200, 400), replicas: 
     imp = 0
     measure_value = np.stack([
         np.nanmean(inst[imp], -1), np.nanmean(0.8 * inst[imp], -1), np.nanmean(2.5 * inst[imp], -1),
-        np.nanmean(1.1 * inst[imp], -1),
+        np.nanmean(1.1 * inst[imp], -1), np.nanmean(2.0 * inst[imp], -1),
         np.nanmean(0.3 * inst[imp], -1) if aligned else _nan(nl, nr),
         np.nanmean(1.5 * inst[imp] + 0.02, -1), final_l2[imp],
         np.nanmean(d_angle[imp, ..., -1], -1),
@@ -260,6 +260,7 @@ def _analysis(*, levels: int = 2, rewinds=(0, 25, 50, 100, 200, 400), replicas: 
             "instability_train": (pdims, 0.8 * inst),
             "loss_barrier": (pdims, 2.5 * inst),
             "above_line_barrier": (pdims, 1.1 * inst),
+            "above_line_loss_barrier": (pdims, 2.0 * inst),
             "aligned_instability": (pdims, 0.3 * inst if aligned else _nan(*inst.shape)),
             "disagreement": (pdims, 1.5 * inst + 0.02),
             "data_order_l2": (pdims + ("step",), d_l2),

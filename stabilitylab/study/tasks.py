@@ -146,14 +146,14 @@ class TaskContext:
 
     def __init__(self, cfg, device: str | torch.device | None = None):
         from stabilitylab.data import load_dataset
-        from stabilitylab.data.registry import DATASETS
+        from stabilitylab.data.registry import dataset_info
         from stabilitylab.models import build_model, output_layer_name
 
         self.cfg = cfg
         self.resolved = validate(cfg)
         self.device = resolve_device(str(device or cfg.study.device))
         self.seeds = Seeds(cfg.study.seed)
-        info = DATASETS[cfg.data.name]
+        info = dataset_info(cfg.data)
         self.build = lambda seed: build_model(cfg.model, info.input_shape, info.num_classes,
                                                generator=generator(seed))
         init_model = self.build(self.seeds.init)

@@ -49,8 +49,10 @@ def test_epoch_steps_resolve_with_dataset_size():
 
 
 def test_overrides_are_type_checked():
-    cfg = load_config(None, ["training.lr=0.05", "model.hidden=[64, 32]", "study.replicas=4"])
-    assert cfg.training.lr == 0.05 and cfg.model.hidden == (64, 32) and cfg.study.replicas == 4
+    cfg = load_config(None, ["training.lr=0.05", "model.name='mlp'", "model.hidden=[64, 32]",
+                             "study.replicas=4"])
+    assert cfg.training.lr == 0.05 and cfg.model.options["hidden"] == [64, 32]
+    assert cfg.study.replicas == 4
     with pytest.raises(ConfigError, match="training.lr: expected a number"):
         load_config(None, ["training.lr=fast"])
     with pytest.raises(ConfigError, match="study.replicas: expected an integer"):

@@ -10,8 +10,8 @@ from stabilitylab.models import build_model
 from stabilitylab.train.functional import StackedModel
 
 CASES = [  # small shapes and widths: CPU time is shared
-    (ModelConfig(name="mlp", hidden=(8, 6)), (1, 40)),
-    (ModelConfig(name="conv1d", channels=4), (1, 40)),
+    (ModelConfig(name="mlp", options={"hidden": (8, 6)}), (1, 40)),
+    (ModelConfig(name="conv1d", options={"channels": 4}), (1, 40)),
     (ModelConfig(name="resnet20"), (3, 8, 8)),
     (ModelConfig(name="vgg11"), (3, 16, 16)),
 ]
@@ -70,7 +70,7 @@ def test_train_mode_gradients_flow_through_vmap():
 
 
 def test_dropout_differs_across_replicas():
-    cfg = ModelConfig(name="mlp", hidden=(16,), dropout=0.5)
+    cfg = ModelConfig(name="mlp", options={"hidden": (16,)}, dropout=0.5)
     model = build_model(cfg, (1, 40), 10, torch.Generator().manual_seed(0))
     sm = StackedModel(model)
     params, buffers = sm.stack([model, model, model])  # identical replicas

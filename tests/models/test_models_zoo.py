@@ -41,7 +41,7 @@ def test_parameter_counts(name, expected):
 
 
 def test_conv1d_is_about_5k_params():
-    n = count_parameters(build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, _gen()))
+    n = count_parameters(build_model(ModelConfig(name="conv1d", options={"channels": 25}), (1, 40), 10, _gen()))
     assert 4000 <= n <= 6000
 
 
@@ -56,8 +56,8 @@ def test_forward_shapes_on_meta(name):
 
 
 @pytest.mark.parametrize("name,cfg,shape", [
-    ("mlp", ModelConfig(name="mlp", hidden=(8, 6)), (1, 40)),
-    ("conv1d", ModelConfig(name="conv1d", channels=4), (1, 40)),
+    ("mlp", ModelConfig(name="mlp", options={"hidden": (8, 6)}), (1, 40)),
+    ("conv1d", ModelConfig(name="conv1d", options={"channels": 4}), (1, 40)),
     ("resnet20", ModelConfig(name="resnet20"), (3, 8, 8)),
 ])
 def test_real_forward_small(name, cfg, shape):
@@ -67,15 +67,18 @@ def test_real_forward_small(name, cfg, shape):
     assert out.shape == (3, 7) and torch.isfinite(out).all()
 
 
-def test_lenet_ignores_hidden_and_mlp_uses_it():
-    lenet = build_model(ModelConfig(name="lenet_300_100", hidden=(5,)), (1, 28, 28), 10, device="meta")
+def test_lenet_refuses_hidden_and_mlp_uses_it():
+    with pytest.raises(ConfigError, match="lenet_300_100 takes no option 'hidden'"):
+        build_model(ModelConfig(name="lenet_300_100", options={"hidden": (5,)}), (1, 28, 28), 10,
+                    device="meta")
+    lenet = build_model(ModelConfig(name="lenet_300_100"), (1, 28, 28), 10, device="meta")
     assert [layer.out_features for layer in lenet.hidden] == [300, 100]
-    mlp = build_model(ModelConfig(name="mlp", hidden=(5, 4)), (1, 40), 10, device="meta")
+    mlp = build_model(ModelConfig(name="mlp", options={"hidden": (5, 4)}), (1, 40), 10, device="meta")
     assert [layer.out_features for layer in mlp.hidden] == [5, 4] and mlp.hidden[0].in_features == 40
 
 
 def test_conv1d_lengths():
-    m = build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, device="meta")
+    m = build_model(ModelConfig(name="conv1d", options={"channels": 25}), (1, 40), 10, device="meta")
     x = torch.empty(2, 40, 1, device="meta")  # the convs run length-major: (B, L, C)
     x = m.conv1(x)
     assert x.shape[1:] == (20, 25)
@@ -98,7 +101,7 @@ def test_matmul_conv1d_equals_nn_conv1d():
 
 
 def test_resnet_structure():
-    m = build_model(ModelConfig(name="resnet20", width=2), IMAGE, 10, device="meta")
+    m = build_model(ModelConfig(name="resnet20", options={"width": 2}), IMAGE, 10, device="meta")
     assert len(m.blocks) == 9
     assert all(c.bias is None for c in m.modules() if isinstance(c, nn.Conv2d))
     assert [len(b.shortcut) for b in m.blocks] == [0, 0, 0, 2, 0, 0, 2, 0, 0]
@@ -140,7 +143,7 @@ def test_init_model_refuses_unknown_tensors():
 
 
 def test_dropout_placement():
-    m = build_model(ModelConfig(name="mlp", hidden=(8, 8), dropout=0.5), (1, 40), 10, _gen()).train()
+    m = build_model(ModelConfig(name="mlp", options={"hidden": (8, 8)}, dropout=0.5), (1, 40), 10, _gen()).train()
     assert isinstance(m.dropout, nn.Dropout) and m.dropout.p == 0.5
     x = torch.randn(4, 1, 40)
     torch.manual_seed(0)
@@ -159,7 +162,7 @@ def test_dropout_placement():
     (ModelConfig(name="conv1d"), (1, 28, 28), "1-D"),
     (ModelConfig(name="resnet20"), (1, 40), "image"),
     (ModelConfig(name="mlp", dropout=1.0), (1, 40), "dropout"),
-    (ModelConfig(name="vgg11", width=0), IMAGE, "width"),
+    (ModelConfig(name="vgg11", options={"width": 0}), IMAGE, "width"),
 ])
 def test_config_errors(cfg, shape, match):
     with pytest.raises(ConfigError, match=match):

@@ -95,7 +95,7 @@ def test_provenance_rows(as_json, data):
     # resolved values that apply (the synthetic study: conv1d, SGD, controls, 2 levels)
     assert get[("config", "study.rewinds")] == "k = 0, 25, 50, 100, 200, 400 (iterations)"
     assert get[("config", "study.control_levels")].startswith("2 ")  # not the stored []
-    assert get[("config", "model.channels")] == 32
+    assert get[("config", "model.options.channels")] == 32
     for absent in ("model.hidden", "model.width", "training.beta1", "data.root",
                    "training.lookahead_alpha", "training.gamma"):
         assert ("config", absent) not in get, absent

@@ -1,0 +1,1 @@
+"""Other people's checkpoints: read state_dict files, compare two of them, import OpenLTH runs."""
