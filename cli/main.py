@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                           "phase and every ~10 s or 5%%)")
     ana.add_argument("--data-root", default=None, metavar="DIR",
                      help=DATA_ROOT_HELP + "; the data.root saved in the store is never used")
+    ana.add_argument("--trust-plugins", action="store_true",
+                     help="import the package.module:function model or dataset the store names "
+                          "(runs that module's code; only for stores you trust)")
 
     rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
     rep.add_argument("store", help="path or fsspec URL of an analyzed store")
@@ -267,7 +270,7 @@ def _analyze(args) -> int:
 
     summary = analyze_store(args.store, measures=args.measures, device=args.device,
                             alphas=args.alphas, progress=False if args.no_progress else None,
-                            data_root=args.data_root)
+                            data_root=args.data_root, trust_plugins=args.trust_plugins)
     for line in summary.get("lines", []):
         print(line)
     if not args.no_report:

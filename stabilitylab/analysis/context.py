@@ -97,12 +97,15 @@ def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
     return lines
 
 
-def load_context(url, *, device=None, storage_options=None, data_root=None) -> StudyContext:
+def load_context(url, *, device=None, storage_options=None, data_root=None,
+                 trust_plugins: bool = False) -> StudyContext:
     """Open the store, rebuild the model and data it was trained with.
 
     ``data_root``: where the dataset is (None: ``$STABILITYLAB_DATA`` or the default; see
     :func:`stabilitylab.data.data_root`). The ``data.root`` saved in the store is ignored:
-    nothing read from a store chooses a path outside it.
+    nothing read from a store chooses a path outside it. Nor does it choose code: a
+    ``module:function`` model or dataset named by the store is imported only with
+    ``trust_plugins`` (:func:`stabilitylab.models.registry.check_trusted`).
     """
     from stabilitylab.data import load_dataset
     from stabilitylab.data.registry import dataset_info
@@ -111,6 +114,10 @@ def load_context(url, *, device=None, storage_options=None, data_root=None) -> S
     from stabilitylab.train.engine import resolve_device
 
     ds = open_study(url, storage_options=storage_options)
+    from stabilitylab.models.registry import check_trusted
+    from stabilitylab.store.schema import describe
+
+    check_trusted(ds.attrs["config"], describe(url), trust_plugins)
     cfg = config_from_dict(ds.attrs["config"])
     resolved = validate(cfg)
     dev = resolve_device(device or "auto")

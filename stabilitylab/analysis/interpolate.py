@@ -176,7 +176,7 @@ def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat
         xb = x[start:start + batch_size].to(device)
         yb = y[start:start + batch_size].to(device)
         if compiled:
-            stacked.template.eval()
+            stacked.template.train(False)
             dl, dw = sums(params, bufs, xb, yb)
         else:
             logits = stacked.forward(params, bufs, xb, train=False, shared_input=True)

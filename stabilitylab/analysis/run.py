@@ -134,7 +134,8 @@ def _absent_trajectory_measures(ctx, results: dict) -> list[str]:
 
 
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
-                  storage_options=None, n_boot: int = 1000, data_root=None) -> dict:
+                  storage_options=None, n_boot: int = 1000, data_root=None,
+                  trust_plugins: bool = False) -> dict:
     """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``.
 
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
@@ -146,7 +147,8 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     if alphas < 2:
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     started = time.perf_counter()
-    ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root)
+    ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root,
+                       trust_plugins=trust_plugins)
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after

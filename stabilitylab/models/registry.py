@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 from collections.abc import Callable
 from importlib import metadata
 
@@ -77,6 +78,31 @@ def is_spec(name: str) -> bool:
     """True for a ``"package.module:function"`` spec."""
     module, sep, fn = name.partition(":")
     return bool(sep) and bool(module) and bool(fn) and not name.startswith(SESSION_PREFIX)
+
+
+TRUST_ENV = "STABILITYLAB_TRUST_PLUGINS"
+
+
+def check_trusted(config: dict, where: str, trust: bool = False) -> None:
+    """Refuse a stored config (a dict, before it is parsed: parsing resolves builders) whose
+    model or dataset is a ``package.module:function`` spec.
+
+    Importing such a name runs that module's code, and a store's content must not decide
+    what code runs (a crafted store could name any module on the path). Shipped names,
+    installed entry points and names registered in this session are fine; a spec needs
+    ``trust`` (``analyze --trust-plugins``) or ``$STABILITYLAB_TRUST_PLUGINS=1``.
+    Raises :class:`~stabilitylab.errors.StoreError` (one line).
+    """
+    if trust or os.environ.get(TRUST_ENV, "") not in ("", "0"):
+        return
+    for section in ("model", "data"):
+        name = (config.get(section) or {}).get("name") if isinstance(config, dict) else None
+        if isinstance(name, str) and is_spec(name):
+            from stabilitylab.errors import StoreError
+
+            raise StoreError(f"store at {where} names the plugin {section}.name {name!r}; "
+                             f"importing it runs that module's code: pass --trust-plugins (or "
+                             f"set {TRUST_ENV}=1) if you trust this store")
 
 
 def import_spec(spec: str, field: str) -> object:

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import zarr
 
 import stabilitylab
 from cli.main import main
@@ -168,9 +169,26 @@ def _record_and_analyze_cli(tmp_path, capsys, *sets):
     for s in (*TINY, *sets):
         args += ["--set", s]
     assert main(args) == 0, capsys.readouterr().err
-    assert main(["analyze", str(out), "--no-report", "--no-progress",
+    assert main(["analyze", str(out), "--no-report", "--no-progress", "--trust-plugins",
                  "--measures", "trajectory", "interpolation", "replica"]) == 0, capsys.readouterr().err
     return stabilitylab.open_analysis(str(out))
+
+
+def test_a_store_naming_a_plugin_is_not_imported_without_trust(tmp_path, capsys, plugin_module):
+    """A store's content must not choose code: analyze refuses, in one line, to import the
+    module:function a store names unless the user trusts it."""
+    out = tmp_path / "s.zarr"
+    args = ["record", "--out", str(out), "--no-progress"]
+    for s in (*TINY, "model.name='slab_plugin_mod:ln_mlp'"):
+        args += ["--set", s]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    sys.modules.pop("slab_plugin_mod", None)
+    assert main(["analyze", str(out), "--no-report", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--trust-plugins" in err[0] and "slab_plugin_mod:ln_mlp" in err[0]
+    assert "slab_plugin_mod" not in sys.modules
+    assert "analysis" not in zarr.open_group(str(out), mode="r")
 
 
 def test_layernorm_gelu_mlp_records_and_analyzes_from_the_cli(tmp_path, capsys):
