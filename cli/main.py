@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="rewind points per batched task (0 = a whole level, the default; "
                           "1 = one task per rewind point, the most parallel on a cluster)")
     rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rec.add_argument("--dry-run", action="store_true",
+                     help="print the plan (groups, runs, recorded steps) and the estimated "
+                          "store size, memory and replica-steps; write nothing")
+    rec.add_argument("--max-store-gb", type=float, default=None, metavar="GB",
+                     help="refuse a study whose estimated uncompressed store exceeds GB "
+                          "(default 100)")
 
     ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
     ana.add_argument("store")
@@ -81,18 +87,45 @@ def _record(args) -> int:
     from stabilitylab.study.runner import record_study
 
     cfg = load_config(args.config, args.overrides)
-    out = args.out or _default_out(cfg)
+    out = args.out if args.out is not None else _default_out(cfg)
+    if not out.strip():
+        raise StabilityLabError("--out: empty path; give a folder or URL for the store")
+    if args.dry_run:
+        return _dry_run(cfg, out, args)
+    if args.resume:
+        from stabilitylab.study.runner import nothing_to_resume
+
+        if nothing_to_resume(cfg, out):
+            print(f"{out} already holds the complete study {cfg.study.name}: nothing to do")
+            return 0
     progress = False if args.no_progress else None
     if args.scheduler:
         from stabilitylab.distributed import record_distributed
 
         record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
                            device=args.device, progress=progress,
-                           rewinds_per_task=args.rewinds_per_task)
+                           rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     else:
         record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
-                     rewinds_per_task=args.rewinds_per_task)
+                     rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     print(f"recorded study {cfg.study.name} to {out}")
+    return 0
+
+
+def _dry_run(cfg, out, args) -> int:
+    """``record --dry-run``: the plan and the estimates, then the limit checks; writes nothing."""
+    from stabilitylab.config import validate
+    from stabilitylab.study.estimate import estimate, plan_lines
+    from stabilitylab.study.runner import check_resources
+    from stabilitylab.study.tasks import check_rewinds_per_task
+
+    per_task = check_rewinds_per_task(args.rewinds_per_task)
+    resolved = validate(cfg)
+    print("\n".join([f"dry run: would record to {out}", *plan_lines(resolved, estimate(resolved, per_task),
+                                                                    per_task)]))
+    check_resources(cfg, out, resume=args.resume, device=args.device,
+                    rewinds_per_task=per_task, max_store_gb=args.max_store_gb)
+    print("limits: fits (nothing written)")
     return 0
 
 

@@ -7,6 +7,7 @@ integers the engine uses.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from stabilitylab.config.schema import Config
@@ -114,8 +115,12 @@ def validate(cfg: Config) -> Resolved:
     _need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden), f"model.hidden: need >= 1 positive widths, got {list(m.hidden)}")
     _need(m.channels >= 1, f"model.channels: must be >= 1, got {m.channels}")
     _need(m.width >= 1, f"model.width: must be >= 1, got {m.width}")
+    _need(math.isfinite(p.fraction), f"pruning.fraction: must be a finite number, got {p.fraction}")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    for name in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "lookahead_alpha", "gamma"):
+        value = getattr(t, name)
+        _need(math.isfinite(value), f"training.{name}: must be a finite number, got {value}")
     _need(t.lr > 0, f"training.lr: must be > 0, got {t.lr}")
     _need(0.0 <= t.momentum < 1.0, f"training.momentum: must be in [0, 1), got {t.momentum}")
     _need(not t.nesterov or t.momentum > 0, "training.nesterov: needs training.momentum > 0")
