@@ -158,8 +158,9 @@ class StudyWriter:
         with S.quiet(), S.reading(where):
             check_contents(group, where, attrs, sizes, chunks=False)
         if optimizer_state_names is not None:
-            have = sorted(n[len(S.STATE_PREFIX):] for n, _ in group.arrays()
-                          if n.startswith(S.STATE_PREFIX))
+            with S.quiet():
+                have = sorted(n[len(S.STATE_PREFIX):] for n, _ in group.arrays()
+                              if n.startswith(S.STATE_PREFIX))
             want = sorted(S.state_list(optimizer_state_names))
             if have != want:
                 raise StoreError(f"store at {where} holds optimizer states {have}, but this config's "
