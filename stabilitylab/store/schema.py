@@ -351,12 +351,16 @@ class BoundedStore(zarr.storage.WrapperStore):
             name, _, chunk = ("/" + key).rpartition("/c/")
             limit = self._limits.get(name.strip("/"))
             if limit is not None:
-                self._check(name.strip("/"), chunk, buf.to_bytes(), *limit)
+                self._check(name.strip("/"), chunk, buf, *limit)
         return buf
 
-    def _check(self, name: str, chunk: str, raw: bytes, nbytes: int, codec: str, tail: int) -> None:
-        stream = raw[:-tail] if tail else raw
-        size = declared_size(codec, stream)
+    def _check(self, name: str, chunk: str, buf, nbytes: int, codec: str, tail: int) -> None:
+        n = len(buf)
+        try:  # the header only: no copy of the whole chunk
+            head = bytes(buf.as_numpy_array()[:min(32, max(n - tail, 0))])
+        except Exception:  # noqa: BLE001 - a buffer type without a host view
+            head = buf.to_bytes()[:min(32, max(n - tail, 0))]
+        size = declared_size(codec, head)
         if size is None:
             raise StoreError(f"{self._where}: array {name!r} chunk {chunk} does not declare its "
                              "decoded size (refused: it could inflate without bound)")

@@ -575,10 +575,11 @@ def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
             later = status[:, lv + 1:, r]
             later[np.isin(later, S.DONE)] = S.STATUS_INCOMPLETE
     n = int((np.isin(before, S.DONE) & ~np.isin(status, S.DONE)).sum())
-    log.warning("%s: %s; retraining %d run%s%s", where, missing[0].text,
-                n, "" if n == 1 else "s", " and the dense run" if dense == S.STATUS_INCOMPLETE
-                and int(group["dense_status"][0]) in S.DONE else ""
-                + (f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""))
+    what = f"{n} run{'' if n == 1 else 's'}"
+    if dense == S.STATUS_INCOMPLETE and int(group["dense_status"][0]) in S.DONE:
+        what += " and the dense run"
+    more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
+    log.warning("%s: %s%s; retraining %s", where, missing[0].text, more, what)
     group["status"][...] = status
     group["dense_status"][0] = np.int8(dense)
 

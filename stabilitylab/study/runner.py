@@ -142,7 +142,8 @@ def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
         with S.quiet():
             group = S.open_root(out, mode="r", storage_options=storage_options)
         attrs = dict(group.attrs)
-        if attrs.get("study_id") != study_id(cfg) or attrs.get("complete") is not True:
+        if attrs.get("study_id") != study_id(cfg) or attrs.get("complete") is not True \
+                or group.metadata.consolidated_metadata is None:  # (killed while consolidating)
             return False
         validate(out, storage_options=storage_options)
     except StabilityLabError:
