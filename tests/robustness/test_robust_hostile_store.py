@@ -102,7 +102,7 @@ def test_param_layout_must_tile_the_parameters(store, case):
         elif case == "gap":
             b["offset"] = 45
         elif case == "out-of-range":
-            b.update(offset=40, shape=[20], size=20)
+            b["offset"] = 50  # sizes still sum to P, but the entry ends at 60 > P
         else:
             a["size"] = 39
             b["offset"] = 39
@@ -110,7 +110,7 @@ def test_param_layout_must_tile_the_parameters(store, case):
 
     _attrs(store, edit)
     match = {"overlap": "starts at offset 30, expected 40", "gap": "starts at offset 45",
-             "out-of-range": "param_layout covers 60 values but dim 'param' has 50",
+             "out-of-range": "starts at offset 50, expected 40",
              "size-not-shape": "size = prod\\(shape\\)"}[case]
     with pytest.raises(StoreError, match=match):
         validate(store)
