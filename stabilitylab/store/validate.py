@@ -466,11 +466,17 @@ class Missing:
 
 
 def _stored_chunks(arr) -> set[tuple[int, ...]] | None:
-    """Chunk indices stored for ``arr`` (one listing), or None if the store cannot list."""
+    """Chunk indices stored for ``arr`` (one listing of a local store), or None: then each
+    needed chunk is asked for by key."""
     meta = _meta(arr)
     enc = meta.get("chunk_key_encoding", {})
     if enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/":
         return None
+    store = arr.store
+    while isinstance(store, zarr.storage.WrapperStore):
+        store = store._store
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None  # listings over HTTP (and some object stores) can be partial: ask per key
     path = arr.path.strip("/")
     prefix = f"{path}/c/" if path else "c/"
     try:

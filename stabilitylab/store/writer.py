@@ -5,7 +5,11 @@ to one background thread through a bounded queue, so the training thread blocks
 on I/O only when that queue is full. Every other write goes through the same
 queue, in order. An error in the writer thread is re-raised as a one-line
 :class:`StoreError` at the next call. ``finish_run`` writes a run's status only
-after its data is on the store (crash safety).
+after its data is on the store (crash safety), and every chunk written is stored (also
+an all-fill one), so the chunks a finished run has are fixed by the chunk grid and a
+lost one is found (:func:`stabilitylab.store.validate.missing_chunks`). ``create`` and
+``resume`` take the store's single-writer lock (:mod:`stabilitylab.store.lock`) on a
+local store; ``close`` releases it.
 """
 
 from __future__ import annotations
