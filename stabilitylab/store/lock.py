@@ -3,8 +3,9 @@
 ``record`` (and ``record --resume``) hold an advisory lock on ``<store>/.stabilitylab.lock``
 while they write: an exclusive ``flock`` on that file, which records the owner's pid, host
 and start time as JSON. The kernel drops the lock when its process dies (also on
-SIGKILL), so a lock file left behind by a dead writer is *stale* by construction: the next writer acquires it and takes it over. A second live
-writer gets one line: "store is being written by pid N on HOST since T".
+SIGKILL), so a lock file left behind by a dead writer is *stale* by construction: the
+next writer acquires it and takes it over. A second live writer gets one line: "store
+is being written by pid N on HOST since T".
 
 Where the file system has no ``flock`` (ENOLCK, EOPNOTSUPP), the file's content decides:
 a lock of a pid that no longer exists on this host is taken over, anything else refuses.

@@ -63,8 +63,6 @@ def _same_arrays(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    import _pytest.capture  # noqa: F401 - (capsys is function-scoped: run main directly)
-
     store = tmp_path_factory.mktemp("base") / "study.zarr"
     assert main([str(a) for a in _args(store)]) == 0
     validate(store, deep=True)
@@ -93,7 +91,7 @@ def test_interrupted_creation_is_incomplete_and_resume_completes_it(baseline, tm
         validate(store)
     rc, _, err = _run(["validate", store], capsys)
     assert rc == 2 and "incomplete store" in err
-    rc, out, err = _run(_args(store, "--resume"), capsys)  # completes it: no dead end
+    rc, _out, err = _run(_args(store, "--resume"), capsys)  # completes it: no dead end
     assert rc == 0, err
     validate(store)
     _same_arrays(baseline, store)
@@ -103,8 +101,8 @@ def test_fresh_record_replaces_a_half_created_store(tmp_path):
     url = tmp_path / "s.zarr"
     res = fake_resolved()
     layout = [{"name": "w", "shape": [10], "offset": 0, "size": 10, "prunable": True}]
-    kw = dict(param_layout=layout, buffer_layout=[], provenance={"study_id": "x"},
-              runs=[("imp", 0, 0, 0)], optimizer_state_names=[])
+    kw = {"param_layout": layout, "buffer_layout": [], "provenance": {"study_id": "x"},
+          "runs": [("imp", 0, 0, 0)], "optimizer_state_names": []}
     w = StudyWriter.create(url, res, **kw)
     w.close(consolidate=True)
     with pytest.raises(StoreError, match=r"already exists .*; use --resume or another --out"):
@@ -125,8 +123,8 @@ def test_resume_of_a_complete_store_has_nothing_to_do(baseline, tmp_path, capsys
     before = _tree(store)
     rc, out, err = _run(_args(store, "--resume"), capsys)
     assert rc == 0 and not err, err
-    assert out.splitlines() == [f"{store} already holds the complete study mnist1d-default: "
-                                "nothing to do"]
+    assert out.splitlines() == [(f"{store} already holds the complete study mnist1d-default: "
+                                 "nothing to do")]
     assert _tree(store) == before
 
 
