@@ -131,9 +131,9 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     if alphas > MAX_ALPHAS:
         raise StabilityLabError(f"--alphas: at most {MAX_ALPHAS} interpolation points, got {alphas}")
     started = time.perf_counter()
-    from stabilitylab.store import validate as validate_store
+    from stabilitylab.store.validate import require_chunks
 
-    validate_store(url, storage_options=storage_options)  # missing chunks stop us here
+    require_chunks(url, storage_options=storage_options)  # a lost chunk stops us, never zeros
     ctx = load_context(url, device=device, storage_options=storage_options)
     partial = _partial_note(ctx, url)
     if partial:
