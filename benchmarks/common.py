@@ -85,3 +85,38 @@ def print_table(rows: list[dict]) -> None:
     print("-|-".join("-" * widths[c] for c in cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident set size (Linux: ``clear_refs`` 5), if possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process since the last :func:`reset_peak_rss`, MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

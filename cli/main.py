@@ -1,10 +1,13 @@
-"""The ``stabilitylab`` command: parses arguments, calls the library, prints one-line errors.
+"""The ``stabilitylab`` command line (argument parsing; the work is in the library).
 
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
     stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report]
     stabilitylab report STORE [--out DIR]
     stabilitylab validate STORE [--deep]
+    stabilitylab data download mnist|cifar10 [--data-root DIR]
     stabilitylab presets
+
+Every error on bad input is one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,6 +18,20 @@ import sys
 from pathlib import Path
 
 from stabilitylab.errors import StabilityLabError
+
+DESCRIPTION = """\
+Measure the weight-space stability of lottery tickets: train iterative magnitude pruning
+with rewinding, record every weight trajectory to a Zarr store, measure instability and
+other stability measures, and predict the best rewind point.
+
+examples:
+  stabilitylab record --out runs/mnist1d-default.zarr      # the default MNIST-1D study
+  stabilitylab analyze runs/mnist1d-default.zarr           # measures + report
+  stabilitylab record --set pruning.levels=0 --out runs/which-k.zarr   # which k? (no IMP)
+"""
+
+DATA_ROOT_HELP = ("where datasets are (default: $STABILITYLAB_DATA, else "
+                  "~/.cache/stabilitylab/datasets)")
 
 
 class _UsageError(StabilityLabError):
@@ -29,9 +46,31 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stabilitylab")
+    except PackageNotFoundError:
+        import stabilitylab
+
+        return getattr(stabilitylab, "__version__", "unknown")
+
+
+def _measures_help() -> str:
+    from stabilitylab.analysis.run import MEASURE_GROUP, MEASURE_GROUPS
+
+    return ("measure groups or measure names to compute (default: all; a measure name computes "
+            "its whole group). Groups: " + ", ".join(MEASURE_GROUPS) + ". Measures: "
+            + ", ".join(f"{m} ({g})" for m, g in MEASURE_GROUP.items()))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="stabilitylab", description=__doc__.split("\n")[0])
+    p = _Parser(prog="stabilitylab", description=DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"stabilitylab {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    device_help = "where to compute: auto (cuda if available), cpu or cuda (default: study.device)"
 
     rec = sub.add_parser("record", help="train a study and record every trajectory to Zarr")
     rec.add_argument("config", nargs="?", default=None,
@@ -39,14 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", default=None, help="store path or fsspec URL (default: runs/<name>-<id>.zarr)")
     rec.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set training.lr=0.05 (repeatable)")
-    rec.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    rec.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help=device_help)
     rec.add_argument("--resume", action="store_true", help="continue a store with incomplete runs")
     rec.add_argument("--scheduler", default=None,
                      help="Dask scheduler address, or local:N for a LocalCluster of N workers")
     rec.add_argument("--rewinds-per-task", type=int, default=0, metavar="N",
                      help="rewind points per batched task (0 = a whole level, the default; "
                           "1 = one task per rewind point, the most parallel on a cluster)")
-    rec.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    rec.add_argument("--no-progress", action="store_true",
+                     help="print no progress (default: a bar on a terminal, else one line "
+                          "every ~10 s or 5%%)")
+    rec.add_argument("--data-root", default=None, metavar="DIR",
+                     help=DATA_ROOT_HELP + "; overrides data.root")
     rec.add_argument("--dry-run", action="store_true",
                      help="print the plan (groups, runs, recorded steps) and the estimated "
                           "store size, memory and replica-steps; write nothing")
@@ -55,38 +98,74 @@ def _parser() -> argparse.ArgumentParser:
                           "(default 100)")
 
     ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
-    ana.add_argument("store")
-    ana.add_argument("--measures", nargs="*", default=None, help="subset of measures (default: all)")
-    ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    ana.add_argument("store", help="path or fsspec URL of a store written by record")
+    ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_measures_help())
+    ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                     help="where to compute: auto (default: cuda if available), cpu or cuda")
     ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--report-out", default=None, help="report folder (default: reports/<name>)")
-    ana.add_argument("--no-progress", action="store_true")
+    ana.add_argument("--no-progress", action="store_true",
+                     help="print no progress (default: a bar on a terminal, else one line per "
+                          "phase and every ~10 s or 5%%)")
+    ana.add_argument("--data-root", default=None, metavar="DIR",
+                     help=DATA_ROOT_HELP + "; the data.root saved in the store is never used")
 
     rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
-    rep.add_argument("store")
+    rep.add_argument("store", help="path or fsspec URL of an analyzed store")
     rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
 
     val = sub.add_parser("validate", help="check a store against the schema")
-    val.add_argument("store")
+    val.add_argument("store", help="path or fsspec URL of a store")
     val.add_argument("--deep", action="store_true",
                      help="also decode every chunk (finds truncated or corrupt chunks; slow)")
 
     sub.add_parser("presets", help="list the shipped presets")
+
+    data = sub.add_parser("data", help="datasets: download MNIST or CIFAR-10")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dl = data_sub.add_parser("download", help="download a torchvision dataset (md5-checked)")
+    dl.add_argument("dataset", choices=["mnist", "cifar10", "mnist1d"],
+                    help="mnist or cifar10 (mnist1d is generated offline)")
+    dl.add_argument("--data-root", default=None, metavar="DIR", help=DATA_ROOT_HELP)
+    dl.add_argument("--mirror", default=None, metavar="URL",
+                    help="base URL of a mirror serving the same files (default: torchvision's)")
     return p
 
 
 def _default_out(cfg) -> str:
     from stabilitylab.config import study_id
 
-    return str(Path("runs") / f"{cfg.study.name}-{study_id(cfg)}.zarr")
+    name, sid = cfg.study.name, study_id(cfg)
+    return str(Path("runs") / (f"{name}.zarr" if name.endswith(sid) else f"{name}-{sid}.zarr"))
+
+
+def _named_for_overrides(cfg, config_arg, overrides):
+    """The study name, telling overridden studies apart: when ``--set`` changes what the
+    study computes (its study id differs from the preset's or file's own) and does not set
+    ``study.name`` itself, the name becomes ``<name>-<study id>``."""
+    import dataclasses
+
+    from stabilitylab.config import load_config, study_id
+
+    if not overrides or any(o.split("=", 1)[0].strip() == "study.name" for o in overrides):
+        return cfg
+    if study_id(load_config(config_arg, [])) == study_id(cfg):
+        return cfg
+    name = f"{cfg.study.name}-{study_id(cfg)}"
+    return dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, name=name))
 
 
 def _record(args) -> int:
+    import dataclasses
+
     from stabilitylab.config import load_config
     from stabilitylab.study.runner import record_study
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _named_for_overrides(load_config(args.config, args.overrides), args.config,
+                               args.overrides)
+    if args.data_root is not None:  # the user's flag; data.root is not part of the study id
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.data_root))
     out = args.out if args.out is not None else _default_out(cfg)
     if not out.strip():
         raise StabilityLabError("--out: empty path; give a folder or URL for the store")
@@ -136,7 +215,8 @@ def _analyze(args) -> int:
     validate(args.store)  # cheap; a damaged store stops here, before anything is written
 
     summary = analyze_store(args.store, measures=args.measures, device=args.device,
-                            alphas=args.alphas, progress=False if args.no_progress else None)
+                            alphas=args.alphas, progress=False if args.no_progress else None,
+                            data_root=args.data_root)
     for line in summary.get("lines", []):
         print(line)
     if not args.no_report:
@@ -172,6 +252,13 @@ def _presets(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from stabilitylab.data.download import download
+
+    print(f"{args.dataset}: {download(args.dataset, args.data_root, mirror=args.mirror)}")
+    return 0
+
+
 def _one_line(exc: BaseException) -> str:
     """The message on one line: a path or value with a newline in it must not split it."""
     text = str(exc) or type(exc).__name__
@@ -181,9 +268,15 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        args = _parser().parse_args(argv)
+        args, extra = _parser().parse_known_args(argv)
+        if extra:  # point at the subcommand's own help, where its options are listed
+            where = f"stabilitylab {args.command}"
+            if args.command == "data":
+                where += f" {args.data_command}"
+            raise _UsageError(f"unrecognized arguments: {' '.join(extra)} "
+                              f"(see `{where} --help`)")
         handler = {"record": _record, "analyze": _analyze, "report": _report,
-                   "validate": _validate, "presets": _presets}[args.command]
+                   "validate": _validate, "presets": _presets, "data": _data}[args.command]
         return handler(args)
     except StabilityLabError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)

@@ -17,8 +17,11 @@ CELLS = [
 
 Opens a recorded study, computes a data-order distance curve straight from the stored
 weights, plots an interpolation curve from the analysis, and joins instability with
-final accuracy in one table. Set `STABILITYLAB_STORE` to point at another store."""),
+final accuracy in one table. Set `STABILITYLAB_STORE` to point at another store; by
+default it opens `runs/mnist1d-default.zarr` under the repository root (the README's first
+command writes it there), wherever the kernel was started."""),
     ("code", """import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,8 +29,18 @@ import xarray as xr
 
 import stabilitylab
 
-# the store to explore: $STABILITYLAB_STORE, or the default study's output
-STORE = os.environ.get("STABILITYLAB_STORE", "runs/mnist1d-default.zarr")
+
+def repository_root(start: Path) -> Path:
+    # the first folder at or above start that holds reports/make_notebook.py
+    for folder in (start, *start.parents):
+        if (folder / "reports" / "make_notebook.py").is_file():
+            return folder
+    return start
+
+
+# the store to explore: $STABILITYLAB_STORE, or the default study's output in the repository
+STORE = os.environ.get("STABILITYLAB_STORE") or str(
+    repository_root(Path.cwd().resolve()) / "runs" / "mnist1d-default.zarr")
 ds = stabilitylab.open_study(STORE)  # lazy: nothing is loaded until .compute()/.values
 ds"""),
     ("code", """# pick the sparsest level and a middle rewind point k
@@ -75,6 +88,8 @@ imp[["level", "rewind", "instability", "final_acc"]].corr(method="spearman")""")
 def build() -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes only what changed
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 

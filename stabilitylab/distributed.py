@@ -22,7 +22,6 @@ See docs/distributed.md.
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 
 from stabilitylab.errors import ConfigError, StabilityLabError
@@ -141,22 +140,25 @@ def _refuse_existing(url: str, storage_options: dict | None) -> None:
 def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources, storage_options,
                token, retries, progress) -> None:
     from distributed import as_completed
-    from tqdm.auto import tqdm
 
-    from stabilitylab.study.plan import DENSE
+    from stabilitylab.progress import Progress
+    from stabilitylab.study.plan import DENSE, all_runs
     from stabilitylab.study.tasks import dependencies, train_task
 
     done = writer.completed_runs()
     dense_done = writer.dense_complete()
-    disable = not sys.stderr.isatty() if progress is None else not progress
-    bar = tqdm(total=sum(t.replica_steps(resolved) for t in tasks), unit="step", desc="record",
-               disable=disable, dynamic_ncols=True)
+    bar = Progress(sum(t.replica_steps(resolved) for t in tasks), desc="record",
+                   unit="replica-steps", enabled=progress)
+    total_runs = 1 + len(all_runs(resolved))
+    done_runs = 0
     futures = {}
     steps = {}
+    levels = {}
     for task in tasks:
         runs = task.runs(resolved)
         if dense_done if runs == [DENSE] else all(run in done for run in runs):
             bar.update(task.replica_steps(resolved))  # resumed: nothing to do
+            done_runs += len(runs)
             continue
         after = [futures[d] for d in dependencies(task, resolved) if d in futures]
         f = client.submit(train_task, url, cfg_dict,
@@ -165,10 +167,21 @@ def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources
                           resources=resources, retries=retries)
         futures[task] = f
         steps[f.key] = task.replica_steps(resolved)
+        levels[f.key] = -1 if task.level is None else task.level
+
+    def show():
+        pending = sorted(set(levels.values()))
+        level = None if not pending else "dense" if pending[0] < 0 else pending[0]
+        bar.set(level=level, runs=f"{done_runs}/{total_runs}")
+
+    show()
     try:
         for f in as_completed(list(futures.values())):
             if f.status != "finished":
                 f.result()  # raises the task's error here, with its own type
+            done_runs += len(f.result()["statuses"])  # committed by the task before it returned
+            levels.pop(f.key)
+            show()
             bar.update(steps[f.key])
     except BaseException:
         client.cancel(list(futures.values()))

@@ -1,10 +1,16 @@
 """Shared fixtures: one tiny recorded (and analyzed) study reused across test modules."""
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 import stabilitylab
+
+# Tests keep datasets (the mnist1d cache) in the repository's gitignored datasets/cache, never
+# in the user's ~/.cache; subprocesses (the CLI, Dask workers) inherit this.
+os.environ["STABILITYLAB_DATA"] = str(Path(__file__).resolve().parents[1] / "datasets" / "cache")
 
 TINY = [
     "training.steps='60it'", "study.rewinds=['0it','10it']", "study.replicas=2",

@@ -97,8 +97,13 @@ def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
     return lines
 
 
-def load_context(url, *, device=None, storage_options=None) -> StudyContext:
-    """Open the store, rebuild the model and data it was trained with."""
+def load_context(url, *, device=None, storage_options=None, data_root=None) -> StudyContext:
+    """Open the store, rebuild the model and data it was trained with.
+
+    ``data_root``: where the dataset is (None: ``$STABILITYLAB_DATA`` or the default; see
+    :func:`stabilitylab.data.data_root`). The ``data.root`` saved in the store is ignored:
+    nothing read from a store chooses a path outside it.
+    """
     from stabilitylab.data import load_dataset
     from stabilitylab.data.registry import DATASETS
     from stabilitylab.models import build_model
@@ -123,7 +128,7 @@ def load_context(url, *, device=None, storage_options=None) -> StudyContext:
     for s in stacked.param_slots:
         if s.prunable:
             prunable[s.offset:s.offset + s.size] = True
-    data = load_dataset(cfg.data, dev)
+    data = load_dataset(cfg.data, dev, root=data_root if data_root is not None else "")
     kinds = [str(k) for k in ds.kind.values]
     levels = [int(v) for v in ds.level.values]
     rewinds = [int(v) for v in ds.rewind.values]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import sys
 import time
 
 import numpy as np
@@ -31,8 +30,35 @@ log = logging.getLogger(__name__)
 
 MEASURE_GROUPS = ("trajectory", "interpolation", "aligned", "replica", "gradient")
 MAX_ALPHAS = 10_000  # interpolation points: beyond this a value is a typo (memory, hours)
+MEASURE_GROUP = {  # each scalar measure -> the group of measures that computes it
+    "data_order_l2": "trajectory", "data_order_angle": "trajectory",
+    "mask_jaccard": "trajectory", "sign_flips": "trajectory", "early_bird": "trajectory",
+    "instability": "interpolation", "instability_train": "interpolation",
+    "loss_barrier": "interpolation", "above_line_barrier": "interpolation",
+    "aligned_instability": "aligned",
+    "disagreement": "replica", "rhat": "replica",
+    "gradient_noise_scale": "gradient",
+}
 THRESHOLD = 0.02  # LMC: stable when instability < 2% error
 MATCHING_TOLERANCE = 0.002  # matching: within 0.2% of dense accuracy
+
+
+def measure_groups(measures) -> tuple[str, ...]:
+    """The measure groups to compute for ``measures``: group names and measure names (a
+    measure selects its whole group) in any mix; None or empty = every group."""
+    if not measures:
+        return MEASURE_GROUPS
+    wanted = set()
+    for name in measures:
+        if name in MEASURE_GROUPS:
+            wanted.add(name)
+        elif name in MEASURE_GROUP:
+            wanted.add(MEASURE_GROUP[name])
+        else:
+            raise StabilityLabError(
+                f"--measures: unknown measure or group {name!r}; groups: "
+                + ", ".join(MEASURE_GROUPS) + "; measures: " + ", ".join(MEASURE_GROUP))
+    return tuple(g for g in MEASURE_GROUPS if g in wanted)
 
 
 def _accuracy(ctx):
@@ -117,15 +143,15 @@ def _partial_note(ctx, url) -> str:
 
 
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
-                  storage_options=None, n_boot: int = 1000) -> dict:
-    """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``."""
-    from tqdm.auto import tqdm
+                  storage_options=None, n_boot: int = 1000, data_root=None) -> dict:
+    """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``.
 
-    groups = tuple(measures) if measures else MEASURE_GROUPS
-    bad = [m for m in groups if m not in MEASURE_GROUPS]
-    if bad:
-        raise StabilityLabError(f"--measures: unknown group {bad[0]!r}; choose from "
-                                + ", ".join(MEASURE_GROUPS))
+    ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
+    :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
+    """
+    from stabilitylab.progress import Progress
+
+    groups = measure_groups(measures)
     if alphas < 2:
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     if alphas > MAX_ALPHAS:
@@ -134,30 +160,37 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     from stabilitylab.store.validate import require_chunks
 
     require_chunks(url, storage_options=storage_options)  # a lost chunk stops us, never zeros
-    ctx = load_context(url, device=device, storage_options=storage_options)
+    ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root)
     partial = _partial_note(ctx, url)
     if partial:
         log.warning("%s", partial)
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
-    combos = len(list(ctx.combos()))
-    work = combos * (2 + ("interpolation" in groups)) + len(ctx.levels) * len(ctx.rewinds)
-    disable = not sys.stderr.isatty() if progress is None else not progress
-    bar = tqdm(total=work, desc="analyze", unit="task", disable=disable)
+    combos = len(list(ctx.combos()))  # each group below reports one unit per item done
+    work = combos * (("trajectory" in groups) + ("replica" in groups)
+                     + ("interpolation" in groups or "aligned" in groups))
+    if "gradient" in groups:
+        work += sum(ctx.complete("imp", lv, k, 0) for lv in ctx.levels for k in ctx.rewinds)
+    bar = Progress(work, desc="analyze", unit="tasks", enabled=progress)
     results: dict[str, xr.DataArray] = {}
     if "trajectory" in groups:
+        bar.set(phase="trajectory measures", announce=True)
         results.update(trajectory_measures(ctx, progress=bar.update))
         results.update(random_imp_ratios(ctx, results))
         T = ctx.resolved.total_steps
         results["data_order_l2_final"] = results["data_order_l2"].sel(step=T, drop=True)
         results["data_order_angle_final"] = results["data_order_angle"].sel(step=T, drop=True)
     if "interpolation" in groups or "aligned" in groups:
+        bar.set(phase="interpolation" + (" + weight matching" if "aligned" in groups else ""),
+                announce=True)
         results.update(interpolation_measures(ctx, n_alphas=alphas, aligned="aligned" in groups,
                                               progress=bar.update))
     if "replica" in groups:
+        bar.set(phase="replica measures", announce=True)
         results.update(replica_measures(ctx, progress=bar.update))
     if "gradient" in groups:
+        bar.set(phase="gradient noise", announce=True)
         results.update(gradient_measures(ctx, progress=bar.update))
     bar.close()
     accuracy, accuracy_std = _accuracy(ctx)

@@ -238,14 +238,18 @@ def non_default_settings(cfg: Config) -> dict:
     }
 
 
+_NOT_IN_ID = ("study.name", "study.device", "data.root", "training.compile")
+
+
 def study_id(cfg: Config) -> str:
     """A stable 12-hex-digit id: the hash of the non-default settings.
 
-    ``study.name`` and ``study.device`` are left out: they label or place a study,
-    they don't change what it computes.
+    ``study.name``, ``study.device``, ``data.root`` and ``training.compile`` are left out:
+    they label a study, place it or its data, or choose how its steps run, not what it
+    computes (the compiled and the eager step agree to float rounding, as CPU and CUDA do).
     """
     settings = {
-        k: v for k, v in non_default_settings(cfg).items() if k not in ("study.name", "study.device")
+        k: v for k, v in non_default_settings(cfg).items() if k not in _NOT_IN_ID
     }
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -19,7 +19,8 @@ def _f(default, help: str):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist or cifar10")
-    root: str = _f("", "data root for torchvision sets and the mnist1d cache ('' = ./datasets/cache)")
+    root: str = _f("", "record only: data root for torchvision sets and the mnist1d cache "
+                   "('' = $STABILITYLAB_DATA or ~/.cache/stabilitylab/datasets)")
     num_samples: int = _f(5000, "mnist1d only: examples generated in all (80% train, 20% test)")
     train_eval_size: int = _f(1000, "size of the fixed train subset used for train-set error")
     augment: bool = _f(False, "random flip + crop-with-padding-4 (CIFAR recipes), batched on device")
@@ -59,6 +60,11 @@ class TrainingConfig:
         "on rewind, restore the optimizer state at k (True) or start it fresh as OpenLTH does",
     )
     precision: str = _f("fp32", "fp32 (exact, default) or bf16 (CUDA autocast)")
+    compile: str = _f(
+        "auto",
+        "the training step: 'on' (torch.compile'd fused step), 'off' (eager reference) or"
+        " 'auto' (compiled for groups large enough to repay the compilation)",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 STRATEGIES = ("global", "layerwise")
 CONTROLS = ("random_prune", "reinit")
 PRECISIONS = ("fp32", "bf16")
+COMPILE_CHOICES = ("auto", "on", "off")  # stabilitylab.train.step.use_compile
 DEVICES = ("auto", "cpu", "cuda")
 
 # Sanity bounds: beyond these a value is a typo, and materializing its schedule
@@ -132,6 +133,8 @@ def validate(cfg: Config) -> Resolved:
     _need(0 < t.lookahead_alpha <= 1, f"training.lookahead_alpha: must be in (0, 1], got {t.lookahead_alpha}")
     _need(t.gamma > 0, f"training.gamma: must be > 0, got {t.gamma}")
     _need(t.precision in PRECISIONS, f"training.precision: choose from {', '.join(PRECISIONS)}, got {t.precision!r}")
+    _need(t.compile in COMPILE_CHOICES,
+          f"training.compile: choose from {', '.join(COMPILE_CHOICES)}, got {t.compile!r}")
     _need(p.strategy in STRATEGIES, f"pruning.strategy: unknown {p.strategy!r}; choose from {', '.join(STRATEGIES)}")
     _need(0.0 < p.fraction < 1.0, f"pruning.fraction: must be in (0, 1), got {p.fraction}")
     _need(0 <= p.levels <= MAX_LEVELS, f"pruning.levels: must be in 0..{MAX_LEVELS}, got {p.levels}")

@@ -8,12 +8,24 @@ path, no DataLoader). Augmentation, when on, is batched on the device
 ``load_dataset(cfg)`` dispatches through :data:`stabilitylab.data.registry.DATASETS`;
 each entry's ``loader`` is a ``"module:function"`` with signature
 ``(cfg: DataConfig, root: Path) -> Dataset``.
+
+Where datasets live (:func:`data_root`), first match wins:
+
+1. a root the caller names: ``--data-root`` on the command line, or ``data.root`` in the
+   user's own config at ``record`` time;
+2. the environment variable ``STABILITYLAB_DATA``;
+3. the default, ``$XDG_CACHE_HOME/stabilitylab/datasets`` (``~/.cache/stabilitylab/datasets``
+   when ``XDG_CACHE_HOME`` is unset), whatever the working directory.
+
+A store's saved config never chooses it: ``analyze`` ignores the ``data.root`` a store
+carries, so a crafted store cannot make it read or write files elsewhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +34,11 @@ import torch
 from stabilitylab.data.registry import DATASETS, DatasetInfo
 from stabilitylab.errors import ConfigError
 
-DEFAULT_ROOT = Path("datasets") / "cache"
+DATA_ENV = "STABILITYLAB_DATA"
+"""The environment variable that overrides the default data root."""
 
-__all__ = ["DATASETS", "DEFAULT_ROOT", "Dataset", "DatasetInfo", "data_root", "load_dataset"]
+__all__ = ["DATASETS", "DATA_ENV", "Dataset", "DatasetInfo", "data_root", "default_data_root",
+           "load_dataset"]
 
 
 @dataclass
@@ -66,9 +80,22 @@ class Dataset:
         return int(self.test_x.shape[0])
 
 
-def data_root(cfg) -> Path:
-    """``cfg.root`` or, when empty, ``./datasets/cache`` (relative to the working directory)."""
-    return Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT
+def default_data_root() -> Path:
+    """``$XDG_CACHE_HOME/stabilitylab/datasets``, or ``~/.cache/stabilitylab/datasets``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or ""
+    base = Path(cache).expanduser() if cache and Path(cache).expanduser().is_absolute() \
+        else Path.home() / ".cache"
+    return base / "stabilitylab" / "datasets"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` when given (non-empty), else ``$STABILITYLAB_DATA``, else
+    :func:`default_data_root`. Always absolute, so it never depends on the working directory
+    after this call."""
+    for candidate in (root, os.environ.get(DATA_ENV)):
+        if candidate is not None and str(candidate) != "":
+            return Path(candidate).expanduser().absolute()
+    return default_data_root()
 
 
 def _resolve(loader: str):
@@ -76,8 +103,12 @@ def _resolve(loader: str):
     return getattr(importlib.import_module(module), fn)
 
 
-def load_dataset(cfg, device="cpu") -> Dataset:
+def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None) -> Dataset:
     """Load the dataset ``cfg.name`` (a :class:`~stabilitylab.config.schema.DataConfig`).
+
+    ``root``: where the files are; when None, ``cfg.root`` (a user's config) and then the
+    environment and default of :func:`data_root`. Callers holding a config read from a store
+    pass ``root`` explicitly, so the store's ``data.root`` is never consulted.
 
     Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name and
     :class:`~stabilitylab.errors.DataMissingError` when files that must be on disk
@@ -86,7 +117,8 @@ def load_dataset(cfg, device="cpu") -> Dataset:
     info = DATASETS.get(cfg.name)
     if info is None:
         raise ConfigError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
-    ds = _resolve(info.loader)(cfg, data_root(cfg))
+    where = data_root(root) if root is not None else data_root(cfg.root)
+    ds = _resolve(info.loader)(cfg, where)
     if ds.input_shape != info.input_shape:  # a loader bug, not user input
         raise AssertionError(f"{cfg.name}: loader returned inputs of shape {ds.input_shape}, "
                              f"registry says {info.input_shape}")

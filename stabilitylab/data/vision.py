@@ -1,10 +1,12 @@
 """MNIST and CIFAR-10 from torchvision's on-disk layout, as whole tensors.
 
-Nothing is downloaded (these machines cannot). The torchvision dataset classes
+Loading never downloads; ``stabilitylab data download mnist|cifar10``
+(:mod:`stabilitylab.data.download`) fetches the files first. The torchvision dataset classes
 only parse the files; their ``.data``/``.targets`` arrays are converted to
 normalized float32 tensors in one go (no per-example transform).
 
-Layout under ``root`` (``data.root``, default ``./datasets/cache``):
+Layout under ``root`` (see :func:`stabilitylab.data.data_root`; default
+``~/.cache/stabilitylab/datasets``, overridden by ``$STABILITYLAB_DATA``):
 
 * MNIST: ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``; a
   ``.gz`` copy alone is decompressed in place on first use.
@@ -65,7 +67,8 @@ def _one_line(e: BaseException) -> str:
 def _mnist_missing_message(raw: Path) -> str:
     expected = ", ".join(f"{f}[.gz]" for f in MNIST_FILES)
     return (f"MNIST not found at {raw.absolute()} (expected {expected}); "
-            "this machine cannot download it — place the files there")
+            f"run `stabilitylab data download mnist --data-root {raw.parent.parent.absolute()}` "
+            "or place the files there")
 
 
 def _gunzip_atomic(src: Path, dst: Path) -> None:
@@ -199,7 +202,8 @@ def _cifar10_arrays(folder: Path, files: tuple[str, ...]) -> tuple[np.ndarray, l
 
 def _cifar10_missing_message(folder: Path) -> str:
     return (f"CIFAR-10 not found at {folder.absolute()} (expected data_batch_1..5, test_batch, "
-            f"batches.meta from {CIFAR10_ARCHIVE}); this machine cannot download it — place the files there")
+            f"batches.meta from {CIFAR10_ARCHIVE}); run `stabilitylab data download cifar10 "
+            f"--data-root {folder.parent.absolute()}` or place the files there")
 
 
 def load_cifar10(cfg, root: Path, *, verify_md5: bool | None = None) -> Dataset:

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 MAX_PNG_BYTES = 200_000
 STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}
-PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap"}  # fractions shown as %
+PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
+           "instability"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
 figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
@@ -85,7 +86,7 @@ def prediction_table(analysis: xr.Dataset) -> list[dict]:
                 "accuracy_oracle": _accuracy_at(analysis, level, oracle)}
         rules = []
         if "predicted_rewind_lmc" in analysis:
-            rules.append((f"LMC: instability < {100 * threshold:g}%",
+            rules.append((f"LMC: instability < {100 * threshold:g} pp",
                           analysis["predicted_rewind_lmc"].sel(level=level),
                           F._get(analysis, "gap_lmc", level=level)))
         if "predicted_rewind_measure" in analysis:
@@ -107,6 +108,73 @@ def prediction_table(analysis: xr.Dataset) -> list[dict]:
     return rows
 
 
+def _interval_text(lo, hi, scale: float = 100.0) -> str | None:
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return f"[{scale * lo:.2f}, {scale * hi:.2f}]"
+
+
+def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
+    """One row per (kind, level, rewind) with results: density, final test accuracy (mean
+    over complete replicas and its 95% interval), instability (mean over replica pairs and
+    its 95% interval), stable and matching. Fractions stay fractions here; the writers show
+    them in percent / percentage points.
+
+    The intervals are :func:`stabilitylab.report.figures.interval`: bootstrap percentile
+    with ≥ 3 values (never outside the values' range), min–max with fewer.
+    """
+    if analysis is None or "final_test_acc" not in analysis:
+        return []
+    acc = analysis["final_test_acc"].load()
+    per_replica = None
+    if study is not None and "final_test_acc" in study and "replica" in study["final_test_acc"].dims:
+        per_replica = study["final_test_acc"]
+        if "status" in study:
+            per_replica = per_replica.where(study["status"] == 2)
+        per_replica = per_replica.load()
+    inst = analysis["instability"].load() if "instability" in analysis else None
+    rows = []
+    for kind in acc["kind"].values:
+        for level in acc["level"].values:
+            for k in acc["rewind"].values:
+                mean = _num(acc.sel(kind=kind, level=level, rewind=k))
+                if mean is None:
+                    continue
+                at = {"kind": kind, "level": level, "rewind": k}
+                row = {"kind": str(kind), "level": int(level), "rewind": int(k), "accuracy": mean,
+                       "density": _num(F._get(analysis, "density", **at)),
+                       "accuracy_interval": None, "instability": None,
+                       "instability_interval": None, "stable": None, "matching": None}
+                if per_replica is not None:
+                    try:
+                        _, lo, hi, _ = F.interval(per_replica.sel(**at).values)
+                        row["accuracy_interval"] = _interval_text(float(lo), float(hi))
+                    except KeyError:
+                        pass
+                if inst is not None:
+                    values = inst.sel(**at).values
+                    if np.isfinite(values).any():
+                        m, lo, hi, _ = F.interval(values)
+                        row["instability"] = float(m)
+                        row["instability_interval"] = _interval_text(float(lo), float(hi))
+                for flag in ("stable", "matching"):
+                    if flag in analysis:
+                        v = _num(analysis[flag].sel(**at))
+                        row[flag] = None if v is None else ("yes" if v else "no")
+                rows.append(row)
+    order = {"imp": 0, "random_prune": 1, "reinit": 2}
+    rows.sort(key=lambda r: (r["level"], order.get(r["kind"], 9), r["rewind"]))
+    return rows
+
+
+SUMMARY_COLUMNS = {"level": "level", "kind": "kind", "rewind": "k", "density": "density",
+                   "accuracy": "final test acc. (%)",
+                   "accuracy_interval": "acc. 95% interval (%)",
+                   "instability": "instability (pp)",
+                   "instability_interval": "instability 95% interval (pp)",
+                   "stable": "stable", "matching": "matching"}
+
+
 def _config(attrs: dict) -> dict:
     cfg = attrs.get("config", attrs.get("config_json", {}))
     if isinstance(cfg, str):
@@ -125,6 +193,84 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
         else:
             out.append((f"{prefix}{k}", v))
     return out
+
+
+def _applies(key: str, cfg) -> bool:
+    """Whether config field ``key`` affects a study with config ``cfg``."""
+    t, m = cfg.training, cfg.model.name
+    adam = t.optimizer in ("adam", "adamw", "radam")
+    rules = {
+        "data.root": False,  # where record read the data; placement, not part of the study
+        "data.num_samples": cfg.data.name == "mnist1d",
+        "model.hidden": m == "mlp",
+        "model.channels": m == "conv1d",
+        "model.width": m.startswith(("resnet", "vgg")),
+        "training.momentum": t.optimizer == "sgd",
+        "training.nesterov": t.optimizer == "sgd",
+        "training.beta1": adam, "training.beta2": adam, "training.eps": adam,
+        "training.lookahead_steps": t.lookahead, "training.lookahead_alpha": t.lookahead,
+        "training.gamma": bool(t.milestones),
+        "pruning.strategy": cfg.pruning.levels > 0, "pruning.fraction": cfg.pruning.levels > 0,
+        "pruning.ignore": cfg.pruning.levels > 0,
+        "study.record_points": cfg.study.record == "dense_early",
+        "study.control_levels": bool(cfg.study.controls) and cfg.pruning.levels > 0,
+        "study.controls": cfg.pruning.levels > 0,
+    }
+    return rules.get(key, True)
+
+
+def _iterations(spec, n: int) -> str:
+    return str(spec) if str(spec) == f"{n}it" else f"{spec} = {n} iterations"
+
+
+def config_rows(config: dict, *, device=None) -> list[dict]:
+    """Rows ``{"section": "config", "key", "value"}``: every setting that applies to this
+    study, resolved (step strings as iterations, the control levels that actually ran, the
+    number of recorded steps); settings that do not apply (``model.hidden`` for a conv net,
+    Adam's betas under SGD, ...) are left out. A config that does not load or validate is
+    shown as stored."""
+    from stabilitylab.config import config_from_dict, config_to_dict, validate
+
+    try:
+        cfg = config_from_dict(config)
+        r = validate(cfg)
+    except Exception:  # noqa: BLE001 - an old or foreign config: show it as it is
+        return [{"section": "config", "key": k, "value": json.dumps(v) if isinstance(v, list)
+                 else v} for k, v in _flatten(config)]
+    flat = _flatten(config_to_dict(cfg))  # every field, defaults included
+
+    def listed(values) -> str:
+        return ", ".join(str(v) for v in values) if values else "none"
+
+    resolved = {
+        "training.steps": f"{_iterations(cfg.training.steps, r.total_steps)} (T)",
+        "training.warmup": _iterations(cfg.training.warmup, r.warmup),
+        "training.eval_every": _iterations(cfg.training.eval_every, r.eval_every),
+        "training.log_every": _iterations(cfg.training.log_every, r.log_every),
+        "training.milestones": listed(r.milestones) + (" (iterations)" if r.milestones else ""),
+        "study.rewinds": "k = " + listed(r.rewinds) + " (iterations)",
+        "study.control_levels": listed(r.control_levels)
+        + (" (the last level, by default)" if not cfg.study.control_levels and r.control_levels
+           else ""),
+        "study.controls": listed(cfg.study.controls),
+        "study.record": f"{cfg.study.record}: {len(r.record_steps)} recorded steps",
+        "pruning.levels": f"{cfg.pruning.levels} (densities "
+        + ", ".join(f"{100 * (1 - cfg.pruning.fraction) ** lv:.3g}%" for lv in r.levels) + ")",
+        "pruning.ignore": listed(cfg.pruning.ignore),
+        "model.hidden": listed(cfg.model.hidden),
+    }
+    if device:
+        resolved["study.device"] = f"{cfg.study.device} (ran on {device})"
+    rows = []
+    for key, _ in flat:
+        if key.split(".")[0] not in ("data", "model", "training", "pruning", "study"):
+            continue
+        if not _applies(key, cfg):
+            continue
+        section, field = key.split(".", 1)
+        value = resolved.get(key, getattr(getattr(cfg, section), field, None))
+        rows.append({"section": "config", "key": key, "value": value})
+    return rows
 
 
 def study_name(study: xr.Dataset) -> str:
@@ -152,8 +298,7 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
     if isinstance(versions, str):
         versions = json.loads(versions) if versions.startswith("{") else {"versions": versions}
     rows += [{"section": "provenance", "key": f"versions.{k}", "value": v} for k, v in versions.items()]
-    rows += [{"section": "config", "key": k, "value": json.dumps(v) if isinstance(v, list) else v}
-             for k, v in _flatten(_config(a))]
+    rows += config_rows(_config(a), device=a.get("device"))
     if "status" in study:
         status = study["status"].load()
         for kind in status["kind"].values:
@@ -211,8 +356,9 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
         last = levels[-1] if len(levels) else 0
         thr = 100 * float(analysis.attrs.get("threshold", 0.02))
         specs.append(("instability.png",
-                      (f"Instability (test-error barrier along the linear path between replicas) "
-                       f"vs rewind point, IMP; dashed: the {thr:g}% stability threshold."),
+                      (f"Instability (test-error barrier along the linear path between replicas, "
+                       f"percentage points) vs rewind point, IMP; band: 95% bootstrap interval "
+                       f"over replica pairs; dashed: the {thr:g} pp stability threshold."),
                       lambda: F.plot_instability(analysis)))
         for kind in ("random_prune", "reinit"):
             if F._finite(F._get(analysis, "instability", kind=kind)):
@@ -235,8 +381,8 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
     source = study if study is not None and "final_test_acc" in study else analysis
     if source is not None and "final_test_acc" in source and "density" in source:
         specs.append(("accuracy_density.png",
-                      ("Final test accuracy vs density (latest rewind point); grey band: dense "
-                       "accuracy ± the matching tolerance."),
+                      ("Final test accuracy vs density (latest rewind point; error bars: sd over "
+                       "replicas); grey band: dense accuracy ± the matching tolerance (not an sd)."),
                       lambda: F.plot_accuracy_vs_density(source)))
     if analysis is not None and "measure_value" in analysis:
         specs.append(("measure_correlations.png",
@@ -263,11 +409,12 @@ PREDICTION_COLUMNS = {"level": "level", "density": "density", "rule": "rule",
                       "accuracy_oracle": "acc. at oracle (%)", "gap": "gap (pp)"}
 
 
-def _html_table(rows, columns: dict) -> str:
+def _html_table(rows, columns: dict, *, table_id: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for t in columns.values())
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(k, r.get(k)))}</td>" for k in columns)
                    + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    ident = f" id='{table_id}'" if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _md_table(rows, columns: dict) -> str:
@@ -290,12 +437,45 @@ SECTION_TITLES = {"provenance": "Provenance", "runs": "Runs", "issues": "Skipped
                   "analysis": "Analysis settings", "config": "Configuration"}
 
 
-def _write_documents(folder: Path, title: str, meta: str, images, predictions, provenance) -> None:
+def _summary_note(analysis) -> str:
+    attrs = analysis.attrs if analysis is not None else {}
+    thr = 100 * float(attrs.get("threshold", 0.02))
+    tol = 100 * float(attrs.get("matching_tolerance", 0.002))
+    dense = _num(analysis["dense_test_acc"]) if analysis is not None and \
+        "dense_test_acc" in analysis else None
+    dense_text = f"{100 * dense:.2f}%" if dense is not None else "unknown"
+    return (f"Dense test accuracy {dense_text}. Accuracy: mean over complete replicas; "
+            "instability: test-error barrier, mean over replica pairs, in percentage points (pp). "
+            "Intervals: 95% bootstrap percentile interval of the mean (min–max with fewer than "
+            f"3 values), never outside the values' range. Stable: instability < {thr:g} pp "
+            f"(Frankle et al., ICML 2020). Matching: accuracy within the matching tolerance of "
+            f"{tol:g} pp of the dense accuracy (at least dense − {tol:g} pp).")
+
+
+def _glossary_rows() -> list[dict]:
+    from stabilitylab.report.glossary import MEASURES
+
+    return [{"measure": name, "what": info.description, "unit": info.unit,
+             "stable": info.stable} for name, info in MEASURES.items()]
+
+
+GLOSSARY_COLUMNS = {"measure": "measure", "what": "what it is", "unit": "unit in this report",
+                    "stable": "more stable when"}
+
+
+def _write_documents(folder: Path, title: str, meta: str, images, predictions, provenance,
+                     summary=(), summary_note: str = "") -> None:
     kv = {"key": "key", "value": "value"}
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
          f"<p class='meta'>{html.escape(meta)}</p>"]
     md = [f"# {title}", "", meta, ""]
+    if summary:
+        h.append("<h2>Summary per level and rewind point</h2>"
+                 f"<p>{html.escape(summary_note)}</p>"
+                 + _html_table(summary, SUMMARY_COLUMNS, table_id="summary"))
+        md += ["## Summary per level and rewind point", "", summary_note, "",
+               _md_table(summary, SUMMARY_COLUMNS), ""]
     for name, caption, data in images:
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         h.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
@@ -304,6 +484,10 @@ def _write_documents(folder: Path, title: str, meta: str, images, predictions, p
     if predictions:
         h.append("<h2>Rewind-point prediction</h2>" + _html_table(predictions, PREDICTION_COLUMNS))
         md += ["## Rewind-point prediction", "", _md_table(predictions, PREDICTION_COLUMNS), ""]
+    if summary or predictions:
+        glossary = _glossary_rows()
+        h.append("<h2>Glossary of measures</h2>" + _html_table(glossary, GLOSSARY_COLUMNS))
+        md += ["## Glossary of measures", "", _md_table(glossary, GLOSSARY_COLUMNS), ""]
     for section, rows in _sections(provenance).items():
         t = SECTION_TITLES.get(section, section)
         h.append(f"<h2>{html.escape(t)}</h2>" + _html_table(rows, kv))
@@ -348,6 +532,7 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
             log.warning("report: figure %s failed: %s", name, e, exc_info=True)
             notes.append({"section": "analysis", "key": f"figure {name}", "value": f"failed: {e}"})
     predictions = prediction_table(analysis) if analysis is not None else []
+    summary = summary_table(study, analysis) if analysis is not None else []
     provenance = (provenance_rows(study, analysis) if study is not None else []) + notes
     attrs = study.attrs if study is not None else {}
     name = study_name(study) if study is not None else "analysis"
@@ -357,7 +542,8 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     with _atomic_folder(out) as folder:
         for file, _, data in images:
             (folder / file).write_bytes(data)
-        _write_documents(folder, title, meta, images, predictions, provenance)
+        _write_documents(folder, title, meta, images, predictions, provenance, summary,
+                         _summary_note(analysis))
     log.info("report: wrote %s (%d figures)", out, len(images))
     return out
 

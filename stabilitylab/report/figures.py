@@ -22,7 +22,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
-from scipy import stats
+
+from stabilitylab.report import glossary as G
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random
 KIND_STYLES = {"imp": "-", "random_prune": "--", "reinit": ":"}
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}
-MIN_PAIRS_FOR_CI = 3  # below this a t interval is meaningless: show min–max instead
+MIN_PAIRS_FOR_CI = 3  # below this a bootstrap interval is meaningless: show min–max instead
 
 
 def _styled(fn):
@@ -91,25 +92,41 @@ def density_label(ds: xr.Dataset, level, kind: str = "imp") -> str:
     return f"level {level}"
 
 
-def interval(values: np.ndarray, axis: int = -1):
-    """Mean and band over ``axis``: mean ± t-based 95% CI with ≥3 finite values, else min–max.
+BOOTSTRAP = 2000  # resamples for the percentile intervals
 
-    Returns ``(mean, low, high, method)``; ``method`` is ``"95% t-CI"`` or ``"min–max"``
-    (the one used where the most values were finite), for the legend.
+
+def interval(values: np.ndarray, axis: int = -1, *, n_boot: int = BOOTSTRAP, seed: int = 0):
+    """Mean and a 95% interval over ``axis`` that respects the data's range.
+
+    With ≥ 3 finite values: the bootstrap percentile interval of the mean (Efron &
+    Tibshirani, *An Introduction to the Bootstrap*, 1993, §13.3: the 2.5th and 97.5th
+    percentiles of the means of ``n_boot`` resamples with replacement). It always lies
+    within [min, max] of the values, so a barrier's band never goes below zero. With
+    fewer values: min–max. Resampling is seeded, so a report is reproducible.
+
+    Returns ``(mean, low, high, method)``; ``method`` is ``"95% bootstrap"`` or
+    ``"min–max"`` (the one used where the most values were finite), for the legend.
     """
     v = np.moveaxis(np.asarray(values, dtype=float), axis, -1)
-    n = np.isfinite(v).sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, np.nansum(v, -1) / np.maximum(n, 1), np.nan)
-        sd = np.sqrt(np.nansum((v - mean[..., None]) ** 2, -1) / np.maximum(n - 1, 1))
-        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
-        vmin = np.where(n > 0, np.nanmin(np.where(np.isfinite(v), v, np.inf), -1), np.nan)
-        vmax = np.where(n > 0, np.nanmax(np.where(np.isfinite(v), v, -np.inf), -1), np.nan)
-    use_ci = n >= MIN_PAIRS_FOR_CI
-    low = np.where(use_ci, mean - half, vmin)
-    high = np.where(use_ci, mean + half, vmax)
-    method = "95% t-CI" if n.size and n.max() >= MIN_PAIRS_FOR_CI else "min–max"
-    return mean, low, high, method
+    lead = v.shape[:-1]
+    flat = v.reshape(-1, v.shape[-1]) if v.size else v.reshape(0, max(v.shape[-1], 0))
+    mean = np.full(flat.shape[0], np.nan)
+    low, high = mean.copy(), mean.copy()
+    rng = np.random.default_rng(seed)
+    most = 0
+    for i, row in enumerate(flat):
+        x = row[np.isfinite(row)]
+        most = max(most, x.size)
+        if not x.size:
+            continue
+        mean[i] = x.mean()
+        if x.size >= MIN_PAIRS_FOR_CI:
+            means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+            low[i], high[i] = np.percentile(means, [2.5, 97.5])
+        else:
+            low[i], high[i] = x.min(), x.max()
+    method = "95% bootstrap" if most >= MIN_PAIRS_FOR_CI else "min–max"
+    return mean.reshape(lead), low.reshape(lead), high.reshape(lead), method
 
 
 def _step_axis(ax, ticks, label: str, *, fixed: bool = True) -> None:
@@ -131,8 +148,9 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
                      variable: str = "instability") -> Figure:
     """Error barrier (Frankle et al. 2020, eq. 1) vs rewind step k, one line per level.
 
-    Line: mean over replica pairs; band: mean ± t-based 95% CI over pairs, or min–max
-    with fewer than 3 pairs (the legend title says which). ``threshold`` defaults to
+    Line: mean over replica pairs; band: the 95% bootstrap percentile interval of that mean
+    over pairs (:func:`interval`; never outside the pairs' range, so never below 0), or
+    min–max with fewer than 3 pairs (the legend title says which). Percentage points. ``threshold`` defaults to
     ``analysis.attrs["threshold"]`` (0.02). ``variable`` may be any barrier with dims
     (kind, level, rewind, pair), e.g. ``instability_train`` or ``aligned_instability``.
     """
@@ -156,7 +174,7 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
                 label=density_label(analysis, level, kind))
         ax.fill_between(rewinds[ok], 100 * low[ok], 100 * high[ok], color=color, alpha=0.2, lw=0)
         drawn += 1
-    ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g}%")
+    ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g} pp")
     _step_axis(ax, rewinds, "rewind step k (iterations)")
     what = variable.replace("_", " ")
     ax.set_ylabel(f"{what}: error barrier (percentage points)" if "loss" not in variable
@@ -314,7 +332,7 @@ def plot_accuracy_vs_density(study_or_analysis: xr.Dataset, *, rewind=None,
         xs.extend(d[ok].tolist())
     if np.isfinite(dense):
         ax.axhspan(100 * (dense - tol), 100 * (dense + tol), color="0.6", alpha=0.35, lw=0,
-                   label=f"dense {100 * dense:.2f}% ± {100 * tol:.1f}")
+                   label=f"dense {100 * dense:.2f}%; band: ± {100 * tol:g} pp matching tolerance")
         ax.axhline(100 * dense, color="0.4", lw=1)
     ax.set_xscale("log")
     if xs:
@@ -340,7 +358,9 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
                               measures: Sequence[str] | None = None, ncols: int = 4) -> Figure:
     """Small multiples: each stability measure vs IMP final test accuracy across rewind points.
 
-    Panel titles give Spearman ρ and its bootstrap 95% CI (``spearman_low/high``).
+    Panel titles give Spearman ρ and its bootstrap 95% CI (``spearman_low/high``). Values
+    are in the units of :mod:`stabilitylab.report.glossary` (barriers and fractions in
+    percentage points), named on each x axis.
     ``level=None`` uses the last level with any finite measure. Measures that are
     all NaN at that level (e.g. ``aligned_instability`` unsupported) are left out.
     """
@@ -365,7 +385,7 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
     colors = _ordered_colors(len(rewinds))
     y = 100 * acc.sel(level=level).sel(rewind=rewinds).values
     for ax, name in zip(axes.flat, names):
-        x = values.sel(measure=name, level=level).values
+        x = G.scale(name) * values.sel(measure=name, level=level).values  # the report's unit
         ok = np.isfinite(x) & np.isfinite(y)
         ax.scatter(x[ok], y[ok], c=[colors[i] for i in np.flatnonzero(ok)], s=28, zorder=3)
         for i in np.flatnonzero(ok):
@@ -379,7 +399,7 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
             ci = f" [{float(lo):.2f}, {float(hi):.2f}]" if _finite(lo) and _finite(hi) else ""
             title += f"\nρ = {float(rho):.2f}{ci}"
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(name)
+        ax.set_xlabel(G.axis_label(name))
         ax.set_ylabel("final test acc. (%)")
     for ax in list(axes.flat)[len(names):]:
         ax.remove()

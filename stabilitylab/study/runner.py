@@ -21,8 +21,6 @@ uninterrupted one bit for bit on CPU.
 
 from __future__ import annotations
 
-import sys
-
 from stabilitylab.config import study_id
 from stabilitylab.study.plan import all_runs
 from stabilitylab.study.tasks import (  # noqa: F401 - re-exported for callers of the old API
@@ -68,25 +66,27 @@ class StudyRunner:
 
     def run(self) -> None:
         try:
+            from stabilitylab.progress import Progress
+
             tasks = plan_tasks(self.resolved, self.rewinds_per_task)
-            bar = self._bar(sum(t.replica_steps(self.resolved) for t in tasks))
+            bar = Progress(sum(t.replica_steps(self.resolved) for t in tasks), desc="record",
+                           unit="replica-steps", enabled=self.progress)
             total_runs = 1 + len(self.runs)  # the dense pretraining run counts too
             done_runs = 0
+
+            def run_done(run, status):  # counted as each run's status is committed
+                nonlocal done_runs
+                done_runs += 1
+                bar.set(runs=f"{done_runs}/{total_runs}")
+
             for task in tasks:
-                bar.set_postfix_str(f"runs {done_runs}/{total_runs}")
-                run_task(self.ctx, self.writer, task, on_progress=bar.update)
-                done_runs += 1 if task.level is None else len(task.runs(self.resolved))
-            bar.set_postfix_str(f"runs {done_runs}/{total_runs}")
+                bar.set(level="dense" if task.level is None else task.level,
+                        runs=f"{done_runs}/{total_runs}")
+                run_task(self.ctx, self.writer, task, on_progress=bar.update,
+                         on_run_done=run_done)
             bar.close()
         finally:
             self.writer.close(consolidate=True)
-
-    def _bar(self, total):
-        from tqdm.auto import tqdm
-
-        disable = not sys.stderr.isatty() if self.progress is None else not self.progress
-        return tqdm(total=total, unit="step", desc="record", disable=disable, smoothing=0.1,
-                    dynamic_ncols=True)
 
 
 def record_study(cfg, out, *, resume: bool = False, device: str | None = None,

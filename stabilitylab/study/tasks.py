@@ -172,9 +172,9 @@ class TaskContext:
         self.data = load_dataset(cfg.data, self.device)
         self.augment = None
         if cfg.data.augment:
-            from stabilitylab.data.augment import random_flip_crop
+            from stabilitylab.data.augment import random_flip_crop_replicas
 
-            self.augment = random_flip_crop
+            self.augment = random_flip_crop_replicas
         self.opt_state_names = list(state_names(cfg.training))
 
     # -- what a new store is created with -----------------------------------------------
@@ -240,21 +240,25 @@ class _DenseRecorder:
         self.writer.record_dense(step, weights[0])
 
 
-def run_task(ctx: TaskContext, writer, task: Task, *, on_progress=None) -> dict:
+def run_task(ctx: TaskContext, writer, task: Task, *, on_progress=None, on_run_done=None) -> dict:
     """Train ``task`` into the store behind ``writer``; returns ``{run: status}``.
 
     Everything the task starts from is read from the store through ``writer``.
+    ``on_progress(n)``: replica-steps done since the last call. ``on_run_done(run, status)``:
+    called once per run as its status is committed (or found done on resume).
     """
     progress = on_progress or (lambda n: None)
+    run_done = on_run_done or (lambda run, status: None)
     if task.level is None:
-        return _pretrain(ctx, writer, progress)
-    return _train_level(ctx, writer, task, progress)
+        return _pretrain(ctx, writer, progress, run_done)
+    return _train_level(ctx, writer, task, progress, run_done)
 
 
-def _pretrain(ctx: TaskContext, writer, progress) -> dict:
+def _pretrain(ctx: TaskContext, writer, progress, run_done) -> dict:
     rewinds = ctx.resolved.rewinds
     if writer.dense_complete():
         progress(ctx.resolved.total_steps)
+        run_done(DENSE, "done")
         return {DENSE: "done"}
     points: dict[int, RewindPoint] = {}
 
@@ -285,6 +289,7 @@ def _pretrain(ctx: TaskContext, writer, progress) -> dict:
     if div >= 0:
         log.warning("the dense run diverged at step %d", div)
     writer.finish_dense(status, diverged_step=div)
+    run_done(DENSE, status)
     return {DENSE: status}
 
 
@@ -311,12 +316,14 @@ def imp_masks(ctx: TaskContext, writer, level: int, k: int) -> dict[str, torch.T
     return masks
 
 
-def _train_level(ctx: TaskContext, writer, task: Task, progress) -> dict:
+def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> dict:
     level = task.level
     runs = task.runs(ctx.resolved)
     done = writer.completed_runs()
     if all(run in done for run in runs):
         progress(task.replica_steps(ctx.resolved))
+        for run in runs:
+            run_done(run, "done")
         return {run: "done" for run in runs}
     run_masks: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
     rewind: dict[int, RewindPoint] = {}
@@ -347,6 +354,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress) -> dict:
         div = result.diverged_step[r]
         statuses[run] = "diverged" if div >= 0 else "complete"
         writer.finish_run(run, statuses[run], div)
+        run_done(run, statuses[run])
         if div >= 0:
             log.warning("run %s diverged at step %d", run, div)
     return statuses

@@ -50,3 +50,28 @@ class DataOrders:
             [(t % self.batches_per_epoch) * self.batch_size for t in steps], device=self.device
         )
         return torch.gather(self._perms, 1, starts[:, None] + self._arange[None, :])
+
+    def block(self, starts: list[int], first: int, count: int) -> torch.Tensor:
+        """(count, R, B) indices of iterations ``first .. first + count - 1``.
+
+        Iteration i puts replica r at step ``starts[r] + i``, so this is
+        ``indices([k + i for k in starts])`` for every i at once: one slice of the
+        concatenated epoch permutations per replica, no Python work per step. The values
+        are exactly those :meth:`indices` gives.
+        """
+        per_epoch, batch = self.batches_per_epoch, self.batch_size
+        out = torch.empty(count, len(self.seeds), batch, dtype=torch.long, device=self.device)
+        for r, k in enumerate(starts):
+            t0 = int(k) + first
+            e0, e1 = t0 // per_epoch, (t0 + count - 1) // per_epoch
+            perms = []
+            for e in range(e0, e1 + 1):
+                if e != self._epochs[r]:
+                    self._perms[r] = self.permutation(r, e)
+                    self._epochs[r] = e
+                perms.append(self._perms[r, : per_epoch * batch].clone() if e0 != e1
+                             else self._perms[r, : per_epoch * batch])
+            seq = torch.cat(perms) if len(perms) > 1 else perms[0]
+            offset = t0 - e0 * per_epoch
+            out[:, r] = seq.view(-1, batch)[offset:offset + count]
+        return out

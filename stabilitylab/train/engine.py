@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stabilitylab.data.augment import replica_keys
 from stabilitylab.train.data_order import DataOrders
 from stabilitylab.train.functional import StackedModel
-from stabilitylab.train.optim import StackedOptimizer
+from stabilitylab.train.optim import StackedOptimizer, step_scalars
 from stabilitylab.train.schedule import schedule_for
 from stabilitylab.train.seeds import derive_seed
 
@@ -65,6 +66,8 @@ class GroupResult:
     train_eval_loss: np.ndarray
     train_eval_acc: np.ndarray
     diverged_step: list[int]  # -1 when finite throughout
+    compiled: bool = False  # trained by the compiled step (train/step.py)
+    compile_seconds: float = 0.0  # compilation this group paid (0 when the graph was cached)
 
     def final(self, name: str) -> np.ndarray:
         """The value at T (last eval step) of an eval metric, per replica."""
@@ -212,13 +215,6 @@ def channels_last_stacked(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-# torch.compile is deliberately not applied. The step is vmap(functional_call) with
-# in-place per-replica BatchNorm buffer updates under vmap, R changes from group to group
-# (a recompile per shape), and the compiled graph would have to be checked against the
-# reference path on a GPU we cannot test here. Wrapping ``StackedModel._forward`` in
-# ``torch.compile`` is the place to try it once it can be measured.
-
-
 def use_channels_last(device: torch.device, example_shape: tuple, setting: bool | None = None) -> bool:
     """Whether to feed conv2d models channels-last: ``setting`` if given, else off.
 
@@ -231,12 +227,57 @@ def use_channels_last(device: torch.device, example_shape: tuple, setting: bool 
     return False
 
 
+class _Schedule:
+    """What happens at each iteration of a group, worked out once before training.
+
+    Iteration i holds replica r at step ``starts[r] + i``. For each i with anything to do:
+    the (step, replicas) pairs to record, the replicas to evaluate (with their eval
+    columns), the replicas that reach T (final snapshot), whether replica 0 is at a
+    snapshot step, and the (replica, log column) pairs whose training loss is logged.
+    Built in time linear in R times the schedule lengths; the training loop then does
+    no per-replica Python work on iterations without events.
+    """
+
+    def __init__(self, resolved, starts: list[int], snapshot_steps):
+        T = resolved.total_steps
+        self.n_iter = T - min(starts)
+        self.record: dict[int, dict[int, list[int]]] = {}
+        self.evals: dict[int, list[tuple[int, int]]] = {}
+        self.final: dict[int, list[int]] = {}
+        self.logs: dict[int, tuple[list[int], list[int]]] = {}
+        self.snapshot = {s - starts[0] for s in snapshot_steps if starts[0] <= s <= T}
+        for r, k in enumerate(starts):
+            for s in resolved.record_steps:
+                if k <= s <= T:
+                    self.record.setdefault(s - k, {}).setdefault(s, []).append(r)
+            for col, s in enumerate(resolved.eval_steps):
+                if k <= s <= T:
+                    self.evals.setdefault(s - k, []).append((r, col))
+            self.final.setdefault(T - k, []).append(r)
+            for col, s in enumerate(resolved.log_steps):
+                if k <= s < T and s - k < self.n_iter:
+                    rows, cols = self.logs.setdefault(s - k, ([], []))
+                    rows.append(r)
+                    cols.append(col)
+        self.starts = list(starts)
+        self.T = T
+
+    def updates(self, first: int, count: int) -> int:
+        """Replica-steps of real training (steps < T) in iterations first .. first+count-1."""
+        return sum(max(0, min(first + count, self.T - k) - first) for k in self.starts)
+
+
+BLOCK = 256  # iterations whose indices and scalars are prepared at once
+PROGRESS_EVERY = 16  # iterations between progress calls (a Python call, never a sync)
+
+
 def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
                 recorder: Recorder | None = None,
                 on_snapshot: Callable | None = None,
                 on_progress: Callable[[int], None] | None = None,
                 augment: Callable | None = None,
-                channels_last: bool | None = None) -> GroupResult:
+                channels_last: bool | None = None,
+                compile: str | None = None) -> GroupResult:
     """Train every run of ``plan`` to T; record, evaluate and log on the study's schedules.
 
     Parameters
@@ -246,143 +287,183 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     recorder : receives ``record(runs, step, weights (n, P))`` at recorded steps.
     on_snapshot : ``f(step, params, buffers, optimizer)`` at ``plan.snapshot_steps``
         (R must be 1), before the update at that step.
-    on_progress : called with the number of replica-steps done since the last call.
-    augment : ``f(x (B, ...), generator) -> x`` applied per replica (CIFAR recipes).
+    on_progress : called with the number of replica-steps done since the last call,
+        every ``PROGRESS_EVERY`` iterations (never a device sync).
+    augment : ``f(x (R, B, ...), keys (R, 2), steps (R,)) -> x``, all replicas at once
+        (:func:`~stabilitylab.data.augment.random_flip_crop_replicas`).
     channels_last : feed image batches channels-last (:func:`channels_last_stacked`);
-        None: on for image data on CUDA, off otherwise (:func:`use_channels_last`).
+        None: :func:`use_channels_last` (off).
+    compile : ``auto`` / ``on`` / ``off`` (default: ``training.compile``): take the
+        compiled :class:`~stabilitylab.train.step.FusedStep` or the eager reference
+        step (:func:`~stabilitylab.train.step.use_compile` decides ``auto``).
 
-    On CUDA, recorded weights go to the recorder through pinned host buffers and
-    asynchronous copies (:class:`_HostRecords`), all delivered before this returns.
+    The loop, per iteration: the bookkeeping of :class:`_Schedule` (record, evaluate,
+    final snapshot, rewind snapshot), then one update of every replica. Indices, learning
+    rates and optimizer scalars are prepared on the device for ``BLOCK`` iterations at a
+    time; losses stay on the device and reach the host once, at the end. On CUDA,
+    recorded weights go to the recorder through pinned host buffers and asynchronous
+    copies (:class:`_HostRecords`), all delivered before this returns.
     """
     cfg = resolved.config.training
     device = data.train_x.device
     R = plan.size
     T = resolved.total_steps
     starts = list(plan.start_steps)
-    k_min = min(starts)
-    n_iter = T - k_min
-    params = {n: t.to(device).clone().requires_grad_(True) for n, t in plan.params.items()}
+    sched = _Schedule(resolved, starts, plan.snapshot_steps)
+    n_iter = sched.n_iter
+
+    # -- state ----------------------------------------------------------------------------
+    params = {n: t.to(device).clone() for n, t in plan.params.items()}
     buffers = {n: t.to(device).clone() for n, t in plan.buffers.items()}
     masks = {n: m.to(device=device, dtype=params[n].dtype) for n, m in plan.masks.items()}
     state = None
     if plan.opt_state is not None:
         state = {s: {n: t.to(device) for n, t in d.items()} for s, d in plan.opt_state.items()}
-    optimizer = StackedOptimizer(params, masks, cfg, plan.opt_steps or [0] * R, state)
+    opt_steps0 = list(plan.opt_steps or [0] * R)
+    optimizer = StackedOptimizer(params, masks, cfg, opt_steps0, state)
     with torch.no_grad():
         for n, m in masks.items():
             params[n].mul_(m)
     orders = DataOrders(plan.data_seeds, data.train_x.shape[0], cfg.batch_size, device)
     lr_at = schedule_for(resolved)
-    constant_lr = resolved.warmup == 0 and not resolved.milestones
-    lrs_const = torch.full((R,), cfg.lr, device=device)
     has_dropout = resolved.config.model.dropout > 0
-
-    log_index = {s: i for i, s in enumerate(resolved.log_steps)}
-    eval_index = {s: i for i, s in enumerate(resolved.eval_steps)}
-    record_set = set(resolved.record_steps)
-    snapshot_set = set(plan.snapshot_steps)
-    nan = np.full
-    train_loss = nan((R, len(log_index)), np.nan, np.float32)
-    train_acc = nan((R, len(log_index)), np.nan, np.float32)
-    evals = {k: nan((R, len(eval_index)), np.nan, np.float32)
-             for k in ("test_loss", "test_acc", "train_eval_loss", "train_eval_acc")}
-    diverged = [-1] * R
-    final_params: dict[str, torch.Tensor] = {n: torch.empty_like(p) for n, p in params.items()}
-    final_buffers: dict[str, torch.Tensor] = {n: torch.empty_like(b) for n, b in buffers.items()}
-    train_eval_x = data.train_x[: resolved.config.data.train_eval_size]
-    train_eval_y = data.train_y[: resolved.config.data.train_eval_size]
     names = list(params)
-    plist = [params[n] for n in names]
-    host_records = _HostRecords(recorder) if recorder is not None else None
     to_channels_last = use_channels_last(device, tuple(data.train_x.shape[1:]), channels_last)
     test_x = channels_last_stacked(data.test_x) if to_channels_last else data.test_x
+    train_eval_x = data.train_x[: resolved.config.data.train_eval_size]
+    train_eval_y = data.train_y[: resolved.config.data.train_eval_size]
     if to_channels_last:
         train_eval_x = channels_last_stacked(train_eval_x)
+    aug_keys = replica_keys(plan.data_seeds, device) if augment is not None else None
+    starts_t = torch.tensor(starts, dtype=torch.long, device=device)
 
+    from stabilitylab.train.step import fused_step, use_compile
+
+    compiled = use_compile(compile or getattr(cfg, "compile", "off"), device, R, n_iter)
+    if compiled:
+        fused = fused_step(stacked, cfg, augment=augment, channels_last=to_channels_last,
+                           device=device, compiled=True)
+        step_masks = {n: masks.get(n, torch.ones_like(params[n])) for n in stacked.prunable_names}
+        compile_before = fused.compile_seconds
+
+        def update(j, idx, lrs_row, scal_row, aug_steps):
+            loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
+                              data.train_y, idx, scal_row, aug_steps, aug_keys)
+            optimizer.steps += 1
+            return loss, acc
+    else:
+        for p in params.values():
+            p.requires_grad_(True)
+        plist = [params[n] for n in names]
+
+        def update(j, idx, lrs_row, scal_row, aug_steps):
+            xb = data.train_x[idx]
+            yb = data.train_y[idx]
+            if augment is not None:
+                xb = augment(xb, aug_keys, aug_steps)
+            if to_channels_last:
+                xb = channels_last_stacked(xb)
+            with autocast(device, cfg.precision):
+                logits = stacked.forward(params, buffers, xb, train=True)
+            logits = logits.float()
+            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
+                                     reduction="none").view(R, -1).mean(1)
+            grads = torch.autograd.grad(losses.sum(), plist)
+            optimizer.step(dict(zip(names, grads)), lrs_row)
+            acc = None
+            if j in sched.logs:
+                with torch.no_grad():
+                    acc = (logits.argmax(-1) == yb).float().mean(1)
+            return losses.detach(), acc
+
+    # -- results, on the device until the end --------------------------------------------
+    n_log, n_eval = len(resolved.log_steps), len(resolved.eval_steps)
+    train_loss = torch.full((R, n_log), float("nan"), device=device)
+    train_acc = torch.full((R, n_log), float("nan"), device=device)
+    evals = torch.full((4, R, n_eval), float("nan"), device=device)
+    final_params = {n: torch.empty_like(p, requires_grad=False) for n, p in params.items()}
+    final_buffers = {n: torch.empty_like(b) for n, b in buffers.items()}
+    host_records = _HostRecords(recorder) if recorder is not None else None
+
+    def detached():
+        return {n: params[n].detach() for n in names}
+
+    idx_block = scal_block = lrs_block = steps_block = None
     for i in range(n_iter + 1):
-        steps = [k + i for k in starts]
-        live = [r for r in range(R) if steps[r] <= T]
         # -- bookkeeping at the state "after `step` updates" -----------------------------
-        rec = [r for r in live if steps[r] in record_set]
-        if rec and recorder is not None:
-            by_step: dict[int, list[int]] = {}
-            for r in rec:
-                by_step.setdefault(steps[r], []).append(r)
-            for step, rs in by_step.items():
+        if i in sched.record and host_records is not None:
+            for step, rs in sched.record[i].items():
                 with torch.no_grad():
-                    flat = stacked.flatten(_subset({n: params[n].detach() for n in names}, rs))
+                    flat = stacked.flatten(_subset(detached(), rs))
                 host_records.push([plan.runs[r] for r in rs], step, flat.float())
-        ev = [r for r in live if steps[r] in eval_index]
-        if ev:
-            sub_p = _subset({n: params[n].detach() for n in names}, ev)
-            sub_b = _subset(buffers, ev)
+        if i in sched.evals:
+            ev = [r for r, _ in sched.evals[i]]
+            cols = [c for _, c in sched.evals[i]]
+            sub_p, sub_b = _subset(detached(), ev), _subset(buffers, ev)
             tl, ta = evaluate(stacked, sub_p, sub_b, test_x, data.test_y, precision=cfg.precision)
-            el, ea = evaluate(stacked, sub_p, sub_b, train_eval_x, train_eval_y, precision=cfg.precision)
-            for j, r in enumerate(ev):
-                col = eval_index[steps[r]]
-                evals["test_loss"][r, col] = float(tl[j])
-                evals["test_acc"][r, col] = float(ta[j])
-                evals["train_eval_loss"][r, col] = float(el[j])
-                evals["train_eval_acc"][r, col] = float(ea[j])
-        for r in live:
-            if steps[r] == T:
-                with torch.no_grad():
+            el, ea = evaluate(stacked, sub_p, sub_b, train_eval_x, train_eval_y,
+                              precision=cfg.precision)
+            evals[:, ev, cols] = torch.stack([tl, ta, el, ea]).float()
+        if i in sched.final:
+            with torch.no_grad():
+                for r in sched.final[i]:
                     for n in names:
                         final_params[n][r] = params[n][r]
                     for n in buffers:
                         final_buffers[n][r] = buffers[n][r]
-        if on_snapshot is not None and steps[0] in snapshot_set:
-            on_snapshot(steps[0], {n: params[n].detach() for n in names}, buffers, optimizer)
+        if on_snapshot is not None and i in sched.snapshot:
+            on_snapshot(starts[0] + i, detached(), buffers, optimizer)
         if i == n_iter:
             break
         # -- one update of every replica --------------------------------------------------
-        idx = orders.indices(steps)
-        xb = data.train_x[idx]
-        yb = data.train_y[idx]
-        if augment is not None:
-            xb = torch.stack([
-                augment(xb[r], torch.Generator(device=device).manual_seed(
-                    derive_seed(plan.data_seeds[r], "augment", steps[r])))
-                for r in range(R)
-            ])
-        if to_channels_last:
-            xb = channels_last_stacked(xb)
+        j = i % BLOCK
+        if j == 0:
+            count = min(BLOCK, n_iter - i)
+            idx_block = orders.block(starts, i, count)
+            lrs_np = np.array([[lr_at(k + i + q) for k in starts] for q in range(count)],
+                              dtype=np.float64)
+            lrs_block = torch.from_numpy(lrs_np.astype(np.float32)).to(device)
+            if compiled:
+                steps0 = [s + i for s in opt_steps0]
+                scal_block = torch.from_numpy(step_scalars(cfg, lrs_np, steps0)).to(device)
+            steps_block = starts_t[None, :] + i + torch.arange(count, device=device)[:, None]
+        if on_progress is not None and i % PROGRESS_EVERY == 0 and i > 0:
+            on_progress(sched.updates(i - PROGRESS_EVERY, PROGRESS_EVERY))
         if has_dropout:
             torch.manual_seed(derive_seed(plan.seed, "dropout", i))
-        with autocast(device, cfg.precision):
-            logits = stacked.forward(params, buffers, xb, train=True)
-        logits = logits.float()
-        losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(R, -1).mean(1)
-        grads = torch.autograd.grad(losses.sum(), plist)
-        if constant_lr:
-            lrs = lrs_const
-        else:
-            lrs = torch.tensor([lr_at(s) for s in steps], device=device, dtype=torch.float32)
-        optimizer.step(dict(zip(names, grads)), lrs)
-        logged = [r for r in live if steps[r] in log_index]
-        if logged:
-            with torch.no_grad():
-                acc = (logits.argmax(-1) == yb).float().mean(1)
-            loss_cpu, acc_cpu = losses.detach().cpu().numpy(), acc.cpu().numpy()
-            for r in logged:
-                train_loss[r, log_index[steps[r]]] = loss_cpu[r]
-                train_acc[r, log_index[steps[r]]] = acc_cpu[r]
-                if diverged[r] < 0 and not np.isfinite(loss_cpu[r]):
-                    diverged[r] = steps[r]
-        if on_progress is not None:
-            on_progress(len(live) - sum(1 for r in live if steps[r] == T))
+        loss, acc = update(i, idx_block[j], lrs_block[j],
+                           scal_block[j] if compiled else None, steps_block[j])
+        if i in sched.logs:
+            rows, cols = sched.logs[i]
+            train_loss[rows, cols] = loss[rows].float()
+            train_acc[rows, cols] = acc[rows].float()
+    if on_progress is not None and n_iter > 0:
+        last = (n_iter - 1) // PROGRESS_EVERY * PROGRESS_EVERY
+        on_progress(sched.updates(last, n_iter - last))
 
     if host_records is not None:
         host_records.flush()
-    # A replica whose loss went non-finite between log steps is caught here too.
+    train_loss_np = train_loss.cpu().numpy()
+    train_acc_np = train_acc.cpu().numpy()
+    evals_np = evals.cpu().numpy()
+    diverged = [-1] * R
+    logged = np.zeros((R, n_log), bool)
+    for i, (rows, cols) in sched.logs.items():
+        logged[rows, cols] = True
     for r in range(R):
-        if diverged[r] < 0 and not all(torch.isfinite(final_params[n][r]).all() for n in names):
+        bad = np.flatnonzero(logged[r] & ~np.isfinite(train_loss_np[r]))
+        if bad.size:
+            diverged[r] = int(resolved.log_steps[bad[0]])
+        # A replica whose loss went non-finite between log steps is caught here too.
+        elif not all(torch.isfinite(final_params[n][r]).all() for n in names):
             diverged[r] = T
     return GroupResult(
         params={n: t.detach() for n, t in final_params.items()},
         buffers=final_buffers,
-        train_loss=train_loss, train_acc=train_acc,
-        test_loss=evals["test_loss"], test_acc=evals["test_acc"],
-        train_eval_loss=evals["train_eval_loss"], train_eval_acc=evals["train_eval_acc"],
+        train_loss=train_loss_np, train_acc=train_acc_np,
+        test_loss=evals_np[0], test_acc=evals_np[1],
+        train_eval_loss=evals_np[2], train_eval_acc=evals_np[3],
         diverged_step=diverged,
+        compiled=compiled,
+        compile_seconds=(fused.compile_seconds - compile_before) if compiled else 0.0,
     )

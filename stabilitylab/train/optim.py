@@ -23,6 +23,7 @@ Update rules match ``torch.optim`` (tests compare against it):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 STATE_NAMES = {
@@ -180,3 +181,108 @@ class StackedOptimizer:
         """Replica ``index``'s state tensors (without the replica dim)."""
         return {s: {n: t[index].detach().clone() for n, t in d.items()} for s, d in self.state.items()}
 
+
+
+# -- the sync-free form used inside the compiled step ----------------------------------------
+#
+# The update above reads per-step scalars (bias corrections, RAdam's rectification,
+# Lookahead's sync flag) from host tensors and branches on them in Python. Inside one
+# compiled step nothing may wait on the host, so those scalars are computed ahead, for a
+# block of steps, by :func:`step_scalars` (in float64, exactly as ``step`` computes them,
+# then float32), and :func:`fused_update` applies the same update rules with every
+# per-replica quantity as a tensor and no Python branch on data.
+
+SCALAR_COLUMNS = ("lr", "bc1", "bc2", "rect", "adaptive", "sync")
+
+
+def step_scalars(training, lrs: np.ndarray, opt_steps0) -> np.ndarray:
+    """(n, R, 6) float32 table of per-step, per-replica scalars for :func:`fused_update`.
+
+    ``lrs`` is the (n, R) learning rate of each iteration; ``opt_steps0`` the optimizer
+    steps each replica had taken before the first of them. Row i holds, for optimizer step
+    ``t = opt_steps0 + i + 1``: lr, ``1 - beta1**t``, ``1 - beta2**t``, RAdam's
+    rectification ``r_t`` and whether ``rho_t > 5`` (Liu et al. 2020, Alg. 2), and whether
+    Lookahead syncs after this step (Zhang et al. 2019, Alg. 1: every k-th step).
+    """
+    c = training
+    n, r = lrs.shape
+    t = np.asarray(opt_steps0, np.float64)[None, :] + np.arange(1, n + 1, dtype=np.float64)[:, None]
+    out = np.zeros((n, r, len(SCALAR_COLUMNS)), np.float64)
+    out[..., 0] = lrs
+    out[..., 1] = 1 - c.beta1 ** t
+    out[..., 2] = 1 - c.beta2 ** t
+    if c.optimizer == "radam":
+        rho_inf = 2 / (1 - c.beta2) - 1
+        rho_t = rho_inf - 2 * t * (c.beta2 ** t) / (1 - c.beta2 ** t)
+        adaptive = rho_t > 5
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rect = np.sqrt(np.clip((rho_t - 4) * (rho_t - 2) * rho_inf, 0, None)
+                           / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        out[..., 3] = np.where(adaptive, rect, 0.0)
+        out[..., 4] = adaptive
+    if c.lookahead:
+        out[..., 5] = (t % c.lookahead_steps) == 0
+    return out.astype(np.float32)
+
+
+def fused_update(training):
+    """``update(params, grads, state, masks, scalars)``: one in-place step of every replica.
+
+    The same rules as :meth:`StackedOptimizer.step` (see the module docstring), written
+    without host synchronisation so that it traces into one compiled graph. ``scalars`` is
+    one (R, 6) row of :func:`step_scalars`; ``masks`` holds a 0/1 tensor for every
+    prunable parameter (all ones where nothing is pruned).
+    """
+    c = training
+    kind = c.optimizer
+
+    def sgd(p, g, st, lr):
+        if c.weight_decay:
+            g = g + c.weight_decay * p
+        if c.momentum:
+            buf = st["momentum"]
+            buf.mul_(c.momentum).add_(g)
+            d = g + c.momentum * buf if c.nesterov else buf
+        else:
+            d = g
+        p.sub_(lr * d)
+
+    def adam(p, g, st, lr, row):
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        if c.weight_decay:
+            if kind == "adamw":
+                p.mul_(1 - lr * c.weight_decay)
+            else:
+                g = g + c.weight_decay * p
+        m.lerp_(g, 1 - c.beta1)
+        v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+        m_hat = m / _view(row[:, 1], p)
+        denom = (v / _view(row[:, 2], p)).sqrt() + c.eps
+        if kind == "radam":
+            step = torch.where(_view(row[:, 4], p) > 0.5, m_hat * _view(row[:, 3], p) / denom, m_hat)
+        else:
+            step = m_hat / denom
+        p.sub_(lr * step)
+
+    def update(params, grads, state, masks, row):
+        for n, p in params.items():
+            g = grads[n]
+            m = masks.get(n)
+            if m is not None:
+                g = g * m
+            st = {s: state[s][n] for s in state if s != "slow"}
+            lr = _view(row[:, 0], p)
+            if kind == "sgd":
+                sgd(p, g, st, lr)
+            else:
+                adam(p, g, st, lr, row)
+            if m is not None:
+                p.mul_(m)
+            if c.lookahead:
+                slow = state["slow"][n]
+                sync = _view(row[:, 5], p) > 0.5
+                new_slow = slow + c.lookahead_alpha * (p - slow)
+                slow.copy_(torch.where(sync, new_slow, slow))
+                p.copy_(torch.where(sync, slow, p))
+
+    return update

@@ -82,7 +82,8 @@ def test_mnist_missing_is_one_line_naming_the_path(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert str((tmp_path / "MNIST" / "raw").absolute()) in msg
-    assert "train-images-idx3-ubyte" in msg and "cannot download" in msg
+    assert "train-images-idx3-ubyte" in msg and "stabilitylab data download mnist" in msg
+    assert str(tmp_path) in msg
     assert isinstance(err.value, FileNotFoundError)
 
 
@@ -123,7 +124,7 @@ def test_cifar10_missing_is_one_line_naming_the_path(tmp_path):
     with pytest.raises(DataMissingError) as err:
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
     msg = str(err.value)
-    assert "\n" not in msg and "cannot download" in msg
+    assert "\n" not in msg and "stabilitylab data download cifar10" in msg
     assert str((tmp_path / "cifar-10-batches-py").absolute()) in msg
 
 

@@ -42,7 +42,6 @@ def test_parameter_counts(name, expected):
 
 def test_conv1d_is_about_5k_params():
     n = count_parameters(build_model(ModelConfig(name="conv1d", channels=25), (1, 40), 10, _gen()))
-    print(f"conv1d(25 channels) parameters: {n}")
     assert 4000 <= n <= 6000
 
 

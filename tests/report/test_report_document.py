@@ -1,6 +1,5 @@
 """The report folder: files, sizes, embedded images, tables, atomic replacement, degraded data."""
 
-import json
 import re
 
 import numpy as np
@@ -93,7 +92,13 @@ def test_provenance_rows(as_json, data):
     assert get[("provenance", "study_id")] == "synthetic0000"
     assert get[("provenance", "versions.torch")] == "2.4.0"
     assert get[("config", "study.name")] == "synthetic"
-    assert json.loads(get[("config", "study.rewinds")])[0] == "0it"
+    # resolved values that apply (the synthetic study: conv1d, SGD, controls, 2 levels)
+    assert get[("config", "study.rewinds")] == "k = 0, 25, 50, 100, 200, 400 (iterations)"
+    assert get[("config", "study.control_levels")].startswith("2 ")  # not the stored []
+    assert get[("config", "model.channels")] == 32
+    for absent in ("model.hidden", "model.width", "training.beta1", "data.root",
+                   "training.lookahead_alpha", "training.gamma"):
+        assert ("config", absent) not in get, absent
     assert get[("runs", "reinit")] == "17 complete, 1 diverged"
     assert get[("issues", "reinit level 2 k=0 replica 2")] == "diverged at step 340"
     assert get[("issues", "imp level 2 k=400 replica 2")] == "incomplete"

@@ -45,8 +45,8 @@ def test_instability(analysis):
     assert "barrier" in ax.get_ylabel() and "percentage points" in ax.get_ylabel()
     assert ax.get_xscale() == "symlog"
     labels = legend_labels(ax)
-    assert any("density 64%" in lab for lab in labels) and "threshold 2%" in labels
-    assert "95% t-CI" in ax.get_legend().get_title().get_text()
+    assert any("density 64%" in lab for lab in labels) and "threshold 2 pp" in labels
+    assert "95% bootstrap" in ax.get_legend().get_title().get_text()
     # the level lines are pair means, in percentage points
     line = next(ln for ln in ax.lines if ln.get_label().startswith("level 2"))
     want = 100 * analysis.instability.sel(kind="imp", level=2).mean("pair").values
@@ -129,7 +129,8 @@ def test_accuracy_vs_density(analysis, source):
     assert ax.get_ylabel() == "final test accuracy (%)"
     labels = legend_labels(ax)
     assert {"IMP", "random pruning", "random reinit"} <= set(labels)
-    assert any(lab.startswith("dense 92.") for lab in labels)
+    dense = next(lab for lab in labels if lab.startswith("dense 92."))
+    assert "± 0.2 pp matching tolerance" in dense  # the band is the tolerance, not an sd
     assert "k = 400" in ax.get_title()
     assert png_bytes(fig)
 
@@ -146,12 +147,17 @@ def test_measure_correlations(analysis, small):
     fig = F.plot_measure_correlations(analysis)
     assert len(fig.axes) == analysis.sizes["measure"]
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "instability" and ax.get_ylabel() == "final test acc. (%)"
+    assert ax.get_xlabel() == "instability (pp)" and ax.get_ylabel() == "final test acc. (%)"
     assert "ρ = " in ax.get_title() and "[" in ax.get_title()
+    # same unit as the instability figure: percentage points, not fractions
+    level = int(analysis.level[-1])
+    x = np.sort(ax.collections[0].get_offsets()[:, 0])
+    want = 100 * analysis.measure_value.sel(measure="instability", level=level).values
+    np.testing.assert_allclose(x, np.sort(want[np.isfinite(want)]))
     assert png_bytes(fig)
     # all-NaN measures (no alignment; mask_jaccard at level 0 only) are left out
     fig = F.plot_measure_correlations(small, level=0)
-    names = [a.get_xlabel() for a in fig.axes]
+    names = [a.get_xlabel().split(" (")[0] for a in fig.axes]
     assert "aligned_instability" not in names and "mask_jaccard" not in names
     assert "instability" in names
 
@@ -161,14 +167,16 @@ def test_measure_correlations_without_measures(analysis):
     assert "no data" in texts(fig.axes[0])
 
 
-def test_interval_t_ci_and_min_max():
-    values = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0]])
+def test_interval_bootstrap_respects_the_range():
+    values = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [0.0, 0.0, 0.3]])
     mean, lo, hi, method = F.interval(values)
-    np.testing.assert_allclose(mean, [2.0, 2.0])
-    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t_{0.975, 2} · sd / √n
-    np.testing.assert_allclose([lo[0], hi[0]], [2 - half, 2 + half])
+    np.testing.assert_allclose(mean, [2.0, 2.0, 0.1])
+    assert 1.0 <= lo[0] < 2.0 < hi[0] <= 3.0  # percentiles of resampled means
     np.testing.assert_allclose([lo[1], hi[1]], [1.0, 3.0])  # two values: min–max
-    assert method == "95% t-CI"
+    assert lo[2] >= 0.0 and hi[2] <= 0.3  # a barrier's band never goes below zero
+    assert method == "95% bootstrap"
+    again = F.interval(values)  # seeded: the same report twice
+    np.testing.assert_array_equal(lo, again[1])
 
 
 def test_report_never_uses_pyplot():

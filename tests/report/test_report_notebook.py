@@ -14,13 +14,18 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "reports" / "explore.ipynb"
 pytestmark = pytest.mark.slow
 
 
-def run_notebook(store, workdir, monkeypatch):
+def run_notebook(store, workdir, monkeypatch, notebook=NOTEBOOK):
+    """Execute the notebook with the kernel in ``workdir``; ``store=None`` leaves
+    ``STABILITYLAB_STORE`` unset, so the notebook finds its default store itself."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    monkeypatch.setenv("STABILITYLAB_STORE", str(store))
+    if store is None:
+        monkeypatch.delenv("STABILITYLAB_STORE", raising=False)
+    else:
+        monkeypatch.setenv("STABILITYLAB_STORE", str(store))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
@@ -54,8 +59,20 @@ def fake_store(tmp_path_factory):
     return url
 
 
-def test_notebook_on_fake_store(fake_store, tmp_path, monkeypatch):
-    check(run_notebook(fake_store, tmp_path, monkeypatch))
+def test_notebook_as_shipped_finds_the_default_store_from_reports(fake_store, tmp_path,
+                                                                  monkeypatch):
+    """As `jupyter nbconvert --execute reports/explore.ipynb` runs it: the kernel starts in
+    reports/ and no STABILITYLAB_STORE is set; runs/mnist1d-default.zarr is found under the
+    repository root (here a copy of the layout: reports/ with the notebook, runs/ with a store)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "reports").mkdir(parents=True)
+    for name in ("explore.ipynb", "make_notebook.py"):
+        shutil.copy(NOTEBOOK.with_name(name), repo / "reports" / name)
+    shutil.copytree(fake_store, repo / "runs" / "mnist1d-default.zarr")
+    check(run_notebook(None, repo / "reports", monkeypatch,
+                       notebook=repo / "reports" / "explore.ipynb"))
 
 
 def test_notebook_and_report_on_tiny_study(tiny_analyzed, tmp_path, monkeypatch):

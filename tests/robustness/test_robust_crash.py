@@ -26,6 +26,7 @@ equal the baseline bit for bit (every array, NaN-aware; attrs but created_at/com
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -272,8 +273,8 @@ def _interrupt_resume_compare(base: Path, phases: dict, plan: list, tmp_path: Pa
     validate(store, deep=True)
     assert not list(store.rglob("*.partial")), "resume removes the temporary files of killed writes"
     _arrays_equal(base, store)
-    with capsys.disabled():
-        print("\nkill points:\n  " + "\n  ".join(report))
+    # In the log (shown for a failing test, or with --log-cli-level=INFO), not on the console.
+    logging.getLogger(__name__).info("kill points:\n  %s", "\n  ".join(report))
 
 
 def test_sigkill_at_time_fractions_then_resume_is_bitwise_identical(baseline, tmp_path, capsys):

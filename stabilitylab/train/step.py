@@ -1,0 +1,167 @@
+"""One training step of a replica group as one function, optionally compiled.
+
+:class:`FusedStep` is forward, loss, backward and the masked optimizer update of all R
+replicas as a single function of the stacked tensors::
+
+    gather the batch -> [augment] -> vmap(grad_and_value(loss)) -> fused_update
+
+It mutates the parameters, BatchNorm buffers and optimizer state in place and returns
+the per-replica loss and accuracy as device tensors, so nothing in it waits on the host.
+With ``compiled=True`` it goes through ``torch.compile`` (inductor; on CUDA with CUDA
+graphs, ``mode="reduce-overhead"``), with static shapes: the first call for a replica
+count R compiles, later calls with the same R reuse the graph (R is part of the guard,
+so a group of another size compiles once more).
+
+The eager engine path (``autograd.grad`` over the vmapped forward, then
+:class:`~stabilitylab.train.optim.StackedOptimizer`) stays the reference; both
+compute the same update rules and agree to float rounding (tests/train/test_compiled.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad_and_value, vmap
+
+from stabilitylab.train.optim import fused_update
+
+log = logging.getLogger(__name__)
+
+from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: E402,F401 (re-exported)
+
+# ``auto`` compiles a group when its work is large enough to repay the compilation
+# (a new graph per replica count R; about 15-25 s on a 2-core CPU, a few seconds when
+# inductor's on-disk cache already holds it). Thresholds in replica-steps, from
+# benchmarks/bench_compile.py (see benchmarks/README.md).
+AUTO_MIN_REPLICA_STEPS = {"cpu": 60_000, "cuda": 20_000}
+AUTO_MIN_REPLICAS = 2
+
+
+def use_compile(setting: str, device: torch.device, replicas: int, iterations: int) -> bool:
+    """Whether a group of ``replicas`` runs for ``iterations`` steps takes the compiled step.
+
+    ``on`` / ``off`` force it; ``auto`` compiles when the group has at least
+    ``AUTO_MIN_REPLICAS`` replicas and ``AUTO_MIN_REPLICA_STEPS[device]`` replica-steps,
+    so short runs (tests, quick looks) stay eager and pay no compilation.
+    """
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    return replicas >= AUTO_MIN_REPLICAS and replicas * iterations >= AUTO_MIN_REPLICA_STEPS[kind]
+
+
+def compile_mode(device: torch.device) -> str | None:
+    """``torch.compile`` mode: CUDA graphs on CUDA (per-step launch overhead is what a
+    small network pays there), inductor's default on CPU."""
+    return "reduce-overhead" if torch.device(device).type == "cuda" else None
+
+
+class FusedStep:
+    """The training step of one architecture and one training config.
+
+    Call it as ``step(params, buffers, state, masks, train_x, train_y, idx, row,
+    aug_steps, keys)``: ``idx`` (R, B) example indices, ``row`` the (R, 6) per-replica
+    scalars of :func:`~stabilitylab.train.optim.step_scalars`; ``aug_steps`` (R,) int64
+    steps and ``keys`` the (R, 2) keys of
+    :func:`~stabilitylab.data.augment.replica_keys` (both read only with augmentation). Returns ``(loss, acc)``, two (R,) float tensors.
+
+    Use :func:`fused_step` to get one: it caches per (model, config, options), so the
+    groups of a study share compiled graphs.
+    """
+
+    def __init__(self, stacked, training, *, augment, channels_last: bool,
+                 device: torch.device, compiled: bool):
+        self.template = stacked.template
+        self.compiled = compiled
+        self.device = torch.device(device)
+        self.compile_seconds = 0.0
+        self._seen: set[tuple] = set()
+        # Buffers the engine does not stack (BatchNorm's integer num_batches_tracked): a
+        # grad transform refuses in-place updates of captured tensors, so each call gets
+        # stacked scratch copies. Their values are never read (momentum is fixed).
+        self._untracked = [(n, tuple(b.shape), b.dtype) for n, b in self.template.named_buffers()
+                           if n not in set(stacked.buffer_names)]
+        self._scratch: dict[int, dict] = {}
+        update = fused_update(training)
+        template = self.template
+        bf16 = training.precision == "bf16" and self.device.type == "cuda"
+        from stabilitylab.train.engine import channels_last_stacked
+
+        def loss_fn(p, b, x, y):
+            if bf16:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = functional_call(template, (p, b), (x,))
+            else:
+                logits = functional_call(template, (p, b), (x,))
+            logits = logits.float()
+            return F.cross_entropy(logits, y), logits
+
+        grad_fn = vmap(grad_and_value(loss_fn, has_aux=True), randomness="different")
+
+        def step(params, buffers, state, masks, train_x, train_y, idx, row, aug_steps, keys):
+            x = train_x[idx]
+            y = train_y[idx]
+            if augment is not None:
+                x = augment(x, keys, aug_steps)
+            if channels_last:
+                x = channels_last_stacked(x)
+            grads, (loss, logits) = grad_fn(params, buffers, x, y)
+            acc = (logits.argmax(-1) == y).float().mean(1)
+            update(params, grads, state, masks, row)
+            return loss, acc
+
+        if compiled:
+            # Every group of another size, and every study of another config in one
+            # process (tests, findings), is a recompile of this one code object.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._fn = torch.compile(step, fullgraph=True, dynamic=False,
+                                 mode=compile_mode(self.device)) if compiled else step
+
+    def __call__(self, params, buffers, state, masks, train_x, train_y, idx, row, aug_steps,
+                 keys):
+        self.template.train(True)
+        if self._untracked:
+            r = idx.shape[0]
+            if r not in self._scratch:
+                self._scratch[r] = {n: torch.zeros((r, *shape), dtype=dtype, device=self.device)
+                                    for n, shape, dtype in self._untracked}
+            buffers = {**buffers, **self._scratch[r]}
+        shape = (idx.shape, tuple(masks), tuple(state))
+        if not self.compiled or shape in self._seen:
+            return self._fn(params, buffers, state, masks, train_x, train_y, idx, row, aug_steps,
+                            keys)
+        start = time.perf_counter()
+        out = self._fn(params, buffers, state, masks, train_x, train_y, idx, row, aug_steps, keys)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.compile_seconds += seconds
+        self._seen.add(shape)
+        log.info("compiled the training step for R=%d in %.1f s", idx.shape[0], seconds)
+        return out
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fused_step(stacked, training, *, augment=None, channels_last=False,
+               device="cpu", compiled=True) -> FusedStep:
+    """The :class:`FusedStep` for ``stacked`` and ``training``, built once and reused.
+
+    ``augment`` is ``f(x (R, B, ...), keys (R, 2), steps (R,)) -> x`` (e.g.
+    :func:`~stabilitylab.data.augment.random_flip_crop_replicas`) or None.
+    """
+    per_model = _CACHE.setdefault(stacked, {})
+    key = (training, augment, channels_last, str(device), compiled)
+    step = per_model.get(key)
+    if step is None:
+        step = per_model[key] = FusedStep(stacked, training, augment=augment,
+                                          channels_last=channels_last, device=device,
+                                          compiled=compiled)
+    return step

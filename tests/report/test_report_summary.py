@@ -1,0 +1,106 @@
+"""The report's summary table (index.html) agrees with summary.csv written by analyze."""
+
+import csv
+import html.parser
+import math
+
+import pytest
+
+from stabilitylab.report import write_report
+from stabilitylab.report.glossary import MEASURES
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table> as (id, header cells, body rows), and the order of tables and figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.order = [], []
+        self._cell = None
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append({"id": attrs.get("id"), "head": [], "rows": []})
+            self.order.append(("table", attrs.get("id")))
+        elif tag == "figure":
+            self.order.append(("figure", None))
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(self._cell.strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            table = self.tables[-1]
+            if table["head"]:
+                table["rows"].append(self._row)
+            else:
+                table["head"] = self._row
+            self._row = None
+
+
+@pytest.fixture(scope="module")
+def parsed(tiny_analyzed, tmp_path_factory):
+    store, _ = tiny_analyzed
+    out = write_report(store, out=tmp_path_factory.mktemp("rep") / "r")
+    parser = _Tables()
+    parser.feed((out / "index.html").read_text(encoding="utf-8"))
+    with open(f"{store}.analysis/summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return parser, rows
+
+
+def _pct(text: str) -> float:
+    return float(text.rstrip("%"))
+
+
+def test_summary_table_matches_summary_csv(parsed):
+    parser, csv_rows = parsed
+    table = next(t for t in parser.tables if t["id"] == "summary")
+    head = table["head"]
+    col = {name: head.index(name) for name in head}
+    for want in ("density", "final test acc. (%)", "acc. 95% interval (%)", "instability (pp)",
+                 "instability 95% interval (pp)", "stable", "matching"):
+        assert want in col, head
+    shown = {(r[col["kind"]], int(r[col["level"]]), int(r[col["k"]])): r for r in table["rows"]}
+    checked = 0
+    for row in csv_rows:
+        acc = float(row["final_test_acc"]) if row["final_test_acc"] else math.nan
+        key = (row["kind"], int(row["level"]), int(row["rewind"]))
+        if not math.isfinite(acc):
+            assert key not in shown
+            continue
+        cells = shown[key]
+        assert _pct(cells[col["final test acc. (%)"]]) == pytest.approx(100 * acc, abs=0.006)
+        assert _pct(cells[col["density"]]) == pytest.approx(100 * float(row["density"]), rel=2e-3)
+        inst = float(row["instability"])
+        assert float(cells[col["instability (pp)"]]) == pytest.approx(100 * inst, abs=0.006)
+        lo, hi = (float(x) for x in cells[col["instability 95% interval (pp)"]].strip("[]")
+                  .split(","))
+        assert 0 <= lo <= 100 * inst + 0.006 and 100 * inst - 0.006 <= hi  # range-respecting
+        lo, hi = (float(x) for x in cells[col["acc. 95% interval (%)"]].strip("[]").split(","))
+        assert lo - 0.006 <= 100 * acc <= hi + 0.006 and 0 <= lo and hi <= 100
+        for flag in ("stable", "matching"):
+            assert cells[col[flag]] == ("yes" if row[flag] == "True" else "no"), (key, flag)
+        checked += 1
+    assert checked == len(table["rows"]) and checked >= 10
+
+
+def test_summary_comes_first_and_glossary_lists_every_measure(parsed):
+    parser, _ = parsed
+    assert parser.order[0] == ("table", "summary")  # before the first figure
+    assert ("figure", None) in parser.order
+    glossary = next(t for t in parser.tables if t["head"][:1] == ["measure"])
+    assert [r[0] for r in glossary["rows"]] == list(MEASURES)
+    units = {r[0]: r[2] for r in glossary["rows"]}
+    assert units["instability"] == units["disagreement"] == "percentage points"
+    assert all(r[3] for r in glossary["rows"])  # which way is more stable, for each
