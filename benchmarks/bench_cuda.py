@@ -135,7 +135,7 @@ def rows(quick: bool = False, steps: int | None = None, channels_last: bool | No
         r8 = 8
         nets = [_net(name, i, device) for i in range(r8)]
         stacked = StackedModel(nets[0])
-        base = timed(lambda: plain_loop([copy.deepcopy(m) for m in nets], data, steps, BATCH),
+        base = timed(lambda nets=nets: plain_loop([copy.deepcopy(m) for m in nets], data, steps, BATCH),
                      repeat=2)
         base_rate = r8 * steps / base
         for precision in ("fp32", "bf16"):

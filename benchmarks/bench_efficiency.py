@@ -8,7 +8,8 @@ analytically: 6 x (weights in matmuls) x batch per replica-step (2 for the forwa
 matmuls, 4 for the two backward ones); biases, ReLU, loss and the optimizer update are
 not counted, so the figure is a slight underestimate of the work done.
 Peak: fp32 matmul throughput of this process, 2048 x 2048 sgemm (``torch.mm``), timed here.
-Ratio: ours / peak; the target is >= 50%.
+Ratio: ours / peak, for the compiled step (compiled before timing; target >= 70%) and
+the eager reference step.
 """
 
 from __future__ import annotations
@@ -58,17 +59,24 @@ def rows(quick: bool = False, replicas: int = 16, steps: int | None = None) -> l
     resolved = resolved_for(steps, BATCH)
     stacked = StackedModel(models[0])
     peak = sgemm_peak()
-    t = timed(lambda: engine_run(stacked, models, data, resolved, list(range(replicas))))
+    seeds = list(range(replicas))
+    engine_run(stacked, models, data, resolved, seeds, "on")  # compile before timing
+    times = {side: timed(lambda side=side: engine_run(stacked, models, data, resolved, seeds, side))
+             for side in ("on", "off")}
     peak = max(peak, sgemm_peak())  # best of before and after: the machine may be shared
-    ours = replicas * steps * flops_per_replica_step() / t
-    return [{
-        "row": f"efficiency R={replicas} (LeNet-300-100, B={BATCH})",
-        "ours": f"{ours / 1e9:.1f} GFLOP/s",
-        "baseline": f"{peak / 1e9:.1f} GFLOP/s (sgemm 2048²)",
-        "ratio": f"{100 * ours / peak:.0f}% of peak",
-        "target": ">= 50%",
-        "met": "yes" if ours / peak >= 0.5 else "no",
-    }]
+    out = []
+    for side, t in times.items():
+        ours = replicas * steps * flops_per_replica_step() / t
+        out.append({
+            "row": f"efficiency R={replicas} (LeNet-300-100, B={BATCH}), "
+                   + ("compiled" if side == "on" else "eager"),
+            "ours": f"{ours / 1e9:.1f} GFLOP/s",
+            "baseline": f"{peak / 1e9:.1f} GFLOP/s (sgemm 2048²)",
+            "ratio": f"{100 * ours / peak:.0f}% of peak",
+            "target": ">= 70%" if side == "on" else "(reference)",
+            "met": ("yes" if ours / peak >= 0.7 else "no") if side == "on" else "-",
+        })
+    return out
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 Runs, as subprocesses of this Python (so imports and start-up are counted),
 ``stabilitylab record --out TMP --no-progress`` then
 ``stabilitylab analyze TMP --no-report --no-progress`` into a temporary folder and
-reports each wall time and their sum. Target: <= 4 min in total for the default study
-on 2 CPU cores. ``--quick`` shortens the study (300 steps, rewinds 0 and 100,
+reports each wall time. Targets for the default study on 2 idle CPU cores: record
+<= 60 s, analyze <= 15 s. ``--quick`` shortens the study (300 steps, rewinds 0 and 100,
 2 replicas); its time is reported but not held to the target.
 """
 
@@ -27,7 +27,7 @@ for _p in (str(_ROOT), str(_ROOT / "benchmarks")):
 from common import machine, print_table
 
 QUICK = ["training.steps='300it'", "study.rewinds=['0it','100it']", "study.replicas=2"]
-TARGET_S = 240.0
+TARGET_RECORD_S, TARGET_ANALYZE_S = 60.0, 15.0
 CLI = "import sys; from stabilitylab.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -48,13 +48,13 @@ def rows(quick: bool = False) -> list[dict]:
         store = str(Path(tmp) / "study.zarr")
         t_record = _run(["record", "--out", store, "--no-progress", *overrides])
         t_analyze = _run(["analyze", store, "--no-report", "--no-progress"])
-    total = t_record + t_analyze
+    met = t_record <= TARGET_RECORD_S and t_analyze <= TARGET_ANALYZE_S
     return [{
         "row": "end-to-end: default study" + (" (quick)" if quick else ""),
-        "ours": f"{total:.0f} s (record {t_record:.0f} s + analyze {t_analyze:.0f} s)",
+        "ours": f"record {t_record:.0f} s + analyze {t_analyze:.0f} s",
         "baseline": "-", "ratio": "-",
-        "target": "<= 4 min" + (" (full study only)" if quick else ""),
-        "met": "n/a" if quick else ("yes" if total <= TARGET_S else "no"),
+        "target": "record <= 60 s, analyze <= 15 s" + (" (full study only)" if quick else ""),
+        "met": "n/a" if quick else ("yes" if met else "no"),
     }]
 
 

@@ -21,11 +21,29 @@ import time
 import torch
 
 try:
-    from benchmarks.common import (machine, mlp, peak_rss_mb, plain_loop, print_table,
-                                   reset_peak_rss, rss_mb, synthetic_data, timed)
+    from benchmarks.common import (
+        machine,
+        mlp,
+        peak_rss_mb,
+        plain_loop,
+        print_table,
+        reset_peak_rss,
+        rss_mb,
+        synthetic_data,
+        timed,
+    )
 except ImportError:  # run as a script from benchmarks/
-    from common import (machine, mlp, peak_rss_mb, plain_loop, print_table, reset_peak_rss,
-                        rss_mb, synthetic_data, timed)
+    from common import (
+        machine,
+        mlp,
+        peak_rss_mb,
+        plain_loop,
+        print_table,
+        reset_peak_rss,
+        rss_mb,
+        synthetic_data,
+        timed,
+    )
 
 from stabilitylab.config import load_config, validate
 from stabilitylab.train.engine import GroupPlan, train_group

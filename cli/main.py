@@ -187,7 +187,10 @@ def _record(args) -> int:
     else:
         record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
                      rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
-    print(f"recorded study {cfg.study.name} to {out}")
+    from stabilitylab.train.step import compile_summary
+
+    compiled = compile_summary()
+    print(f"recorded study {cfg.study.name} to {out}" + (f" ({compiled})" if compiled else ""))
     return 0
 
 

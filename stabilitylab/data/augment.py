@@ -45,7 +45,7 @@ def random_flip_crop(x: torch.Tensor, generator: torch.Generator | None = None,
         raise ValueError(f"random_flip_crop expects (M, C, H, W), got shape {tuple(x.shape)}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
-    m, c, h, w = x.shape
+    m = x.shape[0]
     gdev = generator.device if generator is not None else torch.device("cpu")
     flip = torch.rand(m, generator=generator, device=gdev).lt(0.5).to(x.device)
     rows = torch.randint(0, 2 * padding + 1, (m,), generator=generator, device=gdev).to(x.device)

@@ -31,7 +31,7 @@ from stabilitylab.train.optim import fused_update
 
 log = logging.getLogger(__name__)
 
-from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: E402,F401 (re-exported)
+from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: F401 (re-exported)
 
 # ``auto`` compiles a group when its work is large enough to repay the compilation
 # (a new graph per replica count R; about 15-25 s on a 2-core CPU, a few seconds when
@@ -143,11 +143,22 @@ class FusedStep:
         seconds = time.perf_counter() - start
         self.compile_seconds += seconds
         self._seen.add(shape)
+        COMPILED.append((idx.shape[0], seconds))
         log.info("compiled the training step for R=%d in %.1f s", idx.shape[0], seconds)
         return out
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+COMPILED: list[tuple[int, float]] = []  # (replicas, seconds) of every compilation here
+
+
+def compile_summary(since: int = 0) -> str | None:
+    """One line on the compilations of this process since ``COMPILED[since]``, or None."""
+    done = COMPILED[since:]
+    if not done:
+        return None
+    sizes = ", ".join(f"R={r}" for r, _ in done)
+    return f"compiled the training step {len(done)}x ({sizes}) in {sum(s for _, s in done):.0f} s"
 
 
 def fused_step(stacked, training, *, augment=None, channels_last=False,

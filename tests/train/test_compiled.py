@@ -147,3 +147,18 @@ def test_compiled_store_is_bitwise_identical_from_run_to_run(tmp_path):
         stabilitylab.record_study(cfg, str(tmp_path / name), progress=False)
         stores.append(zarr.open_group(str(tmp_path / name), mode="r"))
     assert_same_store(*stores)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_matches_eager_on_cuda_batchnorm_conv2d():
+    """On CUDA the compiled step runs with CUDA graphs (mode="reduce-overhead")."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3)).cuda()
+    d = make_data(shape=(3, 8, 8))
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        setattr(d, name, getattr(d, name).cuda())
+    eager, compiled = train_both(model, d, resolved_for(steps=30), seeds=[1, 2, 3])
+    assert_agree(eager, compiled)
