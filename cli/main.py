@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                           "every ~10 s or 5%%)")
     rec.add_argument("--data-root", default=None, metavar="DIR",
                      help=DATA_ROOT_HELP + "; overrides data.root")
+    rec.add_argument("--dry-run", action="store_true",
+                     help="print the plan (groups, runs, recorded steps) and the estimated "
+                          "store size, memory and replica-steps; write nothing")
+    rec.add_argument("--max-store-gb", type=float, default=None, metavar="GB",
+                     help="refuse a study whose estimated uncompressed store exceeds GB "
+                          "(default 100)")
 
     ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
     ana.add_argument("store", help="path or fsspec URL of a store written by record")
@@ -244,21 +250,48 @@ def _record(args) -> int:
                                args.overrides)
     if args.data_root is not None:  # the user's flag; data.root is not part of the study id
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.data_root))
-    out = args.out or _default_out(cfg)
+    out = args.out if args.out is not None else _default_out(cfg)
+    if not out.strip():
+        raise StabilityLabError("--out: empty path; give a folder or URL for the store")
+    if args.dry_run:
+        return _dry_run(cfg, out, args)
+    if args.resume:
+        from stabilitylab.study.runner import nothing_to_resume
+
+        if nothing_to_resume(cfg, out):
+            print(f"{out} already holds the complete study {cfg.study.name}: nothing to do")
+            return 0
     progress = False if args.no_progress else None
     if args.scheduler:
         from stabilitylab.distributed import record_distributed
 
         record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
                            device=args.device, progress=progress,
-                           rewinds_per_task=args.rewinds_per_task)
+                           rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     else:
         record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
-                     rewinds_per_task=args.rewinds_per_task)
+                     rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     from stabilitylab.train.step import compile_summary
 
     compiled = compile_summary()
     print(f"recorded study {cfg.study.name} to {out}" + (f" ({compiled})" if compiled else ""))
+    return 0
+
+
+def _dry_run(cfg, out, args) -> int:
+    """``record --dry-run``: the plan and the estimates, then the limit checks; writes nothing."""
+    from stabilitylab.config import validate
+    from stabilitylab.study.estimate import estimate, plan_lines
+    from stabilitylab.study.runner import check_resources
+    from stabilitylab.study.tasks import check_rewinds_per_task
+
+    per_task = check_rewinds_per_task(args.rewinds_per_task)
+    resolved = validate(cfg)
+    print("\n".join([f"dry run: would record to {out}", *plan_lines(resolved, estimate(resolved, per_task),
+                                                                    per_task)]))
+    check_resources(cfg, out, resume=args.resume, device=args.device,
+                    rewinds_per_task=per_task, max_store_gb=args.max_store_gb)
+    print("limits: fits (nothing written)")
     return 0
 
 

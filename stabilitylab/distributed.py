@@ -33,7 +33,8 @@ GPU = "GPU"  # the Dask worker resource a cuda task asks for
 
 def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str | None = None,
                        progress: bool | None = None, storage_options: dict | None = None,
-                       rewinds_per_task: int | None = 0, retries: int = 1) -> str:
+                       rewinds_per_task: int | None = 0, retries: int = 1,
+                       max_store_gb: float | None = None) -> str:
     """Train and record the study ``cfg`` into ``out`` on a Dask cluster; return ``out``.
 
     Parameters
@@ -48,14 +49,19 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
         batched groups; 1 = one task per rewind point, the most parallel tasks).
     retries : extra tries for a task that raised (lost workers are retried by the
         scheduler regardless).
+    max_store_gb : refuse a study whose estimated uncompressed store is larger (as ``record``).
     """
     from stabilitylab.config import config_to_dict, study_id, validate
     from stabilitylab.store import StudyWriter
+    from stabilitylab.study.runner import check_resources
     from stabilitylab.study.tasks import check_rewinds_per_task, plan_tasks
 
     resolved = validate(cfg)
     per_task = check_rewinds_per_task(rewinds_per_task)
     url = _task_url(out)
+    half = check_resources(cfg, url, resume=resume, device=device if device != "auto" else "cpu",
+                           storage_options=storage_options, rewinds_per_task=per_task,
+                           max_store_gb=max_store_gb)
     if not resume:
         _refuse_existing(url, storage_options)  # before starting a cluster; create checks again
     wanted = str(device or cfg.study.device)
@@ -71,9 +77,10 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
 
         spec = client.submit(probe_task, cfg_dict, dev, key=f"{token}-probe", pure=False,
                              resources=resources).result()
-        if resume:
+        if resume and not half:
             writer = StudyWriter.resume(url, resolved, study_id=study_id(cfg),
-                                        storage_options=storage_options)
+                                        storage_options=storage_options,
+                                        optimizer_state_names=spec["optimizer_state_names"])
         else:
             writer = StudyWriter.create(url, resolved, storage_options=storage_options, **spec)
         try:
@@ -119,17 +126,15 @@ def _task_url(out) -> str:
 
 
 def _refuse_existing(url: str, storage_options: dict | None) -> None:
-    import fsspec
-
     from stabilitylab.errors import StoreError
+    from stabilitylab.store.schema import creation_state
 
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        exists = fs.exists(path.rstrip("/") + "/zarr.json")
+        state = creation_state(url, storage_options)
     except Exception:  # noqa: BLE001 - unreachable/unauthorized: StudyWriter.create says why
         return
-    if exists:
-        raise StoreError(f"a store already exists at {url}; use resume or another --out")
+    if state == "created":  # (a half-created one is replaced)
+        raise StoreError(f"a store already exists at {url}; use --resume or another --out")
 
 
 def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources, storage_options,

@@ -72,7 +72,13 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
     compiled = use_compiled_eval(calls, len(alphas), len(data.test_x))
     for kind, level, k in combos:
         reps = ctx.complete_replicas(kind, level, k)
-        finals = torch.from_numpy(ctx.final_weights(kind, level, k)).to(ctx.device)
+        final_np = ctx.final_weights(kind, level, k)
+        bad = [r for r in reps if not np.isfinite(final_np[r]).all()]
+        for r in bad:  # damaged or hostile content: NaN measures for its pairs, one line
+            log.warning("run (%s, %s, %s, %s) has non-finite final weights: its interpolation "
+                        "and aligned measures are NaN", kind, level, k, ctx.replicas[r])
+        reps = [r for r in reps if r not in bad]
+        finals = torch.from_numpy(final_np).to(ctx.device)
         for p, (a, b) in enumerate(ctx.pairs):
             if a not in reps or b not in reps:
                 continue

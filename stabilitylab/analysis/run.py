@@ -29,6 +29,7 @@ from stabilitylab.errors import StabilityLabError
 log = logging.getLogger(__name__)
 
 MEASURE_GROUPS = ("trajectory", "interpolation", "aligned", "replica", "gradient")
+MAX_ALPHAS = 10_000  # interpolation points: beyond this a value is a typo (memory, hours)
 MEASURE_GROUP = {  # each scalar measure -> the group of measures that computes it
     "data_order_l2": "trajectory", "data_order_angle": "trajectory",
     "mask_jaccard": "trajectory", "sign_flips": "trajectory", "early_bird": "trajectory",
@@ -133,6 +134,32 @@ def _absent_trajectory_measures(ctx, results: dict) -> list[str]:
     return absent
 
 
+def _partial_note(ctx, url) -> str:
+    """One line when runs are not finished yet (the analysis is then partial), else ''."""
+    from stabilitylab.store.schema import STATUS_DIVERGED, STATUS_INCOMPLETE
+
+    incomplete = int((ctx.status == STATUS_INCOMPLETE).sum())
+    dense = int(np.asarray(ctx.ds.dense_status.values).reshape(-1)[0])
+    if not incomplete and dense != STATUS_INCOMPLETE:
+        return ""
+    planned = int((ctx.status != 0).sum())
+    diverged = int((ctx.status == STATUS_DIVERGED).sum())
+    why = "they are not finished"
+    from stabilitylab.store.schema import local_path
+
+    path = local_path(url)
+    if path is not None:
+        from stabilitylab.store.lock import describe_owner, held_by_other
+
+        owner = held_by_other(path)
+        if owner is not None:
+            why = f"the store is still being written by {describe_owner(owner)}"
+    return (f"partial analysis: skipped {incomplete} of {planned} runs as incomplete ({why})"
+            + (f" and {diverged} diverged" if diverged else "")
+            + ("; the dense run is incomplete too" if dense == STATUS_INCOMPLETE else "")
+            + "; analyze again when record has finished to replace it")
+
+
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None,
                   trust_plugins: bool = False) -> dict:
@@ -146,9 +173,17 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     groups = measure_groups(measures)
     if alphas < 2:
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
+    if alphas > MAX_ALPHAS:
+        raise StabilityLabError(f"--alphas: at most {MAX_ALPHAS} interpolation points, got {alphas}")
     started = time.perf_counter()
+    from stabilitylab.store.validate import require_chunks
+
+    require_chunks(url, storage_options=storage_options)  # a lost chunk stops us, never zeros
     ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root,
                        trust_plugins=trust_plugins)
+    partial = _partial_note(ctx, url)
+    if partial:
+        log.warning("%s", partial)
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
@@ -198,7 +233,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     analysis.attrs.update({
         "threshold": THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
-        "skipped": list(ctx.skipped), "absent": absent,
+        "skipped": list(ctx.skipped), "absent": absent, "partial": bool(partial),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analysis_seconds": round(time.perf_counter() - started, 2),
     })

@@ -7,6 +7,7 @@ integers the engine uses.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from stabilitylab.config.schema import Config
@@ -124,8 +125,12 @@ def validate(cfg: Config) -> Resolved:
           f" got {d.num_samples}")
     _need(d.train_eval_size >= 1, f"data.train_eval_size: must be >= 1, got {d.train_eval_size}")
     _need(isinstance(m.name, str) and m.name != "", "model.name: must be a non-empty string")
+    _need(math.isfinite(p.fraction), f"pruning.fraction: must be a finite number, got {p.fraction}")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
     _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    for name in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "lookahead_alpha", "gamma"):
+        value = getattr(t, name)
+        _need(math.isfinite(value), f"training.{name}: must be a finite number, got {value}")
     _need(t.lr > 0, f"training.lr: must be > 0, got {t.lr}")
     _need(0.0 <= t.momentum < 1.0, f"training.momentum: must be in [0, 1), got {t.momentum}")
     _need(not t.nesterov or t.momentum > 0, "training.nesterov: needs training.momentum > 0")

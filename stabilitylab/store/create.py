@@ -16,9 +16,16 @@ from stabilitylab.store import schema as S
 def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[dict],
                 provenance: dict, runs: list, optimizer_state_names: list[str],
                 step_chunk: int | None, precision_bits: int | None,
-                storage_options: dict | None) -> zarr.Group:
-    """Check the arguments and the target, then create every array; returns the root group."""
+                storage_options: dict | None):
+    """Check the arguments and the target, then create every array.
+
+    Returns ``(root group, writer lock or None)``. Creation is recognisable until it
+    has finished: the root metadata is written first with ``created: false`` and set
+    to true only after the last array exists. A store left half-created (a kill or a
+    full disk during creation) is replaced here, by ``record`` as by ``record --resume``.
+    """
     where = S.describe(url)
+    S.check_url(url)
     P = _layout_size(param_layout, "param_layout")
     Q = _layout_size(buffer_layout, "buffer_layout")
     if P < 1:
@@ -31,22 +38,46 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
     cfg = resolved.config
     levels, rewinds = tuple(resolved.levels), tuple(resolved.rewinds)
     R = int(cfg.study.replicas)
+    level_idx, rewind_idx = _positions(levels), _positions(rewinds)
     for run in runs:
-        check_key(run, levels, rewinds, R)
+        check_key(run, level_idx, rewind_idx, R)
     if step_chunk is not None and int(step_chunk) < 1:
         raise ValueError(f"step_chunk: must be >= 1, got {step_chunk}")
     c = int(step_chunk) if step_chunk else S.default_step_chunk(len(resolved.record_steps), P)
-    _precheck_location(url, storage_options)
+    state = S.creation_state(url, storage_options)
+    _precheck_location(url, state)
 
     attrs = _root_attrs(resolved, provenance, param_layout, buffer_layout, precision_bits)
+    attrs["created"] = False
     store = S.open_store(url, read_only=False, storage_options=storage_options)
+    path = S.local_path(url) if not isinstance(url, zarr.abc.store.Store) else None
+    lock = None
     try:
+        if path is not None:
+            from stabilitylab.store.lock import acquire
+
+            path.mkdir(parents=True, exist_ok=True)
+            lock = acquire(path, where)
+            if S.creation_state(url) == "half":  # (again, now that we hold the lock)
+                _remove_half_store(path)
+            elif S.creation_state(url) != "none" or (path / "zarr.json").exists():
+                raise StoreError(f"a store already exists at {where}; use --resume or another --out")
+        elif state == "half":
+            from zarr.core.sync import sync
+
+            sync(store.delete_dir(""))
         with S.quiet():
-            group = zarr.open_group(store, mode="w-", use_consolidated=False, attributes=attrs)
+            group = zarr.open_group(store, mode="a" if path is not None else "w-",
+                                    use_consolidated=False, attributes=attrs)
     except FileExistsError:
-        raise StoreError(f"a store already exists at {where}; use resume or another --out") from None
+        _release(lock)
+        raise StoreError(f"a store already exists at {where}; use --resume or another --out") from None
     except OSError as e:
+        _release(lock)
         raise StoreError(f"cannot create store at {where}: {S.one_line(e)}") from None
+    except BaseException:
+        _release(lock)
+        raise
 
     coords = {
         "kind": np.array(S.KINDS, dtype=str),
@@ -81,34 +112,86 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
                 )
             status = np.zeros([sizes[d] for d in S.RUN_DIMS], dtype=np.int8)
             for run in runs:
-                status[_index(run, levels, rewinds)] = S.STATUS_INCOMPLETE
+                status[_index(run, level_idx, rewind_idx)] = S.STATUS_INCOMPLETE
             group["status"][...] = status
             group["dense_status"][...] = np.array([S.STATUS_INCOMPLETE], dtype=np.int8)
-            if 0 in levels:  # level-0 masks: everything kept
-                group["masks"][0, levels.index(0)] = True
-                group["density"][0, levels.index(0)] = 1.0
+            if 0 in level_idx:  # level-0 masks: everything kept
+                group["masks"][0, level_idx[0]] = True
+                group["density"][0, level_idx[0]] = 1.0
+            group.attrs.update({"created": True})  # last: the store now exists
     except OSError as e:
+        _release(lock)
         raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
-    return group
+    except BaseException:
+        _release(lock)
+        raise
+    return group, lock
+
+
+def check_target(url, storage_options: dict | None = None) -> str:
+    """The checks :func:`build_store` makes on its target before writing anything, for
+    callers that want them before slow work (loading data); returns the creation state."""
+    S.check_url(url)
+    state = S.creation_state(url, storage_options)
+    _precheck_location(url, state)
+    return state
+
+
+def _release(lock) -> None:
+    if lock is not None:
+        lock.release()
+
+
+def _remove_half_store(path) -> None:
+    """Delete what an interrupted creation wrote in ``path`` (which we hold the lock of):
+    our root metadata and temporary files, and the folders of our own arrays."""
+    import shutil
+
+    from stabilitylab.store.lock import LOCK_NAME
+
+    names = set(S.COORD_DTYPES) | {spec.name for spec in S.array_specs()}
+    for entry in path.iterdir():
+        name = entry.name
+        if name == LOCK_NAME:
+            continue
+        if name == "zarr.json" or (name.startswith("zarr.json.") and name.endswith(S.PARTIAL_SUFFIX)):
+            entry.unlink()
+        elif entry.is_dir() and not entry.is_symlink() and (
+                name in names or name.startswith(S.STATE_PREFIX)):
+            shutil.rmtree(entry)
+    left = [p.name for p in path.iterdir() if p.name != LOCK_NAME]
+    if left:
+        raise StoreError(f"cannot replace the half-created store at {path}: it also holds "
+                         f"{min(left)!r}, which stabilitylab did not write")
+
+
+def _positions(values) -> dict[int, int]:
+    return {int(v): i for i, v in enumerate(values)}
 
 
 _KEYS = {"name": "default", "configuration": {"separator": "/"}}
 
 
 def check_key(run, levels, rewinds, n_replicas: int) -> None:
+    """ValueError unless ``run`` is a key of this study. ``levels`` / ``rewinds`` are
+    dicts or sets (constant-time membership: a check over every run stays linear)."""
     try:
         kind, level, rewind, replica = run
     except (TypeError, ValueError):
         raise ValueError(f"run key must be (kind, level, rewind, replica), got {run!r}") from None
     if kind not in S.KINDS or int(level) not in levels or int(rewind) not in rewinds \
             or not 0 <= int(replica) < n_replicas:
-        raise ValueError(f"run {tuple(run)} is not in this study (kinds {S.KINDS}, levels {list(levels)}, "
-                         f"rewinds {list(rewinds)}, replicas 0..{n_replicas - 1})")
+        def listed(values):
+            values = sorted(values)
+            return str(values) if len(values) <= 10 else f"[{values[0]}, ..., {values[-1]}]"
+
+        raise ValueError(f"run {tuple(run)} is not in this study (kinds {S.KINDS}, levels "
+                         f"{listed(levels)}, rewinds {listed(rewinds)}, replicas 0..{n_replicas - 1})")
 
 
-def _index(run, levels, rewinds) -> tuple[int, int, int, int]:
+def _index(run, level_idx: dict, rewind_idx: dict) -> tuple[int, int, int, int]:
     kind, level, rewind, replica = run
-    return S.KINDS.index(kind), levels.index(int(level)), rewinds.index(int(rewind)), int(replica)
+    return S.KINDS.index(kind), level_idx[int(level)], rewind_idx[int(rewind)], int(replica)
 
 
 def _layout_size(layout: list[dict], what: str) -> int:
@@ -123,14 +206,19 @@ def _layout_size(layout: list[dict], what: str) -> int:
     return offset
 
 
-def _precheck_location(url, storage_options) -> None:
+def _precheck_location(url, state: str) -> None:
     """Fail before creating anything when a local target is unusable or already taken."""
-    path = S.local_path(url)
+    where = S.describe(url)
+    if state == "created":
+        raise StoreError(f"a store already exists at {where}; use --resume or another --out")
+    path = S.local_path(url) if not isinstance(url, zarr.abc.store.Store) else None
     if path is None:
         return  # remote: zarr's mode='w-' refuses an existing store
-    where = str(url)
+    if state == "half":
+        return  # an interrupted creation of ours: replaced
     if (path / "zarr.json").exists() or (path / ".zgroup").exists():
-        raise StoreError(f"a store already exists at {where}; use resume or another --out")
+        raise StoreError(f"a store already exists at {where}; use --resume or another --out")
+    _check_dotdot(path, where)
     if path.exists():
         if not path.is_dir() or any(path.iterdir()):
             raise StoreError(f"cannot create store at {where}: path exists and is not an empty directory")
@@ -146,6 +234,18 @@ def _precheck_location(url, storage_options) -> None:
         raise StoreError(f"cannot create store at {where}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise StoreError(f"cannot create store at {where}: {ancestor} is not writable")
+
+
+def _check_dotdot(path, where: str) -> None:
+    """A path like ``a/nosuch/../x.zarr``: ``nosuch`` does not exist, so the operating
+    system cannot resolve it, and creating folders along it would leave ``nosuch`` behind."""
+    parts = path.parts
+    for i, part in enumerate(parts):
+        if part == ".." and i > 0:
+            before = type(path)(*parts[:i])
+            if not before.exists():
+                raise StoreError(f"cannot create store at {where}: {before} does not exist "
+                                 "(a path cannot go through a missing folder and '..')")
 
 
 def _root_attrs(resolved, provenance: dict, param_layout, buffer_layout, precision_bits) -> dict:

@@ -33,10 +33,19 @@ def _open(store, where: str, group: str | None) -> xr.Dataset:
 
 def _root(url, storage_options):
     where = S.describe(url)
+    S.check_local_tree(url)  # no symlinks, FIFOs or devices: before zarr reads a byte
     store = S.open_store(url, read_only=True, storage_options=storage_options)
     root = S.open_root(store, mode="r")
     attrs = dict(root.attrs)
     S.check_ours(attrs, where)
+    # every chunk read later goes through a view that bounds its decoded size first
+    with S.quiet():
+        try:
+            limits = S.chunk_limits(root)
+        except Exception:  # noqa: BLE001 - damaged metadata: check_structure says what
+            limits = {}
+    store = S.BoundedStore(store, limits, where)
+    root = S.open_root(store, mode="r")
     return where, store, root, attrs
 
 

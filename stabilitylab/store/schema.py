@@ -236,10 +236,170 @@ def check_writable(url: Any, *, storage_options: dict | None = None) -> None:
                          "somewhere writable and analyze the copy") from None
 
 
+def check_url(url: Any) -> None:
+    """StoreError for a store location that cannot be meant: an empty path."""
+    if isinstance(url, (str, os.PathLike)) and not os.fspath(url).strip():
+        raise StoreError("store path is empty; give a folder or URL with --out")
+
+
+def check_local_tree(url: Any) -> None:
+    """Refuse a local store holding a symlink or a special file (FIFO, device, socket).
+
+    zarr would follow a chunk that is a symlink to ``/dev/zero`` until memory runs out,
+    and block forever on a FIFO. Only the store's own entries are checked: the store
+    folder itself may be a symlink. A no-op for non-local stores.
+    """
+    path = local_path(url) if not isinstance(url, zarr.abc.store.Store) else \
+        (Path(str(url.root)) if isinstance(url, zarr.storage.LocalStore) else None)
+    if path is None or not path.is_dir():
+        return
+    stack = [str(path)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            raise StoreError(f"cannot read store at {describe(url)}: {one_line(e)}") from None
+        for entry in entries:
+            if entry.is_symlink():
+                raise StoreError(f"{describe(url)}: {os.path.relpath(entry.path, path)} is a "
+                                 "symbolic link (refused: a store holds plain files only)")
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif not entry.is_file(follow_symlinks=False):
+                raise StoreError(f"{describe(url)}: {os.path.relpath(entry.path, path)} is not a "
+                                 "regular file (refused: FIFOs, devices and sockets are never read)")
+
+
+# -- creation state ------------------------------------------------------------------
+
+# zarr's LocalStore temporary file of one write: "<name>.<uuid4 hex>.partial"
+PARTIAL_SUFFIX = ".partial"
+
+
+def creation_state(url: Any, storage_options: dict | None = None) -> str:
+    """``"none"`` (nothing there, or an empty folder), ``"half"`` (a stabilitylab store
+    whose creation never finished: ``created`` is false, or only a temporary root
+    metadata file), ``"created"`` (a finished creation, or a store from before the
+    ``created`` marker) or ``"other"`` (something else: not ours, unreadable)."""
+    path = local_path(url) if not isinstance(url, zarr.abc.store.Store) else None
+    if path is not None:
+        if not path.exists():
+            return "none"
+        if not path.is_dir():
+            return "other"
+        names = [p.name for p in path.iterdir()]
+        if not names:
+            return "none"
+        if "zarr.json" not in names:
+            from stabilitylab.store.lock import LOCK_NAME
+
+            ours = [n for n in names if n == LOCK_NAME
+                    or (n.startswith("zarr.json.") and n.endswith(PARTIAL_SUFFIX))]
+            return "half" if len(ours) == len(names) else "other"
+    try:
+        with quiet():
+            group = zarr.open_group(open_store(url, read_only=True, storage_options=storage_options),
+                                    mode="r", use_consolidated=False)
+        attrs = dict(group.attrs)
+    except Exception:  # noqa: BLE001 - nothing there, not a group, unreadable
+        return "none" if path is None else "other"
+    if attrs.get("schema") != SCHEMA:
+        return "other"
+    return "half" if attrs.get("created") is False else "created"
+
+
+# -- decoded-size bound ----------------------------------------------------------------
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def declared_size(codec: str, raw: bytes) -> int | None:
+    """The decoded size a blosc or zstd stream declares in its header (None: unknown)."""
+    if codec in ("blosc", "numcodecs.blosc"):
+        return int.from_bytes(raw[4:8], "little") if len(raw) >= 16 else None
+    if codec in ("zstd", "numcodecs.zstd"):
+        if len(raw) < 5 or raw[:4] != _ZSTD_MAGIC:
+            return None
+        fhd = raw[4]
+        fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+        pos = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+        size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+        if size == 0 or len(raw) < pos + size:
+            return None
+        value = int.from_bytes(raw[pos:pos + size], "little")
+        return value + 256 if size == 2 else value
+    return None
+
+
+class BoundedStore(zarr.storage.WrapperStore):
+    """A read-only view that refuses a chunk whose compressed stream declares a decoded
+    size beyond what the array's chunk shape and dtype can hold, before anything is
+    decompressed (a decompression bomb: a few KB that inflate to GiB)."""
+
+    def __init__(self, store, limits: dict | None = None, where: str = ""):
+        super().__init__(store)
+        self._limits = limits or {}
+        self._where = where
+
+    def _with_store(self, store):
+        return type(self)(store, self._limits, self._where)
+
+    async def get(self, key, prototype, byte_range=None):
+        buf = await self._store.get(key, prototype, byte_range)
+        if buf is not None and byte_range is None and "/c/" in "/" + key:
+            name, _, chunk = ("/" + key).rpartition("/c/")
+            limit = self._limits.get(name.strip("/"))
+            if limit is not None:
+                self._check(name.strip("/"), chunk, buf, *limit)
+        return buf
+
+    def _check(self, name: str, chunk: str, buf, nbytes: int, codec: str, tail: int) -> None:
+        n = len(buf)
+        try:  # the header only: no copy of the whole chunk
+            head = bytes(buf.as_numpy_array()[:min(32, max(n - tail, 0))])
+        except Exception:  # noqa: BLE001 - a buffer type without a host view
+            head = buf.to_bytes()[:min(32, max(n - tail, 0))]
+        size = declared_size(codec, head)
+        if size is None:
+            raise StoreError(f"{self._where}: array {name!r} chunk {chunk} does not declare its "
+                             "decoded size (refused: it could inflate without bound)")
+        if size > nbytes:
+            raise StoreError(f"{self._where}: array {name!r} chunk {chunk} declares {size} decoded "
+                             f"bytes, more than its chunk shape holds ({nbytes}); refused")
+
+
+def chunk_limits(group: zarr.Group, prefix: str = "") -> dict:
+    """``{array path: (max decoded bytes, compressor, checksum bytes)}`` for every array
+    below ``group`` whose chain ends in blosc or zstd (optionally then crc32c)."""
+    out = {}
+    for name, arr in group.arrays():
+        meta = arr.metadata.to_dict()
+        dt = meta.get("data_type")
+        try:
+            itemsize = np.dtype(str(dt if not isinstance(dt, dict) else dt.get("name"))).itemsize
+        except TypeError:
+            continue  # strings: variable length, no fixed bound
+        if not itemsize:
+            continue
+        names = [str(c.get("name", "")) if isinstance(c, dict) else "" for c in meta.get("codecs", ())]
+        tail = 0
+        if names and names[-1] == "crc32c":
+            names, tail = names[:-1], 4
+        if not names or names[-1] not in ("blosc", "zstd", "numcodecs.blosc", "numcodecs.zstd"):
+            continue
+        shape = arr.chunks
+        out[prefix + name] = (int(np.prod(shape, dtype=np.int64)) * itemsize, names[-1], tail)
+    for name, sub in group.groups():
+        out.update(chunk_limits(sub, f"{prefix}{name}/"))
+    return out
+
+
 def open_store(url: Any, *, read_only: bool, storage_options: dict | None = None):
     """A zarr Store for a local path, ``file://`` / fsspec URL, or a Store passed through."""
     if isinstance(url, zarr.abc.store.Store):
         return url
+    check_url(url)
     path = local_path(url)
     if path is not None:
         if storage_options:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import zarr
@@ -231,10 +232,67 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
                 f"{where}: array {spec.name!r} has shape {tuple(arr.shape)}, but its coordinates give {shape}"
             )
     for name, dim in (("param_layout", "param"), ("buffer_layout", "buffer")):
-        total = sum(int(e["size"]) for e in attrs[name])
-        if total != sizes[dim]:
-            raise StoreError(f"{where}: {name} covers {total} values but dim {dim!r} has {sizes[dim]}")
+        _check_layout(attrs[name], name, sizes[dim], dim, where)
+    _check_coordinates(group, where, attrs, sizes)
     return sizes
+
+
+def _check_layout(layout: list, name: str, n: int, dim: str, where: str) -> None:
+    """Entries back to back from offset 0, each ``size`` = prod(``shape``), summing to ``n``."""
+    offset = 0
+    for i, e in enumerate(layout):
+        shape, size, at = e.get("shape"), e.get("size"), e.get("offset")
+        ints = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                               and d >= 0 for d in shape)
+        if not (ints and isinstance(size, int) and isinstance(at, int)) \
+                or size != int(np.prod(shape, dtype=object)):
+            raise StoreError(f"{where}: {name}[{i}] needs an integer shape, offset and size = "
+                             "prod(shape)")
+        if at != offset:
+            raise StoreError(f"{where}: {name}[{i}] starts at offset {at}, expected {offset} "
+                             "(entries must be contiguous, in order, without overlap)")
+        offset += size
+    if offset != n:
+        raise StoreError(f"{where}: {name} covers {offset} values but dim {dim!r} has {n}")
+
+
+def _study_T(attrs: dict) -> int | None:
+    """The training length T the store's config resolves to, or None if it does not resolve."""
+    try:
+        from stabilitylab.config import config_from_dict, validate
+
+        return int(validate(config_from_dict(json.loads(attrs["config"]))).total_steps)
+    except Exception:  # noqa: BLE001 - a config of another version / damaged: checked elsewhere
+        return None
+
+
+def _check_coordinates(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, int]) -> None:
+    """Integer coordinates in strictly increasing order; ``level`` 0..L, ``replica`` 0..R-1;
+    ``step`` holds 0, every rewind point and T."""
+    coords = {}
+    with S.reading(where):
+        for dim in ("level", "rewind", "replica", "step", "log_step", "eval_step"):
+            coords[dim] = np.asarray(group[dim][:], dtype=np.int64)
+    for dim, v in coords.items():
+        if v.size > 1 and not (np.diff(v) > 0).all():
+            raise StoreError(f"{where}: coordinate {dim!r} is not sorted and unique")
+    for dim in ("level", "replica"):
+        if not np.array_equal(coords[dim], np.arange(coords[dim].size)):
+            raise StoreError(f"{where}: coordinate {dim!r} must be 0..{coords[dim].size - 1}")
+    steps = coords["step"]
+    if steps.size == 0:
+        return
+    T = _study_T(attrs)
+    need = [0, *coords["rewind"].tolist()] + ([T] if T is not None else [])
+    present = np.isin(need, steps)
+    if not present.all():
+        first = need[int(np.argmin(present))]
+        what = "0" if first == 0 else ("T" if T is not None and first == T and first not in
+                                       coords["rewind"] else "rewind point")
+        raise StoreError(f"{where}: step coordinate lacks {what} {first} (it must hold 0, every "
+                         "rewind point and T)")
+    if T is not None and int(steps[-1]) != T:
+        raise StoreError(f"{where}: step coordinate runs to {int(steps[-1])}, past T={T}")
 
 
 def _chunk_exists(arr, index: tuple[int, ...]) -> bool | None:
@@ -258,7 +316,7 @@ def check_store(group: zarr.Group, where: str, attrs: dict) -> dict[str, int]:
     (status values, final chunks of complete runs); returns the dim sizes."""
     sizes = check_structure(group, where, attrs)
     with S.quiet(), S.reading(where):
-        _check_contents(group, where, attrs, sizes)
+        check_contents(group, where, attrs, sizes)
     return sizes
 
 
@@ -269,15 +327,36 @@ def validate(url, *, storage_options: dict | None = None, deep: bool = False) ->
     included): slow on a big store, but it finds truncated or corrupt chunks.
     """
     where = S.describe(url)
+    S.check_url(url)
+    S.check_local_tree(url)  # no symlinks, FIFOs or devices: before zarr reads a byte
     group = S.open_root(url, mode="r", storage_options=storage_options)
     attrs = dict(group.attrs)
     S.check_ours(attrs, where)
     sizes = check_structure(group, where, attrs)
     with S.quiet(), S.reading(where):
-        notes = _check_contents(group, where, attrs, sizes)
-        if deep:
-            notes.append(f"{_check_chunks(group, where)} chunks decoded")
+        notes = check_contents(group, where, attrs, sizes)
+        if deep:  # every chunk through a view that bounds its decoded size first
+            store = S.BoundedStore(S.open_store(url, read_only=True, storage_options=storage_options),
+                                   S.chunk_limits(group), where)
+            bounded = S.open_root(store, mode="r")
+            notes.append(f"{_check_chunks(bounded, where)} chunks decoded")
     return notes
+
+
+def require_chunks(url, *, storage_options: dict | None = None) -> None:
+    """StoreError (one line naming the array and the run) unless every chunk a finished run
+    needs is stored; what ``analyze`` checks before it reads anything."""
+    where = S.describe(url)
+    S.check_local_tree(url)
+    group = S.open_root(url, mode="r", storage_options=storage_options)
+    attrs = dict(group.attrs)
+    S.check_ours(attrs, where)
+    sizes = check_structure(group, where, attrs)
+    with S.quiet(), S.reading(where):
+        missing = missing_chunks(group, attrs, sizes)
+    if missing:
+        more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
+        raise StoreError(f"{where}: {missing[0].text}{more}")
 
 
 def _check_chunks(group: zarr.Group, where: str, prefix: str = "") -> int:
@@ -292,11 +371,17 @@ def _check_chunks(group: zarr.Group, where: str, prefix: str = "") -> int:
                 arr[...]
                 n += int(np.prod([len(g) for g in grid]))
                 continue
+            except StoreError:
+                S.settle_zarr_tasks()
+                raise
             except Exception:  # noqa: BLE001
                 S.settle_zarr_tasks()
         for block in itertools.product(*grid):
             try:
                 arr.get_block_selection(block)
+            except StoreError:
+                S.settle_zarr_tasks()
+                raise
             except Exception as e:  # noqa: BLE001 - checksum, codec, truncation, I/O
                 S.settle_zarr_tasks()
                 raise StoreError(f"{where}: array {prefix + name!r} chunk {list(block)} is unreadable: "
@@ -340,7 +425,13 @@ def _check_originals(group: zarr.Group, where: str) -> None:
                 raise StoreError(f"{where}: metadata of array {name!r} (zarr.json) is damaged")
 
 
-def _check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, int]) -> list[str]:
+def check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, int], *,
+                   chunks: bool = True) -> list[str]:
+    """Coordinates stored, status values in range, ``created`` / ``complete`` consistent and
+    (``chunks``) every chunk a finished run needs present. Returns the summary lines."""
+    if attrs.get("created") is False:
+        raise StoreError(f"{where}: incomplete store: its creation was interrupted (record or "
+                         "record --resume replaces it)")
     for dim in S.COORD_DTYPES:  # (a length-1 coordinate [0] equals the fill value: not stored)
         if sizes[dim] > 1 and _chunk_exists(group[dim], (0,)) is False:
             raise StoreError(f"{where}: coordinate {dim!r} has no data (its chunk is missing)")
@@ -350,19 +441,11 @@ def _check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str,
     if bad.size or not 0 <= dense <= 3:
         value = int(bad.flat[0]) if bad.size else dense
         raise StoreError(f"{where}: status value {value} out of range (0 absent .. 3 diverged)")
-
-    n_steps = sizes["step"]
-    if n_steps:
-        weights, last = group["weights"], n_steps - 1
-        for idx in zip(*np.nonzero(status == S.STATUS_COMPLETE)):
-            if _chunk_exists(weights, tuple(int(i) for i in idx) + (last, 0)) is False:
-                kind, level, rewind, replica = (group[d][int(i)] for d, i in zip(S.RUN_DIMS, idx))
-                raise StoreError(
-                    f"{where}: run ({kind}, {level}, {rewind}, {replica}) is marked complete "
-                    "but its final-step weights were never written"
-                )
-        if dense == S.STATUS_COMPLETE and _chunk_exists(group["dense_weights"], (last, 0)) is False:
-            raise StoreError(f"{where}: the dense run is marked complete but its final-step weights are missing")
+    if chunks:
+        missing = missing_chunks(group, attrs, sizes)
+        if missing:
+            more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
+            raise StoreError(f"{where}: {missing[0].text}{more}")
 
     planned = int((status != S.STATUS_ABSENT).sum())
     done = int(np.isin(status, S.DONE).sum())
@@ -380,3 +463,144 @@ def _check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str,
     if "analysis" in dict(group.groups()):
         notes.append("analysis group present")
     return notes
+
+
+# -- which chunks a finished run must have ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Missing:
+    """A chunk that must be stored but is not."""
+
+    array: str
+    chunk: tuple[int, ...]
+    index: tuple | None  # (kind, level, rewind, replica) positions; replica None: a mask; None: dense
+    text: str  # one line naming the array and the run
+
+    @property
+    def run(self):
+        return self.index
+
+
+def _stored_chunks(arr) -> set[tuple[int, ...]] | None:
+    """Chunk indices stored for ``arr`` (one listing of a local store), or None: then each
+    needed chunk is asked for by key."""
+    meta = _meta(arr)
+    enc = meta.get("chunk_key_encoding", {})
+    if enc.get("name") != "default" or enc.get("configuration", {}).get("separator", "/") != "/":
+        return None
+    store = arr.store
+    while isinstance(store, zarr.storage.WrapperStore):
+        store = store._store
+    if not isinstance(store, zarr.storage.LocalStore):
+        return None  # listings over HTTP (and some object stores) can be partial: ask per key
+    path = arr.path.strip("/")
+    prefix = f"{path}/c/" if path else "c/"
+    try:
+        from zarr.core.sync import sync
+
+        async def collect():
+            return [k async for k in arr.store.list_prefix(prefix)]
+
+        keys = sync(collect())
+    except Exception:  # noqa: BLE001 - HTTP cannot list; internal API moved
+        return None
+    out = set()
+    for key in keys:
+        try:
+            out.add(tuple(int(i) for i in key[len(prefix):].split("/")))
+        except ValueError:
+            continue  # a temporary file, not a chunk
+    return out
+
+
+def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> list[Missing]:
+    """Every chunk a complete run (status 2) or the complete dense run must have, and lacks.
+
+    The set is fixed by the schema: a complete run wrote its ``weights`` chunks from the one
+    holding its rewind step to the last, its final buffers and its (kind, level, rewind)
+    mask; the complete dense run wrote every ``dense_weights`` chunk, the ``rewind_state_*``
+    and ``rewind_buffers`` chunks. (Metrics are NaN-filled, so a lost metric chunk reads as
+    NaN, never as a plausible number; they are not in the set.) The status is written only after all of them, so it commits
+    this set. Writers store a chunk even when it equals the fill value; stores from before
+    that (no ``created`` attribute) are checked on the arrays that are never all-fill.
+    """
+    status = np.asarray(group["status"][...])
+    dense = int(group["dense_status"][0])
+    marker = "created" in attrs
+    arrays = dict(group.arrays())
+    coord = {d: [int(v) for v in group[d][:]] if sizes[d] else [] for d in
+             ("level", "rewind", "replica", "step")}
+    out: list[Missing] = []
+    listed: dict[str, set | None] = {}
+
+    def have(name: str, chunk: tuple[int, ...]) -> bool:
+        if name not in listed:
+            listed[name] = _stored_chunks(arrays[name])
+        chunks = listed[name]
+        if chunks is None:
+            arr = arrays[name]
+            if _chunk_exists(arr, tuple(c * n for c, n in zip(chunk, arr.chunks))) is not False:
+                return True
+            # some filesystems answer "no" on any error (fsspec's HTTP exists): confirm by a read
+            path = arr.path.strip("/")
+            key = "/".join([path, "c", *map(str, chunk)]) if path else "/".join(["c", *map(str, chunk)])
+            return _read_key(group, key) is not False
+        return chunk in chunks
+
+    def label(idx) -> str:
+        k, lv, r, p = idx
+        return (f"run ({S.KINDS[k]}, {coord['level'][lv]}, {coord['rewind'][r]}, "
+                f"{coord['replica'][p]})")
+
+    n_steps = sizes["step"]
+    # (metrics are NaN-filled: a lost metric chunk reads as NaN, never as a wrong number)
+    per_run = ["final_buffers"] if sizes["buffer"] and marker else []
+    if n_steps:
+        c = int(arrays["weights"].chunks[4])
+        steps = np.asarray(coord["step"])
+        first = {r: int(np.searchsorted(steps, k)) // c for r, k in enumerate(coord["rewind"])}
+        last = (n_steps - 1) // c
+    masks_seen: set = set()
+    for idx in zip(*np.nonzero(status == S.STATUS_COMPLETE)):
+        idx = tuple(int(i) for i in idx)
+        if n_steps:
+            for j in range(first[idx[2]], last + 1):
+                if not have("weights", idx + (j, 0)):
+                    out.append(Missing("weights", idx + (j, 0), idx,
+                                       f"{label(idx)} is marked complete but array 'weights' "
+                                       f"lacks its chunk {list(idx + (j, 0))}"))
+                    break
+        if sizes["param"] and idx[:3] not in masks_seen:
+            masks_seen.add(idx[:3])
+            if not have("masks", idx[:3] + (0,)):
+                k, lv, r = idx[:3]
+                out.append(Missing("masks", idx[:3] + (0,), idx[:3] + (None,),
+                                   f"{label(idx)} is marked complete but array 'masks' lacks the "
+                                   f"chunk of ({S.KINDS[k]}, level {coord['level'][lv]}, rewind "
+                                   f"{coord['rewind'][r]})"))
+        if marker:
+            for name in per_run:
+                chunk = idx + (0,) * (arrays[name].ndim - 4)
+                if not have(name, chunk):
+                    out.append(Missing(name, chunk, idx, f"{label(idx)} is marked complete but "
+                                       f"array {name!r} lacks its chunk {list(chunk)}"))
+                    break
+    if dense == S.STATUS_COMPLETE:
+        names = ["dense_weights"] if n_steps else []
+        names += [n for n in arrays if n.startswith(S.STATE_PREFIX)
+                  and (marker or n == S.STATE_PREFIX + "weights")]
+        if marker and sizes["buffer"]:
+            names += ["rewind_buffers", "dense_final_buffers"]
+        for name in names:
+            arr = arrays[name]
+            if 0 in arr.shape:
+                continue
+            grid = [range(-(-s // ch)) for s, ch in zip(arr.shape, arr.chunks)]
+            import itertools
+
+            for chunk in itertools.product(*grid):
+                if not have(name, chunk):
+                    out.append(Missing(name, chunk, None, f"the dense run is marked complete but "
+                                       f"array {name!r} lacks its chunk {list(chunk)}"))
+                    break
+    return out

@@ -5,7 +5,11 @@ to one background thread through a bounded queue, so the training thread blocks
 on I/O only when that queue is full. Every other write goes through the same
 queue, in order. An error in the writer thread is re-raised as a one-line
 :class:`StoreError` at the next call. ``finish_run`` writes a run's status only
-after its data is on the store (crash safety).
+after its data is on the store (crash safety), and every chunk written is stored (also
+an all-fill one), so the chunks a finished run has are fixed by the chunk grid and a
+lost one is found (:func:`stabilitylab.store.validate.missing_chunks`). ``create`` and
+``resume`` take the store's single-writer lock (:mod:`stabilitylab.store.lock`) on a
+local store; ``close`` releases it.
 """
 
 from __future__ import annotations
@@ -79,15 +83,21 @@ class _Worker:
 class StudyWriter:
     """Writes one study store. Use :meth:`create` or :meth:`resume`, not the constructor."""
 
-    def __init__(self, group: zarr.Group, where: str):
+    def __init__(self, group: zarr.Group, where: str, lock=None):
         self._g = group
         self._where = where
+        self._lock = lock
         with S.quiet(), S.reading(where):
             names = [n for n, _ in group.arrays()]
             self._state_names = sorted(
                 n[len(S.STATE_PREFIX):] for n in names if n.startswith(S.STATE_PREFIX))
-            self._a = {spec.name: group[spec.name] for spec in S.array_specs(self._state_names)
-                       if spec.name in names or spec.name not in S.LATER_ARRAYS}
+            # Every chunk a run writes is stored, fill-valued or not (zarr skips all-fill
+            # chunks by default): the chunks a finished run must have are then fixed by the
+            # chunk grid, and validate / resume / analyze can tell a deleted one from one
+            # never written. Only reset_run drops chunks (through the plain views).
+            self._plain = {spec.name: group[spec.name] for spec in S.array_specs(self._state_names)
+                           if spec.name in names or spec.name not in S.LATER_ARRAYS}
+            self._a = {n: a.with_config({"write_empty_chunks": True}) for n, a in self._plain.items()}
             coord = {d: group[d][:] for d in ("level", "rewind", "replica", "step", "log_step", "eval_step")}
         self._level_idx = {int(v): i for i, v in enumerate(coord["level"])}
         self._rewind_idx = {int(v): i for i, v in enumerate(coord["rewind"])}
@@ -104,7 +114,7 @@ class StudyWriter:
         self._worker = _Worker()
         self._closed = False
         # a writer dropped without close() (or alive at exit): finish what is queued, then stop
-        weakref.finalize(self, _Worker.stop, self._worker, 60.0)
+        weakref.finalize(self, _stop, self._worker, lock)
 
     # -- opening ---------------------------------------------------------------
 
@@ -114,18 +124,26 @@ class StudyWriter:
                step_chunk: int | None = None, precision_bits: int | None = None,
                storage_options: dict | None = None) -> StudyWriter:
         """Create a new, pre-sized store. StoreError if one exists or url is not writable."""
-        group = build_store(
+        group, lock = build_store(
             url, resolved, param_layout=param_layout, buffer_layout=buffer_layout,
             provenance=provenance, runs=runs, optimizer_state_names=optimizer_state_names,
             step_chunk=step_chunk, precision_bits=precision_bits, storage_options=storage_options)
-        return cls(group, S.describe(url))
+        return cls(group, S.describe(url), lock)
 
     @classmethod
-    def resume(cls, url, resolved, *, study_id: str, storage_options: dict | None = None) -> StudyWriter:
-        """Reopen an existing store of the same study for resuming."""
-        from stabilitylab.store.validate import check_store
+    def resume(cls, url, resolved, *, study_id: str, storage_options: dict | None = None,
+               optimizer_state_names: list[str] | None = None) -> StudyWriter:
+        """Reopen an existing store of the same study for resuming.
+
+        Runs whose chunks are missing (deleted, lost) are marked incomplete, with
+        everything that depends on them, so they are retrained instead of read as zeros.
+        ``optimizer_state_names`` (the config's) must match the store's, if given.
+        """
+        from stabilitylab.store.validate import check_contents, missing_chunks
 
         where = S.describe(url)
+        S.check_url(url)
+        S.check_local_tree(url)
         # every check on a read-only view first: a refused resume writes nothing (opening a
         # local path read-write would already create the folder)
         group = S.open_root(url, mode="r", storage_options=storage_options, use_consolidated=False)
@@ -135,7 +153,22 @@ class StudyWriter:
             raise StoreError(
                 f"store at {where} holds study {attrs.get('study_id')}, not {study_id}; use another --out"
             )
-        check_store(group, where, attrs)  # structure, status values, final chunks
+        if attrs.get("created") is False:
+            raise StoreError(f"store at {where} is incomplete: its creation was interrupted; "
+                             "record (or record --resume) replaces it")
+        from stabilitylab.store.validate import check_structure
+
+        sizes = check_structure(group, where, attrs)
+        with S.quiet(), S.reading(where):
+            check_contents(group, where, attrs, sizes, chunks=False)
+        if optimizer_state_names is not None:
+            with S.quiet():
+                have = sorted(n[len(S.STATE_PREFIX):] for n, _ in group.arrays()
+                              if n.startswith(S.STATE_PREFIX))
+            want = sorted(S.state_list(optimizer_state_names))
+            if have != want:
+                raise StoreError(f"store at {where} holds optimizer states {have}, but this config's "
+                                 f"optimizer has {want}; use another --out")
         expect = {
             "level": resolved.levels, "rewind": resolved.rewinds,
             "replica": tuple(range(resolved.config.study.replicas)), "step": resolved.record_steps,
@@ -148,13 +181,31 @@ class StudyWriter:
                 raise StoreError(
                     f"store at {where} was sized for a different schedule ({dim} differs); use another --out"
                 )
-        group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
+        lock = None
+        path = S.local_path(url) if not isinstance(url, zarr.abc.store.Store) else None
+        if path is not None:
+            from stabilitylab.store.lock import acquire
+
+            lock = acquire(path, where)
         try:
+            with S.quiet(), S.reading(where):
+                missing = missing_chunks(group, attrs, sizes)
+            group = S.open_root(url, mode="r+", storage_options=storage_options,
+                                use_consolidated=False)
             group.attrs.update({"complete": False})  # also drops stale consolidated metadata
-            _remove_partial_files(url)
+            if lock is not None:
+                _remove_partial_files(path, before=lock.acquired_at)
+            if missing:
+                _mark_for_retraining(group, where, missing)
         except OSError as e:
+            if lock is not None:
+                lock.release()
             raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
-        return cls(group, where)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(group, where, lock)
 
     # -- status ----------------------------------------------------------------
 
@@ -370,7 +421,7 @@ class StudyWriter:
         for m in S.LOG_METRICS + S.EVAL_METRICS:
             self._submit(a[m], idx + (slice(None),), np.float32(np.nan))
         self._submit(a["final_buffers"], idx + (slice(None),), np.float32(0))
-        self._submit(a["weights"], idx + (slice(None), slice(None)), np.float32(0))  # drops chunks
+        self._submit(self._plain["weights"], idx + (slice(None), slice(None)), np.float32(0))  # drops chunks
         self._sync()
 
     def flush(self) -> None:
@@ -393,6 +444,8 @@ class StudyWriter:
             self._worker.barrier()
             self._worker.stop()
             self._closed = True
+        if self._worker.error is not None:
+            self._release()
         self._raise_worker_error()
         complete = False
         if consolidate:
@@ -406,8 +459,15 @@ class StudyWriter:
                 with S.quiet():
                     zarr.consolidate_metadata(self._g.store, path=self._g.path or None)
             except OSError as e:
+                self._release()
                 raise StoreError(f"cannot write store at {self._where}: {S.one_line(e)}") from None
+        self._release()
         return complete
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -450,7 +510,7 @@ class StudyWriter:
             raise ValueError(f"rewind {rewind} is not a rewind point of this study") from None
 
     def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
-        check_key(run, tuple(self._level_idx), tuple(self._rewind_idx), self.n_replicas)
+        check_key(run, self._level_idx, self._rewind_idx, self.n_replicas)
         kind, level, rewind, replica = run
         return (S.KINDS.index(kind), self._level_idx[int(level)], self._rewind_idx[int(rewind)], int(replica))
 
@@ -479,14 +539,59 @@ def write_analysis(url, analysis, *, storage_options: dict | None = None) -> Non
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 
-def _remove_partial_files(url) -> None:
-    """Delete the temporary files an interrupted run left in a local store."""
-    path = S.local_path(url)
-    if path is None or not path.is_dir():
+def _remove_partial_files(path, *, before: float) -> None:
+    """Delete the temporary files an interrupted writer left in a local store.
+
+    Called with the writer lock held, and only for files last modified before we took
+    it: no live writer can own them (a writer holds the lock for as long as it writes).
+    """
+    if not path.is_dir():
         return
     for p in path.rglob("*.partial"):
-        if _PARTIAL.fullmatch(p.name) and p.is_file():
+        try:
+            stale = _PARTIAL.fullmatch(p.name) and p.is_file() and p.stat().st_mtime <= before
+        except OSError:
+            continue
+        if stale:
             p.unlink(missing_ok=True)
+
+
+def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
+    """Mark incomplete every run a missing chunk belongs to, and every run that depends on it."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    status = np.asarray(group["status"][...])
+    dense = int(group["dense_status"][0])
+    [int(v) for v in group["level"][:]]
+    before = status.copy()
+    for m in missing:
+        if m.run is None:  # the dense run (W_k, optimizer states, its trajectory): everything
+            dense = S.STATUS_INCOMPLETE
+            status[np.isin(status, S.DONE)] = S.STATUS_INCOMPLETE
+            continue
+        k, lv, r, p = m.index
+        if p is None:  # masks / density of (kind, level, rewind): all its replicas
+            status[k, lv, r][np.isin(status[k, lv, r], S.DONE)] = S.STATUS_INCOMPLETE
+            continue
+        status[k, lv, r, p] = S.STATUS_INCOMPLETE
+        if S.KINDS[k] == "imp" and p == 0:  # later levels' masks come from its final weights
+            later = status[:, lv + 1:, r]
+            later[np.isin(later, S.DONE)] = S.STATUS_INCOMPLETE
+    n = int((np.isin(before, S.DONE) & ~np.isin(status, S.DONE)).sum())
+    what = f"{n} run{'' if n == 1 else 's'}"
+    if dense == S.STATUS_INCOMPLETE and int(group["dense_status"][0]) in S.DONE:
+        what += " and the dense run"
+    more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
+    log.warning("%s: %s%s; retraining %s", where, missing[0].text, more, what)
+    group["status"][...] = status
+    group["dense_status"][0] = np.int8(dense)
+
+
+def _stop(worker: _Worker, lock) -> None:
+    worker.stop(60.0)
+    if lock is not None:
+        lock.release()
 
 
 def _status_code(status: str) -> int:

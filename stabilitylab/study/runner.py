@@ -36,12 +36,17 @@ class StudyRunner:
     """Trains one study into one store. Use :func:`record_study`."""
 
     def __init__(self, cfg, out, *, resume=False, device=None, progress=None,
-                 storage_options=None, rewinds_per_task: int | None = 0):
+                 storage_options=None, rewinds_per_task: int | None = 0,
+                 max_store_gb: float | None = None):
         from stabilitylab.store import StudyWriter
         from stabilitylab.study.tasks import check_rewinds_per_task
 
         self.rewinds_per_task = check_rewinds_per_task(rewinds_per_task)
-        # Data first (read-only): a missing dataset must stop us before anything is written.
+        # Sizes first (from the config alone), then the data (read-only): a study that
+        # cannot fit, or a missing dataset, stops us before anything is written.
+        half = check_resources(cfg, out, resume=resume, device=device,
+                               storage_options=storage_options,
+                               rewinds_per_task=self.rewinds_per_task, max_store_gb=max_store_gb)
         self.ctx = TaskContext(cfg, device)
         self.cfg = cfg
         self.resolved = self.ctx.resolved
@@ -50,10 +55,11 @@ class StudyRunner:
         self.stacked = self.ctx.stacked
         self.prunable = self.ctx.prunable
         self.runs = all_runs(self.resolved)
-        if resume:
+        if resume and not half:
             self.writer = StudyWriter.resume(out, self.resolved, study_id=study_id(cfg),
-                                             storage_options=storage_options)
-        else:
+                                             storage_options=storage_options,
+                                             optimizer_state_names=self.ctx.opt_state_names)
+        else:  # new, or completing a half-created store (which creation replaces)
             self.writer = StudyWriter.create(out, self.resolved, storage_options=storage_options,
                                              **self.ctx.store_spec())
         self.progress = progress
@@ -85,13 +91,61 @@ class StudyRunner:
 
 def record_study(cfg, out, *, resume: bool = False, device: str | None = None,
                  progress: bool | None = None, storage_options: dict | None = None,
-                 rewinds_per_task: int | None = 0) -> str:
+                 rewinds_per_task: int | None = 0, max_store_gb: float | None = None) -> str:
     """Train and record the study ``cfg`` into the store at ``out``; return ``out``.
 
     ``rewinds_per_task``: rewind points trained as one batched group per level (default
     0 = the whole level, the widest groups: fastest on one machine). See
-    :mod:`stabilitylab.study.tasks`.
+    :mod:`stabilitylab.study.tasks`. ``max_store_gb``: refuse a study whose estimated
+    (uncompressed) store is larger (default
+    :data:`stabilitylab.study.estimate.DEFAULT_MAX_STORE_GB`).
     """
     StudyRunner(cfg, out, resume=resume, device=device, progress=progress,
-                storage_options=storage_options, rewinds_per_task=rewinds_per_task).run()
+                storage_options=storage_options, rewinds_per_task=rewinds_per_task,
+                max_store_gb=max_store_gb).run()
     return str(out)
+
+
+def check_resources(cfg, out, *, resume: bool, device=None, storage_options=None,
+                    rewinds_per_task: int | None = 0, max_store_gb: float | None = None) -> bool:
+    """Estimate the study from its config and refuse (one line) what cannot fit; return
+    whether ``out`` holds a half-created store (which ``record`` and ``--resume`` replace).
+    Nothing is written."""
+    from stabilitylab.config import validate
+    from stabilitylab.store.schema import creation_state
+    from stabilitylab.study.estimate import check_limits, estimate
+
+    resolved = validate(cfg)
+    est = estimate(resolved, rewinds_per_task)
+    half = creation_state(out, storage_options) == "half"
+    dev = str(device or cfg.study.device)
+    if dev == "auto":
+        import torch
+
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    check_limits(est, out, device=dev, max_store_gb=max_store_gb, new_store=not resume or half)
+    if not resume:
+        from stabilitylab.store.create import check_target
+
+        check_target(out, storage_options)  # a taken or unusable --out: before loading data
+    return half
+
+
+def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
+    """Whether ``out`` already holds this study, complete and valid: ``--resume`` has
+    nothing to do. False for anything else (resume then says what is wrong, or repairs)."""
+    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.store import schema as S
+    from stabilitylab.store import validate
+
+    try:
+        with S.quiet():
+            group = S.open_root(out, mode="r", storage_options=storage_options)
+        attrs = dict(group.attrs)
+        if attrs.get("study_id") != study_id(cfg) or attrs.get("complete") is not True \
+                or group.metadata.consolidated_metadata is None:  # (killed while consolidating)
+            return False
+        validate(out, storage_options=storage_options)
+    except StabilityLabError:
+        return False
+    return True

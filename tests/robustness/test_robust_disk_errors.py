@@ -19,6 +19,7 @@ import zarr.storage._local as zarr_local
 from _tiny import TINY
 from stabilitylab.cli.main import main
 
+from stabilitylab.errors import StoreError
 from stabilitylab.store import validate
 
 LEVEL1_WEIGHTS = re.compile(r"/weights/c/\d+/1/\d+/\d+/\d+/\d+$")
@@ -82,14 +83,16 @@ def test_write_error_after_pretraining(code, tmp_path, monkeypatch, capsys):
 
 
 def test_write_error_after_n_chunk_writes_during_creation(tmp_path, monkeypatch, capsys):
-    """After 12 chunk writes (the store is still being laid out): one line, a valid store."""
+    """After 12 chunk writes (the store is still being laid out): one line, and a store that
+    says it is incomplete (record or record --resume replaces it)."""
     out = tmp_path / "s.zarr"
     _failing_put(monkeypatch, ANY_CHUNK, after=12, code=errno.ENOSPC)
     capsys.readouterr()
     assert main(_argv(out)) == 2
     assert _one_error_line(capsys) == f"error: cannot write store at {out}: [Errno 28] No space left on device"
     monkeypatch.undo()
-    assert _complete_runs_intact(out)[0] == 0
+    with pytest.raises(StoreError, match="incomplete store: its creation was interrupted"):
+        validate(out)
 
 
 def test_disk_full_in_level_1_keeps_finished_runs(tmp_path, monkeypatch, capsys):

@@ -60,7 +60,7 @@ def test_status_out_of_range(store):
 def test_complete_run_without_final_chunk(store):
     # step chunk 2 over steps (0, 10, 20, 30, 40): step 40 is chunk 2
     (store / "weights" / "c" / "0" / "0" / "1" / "1" / "2" / "0").unlink()
-    _fails(store, r"run \(imp, 0, 10, 1\) is marked complete but its final-step weights")
+    _fails(store, r"run \(imp, 0, 10, 1\) is marked complete but array .weights. lacks its chunk \[0, 0, 1, 1, 2, 0\]")
 
 
 def test_complete_flag_with_unfinished_runs(tmp_path):
