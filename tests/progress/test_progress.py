@@ -47,8 +47,14 @@ def test_off_and_terminal_modes_print_no_lines():
     assert out.getvalue() == ""
 
 
-def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys):
+def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys, monkeypatch):
     from conftest import tiny_config
+
+    # No minimum gap between lines: a fast machine records this study in about a second,
+    # and the test is about what the lines say, not about how often they come.
+    init = Progress.__init__
+    monkeypatch.setattr(Progress, "__init__",
+                        lambda self, *a, **k: init(self, *a, **{**k, "min_gap": 0.0}))
 
     from stabilitylab.analysis.run import analyze_store
     from stabilitylab.study.plan import all_runs
