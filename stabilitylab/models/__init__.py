@@ -112,6 +112,15 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
             model = build(cfg, tuple(int(s) for s in input_shape), int(num_classes), **options)
     except ConfigError:
         raise
+    except (RuntimeError, OverflowError, MemoryError) as exc:
+        if isinstance(exc, RuntimeError) and "overflow" not in str(exc).lower():
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(f"model {cfg.name}: the builder failed: RuntimeError: {first}"
+                              ) from None
+        from stabilitylab.study.estimate import ResourceError
+
+        raise ResourceError(f"model {cfg.name!r} is too large to build: "
+                            f"{' '.join(str(exc).split())[:120]}") from None
     except Exception as exc:  # noqa: BLE001 - a plugin builder's own failure, as one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ConfigError(f"model {cfg.name}: the builder failed: {type(exc).__name__}: {first}"

@@ -257,11 +257,16 @@ def _check_layout(layout: list, name: str, n: int, dim: str, where: str) -> None
 
 
 def _study_T(attrs: dict) -> int | None:
-    """The training length T the store's config resolves to, or None if it does not resolve."""
+    """The training length T the store's config resolves to, or None if it does not resolve
+    (or names a plugin module: resolving would import it, and a store must not choose
+    what code runs; see :func:`stabilitylab.models.registry.check_trusted`)."""
     try:
         from stabilitylab.config import config_from_dict, validate
+        from stabilitylab.models.registry import check_trusted
 
-        return int(validate(config_from_dict(json.loads(attrs["config"]))).total_steps)
+        config = json.loads(attrs["config"])
+        check_trusted(config, "store")
+        return int(validate(config_from_dict(config)).total_steps)
     except Exception:  # noqa: BLE001 - a config of another version / damaged: checked elsewhere
         return None
 

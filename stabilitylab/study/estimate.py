@@ -78,13 +78,13 @@ def _model_size(cfg, info) -> tuple[int, int, int]:
 
 def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
     """Sizes of the study ``resolved`` (see the module docstring)."""
-    from stabilitylab.data.registry import DATASETS
+    from stabilitylab.data.registry import dataset_info
     from stabilitylab.store import schema as S
     from stabilitylab.train.optim import state_names
 
     cfg = resolved.config
     s, t = cfg.study, cfg.training
-    info = DATASETS[cfg.data.name]
+    info = dataset_info(cfg.data)
     P, Q, acts = _model_size(cfg, info)
     R = int(s.replicas)
     T = int(resolved.total_steps)

@@ -200,7 +200,7 @@ def test_import_then_analyze_end_to_end(tmp_path, capsys, digits_plugin):
     dens = ds.density.sel(kind="imp", rewind=K).values
     assert dens[0] == 1.0 and 0.6 < dens[1] < 1.0 and dens[2] < dens[1]
 
-    assert main(["analyze", str(out), "--no-report", "--no-progress"]) == 0
+    assert main(["analyze", str(out), "--no-report", "--no-progress", "--trust-plugins"]) == 0
     text = capsys.readouterr().out
     assert "absent" in text and "early_bird" in text and "rhat" in text
     an = stabilitylab.open_analysis(str(out))
@@ -223,7 +223,7 @@ def test_a_run_without_rewinding_imports_at_k_zero(tmp_path, capsys, digits_plug
     start = torch.load(exp / "replicate_1" / "level_0" / "main" / _name(0))
     w0 = ds.weights.sel(kind="imp", level=0, rewind=0, replica=0, step=0).values
     assert w0[:20 * 784].reshape(20, 784).tolist() == start["fc_layers.0.weight"].tolist()
-    assert main(["analyze", str(out), "--no-report", "--no-progress", "--measures",
+    assert main(["analyze", str(out), "--no-report", "--no-progress", "--trust-plugins", "--measures",
                  "interpolation"]) == 0
 
 
