@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, instability
-from stabilitylab.analysis.interpolate import evaluate_interpolation, use_compiled_eval
+from stabilitylab.analysis.interpolate import evaluate_interpolation
 from stabilitylab.analysis.measures import (
     disagreement,
     gradient_noise_scale,
@@ -67,10 +67,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
               "train": (data.train_x[:n_train], data.train_y[:n_train])}
     bn_x = data.train_x[:n_train] if ctx.stacked.buffer_slots else None
     align = _aligner(ctx) if aligned else None
-    combos = list(ctx.combos())
-    calls = len(combos) * len(ctx.pairs) * (len(splits) + (align is not None))
-    compiled = use_compiled_eval(calls, len(alphas), len(data.test_x))
-    for kind, level, k in combos:
+    for kind, level, k in list(ctx.combos()):
         reps = ctx.complete_replicas(kind, level, k)
         final_np = ctx.final_weights(kind, level, k)
         bad = [r for r in reps if not np.isfinite(final_np[r]).all()]
@@ -85,15 +82,14 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
             at = {"kind": kind, "level": level, "rewind": k, "pair": ctx.pair_labels[p]}
             for split, (x, y) in splits.items():
                 res = evaluate_interpolation(ctx.stacked, finals[a], finals[b], alphas, x, y,
-                                             bn_recompute_x=bn_x, compiled=compiled)
+                                             bn_recompute_x=bn_x)
                 out[f"interp_{split}_error"].loc[at] = res["error"]
                 out[f"interp_{split}_loss"].loc[at] = res["loss"]
             if align is not None:
                 other = align(finals[a].cpu().numpy(), finals[b].cpu().numpy())
                 res = evaluate_interpolation(ctx.stacked, finals[a],
                                              torch.as_tensor(other, device=ctx.device), alphas,
-                                             *splits["test"], bn_recompute_x=bn_x,
-                                             compiled=compiled)
+                                             *splits["test"], bn_recompute_x=bn_x)
                 out["aligned_test_error"].loc[at] = res["error"]
         if progress is not None:
             progress(1)

@@ -24,7 +24,6 @@ they are the exact statistics of the whole recompute set.
 from __future__ import annotations
 
 import copy
-import weakref
 
 import numpy as np
 import torch
@@ -33,37 +32,7 @@ from torch.func import functional_call, vmap
 
 from stabilitylab.train.functional import StackedModel
 
-__all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "interpolate_flat",
-           "use_compiled_eval"]
-
-# The compiled evaluation: one torch.compile'd graph computes the summed loss and error
-# count of all A points on a chunk of COMPILED_CHUNK examples. It pays ~10-20 s of
-# compilation per architecture (and per chunk shape) on a 2-core CPU, so ``analyze`` takes
-# it only when the whole analysis evaluates at least AUTO_MIN_EXAMPLE_FORWARDS
-# (point, example) pairs; measured by benchmarks/bench_barrier.py.
-COMPILED_CHUNK = 1000
-AUTO_MIN_EXAMPLE_FORWARDS = 2_000_000
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def use_compiled_eval(calls: int, points: int, examples: int) -> bool:
-    """Whether ``calls`` evaluations of ``points`` interpolated networks on ``examples``
-    examples each are enough work to repay compiling the evaluation."""
-    return calls * points * examples >= AUTO_MIN_EXAMPLE_FORWARDS
-
-
-def _compiled_sums(stacked: StackedModel):
-    fn = _COMPILED.get(stacked)
-    if fn is None:
-        template = stacked.template
-        forward = vmap(lambda p, b, xx: functional_call(template, (p, b), (xx,)),
-                       in_dims=(0, 0, None))
-
-        def sums(params, bufs, xb, yb):
-            return _loss_and_errors(forward(params, bufs, xb), yb)
-
-        fn = _COMPILED[stacked] = torch.compile(sums, dynamic=False)
-    return fn
+__all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "interpolate_flat"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -116,7 +85,7 @@ def _bn_train_only(module: nn.Module) -> None:
 def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat: torch.Tensor,
                            alphas, x: torch.Tensor, y: torch.Tensor, *, buffers=None,
                            bn_recompute_x: torch.Tensor | None = None, batch_size: int = 100,
-                           bn_batch_size: int | None = None, compiled: bool = False) -> dict:
+                           bn_batch_size: int | None = None) -> dict:
     """Error and mean cross-entropy at every α, all α points evaluated as one stacked group.
 
     Parameters
@@ -141,12 +110,6 @@ def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat
         the default conv1d net took 0.09 s in chunks of 100 and 0.25 s in one chunk.
     bn_batch_size : int, optional
         Chunk size of the BN recompute pass; default: all of ``bn_recompute_x`` at once.
-    compiled : bool
-        Evaluate through one ``torch.compile``d graph per chunk of ``COMPILED_CHUNK``
-        examples (the memory-bound reshapes, pads and concatenations of the forward are
-        fused; 5.7x faster than the eager chunks of 100 for 30 alpha x 1000 examples of the
-        default conv1d net, measured on 2 CPU cores). The same numbers to float rounding;
-        the BN recompute pass stays eager.
 
     Returns
     -------
@@ -169,18 +132,11 @@ def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat
                                      bn_batch_size or len(bn_recompute_x))
     loss = torch.zeros(n_alpha, dtype=torch.float64, device=device)
     wrong = torch.zeros(n_alpha, dtype=torch.float64, device=device)
-    if compiled:
-        sums = _compiled_sums(stacked)
-        batch_size = COMPILED_CHUNK
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device)
         yb = y[start:start + batch_size].to(device)
-        if compiled:
-            stacked.template.train(False)
-            dl, dw = sums(params, bufs, xb, yb)
-        else:
-            logits = stacked.forward(params, bufs, xb, train=False, shared_input=True)
-            dl, dw = _loss_and_errors(logits, yb)
+        logits = stacked.forward(params, bufs, xb, train=False, shared_input=True)
+        dl, dw = _loss_and_errors(logits, yb)
         loss += dl
         wrong += dw
     n = len(x)

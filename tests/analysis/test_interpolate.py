@@ -115,26 +115,3 @@ def test_same_weights_give_zero_barrier():
     out = evaluate_interpolation(stacked, w1, w1.clone(), alpha_grid(7), x, y)
     assert instability(out["error"]) == 0.0
     assert instability(out["loss"]) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_compiled_evaluation_matches_eager():
-    """The compiled evaluation (what ``analyze`` takes for large studies) gives the eager
-    numbers: the same errors, losses to float rounding."""
-    import torch
-    from torch import nn
-
-    from stabilitylab.analysis.interpolate import evaluate_interpolation, use_compiled_eval
-    from stabilitylab.train.functional import StackedModel
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    stacked = StackedModel(net)
-    w1 = stacked.flatten(stacked.stack([net])[0])[0]
-    w2 = w1 + 0.5 * torch.randn_like(w1)
-    x, y = torch.randn(1200, 1, 8), torch.randint(0, 3, (1200,))  # two chunks, one partial
-    alphas = np.linspace(0, 1, 7)
-    eager = evaluate_interpolation(stacked, w1, w2, alphas, x, y)
-    compiled = evaluate_interpolation(stacked, w1, w2, alphas, x, y, compiled=True)
-    np.testing.assert_array_equal(compiled["error"], eager["error"])
-    np.testing.assert_allclose(compiled["loss"], eager["loss"], rtol=1e-6)
-    assert use_compiled_eval(270, 30, 1000) and not use_compiled_eval(10, 30, 100)
