@@ -117,7 +117,9 @@ def test_auto_compiles_only_large_groups():
     cpu = torch.device("cpu")
     assert not use_compile("auto", cpu, replicas=18, iterations=50)  # a test-sized group
     assert not use_compile("auto", cpu, replicas=1, iterations=10**6)  # one replica
+    assert not use_compile("auto", cpu, replicas=54, iterations=1500)  # the default study
     assert use_compile("auto", cpu, replicas=64, iterations=62_500)  # paper scale
+    assert not use_compile("auto", torch.device("cuda"), replicas=64, iterations=62_500)
     assert use_compile("on", cpu, replicas=1, iterations=1)
     assert not use_compile("off", cpu, replicas=64, iterations=10**6)
 
