@@ -82,6 +82,35 @@ table"""),
     ("code", """# does instability track accuracy across rewind points? (IMP only)
 imp = table[table.kind == "imp"]
 imp[["level", "rewind", "instability", "final_acc"]].corr(method="spearman")"""),
+    ("md", """## Your own model and data: the Python API
+
+`record_study` takes a model builder `(cfg, input_shape, num_classes) -> nn.Module` and the
+data as tensors, with no registry entry; `analyze_study` returns the analysis Dataset. A
+deliberately small study (a two-layer MLP, 60 steps, two rewind points) into a temporary
+folder, so this cell takes seconds."""),
+    ("code", """import tempfile
+
+from torch import nn
+
+from stabilitylab.data import load_dataset
+
+
+def small_mlp(cfg, input_shape, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), 32), nn.ReLU(),
+                         nn.Linear(32, num_classes))
+
+
+mnist1d = load_dataset(stabilitylab.load_config().data)  # the embedded data, as tensors
+config = stabilitylab.load_config(None, [
+    "training.steps='60it'", "study.rewinds=['0it','20it']", "study.replicas=2",
+    "pruning.levels=1", "training.eval_every='30it'", "study.record='every:10'"])
+mine = str(Path(tempfile.mkdtemp()) / "mine.zarr")
+stabilitylab.record_study(config, mine, model=small_mlp, progress=False,
+                          data=(mnist1d.train_x, mnist1d.train_y, mnist1d.test_x, mnist1d.test_y))
+mine_an = stabilitylab.analyze_study(mine, model=small_mlp, progress=False, n_boot=100,
+                                     data=(mnist1d.train_x, mnist1d.train_y,
+                                           mnist1d.test_x, mnist1d.test_y))
+mine_an.instability.sel(kind="imp").mean("pair").to_pandas()"""),
 ]
 
 
