@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from stabilitylab.cli.main import main
 
-from cli.main import main
 from stabilitylab.config import ModelConfig
 from stabilitylab.models import build_model
 

@@ -122,7 +122,7 @@ def test_cifar10_download_extracts_archive(tmp_path, server, monkeypatch):
 
 
 def test_cli_data_download_uses_env_root(tmp_path, server, monkeypatch, capsys):
-    from cli.main import main
+    from stabilitylab.cli.main import main
 
     served, url = server
     md5, _ = _serve_fake_mnist(tmp_path, served)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from stabilitylab.cli.main import main
 
 import stabilitylab
-from cli.main import main
 from stabilitylab.interop.openlth import load_openlth_model, openlth_global_masks
 from stabilitylab.prune import prune
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from stabilitylab.cli.main import main
 
 import stabilitylab
-from cli.main import main
 from stabilitylab.config import load_config, study_id
 from stabilitylab.errors import ConfigError
 
