@@ -16,34 +16,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-try:
-    from benchmarks.common import (
-        machine,
-        mlp,
-        peak_rss_mb,
-        plain_loop,
-        print_table,
-        reset_peak_rss,
-        rss_mb,
-        synthetic_data,
-        timed,
-    )
-except ImportError:  # run as a script from benchmarks/
-    from common import (
-        machine,
-        mlp,
-        peak_rss_mb,
-        plain_loop,
-        print_table,
-        reset_peak_rss,
-        rss_mb,
-        synthetic_data,
-        timed,
-    )
+_ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(_ROOT), str(_ROOT / "benchmarks")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from common import (
+    machine,
+    mlp,
+    peak_rss_mb,
+    plain_loop,
+    print_table,
+    reset_peak_rss,
+    rss_mb,
+    synthetic_data,
+    timed,
+)
 
 from stabilitylab.config import load_config, validate
 from stabilitylab.train.engine import GroupPlan, train_group

@@ -346,7 +346,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         step_masks = {n: masks.get(n, torch.ones_like(params[n])) for n in stacked.prunable_names}
         compile_before = fused.compile_seconds
 
-        def update(j, idx, lrs_row, scal_row, aug_steps):
+        def update(i, idx, lrs_row, scal_row, aug_steps):
             loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
                               data.train_y, idx, scal_row, aug_steps, aug_keys)
             optimizer.steps += 1
@@ -356,7 +356,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
             p.requires_grad_(True)
         plist = [params[n] for n in names]
 
-        def update(j, idx, lrs_row, scal_row, aug_steps):
+        def update(i, idx, lrs_row, scal_row, aug_steps):
             xb = data.train_x[idx]
             yb = data.train_y[idx]
             if augment is not None:
@@ -371,7 +371,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
             grads = torch.autograd.grad(losses.sum(), plist)
             optimizer.step(dict(zip(names, grads)), lrs_row)
             acc = None
-            if j in sched.logs:
+            if i in sched.logs:
                 with torch.no_grad():
                     acc = (logits.argmax(-1) == yb).float().mean(1)
             return losses.detach(), acc

@@ -33,3 +33,14 @@ def tiny_conv(seed=0, bn=False):
         layers.append(nn.BatchNorm1d(4))
     layers += [nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)]
     return nn.Sequential(*layers)
+
+
+# Optimizer settings every engine path is checked under (reference and compiled tests).
+OPTIMIZER_CASES = [
+    ["training.optimizer='sgd'"],
+    ["training.optimizer='sgd'", "training.nesterov=true", "training.weight_decay=0.01"],
+    ["training.optimizer='sgd'", "training.momentum=0.0"],
+    ["training.optimizer='adam'", "training.lr=0.01", "training.weight_decay=0.001"],
+    ["training.optimizer='adamw'", "training.lr=0.01", "training.weight_decay=0.01"],
+    ["training.optimizer='radam'", "training.lr=0.01"],
+]

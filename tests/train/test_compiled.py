@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from engine_helpers import make_data, tiny_conv, tiny_mlp
+from engine_helpers import OPTIMIZER_CASES, make_data, tiny_conv, tiny_mlp
 
 from stabilitylab.config import load_config, study_id, validate
 from stabilitylab.train.engine import GroupPlan, train_group
@@ -57,13 +57,7 @@ def assert_agree(eager, compiled):
     assert eager.diverged_step == compiled.diverged_step
 
 
-@pytest.mark.parametrize("optimizer", [
-    ["training.optimizer='sgd'"],
-    ["training.optimizer='sgd'", "training.nesterov=true", "training.weight_decay=0.01"],
-    ["training.optimizer='sgd'", "training.momentum=0.0"],
-    ["training.optimizer='adam'", "training.lr=0.01", "training.weight_decay=0.001"],
-    ["training.optimizer='adamw'", "training.lr=0.01", "training.weight_decay=0.01"],
-    ["training.optimizer='radam'", "training.lr=0.01"],
+@pytest.mark.parametrize("optimizer", OPTIMIZER_CASES + [
     ["training.optimizer='radam'", "training.lr=0.01", "training.lookahead=true",
      "training.lookahead_steps=3"],
 ], ids=["sgd", "nesterov-wd", "plain-sgd", "adam", "adamw", "radam", "ranger"])

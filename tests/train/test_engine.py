@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from engine_helpers import data, make_data, tiny_conv, tiny_mlp  # noqa: F401 (fixture)
+from engine_helpers import OPTIMIZER_CASES, data, make_data, tiny_conv, tiny_mlp  # noqa: F401 (fixture)
 
 from stabilitylab.config import load_config, validate
 from stabilitylab.train.engine import GroupPlan, train_group
@@ -33,14 +33,7 @@ def run_both(model, data, resolved, seeds, masks=None, start=0):
     return stacked, result, refs
 
 
-@pytest.mark.parametrize("optimizer", [
-    ["training.optimizer='sgd'"],
-    ["training.optimizer='sgd'", "training.nesterov=true", "training.weight_decay=0.01"],
-    ["training.optimizer='sgd'", "training.momentum=0.0"],
-    ["training.optimizer='adam'", "training.lr=0.01", "training.weight_decay=0.001"],
-    ["training.optimizer='adamw'", "training.lr=0.01", "training.weight_decay=0.01"],
-    ["training.optimizer='radam'", "training.lr=0.01"],
-])
+@pytest.mark.parametrize("optimizer", OPTIMIZER_CASES)
 def test_batched_matches_reference_mlp(optimizer, data):
     resolved = resolved_for(*optimizer, "training.warmup='5it'", "training.milestones=['20it']")
     model = tiny_mlp()
