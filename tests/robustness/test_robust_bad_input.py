@@ -50,6 +50,15 @@ def _fails(argv, capsys, *, match: str | None = None) -> str:
     return lines[0]
 
 
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory: anything written by default (runs/, reports/) lands here."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    monkeypatch.chdir(wd)
+    return wd
+
+
 def _nothing_written(wd: Path, *keep: Path) -> None:
     extra = sorted(str(p.relative_to(wd)) for p in wd.iterdir() if p not in keep)
     assert not extra, f"the failed command left {extra} behind"

@@ -18,6 +18,14 @@ def _sets(items):
     return [a for s in items for a in ("--set", s)]
 
 
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    monkeypatch.chdir(wd)
+    return wd
+
+
 def _fails(argv, capsys, match: str, *, within: float = 30.0) -> str:
     capsys.readouterr()
     t = time.monotonic()
