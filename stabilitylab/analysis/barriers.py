@@ -1,6 +1,7 @@
 """Linear-mode-connectivity barriers from interpolation curves (array layer).
 
-Convention used throughout stabilitylab (DESIGN.md §2)::
+Convention used throughout stabilitylab (Frankle et al., "Linear Mode Connectivity and the
+Lottery Ticket Hypothesis", ICML 2020)::
 
     E_α = E(α·W₁ + (1 − α)·W₂),   α on an evenly spaced grid with both endpoints,
     curve[..., 0]  = E_0 = E(W₂),  curve[..., -1] = E_1 = E(W₁).
@@ -17,6 +18,8 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_NUM_ALPHAS",
+    "LMC_THRESHOLD",
+    "MATCHING_TOLERANCE",
     "above_line_barrier",
     "alpha_grid",
     "instability",
@@ -27,6 +30,14 @@ __all__ = [
 
 #: Frankle et al. (LMC, ICML 2020) evaluate 30 evenly spaced points.
 DEFAULT_NUM_ALPHAS = 30
+
+#: Frankle et al. (LMC, ICML 2020): a network is *stable* when its instability is < 2% error.
+#: The one definition: ``analyze`` writes it to ``attrs["threshold"]``, which the report reads.
+LMC_THRESHOLD = 0.02
+
+#: Frankle et al. (LMC, ICML 2020): a subnetwork is *matching* when its accuracy is within
+#: 0.2 percentage points of the dense network's (``attrs["matching_tolerance"]``).
+MATCHING_TOLERANCE = 0.002
 
 
 def alpha_grid(n: int = DEFAULT_NUM_ALPHAS) -> np.ndarray:
@@ -85,7 +96,7 @@ def above_line_barrier(curve, alphas=None, axis: int = -1) -> np.ndarray:
 
     In our convention (curve[0] = E(W₂) at α = 0, curve[-1] = E(W₁) at α = 1) the
     line at α is ``(1 − α)·curve[0] + α·curve[-1]``, i.e. it joins the curve's own
-    endpoints. (DESIGN.md writes it as (1−α)E₁ + αE₂ with E₁ the α = 0 endpoint;
+    endpoints. (Entezari et al. write it as (1−α)E₁ + αE₂ with E₁ the α = 0 endpoint;
     it is the same line.) The endpoints themselves contribute exactly 0, so the
     result is ≥ 0; it is 0 (to rounding) when E is convex along the path, e.g. the
     cross-entropy loss of softmax regression, which is convex in its parameters.
@@ -115,14 +126,14 @@ def above_line_barrier(curve, alphas=None, axis: int = -1) -> np.ndarray:
     return np.max(np.where(np.isnan(c), np.nan, above), axis=-1)
 
 
-def is_stable(instability_value, threshold: float = 0.02) -> np.ndarray:
+def is_stable(instability_value, threshold: float = LMC_THRESHOLD) -> np.ndarray:
     """True where instability < ``threshold`` (LMC, ICML 2020: 2% error). NaN → False."""
     v = _curve(instability_value)
     with np.errstate(invalid="ignore"):
         return v < threshold
 
 
-def is_matching(acc, dense_acc, tol: float = 0.002) -> np.ndarray:
+def is_matching(acc, dense_acc, tol: float = MATCHING_TOLERANCE) -> np.ndarray:
     """True where a subnetwork's accuracy is within ``tol`` of dense: acc ≥ dense_acc − tol.
 
     Frankle et al. (LMC, ICML 2020) call a subnetwork *matching* when its accuracy

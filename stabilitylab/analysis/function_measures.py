@@ -26,6 +26,7 @@ from stabilitylab.analysis.measures import (
     minibatch_gradients,
     split_rhat,
 )
+from stabilitylab.analysis.registry import Group, Measure, Variable, allocate, group, register
 from stabilitylab.train.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,63 @@ log = logging.getLogger(__name__)
 RHAT_STEPS = 10  # last recorded steps used as draws for split-R-hat
 GNS_BATCHES = 8  # K minibatch gradients for the noise scale
 
+_CURVE = ("kind", "level", "rewind", "pair", "alpha")
+_PAIR = ("kind", "level", "rewind", "pair")
+_LMC = "Frankle et al., ICML 2020"
+_ENTEZARI = "Entezari et al., ICLR 2022, Eq. 1"
 
-def _nan(ctx, dims, extra=None):
-    coords = {"kind": ctx.kinds, "level": ctx.levels, "rewind": ctx.rewinds,
-              "pair": ctx.pair_labels, **(extra or {})}
-    return xr.DataArray(np.full(tuple(len(coords[d]) for d in dims), np.nan), dims=dims,
-                        coords={d: coords[d] for d in dims})
+
+def _combos(ctx):
+    return len(list(ctx.combos()))
+
+
+INTERPOLATION_VARIABLES = (
+    Variable("interp_test_error", _CURVE, "test-set error along the linear path αW_a + (1−α)W_b "
+             "between the pair's final weights", "fraction"),
+    Variable("interp_test_loss", _CURVE, "test-set cross-entropy along the same path", "nats"),
+    Variable("interp_train_error", _CURVE, "error on the fixed train subset along the path",
+             "fraction"),
+    Variable("interp_train_loss", _CURVE, "loss on the fixed train subset along the path",
+             "nats"),
+    Variable("instability", _PAIR, "LMC error barrier on test error: max_α E_α − mean(E_0, E_1) "
+             f"({_LMC})", "fraction"),
+    Variable("instability_train", _PAIR, "the same on the train subset", "fraction"),
+    Variable("loss_barrier", _PAIR, "the same form on test loss", "nats"),
+    Variable("above_line_barrier", _PAIR, "max_α [E_α − ((1−α)E_b + αE_a)] on test error "
+             f"({_ENTEZARI})", "fraction"),
+    Variable("above_line_loss_barrier", _PAIR, "the same above-the-line form on test loss; 0 "
+             "when the loss is convex along the path (softmax regression)", "nats"),
+)
+INTERPOLATION_MEASURES = (
+    Measure("instability", "instability", "pair", "fraction", False,
+            "test-error barrier on the linear path between two replicas trained from the same "
+            "W_k under different data orders: max over α of the error minus the endpoints' "
+            "mean", f"{_LMC}, eq. 1", label="barrier (instability, test error)", rank=0),
+    Measure("instability_train", "instability_train", "pair", "fraction", False,
+            "the same barrier on the fixed train subset", label="barrier on train error", rank=1),
+    Measure("loss_barrier", "loss_barrier", "pair", "nats", False,
+            "the same barrier on test cross-entropy loss", label="loss barrier", rank=2),
+    Measure("above_line_barrier", "above_line_barrier", "pair", "fraction", False,
+            "max over α of the test error above the straight line between the endpoint errors",
+            "Entezari et al., ICLR 2022", label="barrier above the chord", rank=3),
+    Measure("above_line_loss_barrier", "above_line_loss_barrier", "pair", "nats", False,
+            "the same above-the-line barrier on test cross-entropy loss",
+            "Entezari et al., ICLR 2022", label="loss barrier above the chord", rank=4),
+)
+register(Group(
+    name="aligned", reads="function", compute=None, part_of="interpolation",
+    phase="weight matching", rank=30,
+    variables=(
+        Variable("aligned_test_error", _CURVE, "test error along the path after weight matching "
+                 "W_b to W_a", "fraction"),
+        Variable("aligned_instability", _PAIR, "error barrier after weight matching (Ainsworth "
+                 "et al., ICLR 2023); NaN where the architecture is not supported", "fraction"),
+    ),
+    measures=(Measure("aligned_instability", "aligned_instability", "pair", "fraction", False,
+                      "test-error barrier after permuting one replica's units to match the "
+                      "other's (weight matching)", "Ainsworth et al., ICLR 2023",
+                      label="aligned barrier (weight matching)", rank=5),),
+))
 
 
 def _aligner(ctx):
@@ -53,12 +105,21 @@ def _aligner(ctx):
     return lambda ref, other: align_flat(ctx.stacked, ref, other, spec=spec)[0]
 
 
+@group("interpolation", reads="function", variables=INTERPOLATION_VARIABLES,
+       measures=INTERPOLATION_MEASURES, phase="interpolation", work=_combos, rank=20)
+def compute_interpolation(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
+    """The interpolation group, and the aligned one in the same pass when it is selected
+    (``aligned_*`` stay NaN otherwise)."""
+    return interpolation_measures(ctx, n_alphas=options.alphas,
+                                  aligned="aligned" in options.groups, progress=progress)
+
+
 def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
                            progress=None) -> dict[str, xr.DataArray]:
     """Interpolation curves and every barrier form, for each pair of complete replicas."""
     alphas = alpha_grid(n_alphas)
     dims = ("kind", "level", "rewind", "pair", "alpha")
-    out = {name: _nan(ctx, dims, {"alpha": alphas}) for name in (
+    out = {name: allocate(ctx, name, alpha=alphas) for name in (
         "interp_test_error", "interp_test_loss", "interp_train_error", "interp_train_loss",
         "aligned_test_error")}
     data = ctx.data
@@ -130,10 +191,31 @@ def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | Non
     return logits.float().cpu().numpy(), losses.float().cpu().numpy()
 
 
+@group("replica", reads="function", phase="replica measures", work=_combos, rank=40,
+       variables=(
+           Variable("disagreement", _PAIR, "fraction of test examples whose predicted class "
+                    "differs between the pair at T", "fraction"),
+           Variable("rhat", ("kind", "level", "rewind"), "split-R̂ across replicas of "
+                    f"per-example test losses over the last {RHAT_STEPS} recorded steps (median "
+                    "over examples)", "ratio (≥ 1)", needs_trajectory=True),
+       ),
+       measures=(
+           Measure("disagreement", "disagreement", "pair", "fraction", False,
+                   "share of test examples on which the two replicas predict different classes",
+                   label="disagreement", rank=6),
+           Measure("rhat", "rhat", None, "ratio (≥ 1)", False,
+                   "split-R̂ across replicas of per-example test losses over the last recorded "
+                   "steps, median over examples; closer to 1 is more stable",
+                   "Gelman et al., Bayesian Data Analysis, 3rd ed., §11.4", label="R-hat",
+                   rank=12),
+       ))
+def compute_replica(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
+    return replica_measures(ctx, progress=progress)
+
+
 def replica_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     """Disagreement between pairs at T and split-R̂ of per-example test losses."""
-    out = {"disagreement": _nan(ctx, ("kind", "level", "rewind", "pair")),
-           "rhat": _nan(ctx, ("kind", "level", "rewind"))}
+    out = {name: allocate(ctx, name) for name in ("disagreement", "rhat")}
     has_bn = bool(ctx.stacked.buffer_slots)
     for kind, level, k in list(ctx.combos()):
         reps = ctx.complete_replicas(kind, level, k)
@@ -164,10 +246,31 @@ def replica_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     return out
 
 
+def _gradient_work(ctx):
+    return sum(ctx.complete("imp", lv, k, 0) for lv in ctx.levels for k in ctx.rewinds)
+
+
+@group("gradient", reads="function", phase="gradient noise", work=_gradient_work, rank=50,
+       variables=(
+           Variable("gradient_noise_scale", ("level", "rewind"), "simple noise scale of "
+                    f"K = {GNS_BATCHES} minibatch gradients at the rewind point (imp, m⊙W_k)",
+                    "examples"),
+           Variable("gradient_snr", ("level", "rewind"), "signal-to-noise ratio of the same "
+                    "gradients: squared norm of their mean over its variance", "ratio"),
+       ),
+       measures=(
+           Measure("gradient_noise_scale", "gradient_noise_scale", None, "examples", None,
+                   "simple gradient noise scale B_simple = tr(Σ)/|G|² of minibatch gradients "
+                   "at W_k (a candidate measure)", "McCandlish et al., arXiv 1812.06162, eq. 2.9",
+                   label="gradient noise scale", rank=13),
+       ))
+def compute_gradient(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
+    return gradient_measures(ctx, progress=progress)
+
+
 def gradient_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     """Gradient noise scale and SNR at each rewind point, for the IMP start m⊙W_k."""
-    out = {"gradient_noise_scale": _nan(ctx, ("level", "rewind")),
-           "gradient_snr": _nan(ctx, ("level", "rewind"))}
+    out = {name: allocate(ctx, name) for name in ("gradient_noise_scale", "gradient_snr")}
     batch = ctx.cfg.training.batch_size
     data = ctx.data
     for level in ctx.levels:

@@ -1,4 +1,4 @@
-"""Candidate stability measures (DESIGN.md §2), each with its source and cost.
+"""Candidate stability measures beyond the LMC barrier, each with its source and cost.
 
 Array layer: numpy (or torch where gradients are needed), explicit axes, new axes
 last. Inputs may be numpy arrays or torch tensors.

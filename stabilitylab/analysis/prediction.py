@@ -4,7 +4,8 @@ For each level, every scalar measure (pair or replica mean, ``imp`` kind) is
 correlated with the final test accuracy across rewind points (Spearman and
 Kendall, bootstrap CIs). The rewind point is predicted by
 
-- the LMC rule (Frankle et al., ICML 2020): the earliest k with instability < 2%;
+- the LMC rule (Frankle et al., ICML 2020): the earliest k with instability < the
+  threshold (:data:`stabilitylab.analysis.barriers.LMC_THRESHOLD`, 2% error);
 - a measure rule per measure: the earliest k whose value has settled to within
   10% of its value at the largest k (:func:`stabilitylab.analysis.stats.predict_rewind_measure`),
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from stabilitylab.analysis import registry
 from stabilitylab.analysis.stats import (
     accuracy_gap,
     oracle_rewind,
@@ -23,24 +25,6 @@ from stabilitylab.analysis.stats import (
     predict_rewind_measure,
     rank_correlations,
 )
-
-# Scalar measures, each reduced to (kind, level, rewind): name -> (source variable, reduction dim).
-SCALAR_MEASURES = {
-    "instability": ("instability", "pair"),
-    "instability_train": ("instability_train", "pair"),
-    "loss_barrier": ("loss_barrier", "pair"),
-    "above_line_barrier": ("above_line_barrier", "pair"),
-    "above_line_loss_barrier": ("above_line_loss_barrier", "pair"),
-    "aligned_instability": ("aligned_instability", "pair"),
-    "disagreement": ("disagreement", "pair"),
-    "data_order_l2": ("data_order_l2_final", "pair"),
-    "data_order_angle": ("data_order_angle_final", "pair"),
-    "mask_jaccard": ("mask_jaccard", "pair"),
-    "sign_flips": ("sign_flips", "replica"),
-    "early_bird": ("early_bird_early", "replica"),
-    "rhat": ("rhat", None),
-    "gradient_noise_scale": ("gradient_noise_scale", None),
-}
 
 
 def reduce_measure(da: xr.DataArray, dim):
@@ -52,12 +36,13 @@ def reduce_measure(da: xr.DataArray, dim):
 
 
 def measure_table(results: dict[str, xr.DataArray], levels, rewinds) -> xr.DataArray:
-    """(measure, level, rewind) values for the ``imp`` kind."""
+    """(measure, level, rewind) values for the ``imp`` kind: every registered measure whose
+    source variable was computed, in the registry's order."""
     names, rows = [], []
-    for name, (source, dim) in SCALAR_MEASURES.items():
-        if source not in results:
+    for name, m in registry.measures().items():
+        if m.source not in results:
             continue
-        da = reduce_measure(results[source], dim)
+        da = reduce_measure(results[m.source], m.reduce)
         if "kind" in da.dims:
             da = da.sel(kind="imp")
         names.append(name)

@@ -16,49 +16,26 @@ import time
 import numpy as np
 import xarray as xr
 
+from stabilitylab.analysis import registry
+from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
-from stabilitylab.analysis.function_measures import (
-    gradient_measures,
-    interpolation_measures,
-    replica_measures,
-)
-from stabilitylab.analysis.prediction import SCALAR_MEASURES, flags, predictions, reduce_measure
-from stabilitylab.analysis.trajectory_measures import random_imp_ratios, trajectory_measures
+from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
 from stabilitylab.errors import StabilityLabError
 
 log = logging.getLogger(__name__)
 
-MEASURE_GROUPS = ("trajectory", "interpolation", "aligned", "replica", "gradient")
 MAX_ALPHAS = 10_000  # interpolation points: beyond this a value is a typo (memory, hours)
-MEASURE_GROUP = {  # each scalar measure -> the group of measures that computes it
-    "data_order_l2": "trajectory", "data_order_angle": "trajectory",
-    "mask_jaccard": "trajectory", "sign_flips": "trajectory", "early_bird": "trajectory",
-    "instability": "interpolation", "instability_train": "interpolation",
-    "loss_barrier": "interpolation", "above_line_barrier": "interpolation",
-    "aligned_instability": "aligned",
-    "disagreement": "replica", "rhat": "replica",
-    "gradient_noise_scale": "gradient",
-}
-THRESHOLD = 0.02  # LMC: stable when instability < 2% error
-MATCHING_TOLERANCE = 0.002  # matching: within 0.2% of dense accuracy
+#: The measure groups in the order they are computed (from the registry).
+MEASURE_GROUPS = registry.groups()
+#: Each scalar measure -> the group that computes it (from the registry).
+MEASURE_GROUP = {name: m.group for name, m in registry.measures().items()}
+THRESHOLD = LMC_THRESHOLD  # kept for callers of the old name
 
 
 def measure_groups(measures) -> tuple[str, ...]:
     """The measure groups to compute for ``measures``: group names and measure names (a
     measure selects its whole group) in any mix; None or empty = every group."""
-    if not measures:
-        return MEASURE_GROUPS
-    wanted = set()
-    for name in measures:
-        if name in MEASURE_GROUPS:
-            wanted.add(name)
-        elif name in MEASURE_GROUP:
-            wanted.add(MEASURE_GROUP[name])
-        else:
-            raise StabilityLabError(
-                f"--measures: unknown measure or group {name!r}; groups: "
-                + ", ".join(MEASURE_GROUPS) + "; measures: " + ", ".join(MEASURE_GROUP))
-    return tuple(g for g in MEASURE_GROUPS if g in wanted)
+    return registry.select(measures)
 
 
 def _accuracy(ctx):
@@ -80,9 +57,9 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
     fs.makedirs(path, exist_ok=True)
     summary_vars = ["density", "final_test_acc", "final_test_acc_std", "stable", "matching"]
     frame = analysis[summary_vars].to_dataframe()
-    for name, (source, dim) in SCALAR_MEASURES.items():  # per-kind measures, pair/replica mean
-        if source in analysis and "kind" in analysis[source].dims:
-            frame[name] = reduce_measure(analysis[source], dim).to_series()
+    for name, m in registry.measures().items():  # per-kind measures, pair/replica mean
+        if m.source in analysis and "kind" in analysis[m.source].dims:
+            frame[name] = reduce_measure(analysis[m.source], m.reduce).to_series()
     frame = frame.reset_index()
     corr = analysis[["spearman", "spearman_low", "spearman_high", "kendall", "kendall_low",
                      "kendall_high", "predicted_rewind_measure", "gap_measure"]].to_dataframe()
@@ -107,17 +84,13 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))
-        lines.append(f"  LMC rule (<{100 * THRESHOLD:g}%): k={'none' if pk < 0 else pk}; "
+        lines.append(f"  LMC rule (<{100 * analysis.attrs['threshold']:g}%): k={'none' if pk < 0 else pk}; "
                      f"oracle k={'none' if ok < 0 else ok}; accuracy gap {100 * gap:.2f} points")
     if ctx.levels == [0]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=0))
         lines.append("recommended rewind point (dense copies only): "
                      + ("none is stable; try later k" if pk < 0 else f"k={pk}"))
     return lines + ctx.skipped
-
-
-# Measures that need recorded steps between the rewind point and T.
-TRAJECTORY_ONLY = ("early_bird", "early_bird_early", "rhat")
 
 
 def _absent_trajectory_measures(ctx, results: dict) -> list[str]:
@@ -127,11 +100,18 @@ def _absent_trajectory_measures(ctx, results: dict) -> list[str]:
     if not {int(s) for s in ctx.steps} <= {0, T, *ctx.rewinds}:
         return []
     absent = []
-    for name in TRAJECTORY_ONLY:
-        if name in results:
+    for name, var in registry.variables().items():
+        if var.needs_trajectory and name in results:
             results[name] = xr.full_like(results[name], np.nan)
             absent.append(name)
     return absent
+
+
+def _passes(groups) -> list[str]:
+    """The groups whose compute function runs: the selected ones, and the pass of each
+    selected group that is computed as part of another."""
+    wanted = {registry.GROUPS[g].part_of or g for g in groups}
+    return [g for g in registry.groups() if g in wanted]
 
 
 def _partial_note(ctx, url) -> str:
@@ -187,31 +167,16 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
-    combos = len(list(ctx.combos()))  # each group below reports one unit per item done
-    work = combos * (("trajectory" in groups) + ("replica" in groups)
-                     + ("interpolation" in groups or "aligned" in groups))
-    if "gradient" in groups:
-        work += sum(ctx.complete("imp", lv, k, 0) for lv in ctx.levels for k in ctx.rewinds)
-    bar = Progress(work, desc="analyze", unit="tasks", enabled=progress)
+    passes = _passes(groups)
+    bar = Progress(sum(registry.GROUPS[g].work(ctx) for g in passes), desc="analyze",
+                   unit="tasks", enabled=progress)
+    options = registry.Options(groups=groups, alphas=alphas)
     results: dict[str, xr.DataArray] = {}
-    if "trajectory" in groups:
-        bar.set(phase="trajectory measures", announce=True)
-        results.update(trajectory_measures(ctx, progress=bar.update))
-        results.update(random_imp_ratios(ctx, results))
-        T = ctx.resolved.total_steps
-        results["data_order_l2_final"] = results["data_order_l2"].sel(step=T, drop=True)
-        results["data_order_angle_final"] = results["data_order_angle"].sel(step=T, drop=True)
-    if "interpolation" in groups or "aligned" in groups:
-        bar.set(phase="interpolation" + (" + weight matching" if "aligned" in groups else ""),
-                announce=True)
-        results.update(interpolation_measures(ctx, n_alphas=alphas, aligned="aligned" in groups,
-                                              progress=bar.update))
-    if "replica" in groups:
-        bar.set(phase="replica measures", announce=True)
-        results.update(replica_measures(ctx, progress=bar.update))
-    if "gradient" in groups:
-        bar.set(phase="gradient noise", announce=True)
-        results.update(gradient_measures(ctx, progress=bar.update))
+    for name in passes:
+        g = registry.GROUPS[name]
+        joined = [registry.GROUPS[c].phase for c in groups if registry.GROUPS[c].part_of == name]
+        bar.set(phase=" + ".join([g.phase, *joined]), announce=True)
+        results.update(g.compute(ctx, results, options, progress=bar.update))
     bar.close()
     absent = _absent_trajectory_measures(ctx, results)
     accuracy, accuracy_std = _accuracy(ctx)
@@ -222,16 +187,21 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
         if "dense_final_test_acc" in ctx.ds else float("nan")
     results["dense_test_acc"] = xr.DataArray(dense_acc)
     if "instability" in results:
-        results.update(flags(results, accuracy, dense_acc, threshold=THRESHOLD,
+        results.update(flags(results, accuracy, dense_acc, threshold=LMC_THRESHOLD,
                              tolerance=MATCHING_TOLERANCE))
-        results.update(predictions(ctx, results, accuracy, threshold=THRESHOLD, n_boot=n_boot))
+        results.update(predictions(ctx, results, accuracy, threshold=LMC_THRESHOLD,
+                                   n_boot=n_boot))
     analysis = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in v.dims])
                            for k, v in results.items()})
     # Variable-length strings: the only string type with a Zarr v3 specification.
     analysis = analysis.assign_coords({c: analysis[c].values.astype(object)
                                        for c in analysis.coords if analysis[c].dtype.kind == "U"})
+    if "pair" in analysis.dims:  # the two replicas of each pair, as in xr.pairwise
+        analysis = analysis.assign_coords(
+            pair_a=("pair", np.array([ctx.replicas[a] for a, _ in ctx.pairs], np.int64)),
+            pair_b=("pair", np.array([ctx.replicas[b] for _, b in ctx.pairs], np.int64)))
     analysis.attrs.update({
-        "threshold": THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
+        "threshold": LMC_THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
         "skipped": list(ctx.skipped), "absent": absent, "partial": bool(partial),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -1,6 +1,6 @@
 """Does a stability measure predict accuracy? Rank correlations and rewind-point rules.
 
-DESIGN.md §2: for each measure, Spearman and Kendall correlation with final test
+For each measure: Spearman and Kendall correlation with final test
 accuracy across rewind points (``scipy.stats``), with bootstrap confidence
 intervals; predict the best rewind point k by the LMC rule (earliest stable k,
 Frankle et al., ICML 2020) and by a measure-based rule, and compare both with the
@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 from scipy.stats import rankdata
+
+from stabilitylab.analysis.barriers import LMC_THRESHOLD
 
 __all__ = [
     "accuracy_gap",
@@ -114,7 +116,7 @@ def _first(r: np.ndarray, hit: np.ndarray):
     return r[where[0]].item() if where.size else None
 
 
-def predict_rewind_lmc(rewinds, instability, threshold: float = 0.02):
+def predict_rewind_lmc(rewinds, instability, threshold: float = LMC_THRESHOLD):
     """LMC rule: the earliest rewind point k whose instability is < ``threshold``.
 
     Frankle et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis",

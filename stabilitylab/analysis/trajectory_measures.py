@@ -24,30 +24,84 @@ from stabilitylab.analysis.measures import (
     mask_jaccard,
     sign_flips,
 )
+from stabilitylab.analysis.registry import Measure, Variable, allocate, group
 
 EARLY_WINDOW = 10  # recorded intervals after k averaged into the scalar early-bird measure
 
+_PAIR_STEP = ("kind", "level", "rewind", "pair", "step")
+_RUN_STEP = ("kind", "level", "rewind", "step")
+VARIABLES = (
+    Variable("data_order_l2", _PAIR_STEP, "L2 distance between the pair's weights at each "
+             "recorded step ≥ rewind (NaN before)", "weight L2 norm"),
+    Variable("data_order_angle", _PAIR_STEP, "angle between the pair's weight vectors, same",
+             "radians"),
+    Variable("data_order_l2_final", ("kind", "level", "rewind", "pair"),
+             "`data_order_l2` at T", "weight L2 norm"),
+    Variable("data_order_angle_final", ("kind", "level", "rewind", "pair"),
+             "`data_order_angle` at T", "radians"),
+    Variable("pruning_noise_l2", _RUN_STEP, "‖m⊙W_dense − m⊙W_sub‖ between replica 0 of (kind, "
+             "level) and `imp` level 0 replica 0 (same k), over surviving weights; levels ≥ 1; "
+             "NaN for `reinit` (it does not start from W_k, so the dense copy is no "
+             "counterpart)", "weight L2 norm"),
+    Variable("pruning_noise_angle", _RUN_STEP, "the angle between the same two", "radians"),
+    Variable("random_imp_ratio_data_order", ("level", "rewind"), "Random/IMP ratio of the "
+             "final-step data-order L2 distance (pair mean)", "ratio"),
+    Variable("random_imp_ratio_pruning_noise", ("level", "rewind"), "Random/IMP ratio of the "
+             "final-step pruning-noise L2 distance", "ratio"),
+    Variable("mask_jaccard", ("level", "rewind", "pair"), "Jaccard overlap of the masks IMP "
+             "would draw from each replica's final weights at the next level's density",
+             "fraction"),
+    Variable("mask_jaccard_chance", ("level", "rewind"), "p/(2−p) at density p", "fraction"),
+    Variable("sign_flips", ("kind", "level", "rewind", "replica"), "fraction of surviving "
+             "weights whose sign differs between W_k and W_T", "fraction"),
+    Variable("early_bird", ("kind", "level", "rewind", "replica", "step"), "Hamming distance "
+             "between magnitude masks of consecutive recorded steps", "fraction",
+             needs_trajectory=True),
+    Variable("early_bird_early", ("kind", "level", "rewind", "replica"), "`early_bird` "
+             f"averaged over the first {EARLY_WINDOW} recorded intervals after k", "fraction",
+             needs_trajectory=True),
+)
+MEASURES = (
+    Measure("data_order_l2", "data_order_l2_final", "pair", "weight L2 norm", False,
+            "L2 distance between the two replicas' final weights ‖W_a − W_b‖",
+            "Frankle et al., arXiv 1903.01611", label="data-order L2 distance", rank=7),
+    Measure("data_order_angle", "data_order_angle_final", "pair", "radians", False,
+            "angle between the two replicas' final weight vectors",
+            label="data-order angle", rank=8),
+    Measure("mask_jaccard", "mask_jaccard", "pair", "fraction", True,
+            "Jaccard overlap of the masks IMP would draw from each replica's final weights",
+            label="mask Jaccard (replica masks)", rank=9),
+    Measure("sign_flips", "sign_flips", "replica", "fraction", False,
+            "share of surviving weights whose sign differs between W_k and W_T",
+            label="sign flips since k", rank=10),
+    Measure("early_bird", "early_bird_early", "replica", "fraction", False,
+            "Hamming distance between magnitude masks of consecutive recorded steps, mean over "
+            "the first steps after k, as a share of prunable weights", "You et al., ICLR 2020",
+            label="early-bird mask distance", rank=11),
+)
 
-def _nan(ctx, dims: tuple[str, ...]) -> xr.DataArray:
-    coords = {"kind": ctx.kinds, "level": ctx.levels, "rewind": ctx.rewinds,
-              "replica": ctx.replicas, "step": ctx.steps, "pair": ctx.pair_labels}
-    shape = tuple(len(coords[d]) for d in dims)
-    return xr.DataArray(np.full(shape, np.nan), dims=dims, coords={d: coords[d] for d in dims})
+
+def _combos(ctx):
+    return len(list(ctx.combos()))
+
+
+@group("trajectory", reads="trajectory", variables=VARIABLES, measures=MEASURES,
+       phase="trajectory measures", work=_combos, rank=10)
+def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
+    """The trajectory group: every variable above, in one pass over the runs."""
+    out = trajectory_measures(ctx, progress=progress)
+    out.update(random_imp_ratios(ctx, out))
+    T = ctx.resolved.total_steps
+    out["data_order_l2_final"] = out["data_order_l2"].sel(step=T, drop=True)
+    out["data_order_angle_final"] = out["data_order_angle"].sel(step=T, drop=True)
+    return out
 
 
 def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     """Every trajectory measure for every complete (kind, level, rewind)."""
-    out = {
-        "data_order_l2": _nan(ctx, ("kind", "level", "rewind", "pair", "step")),
-        "data_order_angle": _nan(ctx, ("kind", "level", "rewind", "pair", "step")),
-        "pruning_noise_l2": _nan(ctx, ("kind", "level", "rewind", "step")),
-        "pruning_noise_angle": _nan(ctx, ("kind", "level", "rewind", "step")),
-        "sign_flips": _nan(ctx, ("kind", "level", "rewind", "replica")),
-        "early_bird": _nan(ctx, ("kind", "level", "rewind", "replica", "step")),
-        "early_bird_early": _nan(ctx, ("kind", "level", "rewind", "replica")),
-        "mask_jaccard": _nan(ctx, ("level", "rewind", "pair")),
-        "mask_jaccard_chance": _nan(ctx, ("level", "rewind")),
-    }
+    out = {name: allocate(ctx, name) for name in (
+        "data_order_l2", "data_order_angle", "pruning_noise_l2", "pruning_noise_angle",
+        "sign_flips", "early_bird", "early_bird_early", "mask_jaccard", "mask_jaccard_chance")}
     fraction = ctx.cfg.pruning.fraction
     dense_cache: dict[int, np.ndarray] = {}
     for kind, level, k in list(ctx.combos()):

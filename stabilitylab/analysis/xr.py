@@ -53,7 +53,8 @@ def pairwise(da: xr.DataArray, dim: str = "replica", *, param_dim: str = "param"
     """Distance between every pair i < j along ``dim``, as a new ``pair`` dim.
 
     The ``pair`` coordinate holds labels like ``"0-1"`` built from the ``dim``
-    coordinate, with ``pair_first`` / ``pair_second`` as extra coordinates.
+    coordinate, with ``pair_a`` / ``pair_b`` (the two ``dim`` labels) as extra coordinates, as in the
+    ``analysis`` group.
     (:func:`stabilitylab.analysis.distances.pairwise_distance`.)
     """
     labels = da[dim].values if dim in da.coords else np.arange(da.sizes[dim])
@@ -72,7 +73,7 @@ def pairwise(da: xr.DataArray, dim: str = "replica", *, param_dim: str = "param"
                                              "output_sizes": {"pair": len(pairs)}})
     return out.assign_coords(
         pair=[f"{labels[i]}-{labels[j]}" for i, j in pairs],
-        pair_first=("pair", labels[pairs[:, 0]]), pair_second=("pair", labels[pairs[:, 1]]))
+        pair_a=("pair", labels[pairs[:, 0]]), pair_b=("pair", labels[pairs[:, 1]]))
 
 
 def instability(curve: xr.DataArray, dim: str = "alpha") -> xr.DataArray:

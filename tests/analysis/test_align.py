@@ -1,4 +1,4 @@
-"""Permutation invariants and weight matching (DESIGN.md §5)."""
+"""Permutation invariants and weight matching (Ainsworth et al., "Git Re-Basin", ICLR 2023: weight matching)."""
 
 import copy
 

@@ -1,4 +1,4 @@
-"""Distance invariants (DESIGN.md §5): identity, symmetry, triangle, masking, scaling."""
+"""Distance invariants (L2 and angle are metrics on masked weights): identity, symmetry, triangle, masking, scaling."""
 
 import numpy as np
 import pytest

@@ -97,7 +97,7 @@ def test_bn_recompute_does_not_touch_template_mode():
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.floats(0.5, 5.0))
 def test_above_line_barrier_zero_for_convex_softmax_regression(seed, scale):
-    """Cross-entropy of softmax regression is convex in its parameters (DESIGN.md §5)."""
+    """Cross-entropy of softmax regression is convex in its parameters (so the above-the-line barrier of Entezari et al., ICLR 2022, is 0 there)."""
     g = torch.Generator().manual_seed(seed)
     stacked = StackedModel(nn.Linear(4, 3).double())
     w1 = torch.randn(stacked.num_params, generator=g, dtype=torch.float64) * scale

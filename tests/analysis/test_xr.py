@@ -29,7 +29,7 @@ def test_distances_and_pairwise(weights):
     pw = sxr.pairwise(weights, "replica", mask=mask)
     assert pw.dims == ("rewind", "step", "pair")
     assert list(pw.pair.values) == ["0-1", "0-2", "1-2"]
-    assert list(pw.pair_second.values) == [1, 2, 2]
+    assert list(pw.pair_b.values) == [1, 2, 2]
     np.testing.assert_allclose(pw.sel(pair="0-1"), out)
 
 
