@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from common import store_path
 
 import stabilitylab
 
@@ -75,8 +76,6 @@ def study_rows(store: Path, condition: str, seed: int) -> list[dict]:
 
 
 def collect(plan: dict, runs: Path, out: Path) -> None:
-    from make_findings import store_path
-
     rows, missing = [], []
     for cond in plan["condition"]:
         for seed in plan["seeds"]:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from render import MEASURE_LABELS, THRESHOLD, TOLERANCE, fmt
+from common import MEASURE_LABELS, THRESHOLD, TOLERANCE, fmt
 
 HERE = Path(__file__).resolve().parent
 

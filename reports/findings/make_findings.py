@@ -39,6 +39,9 @@ REPO = HERE.parents[1]
 RESULTS = HERE / "results.csv"
 TUNING = HERE / "tuning.csv"
 
+sys.path.insert(0, str(HERE))  # common/collect/render/document sit beside this file
+from common import store_path
+
 
 def load_plan(path: Path = HERE / "findings.toml") -> dict:
     with open(path, "rb") as f:
@@ -48,10 +51,6 @@ def load_plan(path: Path = HERE / "findings.toml") -> dict:
         if not c["config"].is_file():
             raise SystemExit(f"error: {path.name}: condition {c['name']!r} has no {c['config']}")
     return plan
-
-
-def store_path(runs: Path, condition: str, seed: int) -> Path:
-    return runs / f"{condition}-s{seed}.zarr"
 
 
 def expected_id(config: Path, seed: int, overrides: tuple[str, ...] = ()) -> str:
@@ -223,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         render(plan, RESULTS, args.out, tuning=TUNING)
     return 0
 
-
-sys.path.insert(0, str(HERE))  # collect/render/document sit beside this file
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from common import MEASURE_LABELS, THRESHOLD, TOLERANCE, fmt
 from scipy import stats
 
 from stabilitylab.analysis.stats import (
@@ -32,25 +33,6 @@ from stabilitylab.analysis.stats import (
 )
 
 HERE_STUDIES = Path(__file__).resolve().parent / "studies"
-THRESHOLD = 0.02  # LMC: instability < 2 percentage points of error
-TOLERANCE = 0.002  # "within 0.2% of the oracle's accuracy"
-MEASURE_LABELS = {
-    "instability": "barrier (instability, test error)",
-    "instability_train": "barrier on train error",
-    "loss_barrier": "loss barrier",
-    "above_line_barrier": "barrier above the chord",
-    "above_line_loss_barrier": "loss barrier above the chord",
-    "aligned_instability": "aligned barrier (weight matching)",
-    "disagreement": "disagreement",
-    "data_order_l2": "data-order L2 distance",
-    "data_order_angle": "data-order angle",
-    "mask_jaccard": "mask Jaccard (replica masks)",
-    "sign_flips": "sign flips since k",
-    "early_bird": "early-bird mask distance",
-    "rhat": "R-hat",
-    "gradient_noise_scale": "gradient noise scale",
-    "rewind_k": "*baseline: the rewind step k itself*",
-}
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -105,14 +87,6 @@ def wilson(k: int, n: int) -> tuple[float, float, float]:
         return math.nan, math.nan, math.nan
     ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
     return k / n, float(ci.low), float(ci.high)
-
-
-def fmt(mean, half, scale=1.0, digits=1, unit="") -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    if not np.isfinite(half):
-        return f"{mean * scale:.{digits}f}{unit}"
-    return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}{unit}"
 
 
 # -- figures ---------------------------------------------------------------------------------

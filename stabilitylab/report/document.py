@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.report import figures as F
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def prediction_table(analysis: xr.Dataset) -> list[dict]:
     """
     if "oracle_rewind" not in analysis:
         return []
-    threshold = float(analysis.attrs.get("threshold", 0.02))
+    threshold = float(analysis.attrs.get("threshold", LMC_THRESHOLD))
     rows = []
 
     def k_or_none(v):
@@ -355,7 +356,7 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
         levels = analysis["level"].values if "level" in analysis.coords else []
         rewinds = analysis["rewind"].values if "rewind" in analysis.coords else []
         last = levels[-1] if len(levels) else 0
-        thr = 100 * float(analysis.attrs.get("threshold", 0.02))
+        thr = 100 * float(analysis.attrs.get("threshold", LMC_THRESHOLD))
         specs.append(("instability.png",
                       (f"Instability (test-error barrier along the linear path between replicas, "
                        f"percentage points) vs rewind point, IMP; band: 95% bootstrap interval "
@@ -440,8 +441,8 @@ SECTION_TITLES = {"provenance": "Provenance", "runs": "Runs", "issues": "Skipped
 
 def _summary_note(analysis) -> str:
     attrs = analysis.attrs if analysis is not None else {}
-    thr = 100 * float(attrs.get("threshold", 0.02))
-    tol = 100 * float(attrs.get("matching_tolerance", 0.002))
+    thr = 100 * float(attrs.get("threshold", LMC_THRESHOLD))
+    tol = 100 * float(attrs.get("matching_tolerance", MATCHING_TOLERANCE))
     dense = _num(analysis["dense_test_acc"]) if analysis is not None and \
         "dense_test_acc" in analysis else None
     dense_text = f"{100 * dense:.2f}%" if dense is not None else "unknown"

@@ -23,6 +23,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.report import glossary as G
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,10 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     Line: mean over replica pairs; band: the 95% bootstrap percentile interval of that mean
     over pairs (:func:`interval`; never outside the pairs' range, so never below 0), or
     min–max with fewer than 3 pairs (the legend title says which). Percentage points. ``threshold`` defaults to
-    ``analysis.attrs["threshold"]`` (0.02). ``variable`` may be any barrier with dims
+    ``analysis.attrs["threshold"]``. ``variable`` may be any barrier with dims
     (kind, level, rewind, pair), e.g. ``instability_train`` or ``aligned_instability``.
     """
-    threshold = float(analysis.attrs.get("threshold", 0.02) if threshold is None else threshold)
+    threshold = float(analysis.attrs.get("threshold", LMC_THRESHOLD) if threshold is None else threshold)
     fig, axes = _figure()
     ax = axes[0, 0]
     da = _get(analysis, variable, kind=kind)
@@ -285,7 +286,7 @@ def plot_distances(analysis: xr.Dataset, *, level, which: str = "data_order",
 def _accuracy_table(data: xr.Dataset):
     """(mean, std, density, dense accuracy, tolerance) from a study or an analysis Dataset."""
     acc = data["final_test_acc"]
-    tol = float(data.attrs.get("matching_tolerance", 0.002))
+    tol = float(data.attrs.get("matching_tolerance", MATCHING_TOLERANCE))
     if "replica" in acc.dims:  # a study: complete runs only
         if "status" in data:
             acc = acc.where(data["status"] == 2)

@@ -3,8 +3,10 @@ README.md exactly from the committed results, and knows a stale store when it se
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import stabilitylab
 
 FINDINGS = Path(__file__).resolve().parents[2] / "reports" / "findings"
+PHASES = ("common", "make_findings", "collect", "render", "document")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def make_findings():
     sys.modules["make_findings"] = mod
     spec.loader.exec_module(mod)
     yield mod
-    for name in ("make_findings", "collect", "render", "document"):
+    for name in PHASES:
         sys.modules.pop(name, None)
 
 
@@ -59,3 +62,32 @@ def test_stale_and_incomplete_stores_are_recognised(make_findings, tiny_study, t
     shutil.copytree(tiny_study, broken)
     (broken / "zarr.json").write_text("{not json")
     assert make_findings._state(broken, sid) == "incomplete"
+
+
+def _local_imports(name: str) -> set[str]:
+    tree = ast.parse((FINDINGS / f"{name}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in PHASES:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in PHASES}
+    return found
+
+
+def test_findings_modules_import_in_one_direction():
+    """No import cycle among the findings scripts (common imports none of them), and each
+    imports alone in a fresh interpreter."""
+    graph = {name: _local_imports(name) for name in PHASES}
+    assert graph["common"] == set()
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n)))
+                   for n in graph[start])
+
+    assert not [n for n in PHASES if reaches(n, n)], graph
+    # one interpreter (torch imports once); before each import the scripts are forgotten
+    script = ("import importlib, sys\nfor name in sys.argv[1:]:\n"
+              "    for n in sys.argv[1:]:\n        sys.modules.pop(n, None)\n"
+              "    importlib.import_module(name)\n")
+    subprocess.run([sys.executable, "-c", script, *PHASES], cwd=FINDINGS, check=True)
