@@ -88,7 +88,7 @@ register(Group(
     ),
     measures=(Measure("aligned_instability", "aligned_instability", "pair", "fraction", False,
                       "test-error barrier after permuting one replica's units to match the "
-                      "other's (weight matching)", "Ainsworth et al., ICLR 2023",
+                      "other's by weight matching", "Ainsworth et al., ICLR 2023",
                       label="aligned barrier (weight matching)", rank=5),),
 ))
 
