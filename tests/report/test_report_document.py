@@ -1,20 +1,22 @@
 """The report folder: files, sizes, embedded images, tables, atomic replacement, degraded data."""
 
+import json
 import re
 
 import numpy as np
 import pytest
+from _studies import DIVERGED_STEP, study_and_analysis
 
 import stabilitylab
 from stabilitylab.errors import StoreError
 from stabilitylab.report import document as D
 from stabilitylab.report import prediction_table, provenance_rows, write_report, write_report_from
-from stabilitylab.report.testing import make_analysis, make_study
 
 
 @pytest.fixture(scope="module")
-def data():
-    return make_study(), make_analysis()
+def data(tmp_path_factory):
+    """A real tiny study and the analysis the real analyze wrote for it."""
+    return study_and_analysis(tmp_path_factory, "full")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def test_html_embeds_every_figure_headline_first(report):
     assert len(uris) == len(pngs)
     assert "Instability (test-error barrier" in text.split("<figure>")[1]  # the headline
     assert "<table>" in text and "Rewind-point prediction" in text
-    assert "diverged at step 340" in text and "<style>" in text
+    assert f"diverged at step {DIVERGED_STEP}" in text and "<style>" in text
     assert "src='instability.png'" not in text  # self-contained
 
 
@@ -71,8 +73,14 @@ def test_prediction_table(data):
     np.testing.assert_allclose([r["gap"] for r in lmc], analysis.gap_lmc.values)
     assert lmc[1]["accuracy_oracle"] == pytest.approx(
         float(analysis.final_test_acc.sel(kind="imp", level=1, rewind=lmc[1]["oracle_rewind"])))
-    # mask_jaccard is NaN at level 0: no row there
+    assert [r for r in rows if r["level"] == 0 and r["rule"] == "measure: mask_jaccard"]
+    # a measure that is NaN at a level gets no row there
+    nan0 = analysis.copy()
+    nan0["measure_value"] = analysis.measure_value.where(
+        (analysis.measure != "mask_jaccard") | (analysis.level != 0))
+    rows = prediction_table(nan0)
     assert not [r for r in rows if r["level"] == 0 and r["rule"] == "measure: mask_jaccard"]
+    assert [r for r in rows if r["level"] == 1 and r["rule"] == "measure: mask_jaccard"]
 
 
 def test_prediction_table_none_when_no_rewind_is_stable(data):
@@ -86,32 +94,36 @@ def test_prediction_table_none_when_no_rewind_is_stable(data):
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_provenance_rows(as_json, data):
-    study = make_study(config_as_json=as_json)
+    import torch
+
+    study = data[0].copy()
+    cfg = study.attrs["config"]
+    if isinstance(cfg, str) != as_json:  # the store's JSON text, or the dict open_study gives
+        study.attrs["config"] = json.dumps(cfg) if as_json else json.loads(cfg)
     rows = provenance_rows(study, data[1])
     get = {(r["section"], r["key"]): r["value"] for r in rows}
-    assert get[("provenance", "study_id")] == "synthetic0000"
-    assert get[("provenance", "versions.torch")] == "2.4.0"
-    assert get[("config", "study.name")] == "synthetic"
-    # resolved values that apply (the synthetic study: conv1d, SGD, controls, 2 levels)
-    assert get[("config", "study.rewinds")] == "k = 0, 25, 50, 100, 200, 400 (iterations)"
+    assert get[("provenance", "study_id")] == study.attrs["study_id"]
+    assert get[("provenance", "versions.torch")] == torch.__version__
+    name = json.loads(cfg)["study"]["name"] if isinstance(cfg, str) else cfg["study"]["name"]
+    assert get[("config", "study.name")] == name
+    # resolved values that apply (the tiny study: conv1d, SGD, controls, 2 levels)
+    assert get[("config", "study.rewinds")] == "k = 0, 10, 20 (iterations)"
     assert get[("config", "study.control_levels")].startswith("2 ")  # not the stored []
-    assert get[("config", "model.options.channels")] == 32
+    assert get[("config", "model.options.channels")] == 4
     for absent in ("model.hidden", "model.width", "training.beta1", "data.root",
                    "training.lookahead_alpha", "training.gamma"):
         assert ("config", absent) not in get, absent
-    assert get[("runs", "reinit")] == "17 complete, 1 diverged"
-    assert get[("issues", "reinit level 2 k=0 replica 2")] == "diverged at step 340"
-    assert get[("issues", "imp level 2 k=400 replica 2")] == "incomplete"
+    assert get[("runs", "reinit")] == "8 complete, 1 diverged"
+    assert get[("issues", "reinit level 2 k=0 replica 2")] == f"diverged at step {DIVERGED_STEP}"
+    assert get[("issues", "imp level 2 k=20 replica 2")] == "incomplete"
     assert ("analysis", "skipped") in get
-    assert D.study_name(study) == "synthetic"
+    assert D.study_name(study) == name == "tiny-report"
 
 
-def test_degraded_inputs_still_make_a_report(tmp_path):
-    """No controls, one pair, alignment unsupported, variables missing, all-NaN barriers."""
-    study = make_study(levels=1, rewinds=(0, 10, 40), replicas=2, controls=(), total=100,
-                       diverged=0, incomplete=0)
-    analysis = make_analysis(levels=1, rewinds=(0, 10, 40), replicas=2, controls=(),
-                             aligned=False, total=100)
+def test_degraded_inputs_still_make_a_report(tmp_path, tmp_path_factory):
+    """No controls, one pair, no alignment, variables missing, all-NaN barriers."""
+    study, analysis = study_and_analysis(tmp_path_factory, "small")
+    assert np.isnan(analysis.aligned_instability).all()  # analysed without weight matching
     analysis["instability"] = analysis.instability * np.nan
     analysis = analysis.drop_vars(["pruning_noise_l2", "spearman_low", "gap_measure", "density"])
     analysis.attrs["skipped"] = "one\ntwo"
@@ -167,7 +179,7 @@ def test_write_report_opens_the_store(data, tmp_path, monkeypatch, cheap_figures
     monkeypatch.chdir(tmp_path)
     out = write_report("runs/x.zarr")
     assert opened == ["runs/x.zarr"]
-    assert out == tmp_path.joinpath("reports", "synthetic").relative_to(tmp_path)
+    assert out == tmp_path.joinpath("reports", "tiny-report").relative_to(tmp_path)
     assert (tmp_path / out / "index.html").exists()
 
     def missing(url):

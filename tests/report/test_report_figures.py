@@ -1,26 +1,36 @@
-"""Report figures from the synthetic Datasets: labels, PNG output, graceful NaN/missing data."""
+"""Report figures from real tiny analyses: labels, PNG output, graceful NaN/missing data."""
 
 import inspect
 import io
 
 import numpy as np
 import pytest
+from _studies import study_and_analysis
 from matplotlib.figure import Figure
 
 from stabilitylab.report import figures as F
-from stabilitylab.report.testing import make_analysis, make_study
 
 
 @pytest.fixture(scope="module")
-def analysis():
-    return make_analysis(seed=0)
+def full(tmp_path_factory):
+    """Levels 0-2 (controls at 2), rewinds 0/10/20, 3 replicas: (study, analysis)."""
+    return study_and_analysis(tmp_path_factory, "full")
 
 
 @pytest.fixture(scope="module")
-def small():
+def analysis(full):
+    return full[1]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
     """One level, 2 replicas (a single pair: min–max bands), no controls, no alignment."""
-    return make_analysis(levels=1, rewinds=(0, 10, 40), replicas=2, controls=(), aligned=False,
-                         total=100, seed=1)
+    return study_and_analysis(tmp_path_factory, "small")[1]
+
+
+def density_label(analysis, level) -> str:
+    d = float(analysis.density.sel(kind="imp", level=level).mean())
+    return f"density {100 * d:.0f}%"
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -45,7 +55,7 @@ def test_instability(analysis):
     assert "barrier" in ax.get_ylabel() and "percentage points" in ax.get_ylabel()
     assert ax.get_xscale() == "symlog"
     labels = legend_labels(ax)
-    assert any("density 64%" in lab for lab in labels) and "threshold 2 pp" in labels
+    assert any(density_label(analysis, 2) in lab for lab in labels) and "threshold 2 pp" in labels
     assert "95% bootstrap" in ax.get_legend().get_title().get_text()
     # the level lines are pair means, in percentage points
     line = next(ln for ln in ax.lines if ln.get_label().startswith("level 2"))
@@ -68,11 +78,12 @@ def test_instability_all_nan_or_missing_does_not_crash(analysis):
     png_bytes(ax.figure)
     # a control kind at a level without controls is simply absent
     ax = F.plot_instability(analysis, kind="reinit").axes[0]
-    assert [lab for lab in legend_labels(ax) if lab.startswith("level")] == ["level 2 (density 64%)"]
+    assert [lab for lab in legend_labels(ax) if lab.startswith("level")] == [
+        f"level 2 ({density_label(analysis, 2)})"]
 
 
 def test_interpolation_one_line_per_pair(analysis):
-    fig = F.plot_interpolation(analysis, level=1, rewind=50)
+    fig = F.plot_interpolation(analysis, level=1, rewind=10)
     ax = fig.axes[0]
     assert len(ax.lines) == analysis.sizes["pair"]
     assert ax.get_xlabel().startswith("interpolation coefficient α")
@@ -82,7 +93,7 @@ def test_interpolation_one_line_per_pair(analysis):
 
 
 def test_interpolation_several_settings_and_loss(analysis):
-    ax = F.plot_interpolation(analysis, level=[1, 2], rewind=[0, 400], split="train",
+    ax = F.plot_interpolation(analysis, level=[1, 2], rewind=[0, 20], split="train",
                               quantity="loss").axes[0]
     assert ax.get_ylabel() == "train loss (nats)"
     assert len(legend_labels(ax)) == 4  # one entry per (level, rewind)
@@ -107,10 +118,10 @@ def test_distances(analysis, which, metric, ylabel):
 
 
 def test_distances_at_one_rewind_and_without_data(analysis, small):
-    ax = F.plot_distances(analysis, level=2, rewind=100).axes[0]
-    assert legend_labels(ax) == ["IMP, k = 100", "random pruning, k = 100"]
+    ax = F.plot_distances(analysis, level=2, rewind=10).axes[0]
+    assert legend_labels(ax) == ["IMP, k = 10", "random pruning, k = 10"]
     # IMP drawn from k on, as the pair mean
-    want = analysis.data_order_l2.sel(kind="imp", level=2, rewind=100).mean("pair")
+    want = analysis.data_order_l2.sel(kind="imp", level=2, rewind=10).mean("pair")
     np.testing.assert_allclose(ax.lines[0].get_ydata(), want.dropna("step").values)
     assert "no data" in texts(F.plot_distances(analysis, level=0, which="pruning_noise").axes[0])
     ax = F.plot_distances(small, level=1).axes[0]  # no controls: IMP only
@@ -118,8 +129,8 @@ def test_distances_at_one_rewind_and_without_data(analysis, small):
 
 
 @pytest.mark.parametrize("source", ["study", "analysis"])
-def test_accuracy_vs_density(analysis, source):
-    data = make_study() if source == "study" else analysis
+def test_accuracy_vs_density(full, source):
+    data = full[0] if source == "study" else full[1]
     fig = F.plot_accuracy_vs_density(data)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
@@ -129,18 +140,23 @@ def test_accuracy_vs_density(analysis, source):
     assert ax.get_ylabel() == "final test accuracy (%)"
     labels = legend_labels(ax)
     assert {"IMP", "random pruning", "random reinit"} <= set(labels)
-    dense = next(lab for lab in labels if lab.startswith("dense 92."))
+    dense = next(lab for lab in labels if lab.startswith("dense "))
+    assert f"{100 * float(full[1].dense_test_acc):.1f}" in dense
     assert "± 0.2 pp matching tolerance" in dense  # the band is the tolerance, not an sd
-    assert "k = 400" in ax.get_title()
+    assert "k = 20" in ax.get_title()
     assert png_bytes(fig)
 
 
-def test_accuracy_vs_density_uses_complete_runs_only():
-    study = make_study(diverged=1, incomplete=0)
-    study["final_test_acc"] = study.final_test_acc.where(study.status != 3, 0.0)  # garbage
+def test_accuracy_vs_density_uses_complete_runs_only(full):
+    study = full[0].load()
+    assert int((study.status == 3).sum()) == 1  # the diverged reinit run
+    ax = F.plot_accuracy_vs_density(study, rewind=0).axes[0]
+    clean = np.concatenate([ln.get_ydata() for ln in ax.lines if len(ln.get_ydata())])
+    study["final_test_acc"] = study.final_test_acc.where(study.status != 3, -1e3)  # garbage
     ax = F.plot_accuracy_vs_density(study, rewind=0).axes[0]
     heights = np.concatenate([ln.get_ydata() for ln in ax.lines if len(ln.get_ydata())])
-    assert heights.min() > 50
+    np.testing.assert_allclose(heights, clean)  # the diverged run's value is never used
+    assert heights.min() > 0
 
 
 def test_measure_correlations(analysis, small):
@@ -155,11 +171,14 @@ def test_measure_correlations(analysis, small):
     want = 100 * analysis.measure_value.sel(measure="instability", level=level).values
     np.testing.assert_allclose(x, np.sort(want[np.isfinite(want)]))
     assert png_bytes(fig)
-    # all-NaN measures (no alignment; mask_jaccard at level 0 only) are left out
+    # all-NaN measures (no alignment; mask_jaccard made NaN at level 0) are left out
+    small = small.copy()
+    small["measure_value"] = small.measure_value.where(
+        (small.measure != "mask_jaccard") | (small.level != 0))
     fig = F.plot_measure_correlations(small, level=0)
     names = [a.get_xlabel().split(" (")[0] for a in fig.axes]
     assert "aligned_instability" not in names and "mask_jaccard" not in names
-    assert "instability" in names
+    assert "instability" in names and "sign_flips" in names
 
 
 def test_measure_correlations_without_measures(analysis):

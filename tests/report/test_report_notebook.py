@@ -1,10 +1,8 @@
 """reports/explore.ipynb runs top to bottom (nbclient) against a store; so does write_report.
 
-Two stores: a fake one (store testing helpers + the synthetic analysis, no training) and
-a tiny recorded and analysed study.
+Both run against the tiny recorded study analysed by the real analyze (tests/conftest.py).
 """
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -41,25 +39,7 @@ def check(nb):
     assert tables, "the joined instability/accuracy table is missing"
 
 
-@pytest.fixture(scope="module")
-def fake_store(tmp_path_factory):
-    try:
-        from stabilitylab.store.testing import make_fake_store
-    except ImportError as e:
-        pytest.skip(f"store testing helpers unavailable: {e}")
-    from stabilitylab.report.testing import make_analysis
-
-    url = tmp_path_factory.mktemp("fake") / "fake.zarr"
-    make_fake_store(url, levels=1, rewinds=(0, 10), replicas=2, controls=("random_prune",))
-    analysis = make_analysis(levels=1, rewinds=(0, 10), replicas=2, controls=("random_prune",),
-                             total=40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr: fixed-width unicode has no v3 spec yet
-        analysis.to_zarr(url, group="analysis", mode="w", zarr_format=3, consolidated=False)
-    return url
-
-
-def test_notebook_as_shipped_finds_the_default_store_from_reports(fake_store, tmp_path,
+def test_notebook_as_shipped_finds_the_default_store_from_reports(tiny_analyzed, tmp_path,
                                                                   monkeypatch):
     """As `jupyter nbconvert --execute reports/explore.ipynb` runs it: the kernel starts in
     reports/ and no STABILITYLAB_STORE is set; runs/mnist1d-default.zarr is found under the
@@ -70,7 +50,7 @@ def test_notebook_as_shipped_finds_the_default_store_from_reports(fake_store, tm
     (repo / "reports").mkdir(parents=True)
     for name in ("explore.ipynb", "make_notebook.py"):
         shutil.copy(NOTEBOOK.with_name(name), repo / "reports" / name)
-    shutil.copytree(fake_store, repo / "runs" / "mnist1d-default.zarr")
+    shutil.copytree(tiny_analyzed[0], repo / "runs" / "mnist1d-default.zarr")
     check(run_notebook(None, repo / "reports", monkeypatch,
                        notebook=repo / "reports" / "explore.ipynb"))
 
