@@ -260,3 +260,17 @@ def test_bad_inputs_are_one_line_errors():
     with pytest.raises(ConfigError, match="positions"):
         layerwise_shuffle({"a": torch.ones(3, dtype=bool)}, torch.Generator(),
                           within={"a": torch.tensor([True, False, False])})
+
+
+@pytest.mark.parametrize("rule", sorted(PAI_RULES))
+def test_exact_zero_weights_never_let_a_pruned_weight_back(rule):
+    """Survivors that score exactly 0 (zero weights) still sort above pruned ones."""
+    names = prunable_names(MODEL)
+    params = dict(PARAMS)
+    current = random_masks(PARAMS, names, 0.5, 9)
+    for n in names:  # a third of the survivors are exactly 0
+        zero = torch.rand(params[n].shape, generator=torch.Generator().manual_seed(1)) < 0.33
+        params[n] = torch.where(zero & current[n], torch.zeros_like(params[n]), params[n])
+    out = run_rule(rule, 0.9, current, params=params)
+    assert count(out) == round(0.9 * count(current))
+    assert all(not (out[n] & ~current[n]).any() for n in names)
