@@ -39,7 +39,7 @@ def test_relative_gaussian_has_relative_size_epsilon_in_float64(seed, eps):
     diff = {n: out[n] - params[n] for n in params}
     assert norm(diff) / norm(params) == pytest.approx(eps, rel=1e-6 if eps < 1e-3 else 1e-9)
     for n, m in masks.items():
-        assert torch.equal(out[n][~m], torch.zeros_like(out[n][~m]))  # exactly 0, not -0 noise
+        assert torch.equal(out[n][~m], torch.zeros_like(out[n][~m]))  # pruned positions untouched: exactly 0
     assert all((out[n] != params[n]).any() for n in params)  # biases move too
 
 
