@@ -36,7 +36,7 @@ import xarray as xr
 READS = ("trajectory", "endpoints", "function")
 REDUCTIONS = ("pair", "replica", None)
 #: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure``).
-DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "measure")
+DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure")
 
 
 @dataclass(frozen=True)
