@@ -2,9 +2,13 @@
 
 Two layers (ArviZ style): array functions with explicit axes in the submodules
 below, and thin xarray wrappers keyed by dim name in :mod:`stabilitylab.analysis.xr`.
+What ``analyze`` computes and writes (groups, variables, measures) is declared in
+:mod:`stabilitylab.analysis.registry`.
 """
 
 from stabilitylab.analysis.barriers import (
+    LMC_THRESHOLD,
+    MATCHING_TOLERANCE,
     above_line_barrier,
     alpha_grid,
     instability,
@@ -39,6 +43,8 @@ from stabilitylab.analysis.stats import (
 )
 
 __all__ = [
+    "LMC_THRESHOLD",
+    "MATCHING_TOLERANCE",
     "above_line_barrier",
     "accuracy_gap",
     "alpha_grid",

@@ -205,9 +205,9 @@ def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | Non
                    label="disagreement", rank=6),
            Measure("rhat", "rhat", None, "ratio (≥ 1)", False,
                    "split-R̂ across replicas of per-example test losses over the last recorded "
-                   "steps, median over examples; closer to 1 is more stable",
+                   "steps, median over examples",
                    "Gelman et al., Bayesian Data Analysis, 3rd ed., §11.4", label="R-hat",
-                   rank=12),
+                   rank=12, stable_note="closer to 1"),
        ))
 def compute_replica(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     return replica_measures(ctx, progress=progress)
@@ -261,8 +261,8 @@ def _gradient_work(ctx):
        measures=(
            Measure("gradient_noise_scale", "gradient_noise_scale", None, "examples", None,
                    "simple gradient noise scale B_simple = tr(Σ)/|G|² of minibatch gradients "
-                   "at W_k (a candidate measure)", "McCandlish et al., arXiv 1812.06162, eq. 2.9",
-                   label="gradient noise scale", rank=13),
+                   "at W_k", "McCandlish et al., arXiv 1812.06162, eq. 2.9",
+                   label="gradient noise scale", rank=13, stable_note="a candidate measure"),
        ))
 def compute_gradient(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     return gradient_measures(ctx, progress=progress)

@@ -65,6 +65,7 @@ class Measure:
     citation: str = ""
     label: str = ""  # short label for tables (default: the name)
     rank: int = 1000  # position of the measure coordinate (ties: registration order)
+    stable_note: str = ""  # added to the direction, e.g. "closer to 1"
     group: str = ""  # filled in by :func:`group`
 
     @property
@@ -74,8 +75,10 @@ class Measure:
 
     @property
     def direction(self) -> str:
-        """``"higher"``, ``"lower"`` or ``"no fixed direction"``: which way is more stable."""
-        return {True: "higher", False: "lower", None: "no fixed direction"}[self.higher_is_stable]
+        """``"higher"``, ``"lower"`` or ``"no fixed direction"`` (plus the note): which way is
+        more stable."""
+        base = {True: "higher", False: "lower", None: "no fixed direction"}[self.higher_is_stable]
+        return f"{base} ({self.stable_note})" if self.stable_note else base
 
 
 @dataclass(frozen=True)

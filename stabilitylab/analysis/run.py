@@ -20,6 +20,9 @@ from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
 from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
+
+# Old names, kept importable from here: the groups now run through the registry.
+from stabilitylab.analysis.trajectory_measures import trajectory_measures  # noqa: F401
 from stabilitylab.errors import StabilityLabError
 
 log = logging.getLogger(__name__)
