@@ -23,6 +23,11 @@ MEASURE_LABELS = {name: m.label or name for name, m in registry.measures().items
 MEASURE_LABELS["rewind_k"] = "*baseline: the rewind step k itself*"
 
 
+def seeds_of(plan: dict, cond: dict) -> list[int]:
+    """A condition's seeds: its own ``seeds`` list in findings.toml, else the plan's."""
+    return list(cond.get("seeds", plan["seeds"]))
+
+
 def store_path(runs: Path, condition: str, seed: int) -> Path:
     return runs / f"{condition}-s{seed}.zarr"
 

@@ -3,6 +3,8 @@
     python reports/findings/make_findings.py            # everything (about 40 min on 2 cores)
     python reports/findings/make_findings.py --jobs 1   # one study at a time
     python reports/findings/make_findings.py report     # re-render from results.csv only
+    python reports/findings/make_findings.py run collect report --conditions chaos_conv
+                                                        # one condition's studies, then the report
 
 Phases (default: all four, in order):
 
@@ -40,7 +42,7 @@ RESULTS = HERE / "results.csv"
 TUNING = HERE / "tuning.csv"
 
 sys.path.insert(0, str(HERE))  # common/collect/render/document sit beside this file
-from common import store_path
+from common import seeds_of, store_path
 
 
 def load_plan(path: Path = HERE / "findings.toml") -> dict:
@@ -175,10 +177,12 @@ def tune_all(plan: dict, runs: Path, jobs: int, out: Path) -> None:
         w.writerows(rows)
 
 
-def run_all(plan: dict, runs: Path, jobs: int) -> None:
+def run_all(plan: dict, runs: Path, jobs: int, only: list[str] | None = None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     # seed-major: an interrupted run still has every condition at the first seeds
-    todo = [(c, s) for s in plan["seeds"] for c in plan["condition"]]
+    seeds = sorted({s for c in plan["condition"] for s in seeds_of(plan, c)})
+    todo = [(c, s) for s in seeds for c in plan["condition"] if s in seeds_of(plan, c)
+            and (not only or c["name"] in only)]
     threads = max(1, (os.cpu_count() or 1) // jobs)
     t0, done = time.perf_counter(), 0
     print(f"run: {len(todo)} studies into {runs}, {jobs} at a time", flush=True)
@@ -202,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "findings", help="store folder")
     p.add_argument("--jobs", type=int, default=2, help="studies at once (default 2)")
     p.add_argument("--out", type=Path, default=HERE, help="report folder (default: this folder)")
+    p.add_argument("--conditions", nargs="+", metavar="NAME",
+                   help="run and collect only these conditions (collect keeps the other "
+                        "conditions' rows of results.csv)")
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
@@ -210,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if "tune" in phases:
         tune_all(plan, args.runs, args.jobs, TUNING)
     if "run" in phases:
-        run_all(plan, args.runs, args.jobs)
+        run_all(plan, args.runs, args.jobs, args.conditions)
     if "collect" in phases:
         from collect import collect
 
-        collect(plan, args.runs, RESULTS)
+        collect(plan, args.runs, RESULTS, args.conditions)
     if "report" in phases:
         from render import render
 

@@ -40,15 +40,20 @@ HERE_STUDIES = Path(__file__).resolve().parent / "studies"
 class Results:
     """results.csv, indexed: value(condition, seed, quantity, kind, level, rewind)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, conditions=None):
         self.v: dict[tuple, float] = {}
         self.curves: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+        self.step_curves: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
         with open(path, newline="") as f:
             for r in csv.DictReader(f):
+                if conditions is not None and r["condition"] not in conditions:
+                    continue
                 key = (r["condition"], int(r["seed"]), r["quantity"], r["kind"] or None,
                        int(r["level"]) if r["level"] else None, int(r["rewind"]) if r["rewind"] else None)
                 if r["alpha"]:
                     self.curves[key].append((float(r["alpha"]), float(r["value"])))
+                elif r.get("step"):
+                    self.step_curves[key].append((int(r["step"]), float(r["value"])))
                 else:
                     self.v[key] = float(r["value"])
         self.rewinds = sorted({k[5] for k in self.v if k[5] is not None})
@@ -277,9 +282,9 @@ def figure_q4(ratio, path: Path) -> None:
 
 def compute(plan: dict, results: Path, out_dir: Path) -> dict:
     """Everything the report states, as numbers (also used by the tests), plus the figures."""
-    res = Results(results)
-    labels = {c["name"]: c["label"] for c in plan["condition"]}
     by_q = {q: [c["name"] for c in plan["condition"] if q in c["questions"]] for q in ("Q1", "Q2", "Q3", "Q4")}
+    res = Results(results, conditions={c for q in by_q.values() for c in q})
+    labels = {c["name"]: c["label"] for c in plan["condition"]}
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     sparse = [lv for lv in res.levels if lv > 0]
@@ -342,7 +347,10 @@ def tuning_table(plan: dict, tuning: Path) -> tuple[list[str], dict]:
 def render(plan: dict, results: Path, out_dir: Path, tuning: Path | None = None) -> None:
     from document import write_report
 
+    from chaos import compute as compute_q567
+
     numbers = compute(plan, results, out_dir)
+    numbers["q567"] = compute_q567(plan, results, out_dir / "figures")
     numbers["tuning_table"], numbers["tuning_best"] = tuning_table(plan, tuning or out_dir / "tuning.csv")
     write_report(plan, numbers, out_dir / "README.md")
     print(f"report: {out_dir / 'README.md'}")
