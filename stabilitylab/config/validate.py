@@ -16,7 +16,6 @@ from stabilitylab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 STRATEGIES = ("global", "layerwise")
-CONTROLS = ("random_prune", "reinit")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")  # stabilitylab.train.step.use_compile
 DEVICES = ("auto", "cpu", "cuda")
@@ -150,8 +149,11 @@ def validate(cfg: Config) -> Resolved:
     _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
     _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
-    bad_controls = [c for c in s.controls if c not in CONTROLS]
-    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(CONTROLS)}")
+    from stabilitylab.study.kinds import control_names  # the run-kind registry
+
+    controls = control_names()
+    bad_controls = [c for c in s.controls if c not in controls]
+    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(controls)}")
     _need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")
 
     info = dataset_info(d)  # a plugin dataset without stated sizes is loaded here, once

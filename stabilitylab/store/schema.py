@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -26,6 +26,8 @@ SCHEMA = "stabilitylab.study"
 SCHEMA_VERSION = 1
 CREATION_LIBRARY = "stabilitylab"
 
+# The run kinds, in the order of the store's ``kind`` coordinate. What each kind trains is
+# declared in stabilitylab.study.kinds (whose registry must list these names, in this order).
 KINDS: tuple[str, ...] = ("imp", "random_prune", "reinit")
 RUN_DIMS: tuple[str, ...] = ("kind", "level", "rewind", "replica")
 
@@ -33,7 +35,19 @@ STATUS_ABSENT, STATUS_INCOMPLETE, STATUS_COMPLETE, STATUS_DIVERGED = 0, 1, 2, 3
 STATUS_CODES = {"absent": 0, "incomplete": 1, "complete": 2, "diverged": 3}
 DONE = (STATUS_COMPLETE, STATUS_DIVERGED)
 
-RunKey = tuple[str, int, int, int]  # (kind, level, rewind_step, replica)
+
+
+class RunKey(NamedTuple):
+    """One run of a study: its kind, IMP level, rewind point (a step) and replica.
+
+    A tuple subclass, so it compares and hashes like ``(kind, level, rewind, replica)`` and
+    plain tuples work wherever a run key is expected.
+    """
+
+    kind: str
+    level: int
+    rewind: int
+    replica: int
 
 REQUIRED_ATTRS = (
     "schema", "schema_version", "created_at", "creation_library", "versions", "device",

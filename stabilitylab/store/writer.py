@@ -218,7 +218,7 @@ class StudyWriter:
         levels = {i: lv for lv, i in self._level_idx.items()}
         rewinds = {i: k for k, i in self._rewind_idx.items()}
         return {
-            (S.KINDS[k], levels[l], rewinds[r], int(p))
+            RunKey(S.KINDS[k], levels[l], rewinds[r], int(p))
             for k, l, r, p in zip(*np.nonzero(np.isin(status, S.DONE)))
         }
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stabilitylab.errors import StabilityLabError
+from stabilitylab.study.kinds import kinds_at
 
 DEFAULT_MAX_STORE_GB = 100.0
 GB = 1e9
@@ -92,9 +93,7 @@ def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
     K = len(ks)
     steps = list(resolved.record_steps)
     n_steps = len(steps)
-    n_controls = len([c for c in s.controls if c in ("random_prune", "reinit")])
-    controls = set(resolved.control_levels)
-    kinds = [1 + (n_controls if lv in controls else 0) for lv in resolved.levels]
+    kinds = [len(kinds_at(resolved, lv)) for lv in resolved.levels]  # kinds trained per level
     n_runs = R * K * sum(kinds)
     per_task = int(rewinds_per_task or 0) or K
     n_tasks = 1 + len(resolved.levels) * math.ceil(K / per_task)
