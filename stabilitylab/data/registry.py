@@ -65,6 +65,11 @@ DATASETS: dict[str, DatasetInfo] = {
         "cifar10", (3, 32, 32), 10, lambda cfg: 50000, lambda cfg: 10000,
         "stabilitylab.data.vision:load_cifar10",
     ),
+    # scikit-learn's bundled 8x8 digits (optional extra); sizes: stabilitylab.data.digits
+    "digits": DatasetInfo(
+        "digits", (1, 8, 8), 10, lambda cfg: 1438, lambda cfg: 359,
+        "stabilitylab.data.digits:load_digits",
+    ),
 }
 
 _SESSION: dict[str, object] = {}  # python:... -> Dataset
