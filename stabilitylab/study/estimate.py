@@ -109,7 +109,7 @@ def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
     per_run_metrics = 4 * (2 * n_log + 4 * n_eval + 4 + Q) + 9
     store = (4 * P * R * sum(kinds) * stored_rows          # weights
              + n_runs * per_run_metrics                    # metrics, finals, status
-             + len(S.KINDS) * len(resolved.levels) * K * (P + 4)  # masks, density
+             + len(resolved.kinds) * len(resolved.levels) * K * (P + 4)  # masks, density
              + 4 * P * n_steps + 4 * (2 * n_log + 4 * n_eval + Q)  # the dense run
              + 4 * K * (P * n_states + Q)                  # rewind states
              + 8 * (n_steps + n_log + n_eval + K + R + P + Q))  # coordinates

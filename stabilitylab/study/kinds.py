@@ -112,6 +112,7 @@ class RunKind:
     mask: Callable[[MaskInputs], Masks]
     start: Callable[[StartInputs], Start] = field(default=None)  # None: from_rewind
     data_order: Callable[[int], int] = field(default=None)  # None: own_order
+    noise: bool = False  # a noise kind: trained at study.noise_levels when named in study.noise
 
     def __post_init__(self):
         if self.start is None:
@@ -154,6 +155,58 @@ def own_order(replica: int) -> int:
     return replica
 
 
+def first_order(replica: int) -> int:
+    """Every replica trains under replica 0's data order u_0."""
+    return 0
+
+
+def perturbed_rewind(s: StartInputs) -> Start:
+    """:func:`from_rewind`, with W_k moved by a perturbation seeded for this replica
+    (``study.perturbation``: a relative Gaussian of size ``study.epsilon``, or one bit flip;
+    :mod:`stabilitylab.train.perturb`). Pruned weights are not touched."""
+    from stabilitylab.train.perturb import perturb
+
+    start = from_rewind(s)
+    study = s.ctx.cfg.study
+    params = perturb(start.params, s.mask, s.generator(), kind=study.perturbation,
+                     epsilon=study.epsilon)
+    return Start(params, start.buffers, start.opt_state, start.opt_step)
+
+
+def _pai_rule(name: str):
+    """A pruning-at-init mask rule (:mod:`stabilitylab.prune.pai`) at the IMP mask's density
+    over the same prunable weights, scoring W_0 (``pruning.pai_from = "init"``) or W_k, on
+    one training batch of data order u_0 from step k (SNIP, GraSP; SynFlow needs no data)."""
+
+    def rule(m: MaskInputs) -> Masks:
+        from stabilitylab.prune import density
+        from stabilitylab.prune.pai import PAI_RULES
+
+        if m.level == 0:
+            return m.imp
+        ctx = m.ctx
+        if ctx.cfg.pruning.pai_from == "init":
+            params, buffers = ctx.init_weights, {n: t[0] for n, t in ctx.init_buffers.items()}
+        else:
+            params, buffers = m.point.params, m.point.buffers
+        eligible = {n: torch.ones_like(t, dtype=torch.bool) for n, t in m.imp.items()}
+        masks = PAI_RULES[name](ctx.stacked.template, params, buffers, m.batches(1)[0],
+                                density(m.imp), eligible, generator=m.generator)
+        return {n: masks[n].cpu() for n in m.imp}
+
+    rule.__name__ = f"{name}_mask"
+    return rule
+
+
+def shuffled_mask(m: MaskInputs) -> Masks:
+    """The IMP mask with its kept positions permuted at random within each layer (per-layer
+    density kept): the layerwise-shuffle ablation of Frankle et al. 2021, "Pruning Neural
+    Networks at Initialization: Why are We Missing the Mark?" (ICLR), Sec. 5."""
+    from stabilitylab.prune.pai import layerwise_shuffle
+
+    return layerwise_shuffle(m.imp, m.generator) if m.level > 0 else m.imp
+
+
 # -- the registry -----------------------------------------------------------------------
 
 REGISTRY: dict[str, RunKind] = {}
@@ -174,6 +227,27 @@ register(RunKind("random_prune", "W_k under a random mask of the IMP mask's per-
                  control=True, mask=random_mask))
 register(RunKind("reinit", "the IMP mask on a fresh initialization", control=True,
                  mask=imp_mask, start=fresh_init))
+# Noise kinds (study.noise): copies that differ by a perturbation of W_k, not (only) by data
+# order; Summers & Dinneen 2021, "Nondeterminism and Instability in Neural Network
+# Optimization" (ICML).
+register(RunKind("perturb", "the IMP mask from a perturbed W_k, all copies under data order u_0",
+                 control=False, noise=True, mask=imp_mask, start=perturbed_rewind,
+                 data_order=first_order))
+register(RunKind("data_order+perturb", "the IMP mask from a perturbed W_k, each copy its own "
+                 "data order", control=False, noise=True, mask=imp_mask,
+                 start=perturbed_rewind))
+# Pruning-at-init controls: masks scored once at W_0 (or W_k), at the IMP level's density,
+# trained from W_k like random_prune.
+register(RunKind("magnitude_init", "W_k under the global magnitude mask of W_0 (Frankle et al. "
+                 "2021)", control=True, mask=_pai_rule("magnitude_init")))
+register(RunKind("snip", "W_k under the SNIP mask (Lee et al. 2019)", control=True,
+                 mask=_pai_rule("snip")))
+register(RunKind("grasp", "W_k under the GraSP mask (Wang et al. 2020)", control=True,
+                 mask=_pai_rule("grasp")))
+register(RunKind("synflow", "W_k under the SynFlow mask (Tanaka et al. 2020)", control=True,
+                 mask=_pai_rule("synflow")))
+register(RunKind("shuffle", "W_k under the IMP mask shuffled within each layer (Frankle et al. "
+                 "2021)", control=True, mask=shuffled_mask))
 
 
 def get(name: str) -> RunKind:
@@ -191,7 +265,10 @@ def control_names() -> tuple[str, ...]:
 
 def kinds_at(resolved, level: int) -> list[str]:
     """The kinds trained at ``level``, in registry order."""
-    controls = resolved.config.study.controls
+    study = resolved.config.study
     at_controls = level in resolved.control_levels
+    at_noise = level in getattr(resolved, "noise_levels", ())
     return [n for n, k in REGISTRY.items()
-            if not k.control or (at_controls and n in controls)]
+            if (k.control and at_controls and n in study.controls)
+            or (k.noise and at_noise and n in study.noise)
+            or (not k.control and not k.noise)]

@@ -35,14 +35,14 @@ def _imp(ctx, point):
 
 
 def test_registry_lists_the_store_kinds_in_order():
-    assert kinds.names() == S.KINDS
-    assert kinds.control_names() == ("random_prune", "reinit")
+    assert kinds.names() == S.ALL_KINDS
+    assert kinds.control_names() == ("random_prune", "reinit", *S.PAI_KINDS)
     assert not kinds.get("imp").control
 
 
 def test_unknown_control_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
-        stabilitylab.load_config(None, ["study.controls=['snip']"])
+        stabilitylab.load_config(None, ["study.controls=['snipp']"])
     text = str(err.value)
     assert "\n" not in text and "study.controls" in text and "random_prune, reinit" in text
 
