@@ -90,7 +90,7 @@ def _runner():
     from stabilitylab.study import runner
 
     with contextlib.suppress(ImportError):  # where the runner's groups are trained, if split out
-        __import__("stabilitylab.study.tasks")
+        __import__("stabilitylab.study.execution")
     return runner
 
 

@@ -263,7 +263,7 @@ def _record(args) -> int:
             return 0
     progress = False if args.no_progress else None
     if args.scheduler:
-        from stabilitylab.distributed import record_distributed
+        from stabilitylab.study.cluster import record_distributed
 
         record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
                            device=args.device, progress=progress,
@@ -282,8 +282,8 @@ def _dry_run(cfg, out, args) -> int:
     """``record --dry-run``: the plan and the estimates, then the limit checks; writes nothing."""
     from stabilitylab.config import validate
     from stabilitylab.study.estimate import estimate, plan_lines
+    from stabilitylab.study.plan import check_rewinds_per_task
     from stabilitylab.study.runner import check_resources
-    from stabilitylab.study.tasks import check_rewinds_per_task
 
     per_task = check_rewinds_per_task(args.rewinds_per_task)
     resolved = validate(cfg)

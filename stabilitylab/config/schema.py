@@ -79,6 +79,7 @@ class PruningConfig:
     fraction: float = _f(0.5, "fraction of the remaining prunable weights removed per level")
     levels: int = _f(2, "IMP levels L (0 = dense copies only: the cheap rewind-point study)")
     ignore: tuple[str, ...] = _f((), "layer names never pruned; 'output' means the last layer")
+    pai_from: str = _f("init", "pruning-at-init controls score W_0 ('init') or W_k ('rewind')")
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,21 @@ class StudyConfig:
     replicas: int = _f(3, "data-order replicas R per (level, rewind), >= 2")
     seed: int = _f(0, "master seed: init, masks and data orders all derive from it")
     controls: tuple[str, ...] = _f(
-        ("random_prune", "reinit"), "controls trained beside IMP: random_prune, reinit"
+        ("random_prune", "reinit"),
+        "controls trained beside IMP: random_prune, reinit, and the pruning-at-init masks"
+        " magnitude_init, snip, grasp, synflow, shuffle (the IMP mask shuffled within layers)",
     )
     control_levels: tuple[int, ...] = _f((), "levels with controls (empty = the last level)")
+    noise: tuple[str, ...] = _f(
+        ("data_order",),
+        "what differs between copies: data_order (each copy its own data order), perturb"
+        " (replica 0's data order from W_k moved by a seeded perturbation), data_order+perturb;"
+        " each noise kind beyond data_order trains its own copies",
+    )
+    noise_levels: tuple[int, ...] = _f((), "levels with perturb copies (empty = every level)")
+    perturbation: str = _f("gaussian", "perturb copies: 'gaussian' (relative size epsilon) or"
+                           " 'bit_flip' (one ulp of one weight)")
+    epsilon: float = _f(1e-6, "relative size ‖δ‖/‖W_k‖ of the gaussian perturbation")
     record: str = _f(
         "dense_early",
         "recorded steps: 'dense_early', 'every:N', 'list:0,10,...' or 'endpoints'"

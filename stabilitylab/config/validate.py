@@ -16,9 +16,11 @@ from stabilitylab.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 STRATEGIES = ("global", "layerwise")
-CONTROLS = ("random_prune", "reinit")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")  # stabilitylab.train.step.use_compile
+NOISE = ("data_order", "perturb", "data_order+perturb")  # beyond data_order: run kinds
+PERTURBATIONS = ("gaussian", "bit_flip")  # stabilitylab.train.perturb
+PAI_FROM = ("init", "rewind")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Sanity bounds: beyond these a value is a typo, and materializing its schedule
@@ -45,6 +47,8 @@ class Resolved:
     log_steps: tuple[int, ...]
     levels: tuple[int, ...]  # 0..L
     control_levels: tuple[int, ...]
+    noise_levels: tuple[int, ...] = ()  # levels with the noise kinds beyond data_order
+    kinds: tuple[str, ...] = ("imp", "random_prune", "reinit")  # the store's kind coordinate
 
 
 def _need(ok: bool, message: str) -> None:
@@ -150,9 +154,22 @@ def validate(cfg: Config) -> Resolved:
     _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
     _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
-    bad_controls = [c for c in s.controls if c not in CONTROLS]
-    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(CONTROLS)}")
+    from stabilitylab.study.kinds import control_names  # the run-kind registry
+
+    controls = control_names()
+    bad_controls = [c for c in s.controls if c not in controls]
+    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(controls)}")
     _need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")
+    _need(len(set(s.noise)) == len(s.noise) and all(n in NOISE for n in s.noise),
+          f"study.noise: choose from {', '.join(NOISE)} (each once), got {list(s.noise)}")
+    _need("data_order" in s.noise, "study.noise: must include data_order (the IMP copies, "
+          "whose replica 0 carries the masks of the next level)")
+    _need(s.perturbation in PERTURBATIONS,
+          f"study.perturbation: choose from {', '.join(PERTURBATIONS)}, got {s.perturbation!r}")
+    _need(math.isfinite(s.epsilon) and s.epsilon > 0,
+          f"study.epsilon: must be a finite number > 0, got {s.epsilon}")
+    _need(p.pai_from in PAI_FROM, f"pruning.pai_from: choose from {', '.join(PAI_FROM)}, "
+          f"got {p.pai_from!r}")
 
     info = dataset_info(d)  # a plugin dataset without stated sizes is loaded here, once
     _check_model(m, info)
@@ -192,6 +209,14 @@ def validate(cfg: Config) -> Resolved:
     control_levels = tuple(sorted(set(s.control_levels))) or ((p.levels,) if p.levels > 0 else ())
     if not s.controls:
         control_levels = ()
+    for lv in s.noise_levels:
+        _need(0 <= lv <= p.levels, f"study.noise_levels: level {lv} not in 0..{p.levels}")
+    noise_kinds = [n for n in s.noise if n != "data_order"]
+    noise_levels = (tuple(sorted(set(s.noise_levels))) or levels) if noise_kinds else ()
+    from stabilitylab.store.schema import store_kinds
+
+    kinds = store_kinds({"imp", *(s.controls if control_levels else ()),
+                         *(noise_kinds if noise_levels else ())})
     return Resolved(
         config=cfg,
         iterations_per_epoch=per_epoch,
@@ -206,6 +231,8 @@ def validate(cfg: Config) -> Resolved:
         log_steps=tuple(range(0, total, log_every)),
         levels=levels,
         control_levels=control_levels,
+        noise_levels=noise_levels,
+        kinds=kinds,
     )
 
 

@@ -319,8 +319,8 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
     from stabilitylab.store import StudyWriter
+    from stabilitylab.study.context import provenance
     from stabilitylab.study.plan import all_runs
-    from stabilitylab.study.tasks import provenance
     from stabilitylab.train.functional import StackedModel
     from stabilitylab.train.optim import state_names
 

@@ -39,8 +39,9 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
     levels, rewinds = tuple(resolved.levels), tuple(resolved.rewinds)
     R = int(cfg.study.replicas)
     level_idx, rewind_idx = _positions(levels), _positions(rewinds)
+    kinds = S.store_kinds(getattr(resolved, "kinds", S.KINDS))
     for run in runs:
-        check_key(run, level_idx, rewind_idx, R)
+        check_key(run, level_idx, rewind_idx, R, kinds)
     if step_chunk is not None and int(step_chunk) < 1:
         raise ValueError(f"step_chunk: must be >= 1, got {step_chunk}")
     c = int(step_chunk) if step_chunk else S.default_step_chunk(len(resolved.record_steps), P)
@@ -80,7 +81,7 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
         raise
 
     coords = {
-        "kind": np.array(S.KINDS, dtype=str),
+        "kind": np.array(kinds, dtype=str),
         "level": np.array(levels, dtype=np.int64),
         "rewind": np.array(rewinds, dtype=np.int64),
         "replica": np.arange(R, dtype=np.int64),
@@ -112,7 +113,7 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
                 )
             status = np.zeros([sizes[d] for d in S.RUN_DIMS], dtype=np.int8)
             for run in runs:
-                status[_index(run, level_idx, rewind_idx)] = S.STATUS_INCOMPLETE
+                status[_index(run, level_idx, rewind_idx, kinds)] = S.STATUS_INCOMPLETE
             group["status"][...] = status
             group["dense_status"][...] = np.array([S.STATUS_INCOMPLETE], dtype=np.int8)
             if 0 in level_idx:  # level-0 masks: everything kept
@@ -172,26 +173,26 @@ def _positions(values) -> dict[int, int]:
 _KEYS = {"name": "default", "configuration": {"separator": "/"}}
 
 
-def check_key(run, levels, rewinds, n_replicas: int) -> None:
+def check_key(run, levels, rewinds, n_replicas: int, kinds=S.KINDS) -> None:
     """ValueError unless ``run`` is a key of this study. ``levels`` / ``rewinds`` are
     dicts or sets (constant-time membership: a check over every run stays linear)."""
     try:
         kind, level, rewind, replica = run
     except (TypeError, ValueError):
         raise ValueError(f"run key must be (kind, level, rewind, replica), got {run!r}") from None
-    if kind not in S.KINDS or int(level) not in levels or int(rewind) not in rewinds \
+    if kind not in kinds or int(level) not in levels or int(rewind) not in rewinds \
             or not 0 <= int(replica) < n_replicas:
         def listed(values):
             values = sorted(values)
             return str(values) if len(values) <= 10 else f"[{values[0]}, ..., {values[-1]}]"
 
-        raise ValueError(f"run {tuple(run)} is not in this study (kinds {S.KINDS}, levels "
+        raise ValueError(f"run {tuple(run)} is not in this study (kinds {tuple(kinds)}, levels "
                          f"{listed(levels)}, rewinds {listed(rewinds)}, replicas 0..{n_replicas - 1})")
 
 
-def _index(run, level_idx: dict, rewind_idx: dict) -> tuple[int, int, int, int]:
+def _index(run, level_idx: dict, rewind_idx: dict, kinds=S.KINDS) -> tuple[int, int, int, int]:
     kind, level, rewind, replica = run
-    return S.KINDS.index(kind), level_idx[int(level)], rewind_idx[int(rewind)], int(replica)
+    return kinds.index(kind), level_idx[int(level)], rewind_idx[int(rewind)], int(replica)
 
 
 def _layout_size(layout: list[dict], what: str) -> int:

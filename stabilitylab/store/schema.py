@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -26,14 +26,45 @@ SCHEMA = "stabilitylab.study"
 SCHEMA_VERSION = 1
 CREATION_LIBRARY = "stabilitylab"
 
+# The run kinds, in the order of the store's ``kind`` coordinate. What each kind trains is
+# declared in stabilitylab.study.kinds (whose registry lists these names, in this order).
+# Every store has the first three (KINDS); a study that trains the noise kinds or the
+# pruning-at-init controls appends those it trains, in the order of EXTRA_KINDS, so a
+# store written before they existed is still valid and means the same.
 KINDS: tuple[str, ...] = ("imp", "random_prune", "reinit")
+NOISE_KINDS: tuple[str, ...] = ("perturb", "data_order+perturb")
+PAI_KINDS: tuple[str, ...] = ("magnitude_init", "snip", "grasp", "synflow", "shuffle")
+EXTRA_KINDS: tuple[str, ...] = NOISE_KINDS + PAI_KINDS
+ALL_KINDS: tuple[str, ...] = KINDS + EXTRA_KINDS
+
+
+def store_kinds(used) -> tuple[str, ...]:
+    """The ``kind`` coordinate of a store whose study trains the kinds ``used``: KINDS, then
+    the extra kinds it trains, in the order of EXTRA_KINDS."""
+    used = set(used)
+    unknown = sorted(used - set(ALL_KINDS))
+    if unknown:
+        raise ValueError(f"unknown run kinds {unknown}; known: {', '.join(ALL_KINDS)}")
+    return KINDS + tuple(k for k in EXTRA_KINDS if k in used)
 RUN_DIMS: tuple[str, ...] = ("kind", "level", "rewind", "replica")
 
 STATUS_ABSENT, STATUS_INCOMPLETE, STATUS_COMPLETE, STATUS_DIVERGED = 0, 1, 2, 3
 STATUS_CODES = {"absent": 0, "incomplete": 1, "complete": 2, "diverged": 3}
 DONE = (STATUS_COMPLETE, STATUS_DIVERGED)
 
-RunKey = tuple[str, int, int, int]  # (kind, level, rewind_step, replica)
+
+
+class RunKey(NamedTuple):
+    """One run of a study: its kind, IMP level, rewind point (a step) and replica.
+
+    A tuple subclass, so it compares and hashes like ``(kind, level, rewind, replica)`` and
+    plain tuples work wherever a run key is expected.
+    """
+
+    kind: str
+    level: int
+    rewind: int
+    replica: int
 
 REQUIRED_ATTRS = (
     "schema", "schema_version", "created_at", "creation_library", "versions", "device",

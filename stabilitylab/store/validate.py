@@ -207,11 +207,17 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
         if arr.shape[0] > _MAX_COORD:
             raise StoreError(f"{where}: coordinate {dim!r} has implausible length {arr.shape[0]}")
         sizes[dim] = int(arr.shape[0])
-    if sizes["kind"] != len(S.KINDS):
-        raise StoreError(f"{where}: kind coordinate has {sizes['kind']} entries, expected {len(S.KINDS)}")
+    if not len(S.KINDS) <= sizes["kind"] <= len(S.ALL_KINDS):
+        raise StoreError(f"{where}: kind coordinate has {sizes['kind']} entries, expected "
+                         f"{len(S.KINDS)} to {len(S.ALL_KINDS)}")
     kinds = tuple(str(k) for k in arrays["kind"][:])
-    if kinds != S.KINDS:
-        raise StoreError(f"{where}: kind coordinate is {list(kinds)}, expected {list(S.KINDS)}")
+    try:
+        expected = S.store_kinds(kinds)
+    except ValueError:
+        expected = None
+    if kinds != expected:
+        raise StoreError(f"{where}: kind coordinate is {list(kinds)[:12]}, expected "
+                         f"{list(S.KINDS)} followed by any of {list(S.EXTRA_KINDS)} in that order")
     states = sorted(n[len(S.STATE_PREFIX):] for n in arrays if n.startswith(S.STATE_PREFIX))
     for spec in S.array_specs(states):
         arr = arrays.get(spec.name)
@@ -535,6 +541,7 @@ def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> lis
     arrays = dict(group.arrays())
     coord = {d: [int(v) for v in group[d][:]] if sizes[d] else [] for d in
              ("level", "rewind", "replica", "step")}
+    kinds = [str(v) for v in group["kind"][:]]
     out: list[Missing] = []
     listed: dict[str, set | None] = {}
 
@@ -554,7 +561,7 @@ def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> lis
 
     def label(idx) -> str:
         k, lv, r, p = idx
-        return (f"run ({S.KINDS[k]}, {coord['level'][lv]}, {coord['rewind'][r]}, "
+        return (f"run ({kinds[k]}, {coord['level'][lv]}, {coord['rewind'][r]}, "
                 f"{coord['replica'][p]})")
 
     n_steps = sizes["step"]
@@ -581,7 +588,7 @@ def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> lis
                 k, lv, r = idx[:3]
                 out.append(Missing("masks", idx[:3] + (0,), idx[:3] + (None,),
                                    f"{label(idx)} is marked complete but array 'masks' lacks the "
-                                   f"chunk of ({S.KINDS[k]}, level {coord['level'][lv]}, rewind "
+                                   f"chunk of ({kinds[k]}, level {coord['level'][lv]}, rewind "
                                    f"{coord['rewind'][r]})"))
         if marker:
             for name in per_run:

@@ -99,6 +99,7 @@ class StudyWriter:
                            if spec.name in names or spec.name not in S.LATER_ARRAYS}
             self._a = {n: a.with_config({"write_empty_chunks": True}) for n, a in self._plain.items()}
             coord = {d: group[d][:] for d in ("level", "rewind", "replica", "step", "log_step", "eval_step")}
+            self.kinds = tuple(str(k) for k in group["kind"][:])
         self._level_idx = {int(v): i for i, v in enumerate(coord["level"])}
         self._rewind_idx = {int(v): i for i, v in enumerate(coord["rewind"])}
         self._step_idx = {int(v): i for i, v in enumerate(coord["step"])}
@@ -218,7 +219,7 @@ class StudyWriter:
         levels = {i: lv for lv, i in self._level_idx.items()}
         rewinds = {i: k for k, i in self._rewind_idx.items()}
         return {
-            (S.KINDS[k], levels[l], rewinds[r], int(p))
+            RunKey(self.kinds[k], levels[l], rewinds[r], int(p))
             for k, l, r, p in zip(*np.nonzero(np.isin(status, S.DONE)))
         }
 
@@ -510,9 +511,9 @@ class StudyWriter:
             raise ValueError(f"rewind {rewind} is not a rewind point of this study") from None
 
     def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
-        check_key(run, self._level_idx, self._rewind_idx, self.n_replicas)
+        check_key(run, self._level_idx, self._rewind_idx, self.n_replicas, self.kinds)
         kind, level, rewind, replica = run
-        return (S.KINDS.index(kind), self._level_idx[int(level)], self._rewind_idx[int(rewind)], int(replica))
+        return (self.kinds.index(kind), self._level_idx[int(level)], self._rewind_idx[int(rewind)], int(replica))
 
     def _state(self, name: str):
         arr = self._a.get(S.STATE_PREFIX + str(name))
@@ -575,7 +576,7 @@ def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
             status[k, lv, r][np.isin(status[k, lv, r], S.DONE)] = S.STATUS_INCOMPLETE
             continue
         status[k, lv, r, p] = S.STATUS_INCOMPLETE
-        if S.KINDS[k] == "imp" and p == 0:  # later levels' masks come from its final weights
+        if self.kinds[k] == "imp" and p == 0:  # later levels' masks come from its final weights
             later = status[:, lv + 1:, r]
             later[np.isin(later, S.DONE)] = S.STATUS_INCOMPLETE
     n = int((np.isin(before, S.DONE) & ~np.isin(status, S.DONE)).sum())

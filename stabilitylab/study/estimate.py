@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stabilitylab.errors import StabilityLabError
+from stabilitylab.study.kinds import kinds_at
 
 DEFAULT_MAX_STORE_GB = 100.0
 GB = 1e9
@@ -92,9 +93,7 @@ def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
     K = len(ks)
     steps = list(resolved.record_steps)
     n_steps = len(steps)
-    n_controls = len([c for c in s.controls if c in ("random_prune", "reinit")])
-    controls = set(resolved.control_levels)
-    kinds = [1 + (n_controls if lv in controls else 0) for lv in resolved.levels]
+    kinds = [len(kinds_at(resolved, lv)) for lv in resolved.levels]  # kinds trained per level
     n_runs = R * K * sum(kinds)
     per_task = int(rewinds_per_task or 0) or K
     n_tasks = 1 + len(resolved.levels) * math.ceil(K / per_task)
@@ -110,7 +109,7 @@ def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
     per_run_metrics = 4 * (2 * n_log + 4 * n_eval + 4 + Q) + 9
     store = (4 * P * R * sum(kinds) * stored_rows          # weights
              + n_runs * per_run_metrics                    # metrics, finals, status
-             + len(S.KINDS) * len(resolved.levels) * K * (P + 4)  # masks, density
+             + len(resolved.kinds) * len(resolved.levels) * K * (P + 4)  # masks, density
              + 4 * P * n_steps + 4 * (2 * n_log + 4 * n_eval + Q)  # the dense run
              + 4 * K * (P * n_states + Q)                  # rewind states
              + 8 * (n_steps + n_log + n_eval + K + R + P + Q))  # coordinates

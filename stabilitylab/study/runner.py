@@ -1,17 +1,19 @@
 """``record``: train a whole instability study and write every trajectory to the store.
 
-The work is a fixed sequence of tasks (see :mod:`stabilitylab.study.tasks`):
+The work is a fixed sequence of tasks (:mod:`stabilitylab.study.plan`), each run by
+:func:`~stabilitylab.study.execution.run_task` in a
+:class:`~stabilitylab.study.context.TaskContext`:
 
 1. dense pretraining from init to T under data order u_0, snapshotting W_k, the
    BN buffers and the optimizer state at every rewind point k;
 2. for each level L (0 = dense copies) and each rewind point k, one batched group
    (``rewinds_per_task`` puts several rewind points in one group):
    the R IMP copies rewound to k (masks from level L-1's replica-0 final weights at
-   k, read back from the store) and, at control levels, the random-pruning and
-   reinit controls.
+   k, read back from the store) and, at control levels, the controls
+   (:mod:`stabilitylab.study.kinds`).
 
 :func:`record_study` runs these tasks in this process, in order;
-:func:`stabilitylab.distributed.record_distributed` runs the very same tasks on a
+:func:`stabilitylab.study.cluster.record_distributed` runs the very same tasks on a
 Dask cluster, so both write the same store (bit for bit on CPU).
 
 Resume works per task: a task whose runs are all done is skipped, an unfinished
@@ -22,14 +24,9 @@ uninterrupted one bit for bit on CPU.
 from __future__ import annotations
 
 from stabilitylab.config import study_id
-from stabilitylab.study.plan import all_runs
-from stabilitylab.study.tasks import (  # noqa: F401 - re-exported for callers of the old API
-    RewindPoint,
-    TaskContext,
-    plan_tasks,
-    provenance,
-    run_task,
-)
+from stabilitylab.study.context import TaskContext
+from stabilitylab.study.execution import run_task
+from stabilitylab.study.plan import all_runs, check_rewinds_per_task, plan_tasks
 
 
 class StudyRunner:
@@ -39,7 +36,6 @@ class StudyRunner:
                  storage_options=None, rewinds_per_task: int | None = 0,
                  max_store_gb: float | None = None):
         from stabilitylab.store import StudyWriter
-        from stabilitylab.study.tasks import check_rewinds_per_task
 
         self.rewinds_per_task = check_rewinds_per_task(rewinds_per_task)
         # Sizes first (from the config alone), then the data (read-only): a study that
@@ -96,7 +92,7 @@ def record_study(cfg, out, *, resume: bool = False, device: str | None = None,
 
     ``rewinds_per_task``: rewind points trained as one batched group per level (default
     0 = the whole level, the widest groups: fastest on one machine). See
-    :mod:`stabilitylab.study.tasks`. ``max_store_gb``: refuse a study whose estimated
+    :mod:`stabilitylab.study.plan`. ``max_store_gb``: refuse a study whose estimated
     (uncompressed) store is larger (default
     :data:`stabilitylab.study.estimate.DEFAULT_MAX_STORE_GB`).
     """

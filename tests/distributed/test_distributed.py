@@ -11,9 +11,9 @@ import zarr
 from _helpers import assert_same_store as same_store
 from conftest import tiny_config
 
-from stabilitylab.distributed import record_distributed
 from stabilitylab.errors import ConfigError
 from stabilitylab.store import validate
+from stabilitylab.study.cluster import record_distributed
 
 distributed = pytest.importorskip("distributed")
 

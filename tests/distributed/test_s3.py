@@ -13,7 +13,7 @@ from _helpers import assert_same_store, free_port, stop
 from conftest import TINY, tiny_config
 
 import stabilitylab
-from stabilitylab.distributed import record_distributed
+from stabilitylab.study.cluster import record_distributed
 
 pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[server]'")
 s3fs = pytest.importorskip("s3fs", reason="needs s3fs for s3:// stores: pip install s3fs")

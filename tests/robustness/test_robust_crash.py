@@ -75,7 +75,7 @@ if mode:
     L._put = _put
 if os.environ.get("ROBUST_KILL_PHASE"):
     import signal
-    import stabilitylab.study.tasks as T
+    import stabilitylab.study.execution as T
     phase, fraction = os.environ["ROBUST_KILL_PHASE"], float(os.environ["ROBUST_KILL_FRACTION"])
     orig_train = T.train_group
     def train_group(stacked, plan, data, resolved, *, on_progress=None, **kw):

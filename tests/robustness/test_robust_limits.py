@@ -83,8 +83,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work, capsys):
     # the counts are those of the plan record follows
     from stabilitylab.config import load_config, validate
     from stabilitylab.study.estimate import estimate
-    from stabilitylab.study.plan import all_runs
-    from stabilitylab.study.tasks import plan_tasks
+    from stabilitylab.study.plan import all_runs, plan_tasks
 
     resolved = validate(load_config(None, TINY))
     est = estimate(resolved)
