@@ -185,6 +185,10 @@ def q6(res, cond) -> dict:
             b = _per_seed(res, cond, f"barrier_at:{d}", kind, 0, ks)
             preds[f"LMC rule at k + {d}, {name} copies"] = (_earliest_below(b, ks, THRESHOLD),
                                                             cost)
+    for d in (100,):
+        b = _per_seed(res, cond, f"barrier_at:{d}", "imp", 0, ks)
+        preds[f"barrier at k + {d}, data-order copies, plateau rule"] = (
+            _plateau(b, ks), R * sum(min(d, T - k) for k in ks))
     rate = _per_seed(res, cond, "divergence_rate", "perturb", 0, ks)
     preds[f"divergence rate of perturbed copies (first {DIVERGENCE_WINDOW} it), plateau rule"] = (
         _plateau(rate, ks), R * sum(min(DIVERGENCE_WINDOW, T - k) for k in ks))
