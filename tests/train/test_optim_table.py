@@ -46,7 +46,7 @@ def test_state_names_come_from_the_table():
 
 @pytest.mark.parametrize("case", [["training.optimizer='adam'", "training.weight_decay=0.001"],
                                   ["training.optimizer='radam'"]])
-def test_entry_without_an_eager_rule_matches_torch(case, data, monkeypatch):
+def test_entry_without_an_eager_rule_matches_torch(case, data, monkeypatch):  # noqa: F811
     """A new optimizer needs only its fused rule: the eager path then applies it with a per-step
     row of step_scalars, and still matches torch.optim."""
     name = case[0].split("=")[1].strip("'")
