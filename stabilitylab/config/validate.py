@@ -14,7 +14,6 @@ from stabilitylab.config.schema import Config
 from stabilitylab.config.steps import parse_steps
 from stabilitylab.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "radam")
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")  # stabilitylab.train.step.use_compile
@@ -131,6 +130,8 @@ def validate(cfg: Config) -> Resolved:
     _need(isinstance(m.name, str) and m.name != "", "model.name: must be a non-empty string")
     _need(math.isfinite(p.fraction), f"pruning.fraction: must be a finite number, got {p.fraction}")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
+    from stabilitylab.train.optim import OPTIMIZERS  # the optimizer table
+
     _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     for name in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "lookahead_alpha", "gamma"):
         value = getattr(t, name)

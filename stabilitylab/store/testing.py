@@ -55,7 +55,7 @@ def planned_runs(resolved: Resolved) -> list[RunKey]:
     for kind in KINDS:
         lvls = resolved.levels if kind == "imp" else (
             resolved.control_levels if kind in cfg.study.controls else ())
-        out += [(kind, lv, k, r) for lv in lvls for k in resolved.rewinds for r in range(cfg.study.replicas)]
+        out += [RunKey(kind, lv, k, r) for lv in lvls for k in resolved.rewinds for r in range(cfg.study.replicas)]
     return out
 
 
@@ -123,17 +123,17 @@ def make_fake_store(url, *, levels: int = 1, rewinds: tuple[int, ...] = (0, 10),
             w.write_rewind_state("weights", k, dense[list(steps).index(k)])  # W_k
             for name in state_names:
                 w.write_rewind_state(name, k, rng.normal(0, 1, n_params).astype(np.float32))
-            for kind, lv in sorted({(r[0], r[1]) for r in runs if r[1] > 0}):
+            for kind, lv in sorted({(r.kind, r.level) for r in runs if r.level > 0}):
                 mask = np.ones(n_params, bool)
                 mask[: n_w] = rng.random(n_w) < 0.8 ** lv
                 w.write_mask(kind, lv, k, mask, float(mask[:n_w].mean()))
                 study.masks[(kind, lv, k)] = mask
         last = runs[-1]
         for run in runs:
-            mask = study.masks.get(run[:3], np.ones(n_params, bool))
+            mask = study.masks.get((run.kind, run.level, run.rewind), np.ones(n_params, bool))
             traj = (rng.normal(0, 0.1, (len(steps), n_params)) * mask).astype(np.float32)
-            traj[steps < run[2]] = 0
-            for i in np.nonzero(steps >= run[2])[0]:
+            traj[steps < run.rewind] = 0
+            for i in np.nonzero(steps >= run.rewind)[0]:
                 w.record([run], int(steps[i]), traj[i][None])
             study.weights[run] = traj
             m = {name: rng.random(len(res.log_steps)).astype(np.float32)
@@ -141,7 +141,7 @@ def make_fake_store(url, *, levels: int = 1, rewinds: tuple[int, ...] = (0, 10),
             m |= {name: rng.random(len(res.eval_steps)).astype(np.float32)
                   for name in ("test_loss", "test_acc", "train_eval_loss", "train_eval_acc")}
             for name in ("train_loss", "train_acc"):
-                m[name][np.array(res.log_steps) < run[2]] = np.nan
+                m[name][np.array(res.log_steps) < run.rewind] = np.nan
             study.metrics[run] = m
             w.write_metrics(run, **m)
             w.write_final(run, buffers=np.zeros(0, np.float32), test_acc=0.9, test_loss=0.3,

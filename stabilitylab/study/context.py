@@ -107,6 +107,7 @@ class TaskContext:
         self.device = parts.device
         self.build = parts.build
         self.stacked = parts.stacked
+        self.template = parts.template  # an nn.Module of the architecture (holding W_0)
         self.init_params, self.init_buffers = self.stacked.stack([parts.template])
         self.data = parts.data
         self.augment = None

@@ -41,7 +41,9 @@ Masks = dict[str, torch.Tensor]  # prunable parameter name -> bool mask (unstack
 
 @dataclass
 class MaskInputs:
-    """What a mask rule may read, for one (kind, level, rewind k)."""
+    """What a mask rule may read, for one (kind, level, rewind k). Through ``ctx``: the
+    model template ``ctx.template`` (an ``nn.Module``, e.g. for pruning-at-init scores),
+    the stacked model ``ctx.stacked``, the data ``ctx.data`` and the config ``ctx.cfg``."""
 
     ctx: TaskContext
     kind: str

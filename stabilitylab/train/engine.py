@@ -271,6 +271,54 @@ BLOCK = 256  # iterations whose indices and scalars are prepared at once
 PROGRESS_EVERY = 16  # iterations between progress calls (a Python call, never a sync)
 
 
+def _make_update(stacked, cfg, params, buffers, masks, optimizer, data, sched, *, augment,
+                 aug_keys, to_channels_last, device, R: int, compiled: bool):
+    """``(update, fused)``: ``update(i, idx, lrs_row, scal_row, aug_steps) -> (loss, acc)``
+    makes one update of every replica at iteration i, in place (``acc`` only at log
+    iterations of the eager step); ``fused`` is the compiled
+    :class:`~stabilitylab.train.step.FusedStep` behind it, or None for the eager step."""
+    from stabilitylab.train.step import fused_step
+
+    names = list(params)
+    if compiled:
+        fused = fused_step(stacked, cfg, augment=augment, channels_last=to_channels_last,
+                           device=device, compiled=True)
+        step_masks = {n: masks.get(n, torch.ones_like(params[n])) for n in stacked.prunable_names}
+
+        def update(i, idx, lrs_row, scal_row, aug_steps):
+            loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
+                              data.train_y, idx, scal_row, aug_steps, aug_keys)
+            optimizer.steps += 1
+            return loss, acc
+
+        return update, fused
+    for p in params.values():
+        p.requires_grad_(True)
+    plist = [params[n] for n in names]
+
+    def update(i, idx, lrs_row, scal_row, aug_steps):
+        xb = data.train_x[idx]
+        yb = data.train_y[idx]
+        if augment is not None:
+            xb = augment(xb, aug_keys, aug_steps)
+        if to_channels_last:
+            xb = channels_last_stacked(xb)
+        with autocast(device, cfg.precision):
+            logits = stacked.forward(params, buffers, xb, train=True)
+        logits = logits.float()
+        losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
+                                 reduction="none").view(R, -1).mean(1)
+        grads = torch.autograd.grad(losses.sum(), plist)
+        optimizer.step(dict(zip(names, grads)), lrs_row)
+        acc = None
+        if i in sched.logs:
+            with torch.no_grad():
+                acc = (logits.argmax(-1) == yb).float().mean(1)
+        return losses.detach(), acc
+
+    return update, None
+
+
 def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
                 recorder: Recorder | None = None,
                 on_snapshot: Callable | None = None,
@@ -291,14 +339,19 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         every ``PROGRESS_EVERY`` iterations (never a device sync).
     augment : ``f(x (R, B, ...), keys (R, 2), steps (R,)) -> x``, all replicas at once
         (:func:`~stabilitylab.data.augment.random_flip_crop_replicas`).
-    channels_last : feed image batches channels-last (:func:`channels_last_stacked`);
-        None: :func:`use_channels_last` (off).
+    channels_last : True feeds the train batches and the evaluation sets in the
+        channels-last layout of :func:`channels_last_stacked` (which changes 4-D image
+        batches only); None or False: the default layout. :func:`use_channels_last` makes
+        no automatic choice (vmapped BatchNorm rejects channels-last inputs).
     compile : ``auto`` / ``on`` / ``off`` (default: ``training.compile``): take the
         compiled :class:`~stabilitylab.train.step.FusedStep` or the eager reference
         step (:func:`~stabilitylab.train.step.use_compile` decides ``auto``).
 
-    The loop, per iteration: the bookkeeping of :class:`_Schedule` (record, evaluate,
-    final snapshot, rewind snapshot), then one update of every replica. Indices, learning
+    The parts: the state (weights, masks, :class:`StackedOptimizer`), the update
+    (:func:`_make_update`: the compiled fused step or the eager one), the loop, and the
+    results (:func:`_result`). The loop, per iteration: the bookkeeping of
+    :class:`_Schedule` (record, evaluate, final snapshot, rewind snapshot), then one
+    update of every replica. Indices, learning
     rates and optimizer scalars are prepared on the device for ``BLOCK`` iterations at a
     time; losses stay on the device and reach the host once, at the end. On CUDA,
     recorded weights go to the recorder through pinned host buffers and asynchronous
@@ -307,7 +360,6 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     cfg = resolved.config.training
     device = data.train_x.device
     R = plan.size
-    T = resolved.total_steps
     starts = list(plan.start_steps)
     sched = _Schedule(resolved, starts, plan.snapshot_steps)
     n_iter = sched.n_iter
@@ -337,44 +389,16 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     aug_keys = replica_keys(plan.data_seeds, device) if augment is not None else None
     starts_t = torch.tensor(starts, dtype=torch.long, device=device)
 
-    from stabilitylab.train.step import fused_step, use_compile
+    # -- the update ---------------------------------------------------------------------
+    from stabilitylab.train.step import use_compile
 
-    compiled = use_compile(compile or getattr(cfg, "compile", "off"), device, R, n_iter)
-    if compiled:
-        fused = fused_step(stacked, cfg, augment=augment, channels_last=to_channels_last,
-                           device=device, compiled=True)
-        step_masks = {n: masks.get(n, torch.ones_like(params[n])) for n in stacked.prunable_names}
-        compile_before = fused.compile_seconds
-
-        def update(i, idx, lrs_row, scal_row, aug_steps):
-            loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
-                              data.train_y, idx, scal_row, aug_steps, aug_keys)
-            optimizer.steps += 1
-            return loss, acc
-    else:
-        for p in params.values():
-            p.requires_grad_(True)
-        plist = [params[n] for n in names]
-
-        def update(i, idx, lrs_row, scal_row, aug_steps):
-            xb = data.train_x[idx]
-            yb = data.train_y[idx]
-            if augment is not None:
-                xb = augment(xb, aug_keys, aug_steps)
-            if to_channels_last:
-                xb = channels_last_stacked(xb)
-            with autocast(device, cfg.precision):
-                logits = stacked.forward(params, buffers, xb, train=True)
-            logits = logits.float()
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
-                                     reduction="none").view(R, -1).mean(1)
-            grads = torch.autograd.grad(losses.sum(), plist)
-            optimizer.step(dict(zip(names, grads)), lrs_row)
-            acc = None
-            if i in sched.logs:
-                with torch.no_grad():
-                    acc = (logits.argmax(-1) == yb).float().mean(1)
-            return losses.detach(), acc
+    update, fused = _make_update(stacked, cfg, params, buffers, masks, optimizer, data, sched,
+                                 augment=augment, aug_keys=aug_keys,
+                                 to_channels_last=to_channels_last, device=device, R=R,
+                                 compiled=use_compile(compile or getattr(cfg, "compile", "off"),
+                                                      device, R, n_iter))
+    compiled = fused is not None
+    compile_before = fused.compile_seconds if compiled else 0.0
 
     # -- results, on the device until the end --------------------------------------------
     n_log, n_eval = len(resolved.log_steps), len(resolved.eval_steps)
@@ -415,7 +439,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
             on_snapshot(starts[0] + i, detached(), buffers, optimizer)
         if i == n_iter:
             break
-        # -- one update of every replica --------------------------------------------------
+        # -- update: one step of every replica (inputs prepared BLOCK iterations ahead) ----
         j = i % BLOCK
         if j == 0:
             count = min(BLOCK, n_iter - i)
@@ -443,12 +467,25 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
 
     if host_records is not None:
         host_records.flush()
+    return _result(resolved, sched, final_params, final_buffers, train_loss, train_acc, evals,
+                   compiled=compiled,
+                   compile_seconds=(fused.compile_seconds - compile_before) if compiled else 0.0)
+
+
+def _result(resolved, sched, final_params, final_buffers, train_loss, train_acc, evals, *,
+            compiled, compile_seconds) -> GroupResult:
+    """The metrics on the host and each replica's divergence step: the first logged step
+    with a non-finite training loss, else T when the final weights are not all finite."""
+    T = resolved.total_steps
+    names = list(final_params)
+    R = len(train_loss)
+    n_log = len(resolved.log_steps)
     train_loss_np = train_loss.cpu().numpy()
     train_acc_np = train_acc.cpu().numpy()
     evals_np = evals.cpu().numpy()
     diverged = [-1] * R
     logged = np.zeros((R, n_log), bool)
-    for i, (rows, cols) in sched.logs.items():
+    for rows, cols in sched.logs.values():
         logged[rows, cols] = True
     for r in range(R):
         bad = np.flatnonzero(logged[r] & ~np.isfinite(train_loss_np[r]))
@@ -465,5 +502,5 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         train_eval_loss=evals_np[2], train_eval_acc=evals_np[3],
         diverged_step=diverged,
         compiled=compiled,
-        compile_seconds=(fused.compile_seconds - compile_before) if compiled else 0.0,
+        compile_seconds=compile_seconds,
     )

@@ -19,27 +19,25 @@ Update rules match ``torch.optim`` (tests compare against it):
   ``rho_t = rho_inf - 2 t b2^t/(1-b2^t)``, the adaptive step is used only when
   ``rho_t > 5``, scaled by ``r_t = sqrt((rho_t-4)(rho_t-2)rho_inf / ((rho_inf-4)(rho_inf-2)rho_t))``.
 - Lookahead (Zhang et al. 2019): every k inner steps, ``slow += alpha*(fast - slow); fast = slow``.
+
+Every optimizer is one entry of :data:`OPTIMIZERS` (its state names, its update rules and
+the ``torch.optim`` class it must match); the engine, the reference path and config
+validation all read that table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-
-STATE_NAMES = {
-    "sgd": ("momentum",),
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adamw": ("exp_avg", "exp_avg_sq"),
-    "radam": ("exp_avg", "exp_avg_sq"),
-}
 
 
 def state_names(training) -> tuple[str, ...]:
     """Names of the per-parameter state tensors for a TrainingConfig."""
-    names = STATE_NAMES[training.optimizer]
-    if training.optimizer == "sgd" and training.momentum == 0:
-        names = ()
-    return names + (("slow",) if training.lookahead else ())
+    return OPTIMIZERS[training.optimizer].state(training) + (
+        ("slow",) if training.lookahead else ())
 
 
 def _view(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -69,6 +67,7 @@ class StackedOptimizer:
         self.masks = masks
         self.cfg = training
         self.kind = training.optimizer
+        self.rule = OPTIMIZERS[training.optimizer]
         self.steps = torch.tensor(steps, dtype=torch.float64)
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         for sname in state_names(training):
@@ -91,10 +90,10 @@ class StackedOptimizer:
         uniform = bool((lrs == lrs[0]).all()) if lrs.numel() > 1 else True
         for n, m in self.masks.items():
             grads[n].mul_(m)
-        if self.kind == "sgd":
-            self._sgd(grads, lrs, uniform)
+        if self.rule.eager is not None:
+            self.rule.eager(self, grads, lrs, uniform)
         else:
-            self._adam_family(grads, lrs)
+            self._fused_rule(grads, lrs)
         for n, m in self.masks.items():
             self.params[n].mul_(m)
         if self.cfg.lookahead:
@@ -109,6 +108,7 @@ class StackedOptimizer:
                 self.params[n].sub_(_view(lrs, direction[n]) * direction[n])
 
     def _sgd(self, grads, lrs, uniform):
+        """SGD with momentum, Nesterov and L2 weight decay (as ``torch.optim.SGD``)."""
         c = self.cfg
         names = self.names
         g = [grads[n] for n in names]
@@ -127,7 +127,8 @@ class StackedOptimizer:
             direction = dict(zip(names, g))
         self._apply(direction, lrs, uniform, float(lrs[0]))
 
-    def _adam_family(self, grads, lrs):
+    def _adam_family(self, grads, lrs, uniform=None):
+        """Adam, AdamW and RAdam (as ``torch.optim.Adam``/``AdamW``/``RAdam``)."""
         c = self.cfg
         dev = lrs.device
         t = self.steps
@@ -163,6 +164,17 @@ class StackedOptimizer:
                 denom = (v / _view(bc2, p)).sqrt_().add_(c.eps)
                 step = m_hat / denom
             p.sub_(lr * step)
+
+    def _fused_rule(self, grads, lrs):
+        """An optimizer without an eager rule: its fused rule, with this step's row of
+        :func:`step_scalars` computed here (one small host computation per step)."""
+        lrs_np = lrs.detach().cpu().double().numpy()[None]
+        row = torch.from_numpy(step_scalars(self.cfg, lrs_np, (self.steps - 1).numpy())[0])
+        row = row.to(lrs.device)
+        for n in self.names:
+            p = self.params[n]
+            st = {s: self.state[s][n] for s in self.state if s != "slow"}
+            self.rule.fused(self.cfg, p, grads[n], st, _view(row[:, 0], p), row)
 
     def _lookahead(self):
         sync = (self.steps % self.cfg.lookahead_steps == 0)
@@ -211,18 +223,58 @@ def step_scalars(training, lrs: np.ndarray, opt_steps0) -> np.ndarray:
     out[..., 0] = lrs
     out[..., 1] = 1 - c.beta1 ** t
     out[..., 2] = 1 - c.beta2 ** t
-    if c.optimizer == "radam":
-        rho_inf = 2 / (1 - c.beta2) - 1
-        rho_t = rho_inf - 2 * t * (c.beta2 ** t) / (1 - c.beta2 ** t)
-        adaptive = rho_t > 5
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rect = np.sqrt(np.clip((rho_t - 4) * (rho_t - 2) * rho_inf, 0, None)
-                           / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-        out[..., 3] = np.where(adaptive, rect, 0.0)
-        out[..., 4] = adaptive
+    scalars = OPTIMIZERS[c.optimizer].scalars
+    if scalars is not None:
+        scalars(c, t, out)
     if c.lookahead:
         out[..., 5] = (t % c.lookahead_steps) == 0
     return out.astype(np.float32)
+
+
+def _radam_scalars(c, t: np.ndarray, out: np.ndarray) -> None:
+    """RAdam's rectification ``r_t`` and whether ``rho_t > 5`` (Liu et al. 2020, Alg. 2)."""
+    rho_inf = 2 / (1 - c.beta2) - 1
+    rho_t = rho_inf - 2 * t * (c.beta2 ** t) / (1 - c.beta2 ** t)
+    adaptive = rho_t > 5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rect = np.sqrt(np.clip((rho_t - 4) * (rho_t - 2) * rho_inf, 0, None)
+                       / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    out[..., 3] = np.where(adaptive, rect, 0.0)
+    out[..., 4] = adaptive
+
+
+def fused_sgd(c, p, g, st, lr, row) -> None:
+    """One SGD step of tensor ``p`` (R, ...) in place; ``lr`` broadcasts against it."""
+    if c.weight_decay:
+        g = g + c.weight_decay * p
+    if c.momentum:
+        buf = st["momentum"]
+        buf.mul_(c.momentum).add_(g)
+        d = g + c.momentum * buf if c.nesterov else buf
+    else:
+        d = g
+    p.sub_(lr * d)
+
+
+def fused_adam(c, p, g, st, lr, row) -> None:
+    """One Adam / AdamW / RAdam step (by ``c.optimizer``) of tensor ``p`` in place; ``row``
+    is this step's (R, 6) row of :func:`step_scalars`."""
+    kind = c.optimizer
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    if c.weight_decay:
+        if kind == "adamw":
+            p.mul_(1 - lr * c.weight_decay)
+        else:
+            g = g + c.weight_decay * p
+    m.lerp_(g, 1 - c.beta1)
+    v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
+    m_hat = m / _view(row[:, 1], p)
+    denom = (v / _view(row[:, 2], p)).sqrt() + c.eps
+    if kind == "radam":
+        step = torch.where(_view(row[:, 4], p) > 0.5, m_hat * _view(row[:, 3], p) / denom, m_hat)
+    else:
+        step = m_hat / denom
+    p.sub_(lr * step)
 
 
 def fused_update(training):
@@ -234,35 +286,7 @@ def fused_update(training):
     prunable parameter (all ones where nothing is pruned).
     """
     c = training
-    kind = c.optimizer
-
-    def sgd(p, g, st, lr):
-        if c.weight_decay:
-            g = g + c.weight_decay * p
-        if c.momentum:
-            buf = st["momentum"]
-            buf.mul_(c.momentum).add_(g)
-            d = g + c.momentum * buf if c.nesterov else buf
-        else:
-            d = g
-        p.sub_(lr * d)
-
-    def adam(p, g, st, lr, row):
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        if c.weight_decay:
-            if kind == "adamw":
-                p.mul_(1 - lr * c.weight_decay)
-            else:
-                g = g + c.weight_decay * p
-        m.lerp_(g, 1 - c.beta1)
-        v.mul_(c.beta2).addcmul_(g, g, value=1 - c.beta2)
-        m_hat = m / _view(row[:, 1], p)
-        denom = (v / _view(row[:, 2], p)).sqrt() + c.eps
-        if kind == "radam":
-            step = torch.where(_view(row[:, 4], p) > 0.5, m_hat * _view(row[:, 3], p) / denom, m_hat)
-        else:
-            step = m_hat / denom
-        p.sub_(lr * step)
+    rule = OPTIMIZERS[c.optimizer].fused
 
     def update(params, grads, state, masks, row):
         for n, p in params.items():
@@ -271,11 +295,7 @@ def fused_update(training):
             if m is not None:
                 g = g * m
             st = {s: state[s][n] for s in state if s != "slow"}
-            lr = _view(row[:, 0], p)
-            if kind == "sgd":
-                sgd(p, g, st, lr)
-            else:
-                adam(p, g, st, lr, row)
+            rule(c, p, g, st, _view(row[:, 0], p), row)
             if m is not None:
                 p.mul_(m)
             if c.lookahead:
@@ -286,3 +306,59 @@ def fused_update(training):
                 p.copy_(torch.where(sync, slow, p))
 
     return update
+
+
+# -- the table: every optimizer, once ---------------------------------------------------------
+
+def _torch_sgd(params, c):
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                           weight_decay=c.weight_decay)
+
+
+def _torch_adam_like(cls):
+    def make(params, c):
+        return cls(params, lr=c.lr, betas=(c.beta1, c.beta2), eps=c.eps,
+                   weight_decay=c.weight_decay)
+
+    return make
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer of ``training.optimizer``.
+
+    - ``state(training)``: names of its per-parameter state tensors (Lookahead's ``slow``
+      is added by :func:`state_names`);
+    - ``fused(training, p, g, state, lr, row)``: its update of one stacked tensor, in place,
+      with no host synchronisation (the compiled step; ``row`` is one (R, 6) row of
+      :func:`step_scalars`, ``lr`` is ``row[:, 0]`` shaped to broadcast against ``p``);
+    - ``reference(params, training)``: the ``torch.optim`` optimizer it must match (the
+      single-replica reference path, and the tests);
+    - ``eager(optimizer, grads, lrs, uniform)``: optional faster update of a whole
+      :class:`StackedOptimizer` for the eager path (None: the fused rule, with its scalars
+      row computed per step);
+    - ``scalars(training, t, out)``: optional, fills its own columns of
+      :func:`step_scalars` for optimizer steps ``t``.
+    """
+
+    state: Callable[[object], tuple[str, ...]]
+    fused: Callable
+    reference: Callable[[object, object], torch.optim.Optimizer]
+    eager: Callable | None = None
+    scalars: Callable | None = None
+
+
+def _adam_state(c) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq")
+
+
+OPTIMIZERS: dict[str, Optimizer] = {
+    "sgd": Optimizer(lambda c: ("momentum",) if c.momentum else (), fused_sgd, _torch_sgd,
+                     eager=StackedOptimizer._sgd),
+    "adam": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.Adam),
+                      eager=StackedOptimizer._adam_family),
+    "adamw": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.AdamW),
+                       eager=StackedOptimizer._adam_family),
+    "radam": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.RAdam),
+                       eager=StackedOptimizer._adam_family, scalars=_radam_scalars),
+}

@@ -17,19 +17,9 @@ from stabilitylab.train.schedule import schedule_for
 
 def make_torch_optimizer(module: nn.Module, training) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer a TrainingConfig describes (no Lookahead)."""
-    c = training
-    params = module.parameters()
-    if c.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                               weight_decay=c.weight_decay)
-    betas = (c.beta1, c.beta2)
-    if c.optimizer == "adam":
-        return torch.optim.Adam(params, lr=c.lr, betas=betas, eps=c.eps, weight_decay=c.weight_decay)
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=c.lr, betas=betas, eps=c.eps, weight_decay=c.weight_decay)
-    if c.optimizer == "radam":
-        return torch.optim.RAdam(params, lr=c.lr, betas=betas, eps=c.eps, weight_decay=c.weight_decay)
-    raise ValueError(c.optimizer)
+    from stabilitylab.train.optim import OPTIMIZERS
+
+    return OPTIMIZERS[training.optimizer].reference(module.parameters(), training)
 
 
 def train_reference(module: nn.Module, data, resolved, *, start_step: int, data_seed: int,

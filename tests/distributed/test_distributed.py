@@ -60,7 +60,7 @@ def _kill_once(marker: str):
 
             def finish_run(writer, run, *args, **kwargs):
                 original(writer, run, *args, **kwargs)
-                if run[1] == 1:
+                if run.level == 1:
                     try:
                         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
                     except FileExistsError:

@@ -79,7 +79,7 @@ if os.environ.get("ROBUST_KILL_PHASE"):
     phase, fraction = os.environ["ROBUST_KILL_PHASE"], float(os.environ["ROBUST_KILL_FRACTION"])
     orig_train = T.train_group
     def train_group(stacked, plan, data, resolved, *, on_progress=None, **kw):
-        kind, level = plan.runs[0][0], plan.runs[0][1]
+        kind, level = plan.runs[0].kind, plan.runs[0].level
         if (kind == "dense") == (phase == "dense") and (phase == "dense" or int(phase) == level):
             work = sum(resolved.total_steps - s for s in plan.start_steps)
             done = [0]

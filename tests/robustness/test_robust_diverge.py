@@ -13,6 +13,7 @@ from stabilitylab.cli.main import main
 
 import stabilitylab
 from stabilitylab.store import validate
+from stabilitylab.store.schema import RunKey
 
 TINY = [*ROBUST_TINY, "training.lr=1e4"]
 
@@ -33,7 +34,7 @@ def _runs(ds):
             for r in ds.rewind.values:
                 for p in ds.replica.values:
                     sel = {"kind": k, "level": lv, "rewind": r, "replica": p}
-                    yield (str(k), int(lv), int(r), int(p)), sel
+                    yield RunKey(str(k), int(lv), int(r), int(p)), sel
 
 
 def test_diverged_runs_are_marked_and_the_study_finishes(diverged):
@@ -48,7 +49,7 @@ def test_diverged_runs_are_marked_and_the_study_finishes(diverged):
     for key, sel in _runs(ds):
         s, d = int(ds.status.sel(**sel)), int(ds.diverged_step.sel(**sel))
         if s == 3:
-            assert key[2] <= d <= T, (key, d)  # between its start (rewind point) and T
+            assert key.rewind <= d <= T, (key, d)  # between its start (rewind point) and T
             w = ds.weights.sel(**sel).values
             assert not np.isfinite(w[ds.step.values >= d]).all()  # it really blew up
         elif s == 2:

@@ -163,7 +163,7 @@ def test_resume_marks_runs_with_missing_chunks_and_their_dependents(tmp_path, ca
         left = set(study.runs) - w.completed_runs()
     finally:
         w.close(consolidate=False)
-    expect = {r for r in study.runs if r == ("imp", 0, 10, 0) or (r[1] >= 1 and r[2] == 10)}
+    expect = {r for r in study.runs if r == ("imp", 0, 10, 0) or (r.level >= 1 and r.rewind == 10)}
     assert left == expect
     assert any("retraining" in r.getMessage() and "weights" in r.getMessage() for r in caplog.records)
 

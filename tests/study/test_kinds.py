@@ -81,6 +81,8 @@ def test_mask_inputs_give_the_training_batches_of_order_u0(ctx):
     assert x.shape[0] == y.shape[0] == ctx.cfg.training.batch_size
     assert not torch.equal(batches[0][1], batches[1][1])
     assert torch.equal(m.weights_0[ctx.prunable[0]], ctx.init_params[ctx.prunable[0]][0])
+    template = dict(m.ctx.template.named_parameters())
+    assert torch.equal(template[ctx.prunable[0]].detach(), m.weights_0[ctx.prunable[0]])
 
 
 def test_a_registered_noise_kind_plugs_into_the_group_plan(ctx, monkeypatch):
