@@ -15,7 +15,8 @@ A study trains IMP copies at every level and, at control levels, the controls na
 
 The execution (:mod:`stabilitylab.study.execution`) only looks kinds up here, so adding
 a kind is one :func:`register` call (and its name in
-:data:`stabilitylab.store.schema.KINDS`, the store's ``kind`` coordinate).
+:data:`stabilitylab.store.schema.EXTRA_KINDS`: a store's ``kind`` coordinate is
+:data:`~stabilitylab.store.schema.KINDS` followed by the extra kinds its study trains).
 
 The three kinds (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
 Hypothesis", Sec. 4; Frankle & Carbin 2019, Sec. 2):
