@@ -1,7 +1,7 @@
 """Report phase, Q5-Q7: noise kinds (is data-order instability just chaos?), cheap probes
 for the stability point, and pruning-at-init controls. Numbers from results.csv only.
 
-Intervals: Student-t 95% over seeds (``render.t_ci``); paired differences over seeds
+Intervals: Student-t 95% over seeds (``common.t_ci``); paired differences over seeds
 (``stabilitylab.analysis.rewind_target.paired_interval``); hit rates: Wilson intervals.
 """
 
@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from common import THRESHOLD, fmt
+from common import HERE_STUDIES, THRESHOLD, Results, fmt, t_ci
 
 from stabilitylab.analysis.divergence_measures import DIVERGENCE_WINDOW
 from stabilitylab.analysis.rewind_target import (
@@ -50,14 +50,10 @@ def _per_seed(res, cond, quantity, kind, level, rewinds) -> np.ndarray:
 
 
 def _ci_row(values) -> list[tuple[float, float, int]]:
-    from render import t_ci
-
     return [t_ci(values[:, j]) for j in range(values.shape[1])]
 
 
 def _config(cond):
-    from render import HERE_STUDIES
-
     from stabilitylab.config import load_config, validate
 
     return validate(load_config(HERE_STUDIES / f"{cond}.toml"))
@@ -255,8 +251,6 @@ def figure_q7(n: dict, path: Path) -> None:
 
 def compute(plan: dict, results: Path, fig_dir: Path) -> dict | None:
     """Q5-Q7 numbers and figures; None when results.csv holds none of their conditions."""
-    from render import Results
-
     by_q = {q: [c["name"] for c in plan["condition"] if q in c["questions"]]
             for q in ("Q5", "Q6", "Q7")}
     names = {c for q in by_q.values() for c in q}
@@ -337,8 +331,6 @@ def lines(n: dict, notes: dict) -> list[str]:
     m = q["matches"]
     w("| k | " + " | ".join(str(k) for k in ks) + " |")
     w("|---|" + "---|" * len(ks))
-    from render import t_ci
-
     w("| IMP accuracy (%) | " + " | ".join(
         fmt(*t_ci(q["acc"][:, j])[:2], 1.0, 2) for j in range(len(ks))) + " |")
     w("| paired difference to the best k (points) | " + " | ".join(

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from common import MEASURE_LABELS, THRESHOLD, TOLERANCE, fmt
+from common import HERE_STUDIES, MEASURE_LABELS, THRESHOLD, TOLERANCE, Results, fmt, t_ci
 from scipy import stats
 
 from stabilitylab.analysis.stats import (
@@ -32,51 +32,7 @@ from stabilitylab.analysis.stats import (
     predict_rewind_measure,
 )
 
-HERE_STUDIES = Path(__file__).resolve().parent / "studies"
-
-
 # -- loading ---------------------------------------------------------------------------------
-
-class Results:
-    """results.csv, indexed: value(condition, seed, quantity, kind, level, rewind)."""
-
-    def __init__(self, path: Path, conditions=None):
-        self.v: dict[tuple, float] = {}
-        self.curves: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-        self.step_curves: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                if conditions is not None and r["condition"] not in conditions:
-                    continue
-                key = (r["condition"], int(r["seed"]), r["quantity"], r["kind"] or None,
-                       int(r["level"]) if r["level"] else None, int(r["rewind"]) if r["rewind"] else None)
-                if r["alpha"]:
-                    self.curves[key].append((float(r["alpha"]), float(r["value"])))
-                elif r.get("step"):
-                    self.step_curves[key].append((int(r["step"]), float(r["value"])))
-                else:
-                    self.v[key] = float(r["value"])
-        self.rewinds = sorted({k[5] for k in self.v if k[5] is not None})
-        self.levels = sorted({k[4] for k in self.v if k[4] is not None})
-        self.seeds = sorted({k[1] for k in self.v})
-
-    def get(self, cond, seed, quantity, kind=None, level=None, rewind=None) -> float:
-        return self.v.get((cond, seed, quantity, kind, level, rewind), math.nan)
-
-    def vs_k(self, cond, seed, quantity, kind=None, level=None) -> np.ndarray:
-        return np.array([self.get(cond, seed, quantity, kind, level, k) for k in self.rewinds])
-
-
-def t_ci(values) -> tuple[float, float, int]:
-    """Mean and the half-width of its Student-t 95% interval (NaN half-width for n < 2)."""
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(x[0]), math.nan, 1
-    return float(x.mean()), float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n)), n
-
 
 def boot_ci(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
@@ -345,9 +301,8 @@ def tuning_table(plan: dict, tuning: Path) -> tuple[list[str], dict]:
 
 
 def render(plan: dict, results: Path, out_dir: Path, tuning: Path | None = None) -> None:
-    from document import write_report
-
     from chaos import compute as compute_q567
+    from document import write_report
 
     numbers = compute(plan, results, out_dir)
     numbers["q567"] = compute_q567(plan, results, out_dir / "figures")

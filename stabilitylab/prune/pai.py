@@ -135,7 +135,7 @@ def masks_from_scores(scores: Masks, density: float, masks: Masks | None = None)
 def _scoring_template(model: nn.Module, *, bn: str) -> nn.Module:
     """A private copy: dropout off; BatchNorm on batch statistics without updates
     (``bn="batch"``) or in eval mode (``bn="eval"``)."""
-    template = copy.deepcopy(model).eval()
+    template = copy.deepcopy(model).train(False)
     for m in template.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             if type(m).__name__ == "BatchNorm2d" and type(m) is not nn.BatchNorm2d:

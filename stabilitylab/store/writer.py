@@ -564,7 +564,7 @@ def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
     log = logging.getLogger(__name__)
     status = np.asarray(group["status"][...])
     dense = int(group["dense_status"][0])
-    [int(v) for v in group["level"][:]]
+    kinds = [str(v) for v in group["kind"][:]]
     before = status.copy()
     for m in missing:
         if m.run is None:  # the dense run (W_k, optimizer states, its trajectory): everything
@@ -576,7 +576,7 @@ def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
             status[k, lv, r][np.isin(status[k, lv, r], S.DONE)] = S.STATUS_INCOMPLETE
             continue
         status[k, lv, r, p] = S.STATUS_INCOMPLETE
-        if self.kinds[k] == "imp" and p == 0:  # later levels' masks come from its final weights
+        if kinds[k] == "imp" and p == 0:  # later levels' masks come from its final weights
             later = status[:, lv + 1:, r]
             later[np.isin(later, S.DONE)] = S.STATUS_INCOMPLETE
     n = int((np.isin(before, S.DONE) & ~np.isin(status, S.DONE)).sum())

@@ -204,7 +204,10 @@ def test_import_then_analyze_end_to_end(tmp_path, capsys, digits_plugin):
     text = capsys.readouterr().out
     assert "absent" in text and "early_bird" in text and "rhat" in text
     an = stabilitylab.open_analysis(str(out))
-    assert an.attrs["absent"] == ["early_bird", "early_bird_early", "rhat"]
+    from stabilitylab.analysis import registry
+
+    assert an.attrs["absent"] == [n for n, v in registry.variables().items() if v.needs_trajectory]
+    assert {"early_bird", "early_bird_early", "rhat", "divergence_rate"} <= set(an.attrs["absent"])
     for name in ("instability", "loss_barrier", "above_line_barrier", "above_line_loss_barrier",
                  "disagreement"):
         assert np.isfinite(an[name].sel(kind="imp").values).all(), name

@@ -15,7 +15,7 @@ import pytest
 import stabilitylab
 
 FINDINGS = Path(__file__).resolve().parents[2] / "reports" / "findings"
-PHASES = ("common", "make_findings", "collect", "render", "document")
+PHASES = ("common", "make_findings", "collect", "render", "document", "chaos")
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +31,28 @@ def make_findings():
 
 def test_every_study_config_loads_and_the_plan_has_three_seeds(make_findings):
     plan = make_findings.load_plan()
+    from common import seeds_of
+
     assert len(plan["seeds"]) >= 3
     questions = {q for c in plan["condition"] for q in c["questions"]}
-    assert questions == {"Q1", "Q2", "Q3", "Q4"}
+    assert questions == {"Q1", "Q2", "Q3", "Q4", "Q5", "Q6", "Q7"}
     for c in plan["condition"]:
         cfg = stabilitylab.load_config(c["config"])
-        assert cfg.study.replicas >= 2 and len(cfg.study.rewinds) >= 3
-    ids = {make_findings.expected_id(c["config"], s) for c in plan["condition"] for s in plan["seeds"]}
-    assert len(ids) == len(plan["condition"]) * len(plan["seeds"])  # no two studies alike
+        assert cfg.study.replicas >= 2 and len(cfg.study.rewinds) >= 2
+        if {"Q6"} & set(c["questions"]):
+            assert len(seeds_of(plan, c)) >= 5  # paired intervals over seeds
+    ids = {make_findings.expected_id(c["config"], s) for c in plan["condition"]
+           for s in seeds_of(plan, c)}
+    assert len(ids) == sum(len(seeds_of(plan, c)) for c in plan["condition"])  # no two alike
 
 
 def test_report_phase_reproduces_the_committed_report(make_findings, tmp_path):
     assert make_findings.main(["report", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "README.md").read_text(encoding="utf-8")
-    for q in ("## Q1.", "## Q2.", "## Q3.", "## Q4."):
+    for q in ("## Q1.", "## Q2.", "## Q3.", "## Q4.", "## Q5.", "## Q6.", "## Q7."):
         assert q in text
-    for fig in ("q1_stability", "q1_accuracy", "q2_dropout", "q3_measures", "q4_ratio"):
+    for fig in ("q1_stability", "q1_accuracy", "q2_dropout", "q3_measures", "q4_ratio",
+                "q5_noise", "q5_growth", "q7_pai"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
     assert "Warning" not in text  # every study uses its sweep's best learning rate
     assert text == (FINDINGS / "README.md").read_text(encoding="utf-8"), \
