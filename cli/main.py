@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--dry-run", action="store_true",
                      help="print the plan (groups, runs, recorded steps) and the estimated "
                           "store size, memory and replica-steps; write nothing")
+    rec.add_argument("--probe", action="store_true",
+                     help="the cheap rewind-point probe: the study's data-order copies from each "
+                          "k trained only --probe-steps steps, the LMC rule at k + Δ; prints "
+                          "'stable from k≈…' and writes nothing")
+    rec.add_argument("--probe-steps", type=int, default=50, metavar="N",
+                     help="Δ of --probe (default 50)")
     rec.add_argument("--max-store-gb", type=float, default=None, metavar="GB",
                      help="refuse a study whose estimated uncompressed store exceeds GB "
                           "(default 100)")
@@ -255,6 +261,21 @@ def _record(args) -> int:
         raise StabilityLabError("--out: empty path; give a folder or URL for the store")
     if args.dry_run:
         return _dry_run(cfg, out, args)
+    if args.probe:
+        from stabilitylab.config import validate
+        from stabilitylab.progress import Progress
+        from stabilitylab.study.probe import probe_rewinds
+
+        resolved = validate(cfg)
+        total = max(resolved.rewinds) + 1 + cfg.study.replicas * sum(
+            min(args.probe_steps, resolved.total_steps - k) for k in resolved.rewinds)
+        bar = Progress(total, desc="probe", unit="replica-steps",
+                       enabled=False if args.no_progress else None)
+        result = probe_rewinds(cfg, delta=args.probe_steps, device=args.device,
+                               progress=bar.update)
+        bar.close()
+        print("\n".join(result["lines"]))
+        return 0
     if args.resume:
         from stabilitylab.study.runner import nothing_to_resume
 
