@@ -36,13 +36,15 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], masks: dict[str, to
     """Remove the ``fraction`` of alive weights with the smallest |w|, pooled over tensors."""
     names = list(weights)
     scores = torch.cat([
-        torch.where(masks[n].bool(), weights[n].abs(), torch.zeros_like(weights[n])).flatten()
+        torch.where(masks[n].bool(), weights[n].abs(), torch.full_like(weights[n], -1.0)).flatten()
         for n in names
     ])
     alive = torch.cat([masks[n].bool().flatten() for n in names])
     count = _prune_count(int(alive.sum()), fraction)
-    # Already-pruned entries score 0 and sort first, as in global_unstructured's importance
-    # (which multiplies by the existing mask); we prune `count` alive ones on top of them.
+    # Already-pruned entries score -1 and sort strictly first (an alive weight that is exactly
+    # 0 scores 0, so it can never displace a pruned one and revive it; torch's
+    # global_unstructured likewise prunes only among the alive); we prune `count` alive ones
+    # on top of them.
     already = int((~alive).sum())
     order = torch.argsort(scores, stable=True)
     keep = torch.ones_like(alive)

@@ -78,3 +78,13 @@ def test_random_masks_keep_per_layer_counts():
 def test_unknown_strategy():
     with pytest.raises(ValueError):
         prune(weights(), {}, 0.2, "structured")
+
+
+@pytest.mark.parametrize("strategy", ["global", "layerwise"])
+def test_an_alive_weight_of_exactly_zero_never_revives_a_pruned_one(strategy):
+    # the alive zeros tie with nothing: the pruned index 2 stays pruned, one alive zero goes
+    w = {"a": torch.tensor([0.0, 0.0, 9.0, 3.0])}
+    m = {"a": torch.tensor([True, True, False, True])}
+    out = prune(w, m, 0.34, strategy)["a"]
+    assert not out[2]
+    assert out.tolist() == [False, True, False, True]
