@@ -86,6 +86,12 @@ def _current_masks(model: nn.Module | None, params: dict, masks: Masks | None) -
             raise ConfigError(f"params: no tensor for prunable {missing[0]!r}")
         return {n: torch.ones(params[n].shape, dtype=torch.bool, device=params[n].device)
                 for n in names}
+    return check_masks(params, masks)
+
+
+def check_masks(params: dict, masks: Masks) -> Masks:
+    """``masks`` as bool tensors, after checking each names a parameter of the same shape
+    (a one-line :class:`~stabilitylab.errors.ConfigError` otherwise)."""
     for n, m in masks.items():
         if n not in params:
             raise ConfigError(f"masks: {n!r} is not among the parameters")

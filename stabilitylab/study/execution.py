@@ -19,6 +19,7 @@ rewrites them identically.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -63,14 +64,7 @@ def _pretrain(ctx: TaskContext, writer, progress, run_done) -> dict:
         run_done(DENSE, "done")
         return {DENSE: "done"}
     points: dict[int, RewindPoint] = {}
-
-    def on_snapshot(step, params, buffers, optimizer):
-        points[step] = RewindPoint(
-            {n: t[0].detach().cpu().clone() for n, t in params.items()},
-            {n: t[0].detach().cpu().clone() for n, t in buffers.items()},
-            {s: {n: t.cpu() for n, t in d.items()} for s, d in optimizer.state_of(0).items()},
-        )
-
+    on_snapshot = keep_snapshots(points)
     plan = GroupPlan(runs=[DENSE], start_steps=[0], data_seeds=[ctx.seeds.data_order(0)],
                      params=ctx.init_params, buffers=ctx.init_buffers,
                      snapshot_steps=rewinds, seed=task_seed(ctx.seeds.master, DENSE_TASK))
@@ -93,6 +87,20 @@ def _pretrain(ctx: TaskContext, writer, progress, run_done) -> dict:
     writer.finish_dense(status, diverged_step=div)
     run_done(DENSE, status)
     return {DENSE: status}
+
+
+def keep_snapshots(points: dict) -> Callable:
+    """An ``on_snapshot`` callback for ``train_group`` that keeps the dense run's state at each
+    snapshot step in ``points`` (step -> :class:`RewindPoint`, on the host)."""
+
+    def on_snapshot(step, params, buffers, optimizer):
+        points[step] = RewindPoint(
+            {n: t[0].detach().cpu().clone() for n, t in params.items()},
+            {n: t[0].detach().cpu().clone() for n, t in buffers.items()},
+            {s: {n: t.cpu() for n, t in d.items()} for s, d in optimizer.state_of(0).items()},
+        )
+
+    return on_snapshot
 
 
 def read_rewind(ctx: TaskContext, writer, rewind: int) -> RewindPoint:

@@ -31,13 +31,6 @@ from stabilitylab.store.schema import RunKey
 DEFAULT_DELTA = 50  # the probe of the findings' Q6 (LMC rule at k + 50)
 
 
-class _NoRecorder:
-    """The probe records nothing."""
-
-    def record(self, runs, step, values) -> None:
-        pass
-
-
 def _truncated(resolved, total: int):
     """``resolved`` trained to ``total`` instead of T (nothing recorded, one evaluation)."""
     return dataclasses.replace(
@@ -55,8 +48,8 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     """
     from stabilitylab.config import validate
     from stabilitylab.study.context import RewindPoint, TaskContext
-    from stabilitylab.study.execution import _group_plan
-    from stabilitylab.study.plan import DENSE, Task, task_seed
+    from stabilitylab.study.execution import _group_plan, keep_snapshots
+    from stabilitylab.study.plan import DENSE, DENSE_TASK, Task, task_seed
     from stabilitylab.train.engine import GroupPlan, train_group
 
     if isinstance(delta, bool) or not isinstance(delta, int) or delta < 1:
@@ -69,19 +62,13 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     # The dense run to the last rewind point, keeping W_k, buffers and optimizer state.
     points: dict[int, RewindPoint] = {}
 
-    def on_snapshot(step, params, buffers, optimizer):
-        points[step] = RewindPoint(
-            {n: t[0].detach().cpu().clone() for n, t in params.items()},
-            {n: t[0].detach().cpu().clone() for n, t in buffers.items()},
-            {s: {n: t.cpu() for n, t in d.items()} for s, d in optimizer.state_of(0).items()})
-
     last = max(ks)
     if last > 0:
         plan = GroupPlan(runs=[DENSE], start_steps=[0], data_seeds=[ctx.seeds.data_order(0)],
                          params=ctx.init_params, buffers=ctx.init_buffers, snapshot_steps=tuple(ks),
-                         seed=task_seed(ctx.seeds.master, Task(None)))
+                         seed=task_seed(ctx.seeds.master, DENSE_TASK))
         train_group(ctx.stacked, plan, ctx.data, _truncated(ctx.resolved, last + 1),
-                    recorder=_NoRecorder(), on_snapshot=on_snapshot, on_progress=tick,
+                    on_snapshot=keep_snapshots(points), on_progress=tick,
                     augment=ctx.augment)
     if 0 in ks and 0 not in points:
         points[0] = RewindPoint(ctx.init_weights, {n: t[0] for n, t in ctx.init_buffers.items()},
@@ -102,7 +89,7 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
         runs = [RunKey("imp", 0, k, r) for r in range(R)]
         group = _group_plan(ctx, Task(0, (k,)), runs, {k: points[k]}, {("imp", k): ones})
         result = train_group(ctx.stacked, group, ctx.data, _truncated(ctx.resolved, end),
-                             recorder=_NoRecorder(), on_progress=tick, augment=ctx.augment)
+                             on_progress=tick, augment=ctx.augment)
         steps += R * (end - k)
         finals = ctx.stacked.flatten(result.params)
         weights.append(finals.cpu().numpy())

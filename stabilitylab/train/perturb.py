@@ -27,6 +27,7 @@ import math
 import torch
 
 from stabilitylab.errors import ConfigError
+from stabilitylab.prune.pai import check_masks
 
 __all__ = ["DEFAULT_EPSILON", "bit_flip", "bit_flip_site", "perturb", "relative_gaussian"]
 
@@ -37,14 +38,8 @@ Tensors = dict[str, torch.Tensor]
 
 
 def _keep(params: Tensors, masks: Tensors | None) -> Tensors:
-    masks = masks or {}
-    for n, m in masks.items():
-        if n not in params:
-            raise ConfigError(f"masks: {n!r} is not among the parameters")
-        if tuple(m.shape) != tuple(params[n].shape):
-            raise ConfigError(f"masks: {n!r} has shape {tuple(m.shape)}, the parameter "
-                              f"{tuple(params[n].shape)}")
-    return {n: (masks[n].bool().to(p.device) if n in masks
+    masks = check_masks(params, masks or {})
+    return {n: (masks[n].to(p.device) if n in masks
                 else torch.ones(p.shape, dtype=torch.bool, device=p.device))
             for n, p in params.items()}
 
