@@ -104,9 +104,18 @@ def _newest(store: Path, pattern: str) -> float:
     return max(times, default=0.0)
 
 
+def _creation_finished(store: Path) -> bool:
+    """The root metadata says ``created: true`` (it says ``false`` while the arrays are laid out)."""
+    try:
+        return json.loads((store / "zarr.json").read_text()).get("attributes", {}).get("created") is True
+    except (OSError, ValueError):  # absent, or caught mid-write
+        return False
+
+
 # phase markers: a file that a process writes when it reaches that point
 MARKERS = {
-    "created": "zarr.json",                        # store created / reopened: pretraining next
+    "created": "zarr.json",                        # store created / reopened (and its creation
+                                                   # finished, _creation_finished): pretraining next
     "pretrained": "rewind_state_weights/c/*/*",    # written after pretraining
     "level1": "masks/c/*/1/*/*",                   # level-1 masks: written as level 1 starts
     "trained": "final_test_acc/c/*/1/*/*",         # level-1 finals: written after its training
@@ -131,7 +140,8 @@ def _record(store: Path, cwd: Path, *, resume: bool, hook: dict | None = None, k
         while proc.poll() is None:
             t = time.monotonic() - start
             for name, pattern in MARKERS.items():
-                if name not in marks and _newest(store, pattern) >= start_wall:
+                if name not in marks and _newest(store, pattern) >= start_wall and (
+                        name != "created" or _creation_finished(store)):
                     marks[name] = t
             if kill is not None and killed_at is None and kill(marks, t):
                 proc.send_signal(signal.SIGKILL)
@@ -142,7 +152,8 @@ def _record(store: Path, cwd: Path, *, resume: bool, hook: dict | None = None, k
             time.sleep(0.02)
     elapsed = time.monotonic() - start
     for name, pattern in MARKERS.items():  # markers reached too late for the polling loop
-        if name not in marks and _newest(store, pattern) >= start_wall:
+        if name not in marks and _newest(store, pattern) >= start_wall and (
+                name != "created" or _creation_finished(store)):
             marks[name] = elapsed
     return {"rc": proc.returncode, "stderr": err.read_text(), "stdout": out.read_text(),
             "marks": marks, "elapsed": elapsed, "killed_at": killed_at}
@@ -163,8 +174,14 @@ def _phase(marks: dict, t: float | None) -> str:
 
 
 def _check_crashed_store(store: Path) -> dict:
-    """validate accepts it; every run marked complete is really complete. Returns a summary."""
-    notes = validate(store)
+    """validate accepts it (or says its creation was interrupted, which a resume replaces);
+    every run marked complete is really complete. Returns a summary."""
+    try:
+        notes = validate(store)
+    except StoreError as e:
+        if "its creation was interrupted" not in str(e):
+            raise
+        return {"store": "creation interrupted"}
     g = zarr.open_group(store, mode="r")
     status = np.asarray(g["status"][...])
     assert not (status == 3).any(), "nothing diverges in this study"
@@ -258,7 +275,9 @@ def _interrupt_resume_compare(base: Path, phases: dict, plan: list, tmp_path: Pa
             if r["killed_at"] is not None:
                 assert r["rc"] == -signal.SIGKILL
         state = _check_crashed_store(store)
-        if hook == "inplace":  # the half-written chunk is of an unfinished run: only a deep
+        if state.get("store") == "creation interrupted":  # a timed kill that landed early
+            assert hook is None and "kill" in how, (what, r["stderr"][-2000:], report)
+        elif hook == "inplace":  # the half-written chunk is of an unfinished run: only a deep
             with pytest.raises(StoreError, match="truncated or corrupt"):  # check sees it
                 validate(store, deep=True)
         else:
