@@ -283,7 +283,7 @@ def _make_update(stacked, cfg, params, buffers, masks, optimizer, data, sched, *
     if compiled:
         fused = fused_step(stacked, cfg, augment=augment, channels_last=to_channels_last,
                            device=device, compiled=True)
-        step_masks = {n: masks.get(n, torch.ones_like(params[n])) for n in stacked.prunable_names}
+        step_masks = {n: masks[n] for n in stacked.prunable_names if n in masks}
 
         def update(i, idx, lrs_row, scal_row, aug_steps):
             loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
@@ -368,6 +368,9 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     params = {n: t.to(device).clone() for n, t in plan.params.items()}
     buffers = {n: t.to(device).clone() for n, t in plan.buffers.items()}
     masks = {n: m.to(device=device, dtype=params[n].dtype) for n, m in plan.masks.items()}
+    # A mask with nothing pruned (level 0) multiplies by one: the same bits, but a read of R x
+    # the tensor's size at every step. Dropped here, once (one host sync per group).
+    masks = {n: m for n, m in masks.items() if not bool(m.all())}
     state = None
     if plan.opt_state is not None:
         state = {s: {n: t.to(device) for n, t in d.items()} for s, d in plan.opt_state.items()}

@@ -282,8 +282,8 @@ def fused_update(training):
 
     The same rules as :meth:`StackedOptimizer.step` (see the module docstring), written
     without host synchronisation so that it traces into one compiled graph. ``scalars`` is
-    one (R, 6) row of :func:`step_scalars`; ``masks`` holds a 0/1 tensor for every
-    prunable parameter (all ones where nothing is pruned).
+    one (R, 6) row of :func:`step_scalars`; ``masks`` holds a 0/1 tensor for each
+    parameter with pruned weights (a parameter absent from it is dense: no multiply).
     """
     c = training
     rule = OPTIMIZERS[c.optimizer].fused
