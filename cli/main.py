@@ -68,6 +68,19 @@ def _measures_help() -> str:
             + ", ".join(f"{m} ({g})" for m, g in MEASURE_GROUP.items()))
 
 
+class _LazyHelp(str):
+    """A help text built only when argparse formats it (``help % params``): the measure
+    list imports the analysis package (xarray, scipy), which ``record`` does not need."""
+
+    def __new__(cls, build):
+        self = super().__new__(cls, "(measures)")
+        self._build = build
+        return self
+
+    def __mod__(self, params):
+        return self._build() % params
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stabilitylab", description=DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ana = sub.add_parser("analyze", help="measure stability, correlate with accuracy, predict k")
     ana.add_argument("store", help="path or fsspec URL of a store written by record")
-    ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_measures_help())
+    ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_LazyHelp(_measures_help))
     ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                      help="where to compute: auto (default: cuda if available), cpu or cuda")
     ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")

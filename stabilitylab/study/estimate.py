@@ -46,6 +46,9 @@ class Estimate:
     data_bytes: int
 
 
+REAL_FORWARD_BYTES = 64 * 2**20  # models up to this many parameter bytes run the size forward for real
+
+
 def _model_size(cfg, info) -> tuple[int, int, int]:
     """(parameters, floating buffer values, activation values per example) of the model."""
     import torch
@@ -65,10 +68,17 @@ def _model_size(cfg, info) -> tuple[int, int, int]:
         if isinstance(output, torch.Tensor):
             acts[0] += output.numel()
 
+    device = "meta"
+    if (P + Q) * 4 <= REAL_FORWARD_BYTES:  # small enough: one real example on the CPU, since a
+        # meta forward imports torch._dynamo (~1.3 s here; torch's decompositions of cat and
+        # others are decorated by it) and that is the largest part of a small study's startup
+        model = build_model(cfg.model, info.input_shape, info.num_classes, device="cpu")
+        model.train(False)  # (BatchNorm refuses a batch of one in training mode; same shapes)
+        device = "cpu"
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     try:
         with torch.no_grad():
-            model(torch.empty((1, *info.input_shape), device="meta"))
+            model(torch.zeros((1, *info.input_shape), device=device))
     except Exception:  # noqa: BLE001 - a model the meta device cannot run: no activation term
         acts[0] = 0
     finally:
