@@ -85,3 +85,36 @@ def test_unknown_dataset_and_to_device(tmp_path):
     moved = ds.to("meta")
     assert moved.train_x.device.type == "meta" and ds.train_x.device.type == "cpu"
     assert moved.num_classes == 10 and moved.augment is True
+
+
+def test_cache_of_the_installed_mnist1d_is_read_without_importing_it(tmp_path, monkeypatch):
+    """The file names the mnist1d version that made it; a file of another version, of other
+    arguments or from before versions were stored goes through the full check."""
+    cfg = DataConfig(name="mnist1d", root=str(tmp_path), num_samples=N)
+    first = load_dataset(cfg)
+    path = tmp_path / "mnist1d_n100_seed42.npz"
+    with np.load(path) as z:
+        assert str(z["mnist1d_version"]) == m1d._installed_version()
+        old_format = {k: z[k] for k in ("args", "x", "y", "x_test", "y_test")}
+
+    def no_args(n):
+        raise AssertionError("the fast path must not import mnist1d")
+
+    monkeypatch.setattr(m1d, "dataset_args", no_args)
+    assert torch.equal(load_dataset(cfg).train_x, first.train_x)
+    monkeypatch.setattr(m1d, "_installed_version", lambda: "0.0.0-other")
+    with pytest.raises(AssertionError, match="must not import"):  # another version: full check
+        load_dataset(cfg)
+    monkeypatch.undo()
+
+    np.savez(path, **old_format)  # as written before versions were stored
+    assert torch.equal(load_dataset(cfg).train_x, first.train_x)  # full check, then upgraded
+    with np.load(path) as z:
+        assert str(z["mnist1d_version"]) == m1d._installed_version()
+    np.testing.assert_array_equal(load_dataset(cfg).test_y.numpy(), first.test_y.numpy())
+
+    other = tmp_path / "mnist1d_n100_seed7.npz"  # a file whose name and arguments disagree
+    path.rename(other)
+    monkeypatch.setattr(m1d, "generate", lambda n: (_ for _ in ()).throw(AssertionError("regen")))
+    with pytest.raises(AssertionError, match="regen"):
+        load_dataset(cfg)
