@@ -29,6 +29,7 @@ from stabilitylab.models.registry import (
     check_options,
     resolve_builder,
 )
+from stabilitylab.train.functional import materialize
 
 __all__ = [
     "MODEL_BUILDERS",
@@ -85,14 +86,6 @@ def init_model(model: nn.Module, generator: torch.Generator | None = None, *,
     return model
 
 
-def _materialize(model: nn.Module, device) -> nn.Module:
-    """``model.to_empty(device=device)`` (uninitialized storage, same sizes and strides),
-    without ``empty_like`` of meta tensors: that goes through torch's Python reference
-    implementations and imports ``torch.fx.experimental.symbolic_shapes`` (~0.6 s)."""
-    return model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype,
-                                                      device=device))
-
-
 def build_model(cfg, input_shape: tuple, num_classes: int,
                 generator: torch.Generator | None = None, device=None) -> nn.Module:
     """Build and initialize the model ``cfg.name`` (a :class:`~stabilitylab.config.schema.ModelConfig`).
@@ -139,7 +132,7 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
     if device is not None and torch.device(device).type == "meta":
         return model
     init_device = generator.device if generator is not None else torch.device("cpu")
-    model = _materialize(model, init_device)
+    model = materialize(model, init_device)
     reference = None
     if cfg.name not in MODEL_BUILDERS and any(True for _ in model.buffers()):
         # A plugin's own buffers (constants) keep the values its builder gives them, built
