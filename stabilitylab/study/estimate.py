@@ -72,7 +72,8 @@ def _model_size(cfg, info) -> tuple[int, int, int]:
     if (P + Q) * 4 <= REAL_FORWARD_BYTES:  # small enough: one real example on the CPU, since a
         # meta forward imports torch._dynamo (~1.3 s here; torch's decompositions of cat and
         # others are decorated by it) and that is the largest part of a small study's startup
-        model = build_model(cfg.model, info.input_shape, info.num_classes, device="cpu")
+        with torch.random.fork_rng(devices=[]):  # its initialization leaves no trace
+            model = build_model(cfg.model, info.input_shape, info.num_classes, device="cpu")
         model.train(False)  # (BatchNorm refuses a batch of one in training mode; same shapes)
         device = "cpu"
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
