@@ -25,7 +25,7 @@ from stabilitylab.analysis.rewind_target import (
     noise_floor,
     paired_interval,
 )
-from stabilitylab.analysis.stats import predict_rewind_measure
+from stabilitylab.analysis.stats import predict_rewind_lmc, predict_rewind_measure
 
 NOISE = {"imp": "data order", "perturb": "perturbation (ε = 1e-6)",
          "data_order+perturb": "data order + perturbation"}
@@ -142,13 +142,9 @@ def figure_growth(res, cond, label, path: Path, rewinds=(0, 100)) -> None:
 
 # -- Q6 -------------------------------------------------------------------------------------------
 
-def _earliest_below(values, ks, threshold):
-    """Per seed: the earliest k with value < threshold; None when none is."""
-    out = []
-    for row in values:
-        hits = [k for k, v in zip(ks, row) if np.isfinite(v) and v < threshold]
-        out.append(hits[0] if hits else None)
-    return out
+def _lmc(values, ks):
+    """Per seed: the earliest k with value < THRESHOLD; None when none is."""
+    return [predict_rewind_lmc(ks, row, THRESHOLD) for row in values]
 
 
 def _plateau(values, ks):
@@ -170,16 +166,16 @@ def q6(res, cond) -> dict:
     copies_to_T = R * sum(T - k for k in ks)
     inst = {kind: _per_seed(res, cond, "instability", kind, 0, ks) for kind in ("imp", "perturb")}
     preds: dict[str, tuple[list, float]] = {
-        "LMC rule, data-order copies to T": (_earliest_below(inst["imp"], ks, THRESHOLD),
+        "LMC rule, data-order copies to T": (_lmc(inst["imp"], ks),
                                              copies_to_T),
-        "LMC rule, perturbed copies to T": (_earliest_below(inst["perturb"], ks, THRESHOLD),
+        "LMC rule, perturbed copies to T": (_lmc(inst["perturb"], ks),
                                             copies_to_T),
     }
     for d in PROBE_DELTAS:
         cost = R * sum(min(d, T - k) for k in ks)
         for kind, name in (("imp", "data-order"), ("perturb", "perturbed")):
             b = _per_seed(res, cond, f"barrier_at:{d}", kind, 0, ks)
-            preds[f"LMC rule at k + {d}, {name} copies"] = (_earliest_below(b, ks, THRESHOLD),
+            preds[f"LMC rule at k + {d}, {name} copies"] = (_lmc(b, ks),
                                                             cost)
     for d in (100,):
         b = _per_seed(res, cond, f"barrier_at:{d}", "imp", 0, ks)

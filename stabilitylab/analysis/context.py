@@ -18,7 +18,6 @@ import xarray as xr
 from stabilitylab.config import config_from_dict, validate
 from stabilitylab.store.schema import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
 from stabilitylab.train.functional import StackedModel
-from stabilitylab.train.seeds import generator
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +106,8 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
     ``module:function`` model or dataset named by the store is imported only with
     ``trust_plugins`` (:func:`stabilitylab.models.registry.check_trusted`).
     """
-    from stabilitylab.data import load_dataset
-    from stabilitylab.data.registry import dataset_info
-    from stabilitylab.models import build_model
     from stabilitylab.store import open_study
+    from stabilitylab.study.context import build_model_and_data
     from stabilitylab.train.engine import resolve_device
 
     ds = open_study(url, storage_options=storage_options)
@@ -121,21 +118,23 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
     cfg = config_from_dict(ds.attrs["config"])
     resolved = validate(cfg)
     dev = resolve_device(device or "auto")
-    info = dataset_info(cfg.data)
-    model = build_model(cfg.model, info.input_shape, info.num_classes, generator=generator(0))
-    stacked = StackedModel(model)
     layout = ds.attrs["param_layout"]
     if isinstance(layout, str):
         layout = json.loads(layout)
-    if [tuple(s["shape"]) for s in layout] != [s.shape for s in stacked.param_slots]:
-        from stabilitylab.errors import StoreError
 
-        raise StoreError(f"{url}: parameter layout does not match model {cfg.model.name!r}")
+    def check_layout(stacked, _template):  # before any data is read
+        if [tuple(s["shape"]) for s in layout] != [s.shape for s in stacked.param_slots]:
+            from stabilitylab.errors import StoreError
+
+            raise StoreError(f"{url}: parameter layout does not match model {cfg.model.name!r}")
+
+    parts = build_model_and_data(cfg, dev, template_seed=0, check=check_layout,
+                                 data_root=data_root if data_root is not None else "")
+    stacked, data = parts.stacked, parts.data
     prunable = np.zeros(stacked.num_params, bool)
     for s in stacked.param_slots:
         if s.prunable:
             prunable[s.offset:s.offset + s.size] = True
-    data = load_dataset(cfg.data, dev, root=data_root if data_root is not None else "")
     kinds = [str(k) for k in ds.kind.values]
     levels = [int(v) for v in ds.level.values]
     rewinds = [int(v) for v in ds.rewind.values]

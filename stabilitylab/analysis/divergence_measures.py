@@ -75,12 +75,8 @@ def probe_steps(steps, rewinds, total_steps: int, deltas=DELTAS) -> np.ndarray:
     return out
 
 
-def _work(ctx) -> int:
-    return len(list(ctx.combos()))
-
-
 @group("divergence", reads="trajectory", variables=VARIABLES, measures=MEASURES,
-       phase="divergence", work=_work, needs=("trajectory",), rank=15)
+       phase="divergence", needs=("trajectory",), rank=15)
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """Rates and times from the trajectory group's distance curves; barriers along training."""
     dist = results["data_order_l2"]  # (kind, level, rewind, pair, step), NaN before k
@@ -102,11 +98,13 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
             time_.loc[at] = divergence_time(curves, steps_k, DIVERGENCE_FRACTION)
         if level == ctx.levels[0] and (at_step[ctx.rewinds.index(k)] >= 0).any():
             reps = ctx.complete_replicas(kind, level, k)
-            traj = ctx.trajectory(kind, level, k)  # (R, S, P)
-            for j, s in enumerate(at_step[ctx.rewinds.index(k)]):
+            row = at_step[ctx.rewinds.index(k)]
+            wanted = [int(s) for s in row if s >= 0]  # all after k: nothing to mask
+            stored = ctx.ds.weights.sel(kind=kind, level=level, rewind=k, step=wanted).values
+            for j, s in enumerate(row):
                 if s < 0:
                     continue
-                w = torch.from_numpy(traj[:, int(np.flatnonzero(ctx.steps == s)[0])]).to(ctx.device)
+                w = torch.from_numpy(stored[:, wanted.index(int(s))].astype(np.float32)).to(ctx.device)
                 for p, (a, b) in enumerate(ctx.pairs):
                     if a in reps and b in reps and torch.isfinite(w[[a, b]]).all():
                         res = evaluate_interpolation(ctx.stacked, w[a], w[b], alphas,

@@ -40,10 +40,6 @@ _LMC = "Frankle et al., ICML 2020"
 _ENTEZARI = "Entezari et al., ICLR 2022, Eq. 1"
 
 
-def _combos(ctx):
-    return len(list(ctx.combos()))
-
-
 INTERPOLATION_VARIABLES = (
     Variable("interp_test_error", _CURVE, "test-set error along the linear path αW_a + (1−α)W_b "
              "between the pair's final weights", "fraction"),
@@ -106,7 +102,7 @@ def _aligner(ctx):
 
 
 @group("interpolation", reads="function", variables=INTERPOLATION_VARIABLES,
-       measures=INTERPOLATION_MEASURES, phase="interpolation", work=_combos, rank=20)
+       measures=INTERPOLATION_MEASURES, phase="interpolation", rank=20)
 def compute_interpolation(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """The interpolation group, and the aligned one in the same pass when it is selected
     (``aligned_*`` stay NaN otherwise)."""
@@ -191,7 +187,7 @@ def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | Non
     return logits.float().cpu().numpy(), losses.float().cpu().numpy()
 
 
-@group("replica", reads="function", phase="replica measures", work=_combos, rank=40,
+@group("replica", reads="function", phase="replica measures", rank=40,
        variables=(
            Variable("disagreement", _PAIR, "fraction of test examples whose predicted class "
                     "differs between the pair at T", "fraction"),

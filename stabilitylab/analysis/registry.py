@@ -97,7 +97,8 @@ class Group:
     :class:`~stabilitylab.analysis.context.StudyContext`, the variables computed so
     far (groups run in ``rank`` order, after those in ``needs``), the
     :class:`Options` and a callable taking a number of finished work units.
-    ``work(ctx)`` is that number in total. A group ``part_of`` another is computed in
+    ``work(ctx)`` is that number in total (default, :meth:`units`: one per (kind, level,
+    rewind) combination). A group ``part_of`` another is computed in
     the other's pass (``compute`` None): selecting it runs that pass.
     """
 
@@ -111,6 +112,10 @@ class Group:
     part_of: str | None = None
     needs: tuple[str, ...] = ()
     rank: int = 1000
+
+    def units(self, ctx) -> int:
+        """Work units of this group on ``ctx`` (``work(ctx)``, or one per combination)."""
+        return self.work(ctx) if self.work is not None else len(list(ctx.combos()))
 
 
 GROUPS: dict[str, Group] = {}

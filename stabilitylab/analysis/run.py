@@ -20,9 +20,6 @@ from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
 from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
-
-# Old names, kept importable from here: the groups now run through the registry.
-from stabilitylab.analysis.trajectory_measures import trajectory_measures  # noqa: F401
 from stabilitylab.errors import StabilityLabError
 
 log = logging.getLogger(__name__)
@@ -171,7 +168,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
     passes = _passes(groups)
-    bar = Progress(sum(registry.GROUPS[g].work(ctx) for g in passes), desc="analyze",
+    bar = Progress(sum(registry.GROUPS[g].units(ctx) for g in passes), desc="analyze",
                    unit="tasks", enabled=progress)
     options = registry.Options(groups=groups, alphas=alphas)
     results: dict[str, xr.DataArray] = {}

@@ -81,12 +81,8 @@ MEASURES = (
 )
 
 
-def _combos(ctx):
-    return len(list(ctx.combos()))
-
-
 @group("trajectory", reads="trajectory", variables=VARIABLES, measures=MEASURES,
-       phase="trajectory measures", work=_combos, rank=10)
+       phase="trajectory measures", rank=10)
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """The trajectory group: every variable above, in one pass over the runs."""
     out = trajectory_measures(ctx, progress=progress)

@@ -95,7 +95,7 @@ def _installed_version() -> str | None:
 
 def _read_cache(path: Path, args_json: str | None, version: str | None = None,
                 num_samples: int | None = None) -> tuple[dict[str, np.ndarray], bool] | None:
-    """The cached arrays and whether the file names its mnist1d version, or None.
+    """The cached arrays and the mnist1d version the file names (None: none), or None.
 
     With ``args_json`` the stored generation arguments must equal it. Without (the fast
     path), the file must name ``version`` as the mnist1d that made it, and its stored
@@ -113,7 +113,7 @@ def _read_cache(path: Path, args_json: str | None, version: str | None = None,
                         or path != cache_path(path.parent, num_samples, args.get("seed"))
                         or args.get("num_samples") != num_samples):
                     return None
-            return {k: z[k] for k in _KEYS}, made_by is not None
+            return {k: z[k] for k in _KEYS}, made_by
     except (OSError, KeyError, ValueError, TypeError):  # missing, truncated or foreign file
         return None
 
@@ -144,8 +144,8 @@ def load_arrays(num_samples: int, root: Path | None) -> dict[str, np.ndarray]:
     if path is not None:
         found = _read_cache(path, args_json)
         if found is not None:
-            arrays, versioned = found
-            if not versioned:  # a file from before versions were stored: add it, once
+            arrays, made_by = found
+            if made_by != _installed_version():  # older file, or mnist1d upgraded: once
                 try:
                     _write_atomic(path, arrays, args_json)
                 except OSError:  # a read-only dataset folder: the slow check stays

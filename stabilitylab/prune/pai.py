@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from stabilitylab.errors import ConfigError
+from stabilitylab.prune.masks import random_masks_like
 
 __all__ = [
     "PAI_RULES",
@@ -343,11 +344,12 @@ def layerwise_shuffle(masks: Masks, generator: torch.Generator, *,
     revived); by default every position is allowed, and the result is distributed as
     :func:`stabilitylab.prune.masks.random_masks_like`. Seeded by ``generator`` only (CPU draws).
     """
+    if within is None:  # every position allowed: exactly the random-pruning control
+        return {n: t.to(masks[n].device) for n, t in random_masks_like(masks, generator).items()}
     out = {}
     for n, m in masks.items():
         m = m.bool()
-        allowed = torch.ones(m.numel(), dtype=torch.bool) if within is None \
-            else within[n].bool().flatten().cpu()
+        allowed = within[n].bool().flatten().cpu()
         candidates = torch.nonzero(allowed).flatten()
         kept = int(m.sum())
         if kept > candidates.numel():

@@ -27,7 +27,7 @@ import zarr
 
 from stabilitylab.errors import StoreError
 from stabilitylab.store import schema as S
-from stabilitylab.store.create import build_store, check_key
+from stabilitylab.store.create import _index, build_store, check_key
 from stabilitylab.store.schema import RunKey
 
 _DENSE = "dense"  # buffer key of the dense pretraining run
@@ -512,8 +512,7 @@ class StudyWriter:
 
     def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
         check_key(run, self._level_idx, self._rewind_idx, self.n_replicas, self.kinds)
-        kind, level, rewind, replica = run
-        return (self.kinds.index(kind), self._level_idx[int(level)], self._rewind_idx[int(rewind)], int(replica))
+        return _index(run, self._level_idx, self._rewind_idx, self.kinds)
 
     def _state(self, name: str):
         arr = self._a.get(S.STATE_PREFIX + str(name))

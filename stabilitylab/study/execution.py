@@ -57,6 +57,19 @@ def run_task(ctx: TaskContext, writer, task: Task, *, on_progress=None, on_run_d
     return _train_level(ctx, writer, task, progress, run_done)
 
 
+def dense_plan(ctx: TaskContext, snapshot_steps) -> GroupPlan:
+    """The dense run from W_0 (data order u_0), keeping its state at ``snapshot_steps``."""
+    return GroupPlan(runs=[DENSE], start_steps=[0], data_seeds=[ctx.seeds.data_order(0)],
+                     params=ctx.init_params, buffers=ctx.init_buffers,
+                     snapshot_steps=tuple(snapshot_steps),
+                     seed=task_seed(ctx.seeds.master, DENSE_TASK))
+
+
+def all_kept(ctx: TaskContext) -> dict[str, torch.Tensor]:
+    """Masks keeping every prunable weight (the first level)."""
+    return {n: torch.ones(ctx.slot(n).shape, dtype=torch.bool) for n in ctx.prunable}
+
+
 def _pretrain(ctx: TaskContext, writer, progress, run_done) -> dict:
     rewinds = ctx.resolved.rewinds
     if writer.dense_complete():
@@ -65,10 +78,7 @@ def _pretrain(ctx: TaskContext, writer, progress, run_done) -> dict:
         return {DENSE: "done"}
     points: dict[int, RewindPoint] = {}
     on_snapshot = keep_snapshots(points)
-    plan = GroupPlan(runs=[DENSE], start_steps=[0], data_seeds=[ctx.seeds.data_order(0)],
-                     params=ctx.init_params, buffers=ctx.init_buffers,
-                     snapshot_steps=rewinds, seed=task_seed(ctx.seeds.master, DENSE_TASK))
-    result = train_group(ctx.stacked, plan, ctx.data, ctx.resolved,
+    result = train_group(ctx.stacked, dense_plan(ctx, rewinds), ctx.data, ctx.resolved,
                          recorder=_DenseRecorder(writer), on_snapshot=on_snapshot,
                          on_progress=progress, augment=ctx.augment)
     for k, point in points.items():
@@ -119,7 +129,7 @@ def imp_masks(ctx: TaskContext, writer, level: int, rewind: int) -> dict[str, to
     """The IMP masks of ``level`` at ``rewind``: everything kept at the first level, then
     each level prunes the previous level's replica-0 final weights (read from the store)."""
     T = ctx.resolved.total_steps
-    masks = {n: torch.ones(ctx.slot(n).shape, dtype=torch.bool) for n in ctx.prunable}
+    masks = all_kept(ctx)
     for previous in [lv for lv in ctx.resolved.levels if lv < level]:
         final = torch.from_numpy(np.asarray(writer.read_weights(RunKey("imp", previous, rewind, 0), T)))
         weights = {n: t for n, t in ctx.unflat(final).items() if n in masks}

@@ -54,9 +54,6 @@ class Seeds:
         """The seed of kind ``kind``'s own random choices at (level, rewind[, more...])."""
         return derive_seed(self.master, kind, level, rewind, *more)
 
-    def random_prune(self, level: int, rewind: int) -> int:
-        return self.kind("random_prune", level, rewind)
-
     def group(self, level: int) -> int:
         return derive_seed(self.master, "group", level)
 

@@ -48,9 +48,9 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     """
     from stabilitylab.config import validate
     from stabilitylab.study.context import RewindPoint, TaskContext
-    from stabilitylab.study.execution import _group_plan, keep_snapshots
-    from stabilitylab.study.plan import DENSE, DENSE_TASK, Task, task_seed
-    from stabilitylab.train.engine import GroupPlan, train_group
+    from stabilitylab.study.execution import _group_plan, all_kept, dense_plan, keep_snapshots
+    from stabilitylab.study.plan import Task
+    from stabilitylab.train.engine import train_group
 
     if isinstance(delta, bool) or not isinstance(delta, int) or delta < 1:
         raise ConfigError(f"--probe-steps: must be an integer >= 1, got {delta!r}")
@@ -64,10 +64,7 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
 
     last = max(ks)
     if last > 0:
-        plan = GroupPlan(runs=[DENSE], start_steps=[0], data_seeds=[ctx.seeds.data_order(0)],
-                         params=ctx.init_params, buffers=ctx.init_buffers, snapshot_steps=tuple(ks),
-                         seed=task_seed(ctx.seeds.master, DENSE_TASK))
-        train_group(ctx.stacked, plan, ctx.data, _truncated(ctx.resolved, last + 1),
+        train_group(ctx.stacked, dense_plan(ctx, ks), ctx.data, _truncated(ctx.resolved, last + 1),
                     on_snapshot=keep_snapshots(points), on_progress=tick,
                     augment=ctx.augment)
     if 0 in ks and 0 not in points:
@@ -80,7 +77,7 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     alphas = alpha_grid(BARRIER_ALPHAS)
     pairs = [(a, b) for a in range(R) for b in range(a + 1, R)]
     bn_x = ctx.data.train_x[:cfg.data.train_eval_size] if ctx.stacked.buffer_slots else None
-    ones = {n: torch.ones(ctx.slot(n).shape, dtype=torch.bool) for n in ctx.prunable}
+    ones = all_kept(ctx)
     barrier = np.full((len(ks), len(pairs)), np.nan)
     weights = []
     steps = 0

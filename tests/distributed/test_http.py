@@ -142,18 +142,25 @@ def test_analyze_reads_the_study_over_http(tiny_analyzed, served, monkeypatch):
 
 def test_analyze_on_a_read_only_http_store_fails_fast_in_one_line(served, capsys):
     """Nothing is computed: the write-ability probe runs right after the store is opened."""
+    import dataclasses
+
     from stabilitylab.cli.main import main
 
-    from stabilitylab.analysis import run
+    from stabilitylab.analysis import registry
 
     url = f"{served['no-listing']}/tiny.zarr"
     calls = []
-    real = run.trajectory_measures
+    registry.load()
+    saved = dict(registry.GROUPS)
     try:
-        run.trajectory_measures = lambda *a, **k: calls.append(1) or real(*a, **k)
+        for name, g in saved.items():  # every group's compute, counted
+            if g.compute is not None:
+                registry.GROUPS[name] = dataclasses.replace(
+                    g, compute=lambda *a, _real=g.compute, **k: calls.append(1) or _real(*a, **k))
         assert main(["analyze", url, "--no-progress"]) == 2
     finally:
-        run.trajectory_measures = real
+        registry.GROUPS.clear()
+        registry.GROUPS.update(saved)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert url in err[0] and "read-only over HTTP" in err[0] and "copy" in err[0]
