@@ -32,7 +32,8 @@ from torch.func import functional_call, vmap
 
 from stabilitylab.train.functional import StackedModel
 
-__all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "interpolate_flat"]
+__all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "evaluate_points",
+           "interpolate_flat"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -117,21 +118,65 @@ def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat
         ``error`` (A,) and ``loss`` (A,) float64 numpy arrays; ``bn_mode`` is
         "none", "recomputed" or "interpolated" (record it with the results).
     """
-    mode = _bn_mode(stacked, buffers, bn_recompute_x)
     device = w1_flat.device
-    flat = interpolate_flat(w1_flat, w2_flat, alphas)
-    params = stacked.unflatten(flat)
-    n_alpha = flat.shape[0]
+    point_buffers = None
+    if buffers is not None and bn_recompute_x is None and stacked.buffer_slots:
+        point_buffers = interpolate_flat(buffers[0].to(device), buffers[1].to(device), alphas)
+    return evaluate_points(stacked, interpolate_flat(w1_flat, w2_flat, alphas), x, y,
+                           buffers=point_buffers, bn_recompute_x=bn_recompute_x,
+                           batch_size=batch_size, bn_batch_size=bn_batch_size)
+
+
+@torch.no_grad()
+def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor, *, buffers: torch.Tensor | None = None,
+                    bn_recompute_x: torch.Tensor | None = None, batch_size: int = 100,
+                    bn_batch_size: int | None = None, return_logits: bool = False) -> dict:
+    """Error and mean cross-entropy of N arbitrary weight vectors, evaluated as one stack.
+
+    The shared evaluation machinery of the analysis: the α path, planes through three
+    points, points along curves and aligned or repaired paths all reduce to "evaluate
+    these N flat weight vectors". The N points are the replicas of one vmapped forward per
+    chunk of examples (memory ~ N × ``batch_size`` activations).
+
+    Parameters
+    ----------
+    stacked : StackedModel
+        Layout and template of the architecture.
+    points : torch.Tensor
+        (N, P) flat weights (``param`` layout); their device is used.
+    x, y : torch.Tensor
+        Evaluation examples and integer labels.
+    buffers : torch.Tensor, optional
+        (N, Q) flat buffers used as they are (BatchNorm nets without ``bn_recompute_x``).
+    bn_recompute_x : torch.Tensor, optional
+        Training examples on which BatchNorm statistics are recomputed for every point
+        (module docstring). Required for BatchNorm nets unless ``buffers`` is given.
+    batch_size, bn_batch_size : int
+        As in :func:`evaluate_interpolation`.
+    return_logits : bool
+        Also return the (N, n_examples, classes) float32 logits on the CPU.
+
+    Returns
+    -------
+    dict
+        ``error`` (N,) and ``loss`` (N,) float64 numpy arrays, ``bn_mode``, and ``logits``
+        when asked for.
+    """
+    mode = _bn_mode(stacked, None if buffers is None else (buffers, buffers), bn_recompute_x)
+    device = points.device
+    params = stacked.unflatten(points)
+    n_points = points.shape[0]
     if mode == "none":
         bufs = {}
     elif mode == "interpolated":
-        bufs = stacked.unflatten_buffers(interpolate_flat(buffers[0].to(device),
-                                                          buffers[1].to(device), alphas))
+        bufs = stacked.unflatten_buffers(buffers.to(device))
     else:
         bufs = _recompute_bn_stacked(stacked, params, bn_recompute_x.to(device),
                                      bn_batch_size or len(bn_recompute_x))
-    loss = torch.zeros(n_alpha, dtype=torch.float64, device=device)
-    wrong = torch.zeros(n_alpha, dtype=torch.float64, device=device)
+    loss = torch.zeros(n_points, dtype=torch.float64, device=device)
+    wrong = torch.zeros(n_points, dtype=torch.float64, device=device)
+    chunks = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device)
         yb = y[start:start + batch_size].to(device)
@@ -139,8 +184,13 @@ def evaluate_interpolation(stacked: StackedModel, w1_flat: torch.Tensor, w2_flat
         dl, dw = _loss_and_errors(logits, yb)
         loss += dl
         wrong += dw
+        if return_logits:
+            chunks.append(logits.float().cpu())
     n = len(x)
-    return {"error": (wrong / n).cpu().numpy(), "loss": (loss / n).cpu().numpy(), "bn_mode": mode}
+    out = {"error": (wrong / n).cpu().numpy(), "loss": (loss / n).cpu().numpy(), "bn_mode": mode}
+    if return_logits:
+        out["logits"] = torch.cat(chunks, 1)
+    return out
 
 
 def _recompute_bn_stacked(stacked: StackedModel, params: dict, x: torch.Tensor,

@@ -11,6 +11,7 @@ from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, insta
 from stabilitylab.analysis.interpolate import (
     evaluate_interpolation,
     evaluate_interpolation_loop,
+    evaluate_points,
     interpolate_flat,
 )
 from stabilitylab.train.functional import StackedModel
@@ -84,6 +85,23 @@ def test_batched_equals_loop_bn_conv(bn_batch_size):
     np.testing.assert_allclose(fast_i["loss"], ref_i["loss"], rtol=1e-5)
     with pytest.raises(ValueError, match="BatchNorm"):
         evaluate_interpolation(stacked, w1, w2, alphas, x, y)
+
+
+def test_evaluate_points_is_the_alpha_path_and_returns_logits():
+    """The shared evaluator on the α path's points gives the α path bit for bit; its logits
+    are each point's own network's."""
+    stacked, w1, w2, _ = _endpoints(_bn_conv, seed=5)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(30, 1, 15, generator=g), torch.randint(0, 3, (30,), generator=g)
+    xt = torch.randn(20, 1, 15, generator=g)
+    alphas = alpha_grid(4)
+    path = evaluate_interpolation(stacked, w1, w2, alphas, x, y, bn_recompute_x=xt)
+    pts = evaluate_points(stacked, interpolate_flat(w1, w2, alphas), x, y, bn_recompute_x=xt,
+                          return_logits=True)
+    assert np.array_equal(path["error"], pts["error"]) and np.array_equal(path["loss"], pts["loss"])
+    assert pts["logits"].shape == (4, 30, 3)
+    errors = (pts["logits"].argmax(-1) != y).double().mean(1).numpy()
+    np.testing.assert_array_equal(errors, pts["error"])
 
 
 def test_bn_recompute_does_not_touch_template_mode():
