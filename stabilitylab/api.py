@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 
 def _as_builder(model) -> Callable:

@@ -220,7 +220,7 @@ def variables() -> dict[str, Variable]:
 def select(names) -> tuple[str, ...]:
     """The groups to compute for ``names``: group and measure names in any mix (a measure
     selects its whole group, a group the groups it needs); None or empty: every group."""
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
 
     order = groups()
     if not names:

@@ -20,7 +20,7 @@ from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
 from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _passes(groups) -> list[str]:
 
 def _partial_note(ctx, url) -> str:
     """One line when runs are not finished yet (the analysis is then partial), else ''."""
-    from stabilitylab.store.schema import STATUS_DIVERGED, STATUS_INCOMPLETE
+    from stabilitylab.core.keys import STATUS_DIVERGED, STATUS_INCOMPLETE
 
     incomplete = int((ctx.status == STATUS_INCOMPLETE).sum())
     dense = int(np.asarray(ctx.ds.dense_status.values).reshape(-1)[0])

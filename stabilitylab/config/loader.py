@@ -1,6 +1,6 @@
 """Load a study config: preset or TOML file, then ``--set section.key=value`` overrides.
 
-Every failure raises :class:`~stabilitylab.errors.ConfigError` with one line that
+Every failure raises :class:`~stabilitylab.core.errors.ConfigError` with one line that
 names the field and what is allowed.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import tomllib
 
 from stabilitylab.config.schema import SECTIONS, Config
-from stabilitylab.errors import ConfigError, StabilityLabError
+from stabilitylab.core.errors import ConfigError, StabilityLabError
 
 DEFAULT_PRESET = "mnist1d_default"
 
@@ -286,7 +286,8 @@ def non_default_settings(cfg: Config) -> dict:
 
 
 def _effective(cfg: Config, section: str) -> dict:
-    from stabilitylab.models.registry import canonical, effective_options, resolve_builder
+    from stabilitylab.core.options import canonical, effective_options
+    from stabilitylab.models.registry import resolve_builder
 
     options = getattr(cfg, section).options
     if not options:
@@ -296,10 +297,10 @@ def _effective(cfg: Config, section: str) -> dict:
         if section == "model":
             builder = resolve_builder(cfg.model.name)
         else:
-            from stabilitylab.data.registry import DATASETS, _plugin_target
+            from stabilitylab.data.registry import DATASETS, plugin_target
 
             if cfg.data.name not in DATASETS and not cfg.data.name.startswith("python:"):
-                target = _plugin_target(cfg.data.name)
+                target = plugin_target(cfg.data.name)
                 builder, positional = (target, 1) if callable(target) else (None, 1)
     except StabilityLabError:
         builder = None

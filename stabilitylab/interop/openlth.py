@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stabilitylab.errors import CheckpointError, ConfigError
+from stabilitylab.core.errors import CheckpointError, ConfigError
 from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ import logging
 import threading
 import uuid
 
-from stabilitylab.errors import ConfigError, StabilityLabError
+from stabilitylab.core.errors import ConfigError, StabilityLabError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _task_url(out) -> str:
 
 
 def _refuse_existing(url: str, storage_options: dict | None) -> None:
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
     from stabilitylab.store.schema import creation_state
 
     try:
@@ -204,7 +204,7 @@ def _connect(scheduler, device: str):
             raise ConfigError(f"--scheduler {text}: need local:N with N >= 1 worker processes")
         from distributed import LocalCluster
 
-        from stabilitylab.train.engine import resolve_device
+        from stabilitylab.core.device import resolve_device
 
         resources = {GPU: 1} if resolve_device(device).type == "cuda" else None
         try:
@@ -244,7 +244,7 @@ def open_task_writer(url, cfg, *, storage_options: dict | None = None):
     """A writer on an existing store for one task: no attribute writes, no structure checks
     (the driver did those), so concurrent tasks touch only their own chunks."""
     from stabilitylab.config import study_id
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
     from stabilitylab.store import StudyWriter
     from stabilitylab.store import schema as S
 

@@ -20,15 +20,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import ResourceError
 from stabilitylab.study.kinds import kinds_at
 
 DEFAULT_MAX_STORE_GB = 100.0
 GB = 1e9
-
-
-class ResourceError(StabilityLabError):
-    """A study that does not fit the machine or the user's caps."""
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import generator
 from stabilitylab.prune import density, prune
-from stabilitylab.store.schema import RunKey
 from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
 from stabilitylab.study.plan import DENSE, DENSE_TASK, Task, task_seed
 from stabilitylab.train.engine import GroupPlan, train_group
-from stabilitylab.train.seeds import generator
 
 log = logging.getLogger(__name__)
 

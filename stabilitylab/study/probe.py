@@ -25,8 +25,8 @@ import torch
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, alpha_grid, instability
 from stabilitylab.analysis.divergence_measures import BARRIER_ALPHAS
 from stabilitylab.analysis.interpolate import evaluate_interpolation
-from stabilitylab.errors import ConfigError
-from stabilitylab.store.schema import RunKey
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.keys import RunKey
 
 DEFAULT_DELTA = 50  # the probe of the findings' Q6 (LMC rule at k + 50)
 

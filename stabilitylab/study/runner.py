@@ -130,7 +130,7 @@ def check_resources(cfg, out, *, resume: bool, device=None, storage_options=None
 def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
     """Whether ``out`` already holds this study, complete and valid: ``--resume`` has
     nothing to do. False for anything else (resume then says what is wrong, or repairs)."""
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
     from stabilitylab.store import schema as S
     from stabilitylab.store import validate
 

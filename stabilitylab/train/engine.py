@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stabilitylab.core.seeds import derive_seed
 from stabilitylab.data.augment import replica_keys
 from stabilitylab.train.data_order import DataOrders
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.optim import StackedOptimizer, step_scalars
 from stabilitylab.train.schedule import schedule_for
-from stabilitylab.train.seeds import derive_seed
 
 
 class Recorder(Protocol):
@@ -72,16 +72,6 @@ class GroupResult:
     def final(self, name: str) -> np.ndarray:
         """The value at T (last eval step) of an eval metric, per replica."""
         return getattr(self, name)[:, -1]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from stabilitylab.errors import ConfigError
-
-        raise ConfigError("study.device: cuda requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from stabilitylab.config import (
     study_id,
     validate,
 )
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 
 def test_presets_load_and_validate():

@@ -8,7 +8,7 @@ import pytest
 from _studies import DIVERGED_STEP, study_and_analysis
 
 import stabilitylab
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.report import document as D
 from stabilitylab.report import prediction_table, provenance_rows, write_report, write_report_from
 

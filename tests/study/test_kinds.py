@@ -6,15 +6,15 @@ from conftest import tiny_config
 
 import stabilitylab
 from stabilitylab.config import validate
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import generator
 from stabilitylab.prune import prune
 from stabilitylab.store import schema as S
-from stabilitylab.store.schema import RunKey
 from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
 from stabilitylab.study.execution import _group_plan
 from stabilitylab.study.plan import Task, all_runs, level_runs
-from stabilitylab.train.seeds import generator
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ from engine_helpers import make_data
 from torch import nn
 
 from stabilitylab.config import load_config, validate
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.device import resolve_device
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.train import engine
-from stabilitylab.train.engine import GroupPlan, resolve_device, train_group
+from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 
 REPO = Path(__file__).resolve().parents[2]
