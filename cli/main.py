@@ -278,9 +278,9 @@ def _record(args) -> int:
     if args.dry_run:
         return _dry_run(cfg, out, args)
     if args.probe:
+        from stabilitylab.analysis.lmc_probe import probe_rewinds
         from stabilitylab.config import validate
         from stabilitylab.progress import Progress
-        from stabilitylab.study.probe import probe_rewinds
 
         resolved = validate(cfg)
         total = max(resolved.rewinds) + 1 + cfg.study.replicas * sum(

@@ -77,7 +77,7 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
         token = f"stabilitylab-{study_id(cfg)}-{uuid.uuid4().hex[:8]}"
         # Build the task context on a worker first: a missing dataset or a bad pruning.ignore
         # stops us there, before anything is written.
-        spec = client.submit(probe_task, cfg_dict, dev, key=f"{token}-probe", pure=False,
+        spec = client.submit(store_spec_task, cfg_dict, dev, key=f"{token}-store-spec", pure=False,
                              resources=resources).result()
         if resume and not half:
             writer = StudyWriter.resume(url, resolved, study_id=study_id(cfg),
@@ -283,7 +283,7 @@ def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: st
     return {"task": task.name, "statuses": {"/".join(map(str, r)): s for r, s in statuses.items()}}
 
 
-def probe_task(cfg_dict: dict, device: str | None = None) -> dict:
+def store_spec_task(cfg_dict: dict, device: str | None = None) -> dict:
     """Build the study's context where tasks will run (data, model, device) and return what
     a new store is created with: ``StudyWriter.create`` keyword arguments."""
     from stabilitylab.study.context import context_for

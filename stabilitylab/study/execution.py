@@ -160,7 +160,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
         for k in task.rewinds:
             m = run_masks[(name, k)]
             writer.write_mask(name, level, k, ctx.mask_flat(m), density(m))
-    plan = _group_plan(ctx, task, runs, points, run_masks)
+    plan = group_plan(ctx, task, runs, points, run_masks)
     for run in runs:
         if run in done:
             writer.reset_run(run)
@@ -180,7 +180,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
     return statuses
 
 
-def _group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
+def group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
     """Each run's start (its kind's start rule), mask and data order, stacked."""
     starts: list[kinds.Start] = []
     masks, seeds, rewinds = [], [], []
