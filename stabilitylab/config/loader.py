@@ -42,7 +42,7 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {text_source!r}: {exc.strerror or exc}") from None
-        label = str(path)
+        label, from_file = str(path), True
     else:
         if text_source not in available_presets():
             raise ConfigError(
@@ -51,12 +51,16 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
             )
         folder = resources.files("stabilitylab.config") / "presets"
         text = (folder / f"{text_source}.toml").read_text(encoding="utf-8")
-        label = text_source
+        label, from_file = text_source, False
     try:
         raw = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer too long for int()
         raise ConfigError(f"{label}: malformed TOML: {exc}") from None
-    return raw, label
+    study = raw.get("study", {})
+    if not from_file or not isinstance(study, dict) or "name" in study:
+        return raw, label  # a preset, or a file that names its study (or a bad [study])
+    # a study from a config file is named after the file unless it sets study.name
+    return {**raw, "study": {**study, "name": path.stem}}, label
 
 
 def _exists(path: Path) -> bool:
