@@ -3,7 +3,7 @@
 Three tables, filled at import time:
 
 - :data:`GROUPS`: a *group* is one pass over the study that fills several variables
-  (``trajectory``, ``interpolation``, ``aligned``, ``replica``, ``gradient``). It says
+  (``trajectory``, ``interpolation``, ``replica``, ``gradient``, ``divergence``). It says
   what it reads (``trajectory``: the recorded weights over steps; ``endpoints``: the
   weights at k and T; ``function``: forward or backward passes through the networks).
 - :data:`VARIABLES`: every variable of the ``analysis`` group: name, dims, unit,

@@ -29,7 +29,7 @@ def available_presets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_toml(source: str | Path | None) -> tuple[dict, str]:
+def read_toml(source: str | Path | None) -> tuple[dict, str]:
     """Return the raw mapping and a label for ``source`` (preset name or path)."""
     if source is None:
         source = DEFAULT_PRESET
@@ -152,7 +152,7 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _build(raw: dict, label: str) -> Config:
+def build_config(raw: dict, label: str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: expected a table of sections")
     unknown = sorted(set(raw) - set(SECTIONS), key=repr)
@@ -237,8 +237,8 @@ def load_config(source: str | Path | None = None, overrides: typing.Iterable[str
     """
     from stabilitylab.config.validate import validate
 
-    raw, label = _read_toml(source)
-    cfg = _build(apply_overrides(raw, overrides), label)
+    raw, label = read_toml(source)
+    cfg = build_config(apply_overrides(raw, overrides), label)
     validate(cfg)
     return cfg
 
@@ -247,7 +247,7 @@ def config_from_dict(raw: dict) -> Config:
     """Build and validate a config from a plain mapping (e.g. one read back from a store)."""
     from stabilitylab.config.validate import validate
 
-    cfg = _build(raw, "config")
+    cfg = build_config(raw, "config")
     validate(cfg)
     return cfg
 

@@ -29,7 +29,7 @@ from stabilitylab.core import keys as K
 from stabilitylab.core.errors import StoreError
 from stabilitylab.core.keys import RunKey
 from stabilitylab.store import schema as S
-from stabilitylab.store.create import _index, build_store, check_key
+from stabilitylab.store.create import build_store, check_key, run_index
 
 _DENSE = "dense"  # buffer key of the dense pretraining run
 
@@ -513,7 +513,7 @@ class StudyWriter:
 
     def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
         check_key(run, self._level_idx, self._rewind_idx, self.n_replicas, self.kinds)
-        return _index(run, self._level_idx, self._rewind_idx, self.kinds)
+        return run_index(run, self._level_idx, self._rewind_idx, self.kinds)
 
     def _state(self, name: str):
         arr = self._a.get(S.STATE_PREFIX + str(name))

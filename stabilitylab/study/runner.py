@@ -44,12 +44,8 @@ class StudyRunner:
                                storage_options=storage_options,
                                rewinds_per_task=self.rewinds_per_task, max_store_gb=max_store_gb)
         self.ctx = TaskContext(cfg, device)
-        self.cfg = cfg
         self.resolved = self.ctx.resolved
         self.device = self.ctx.device
-        self.seeds = self.ctx.seeds
-        self.stacked = self.ctx.stacked
-        self.prunable = self.ctx.prunable
         self.runs = all_runs(self.resolved)
         if resume and not half:
             self.writer = StudyWriter.resume(out, self.resolved, study_id=study_id(cfg),

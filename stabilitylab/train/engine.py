@@ -205,7 +205,7 @@ def channels_last_stacked(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def use_channels_last(device: torch.device, example_shape: tuple, setting: bool | None = None) -> bool:
+def use_channels_last(setting: bool | None = None) -> bool:
     """Whether to feed conv2d models channels-last: ``setting`` if given, else off.
 
     Off by default: on an H200 with torch 2.11, vmapped BatchNorm over a channels-last
@@ -373,7 +373,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     lr_at = schedule_for(resolved)
     has_dropout = resolved.config.model.dropout > 0
     names = list(params)
-    to_channels_last = use_channels_last(device, tuple(data.train_x.shape[1:]), channels_last)
+    to_channels_last = use_channels_last(channels_last)
     test_x = channels_last_stacked(data.test_x) if to_channels_last else data.test_x
     train_eval_x = data.train_x[: resolved.config.data.train_eval_size]
     train_eval_y = data.train_y[: resolved.config.data.train_eval_size]
