@@ -44,9 +44,10 @@ BATCH = 128
 
 
 def _resolved(steps: int, precision: str, name: str = "resnet20"):
-    from stabilitylab.config import load_config, validate
+    from stabilitylab.config import load_config
+    from stabilitylab.study.resolve import resolve_study
 
-    return validate(load_config(PRESETS[name], [
+    return resolve_study(load_config(PRESETS[name], [
         f"training.steps='{steps}it'", f"training.batch_size={BATCH}", "training.lr=0.1",
         "training.warmup='0it'", "training.milestones=[]", "study.rewinds=['0it']",
         f"training.eval_every='{steps}it'", f"training.log_every='{steps}it'",

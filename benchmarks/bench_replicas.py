@@ -46,7 +46,8 @@ from common import (
     timed,
 )
 
-from stabilitylab.config import load_config, validate
+from stabilitylab.config import load_config
+from stabilitylab.study.resolve import resolve_study
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 
@@ -60,7 +61,7 @@ def engine_run(stacked, models, data, resolved, seeds, compile="off"):
 
 def resolved_for(steps: int, batch: int, data_name="mnist1d"):
     # Evaluate and log only at the end so both sides do the same work.
-    return validate(load_config(None, [
+    return resolve_study(load_config(None, [
         f"training.steps='{steps}it'", f"training.batch_size={batch}",
         "study.rewinds=['0it']", f"training.eval_every='{steps}it'",
         f"training.log_every='{steps}it'", "data.train_eval_size=1",

@@ -19,7 +19,8 @@ import types
 import torch
 from torch import nn
 
-from stabilitylab.config import load_config, validate
+from stabilitylab.config import load_config
+from stabilitylab.study.resolve import resolve_study
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.reference import train_reference
@@ -36,7 +37,7 @@ def data_on(device, shape=(1, 8), n=240, classes=3):
 
 
 def resolved(*extra):
-    return validate(load_config(None, [
+    return resolve_study(load_config(None, [
         "data.num_samples=300", "training.batch_size=20", "training.steps='40it'",
         "study.rewinds=['0it']", "training.eval_every='20it'", "training.log_every='5it'",
         "data.train_eval_size=100", *extra]))
@@ -91,7 +92,10 @@ def main() -> int:
         finite = all(torch.isfinite(t).all() for t in bf16.params.values())
         failures += not finite
         print(f"{name}: bf16 autocast finite={finite}, final test acc {bf16.test_acc[:, -1]}")
-    from stabilitylab.analysis.interpolate import evaluate_interpolation, evaluate_interpolation_loop
+    from stabilitylab.analysis.interpolate import (
+        evaluate_interpolation,
+        evaluate_interpolation_loop,
+    )
 
     model = models()["conv+bn"]
     stacked = StackedModel(model)

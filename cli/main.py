@@ -239,55 +239,59 @@ _PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compar
                     "import": _import}
 
 
-def _default_out(cfg) -> str:
-    from stabilitylab.config import study_id
-
-    name, sid = cfg.study.name, study_id(cfg)
+def _default_out(study) -> str:
+    name, sid = study.config.study.name, study.id
     return str(Path("runs") / (f"{name}.zarr" if name.endswith(sid) else f"{name}-{sid}.zarr"))
 
 
-def _named_for_overrides(cfg, config_arg, overrides):
+def _named_for_overrides(study, config_arg, overrides):
     """The study name, telling overridden studies apart: when ``--set`` changes what the
     study computes (its study id differs from the preset's or file's own) and does not set
-    ``study.name`` itself, the name becomes ``<name>-<study id>``."""
+    ``study.name`` itself, the name becomes ``<name>-<study id>`` (the id ignores the name)."""
     import dataclasses
 
-    from stabilitylab.config import load_config, study_id
+    from stabilitylab.config import load_config
+    from stabilitylab.study.resolve import study_id
 
     if not overrides or any(o.split("=", 1)[0].strip() == "study.name" for o in overrides):
-        return cfg
-    if study_id(load_config(config_arg, [])) == study_id(cfg):
-        return cfg
-    name = f"{cfg.study.name}-{study_id(cfg)}"
-    return dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, name=name))
+        return study
+    if study_id(load_config(config_arg, [])) == study.id:
+        return study
+    cfg = study.config
+    cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study,
+                                                             name=f"{cfg.study.name}-{study.id}"))
+    return dataclasses.replace(study, config=cfg)
 
 
 def _record(args) -> int:
     import dataclasses
 
-    from stabilitylab.config import load_config
+    from stabilitylab.study.resolve import load_study
     from stabilitylab.study.runner import record_study
 
-    cfg = _named_for_overrides(load_config(args.config, args.overrides), args.config,
-                               args.overrides)
+    # The one resolution of this command: every step below takes the Study.
+    study = _named_for_overrides(load_study(args.config, args.overrides), args.config,
+                                 args.overrides)
     if args.data_root is not None:  # the user's flag; data.root is not part of the study id
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=args.data_root))
-    out = args.out if args.out is not None else _default_out(cfg)
+        cfg = study.config
+        study = dataclasses.replace(study, config=dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, root=args.data_root)))
+    cfg = study.config
+    out = args.out if args.out is not None else _default_out(study)
     if not out.strip():
         raise StabilityLabError("--out: empty path; give a folder or URL for the store")
     if args.dry_run:
-        return _dry_run(cfg, out, args)
+        return _dry_run(study, out, args)
     if args.probe:
         from stabilitylab.analysis.lmc_probe import probe_rewinds
-        from stabilitylab.config import validate
         from stabilitylab.progress import Progress
 
-        resolved = validate(cfg)
+        resolved = study
         total = max(resolved.rewinds) + 1 + cfg.study.replicas * sum(
             min(args.probe_steps, resolved.total_steps - k) for k in resolved.rewinds)
         bar = Progress(total, desc="probe", unit="replica-steps",
                        enabled=False if args.no_progress else None)
-        result = probe_rewinds(cfg, delta=args.probe_steps, device=args.device,
+        result = probe_rewinds(study, delta=args.probe_steps, device=args.device,
                                progress=bar.update)
         bar.close()
         print("\n".join(result["lines"]))
@@ -295,18 +299,18 @@ def _record(args) -> int:
     if args.resume:
         from stabilitylab.study.runner import nothing_to_resume
 
-        if nothing_to_resume(cfg, out):
+        if nothing_to_resume(study, out):
             print(f"{out} already holds the complete study {cfg.study.name}: nothing to do")
             return 0
     progress = False if args.no_progress else None
     if args.scheduler:
         from stabilitylab.study.cluster import record_distributed
 
-        record_distributed(cfg, out, scheduler=args.scheduler, resume=args.resume,
+        record_distributed(study, out, scheduler=args.scheduler, resume=args.resume,
                            device=args.device, progress=progress,
                            rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     else:
-        record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
+        record_study(study, out, resume=args.resume, device=args.device, progress=progress,
                      rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     from stabilitylab.train.step import compile_summary
 
@@ -315,18 +319,16 @@ def _record(args) -> int:
     return 0
 
 
-def _dry_run(cfg, out, args) -> int:
+def _dry_run(study, out, args) -> int:
     """``record --dry-run``: the plan and the estimates, then the limit checks; writes nothing."""
-    from stabilitylab.config import validate
     from stabilitylab.study.estimate import estimate, plan_lines
     from stabilitylab.study.plan import check_rewinds_per_task
     from stabilitylab.study.runner import check_resources
 
     per_task = check_rewinds_per_task(args.rewinds_per_task)
-    resolved = validate(cfg)
-    print("\n".join([f"dry run: would record to {out}", *plan_lines(resolved, estimate(resolved, per_task),
+    print("\n".join([f"dry run: would record to {out}", *plan_lines(study, estimate(study, per_task),
                                                                     per_task)]))
-    check_resources(cfg, out, resume=args.resume, device=args.device,
+    check_resources(study, out, resume=args.resume, device=args.device,
                     rewinds_per_task=per_task, max_store_gb=args.max_store_gb)
     print("limits: fits (nothing written)")
     return 0
@@ -346,7 +348,8 @@ def _analyze(args) -> int:
     if not args.no_report:
         from stabilitylab.report import write_report
 
-        where = write_report(args.store, out=args.report_out, trust_plugins=args.trust_plugins)
+        where = write_report(args.store, out=args.report_out, trust_plugins=args.trust_plugins,
+                             resolved=summary.get("study"))
         print(f"report: {where}")
     return 0
 

@@ -24,6 +24,15 @@ from stabilitylab.core.errors import (
 from stabilitylab.core.version import __version__
 
 
+def load_study(config=None, overrides=()):
+    """Load a preset or TOML file, apply ``section.key=value`` overrides and resolve it into
+    a checked :class:`~stabilitylab.config.Study` (see :func:`stabilitylab.study.resolve.load_study`;
+    :func:`load_config` checks only the config's own types and ranges)."""
+    from stabilitylab.study.resolve import load_study as _load
+
+    return _load(config, overrides)
+
+
 def open_study(url, **kwargs):
     """Open a study store lazily as an ``xarray.Dataset`` (see docs/store-schema.md)."""
     from stabilitylab.store import open_study as _open
@@ -54,4 +63,4 @@ def analyze_study(out, *, model=None, data=None, **kwargs):
 
 
 __all__ = ["ConfigError", "DataMissingError", "StabilityLabError", "StoreError", "__version__",
-           "analyze_study", "load_config", "open_analysis", "open_study", "record_study"]
+           "analyze_study", "load_config", "load_study", "open_analysis", "open_study", "record_study"]

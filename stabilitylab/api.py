@@ -62,11 +62,13 @@ def _names(model, data) -> dict[str, str]:
     return names
 
 
-def make_config(config=None, *, model=None, data=None, overrides: Iterable[str] = ()):
-    """A validated Config from a preset name, TOML path, raw mapping or Config, with
-    ``model`` / ``data`` (objects or names) put in as ``model.name`` / ``data.name``."""
-    from stabilitylab.config import Config, validate
+def make_study(config=None, *, model=None, data=None, overrides: Iterable[str] = ()):
+    """The resolved :class:`~stabilitylab.config.Study` of a preset name, TOML path, raw
+    mapping or Config, with ``model`` / ``data`` (objects or names) put in as
+    ``model.name`` / ``data.name``."""
+    from stabilitylab.config import Config
     from stabilitylab.config.loader import apply_overrides, build_config, read_toml
+    from stabilitylab.study.resolve import resolve_study
 
     names = _names(model, data)
     if isinstance(config, Config):
@@ -87,8 +89,7 @@ def make_config(config=None, *, model=None, data=None, overrides: Iterable[str] 
             raw.setdefault(section, {})
             raw[section] = {**raw[section], "name": name}
         cfg = build_config(raw, label)
-    validate(cfg)
-    return cfg
+    return resolve_study(cfg)
 
 
 def record_study(config=None, out: str | Path | None = None, *, model=None, data=None,
@@ -111,8 +112,8 @@ def record_study(config=None, out: str | Path | None = None, *, model=None, data
 
     if out is None:
         raise ConfigError("out: give the store path to record into")
-    cfg = make_config(config, model=model, data=data, overrides=overrides)
-    return _record(cfg, out, **kwargs)
+    study = make_study(config, model=model, data=data, overrides=overrides)
+    return _record(study, out, **kwargs)
 
 
 def analyze_study(out, *, model=None, data=None, **kwargs):

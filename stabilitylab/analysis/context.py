@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stabilitylab.config import config_from_dict, validate
 from stabilitylab.core.keys import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
 from stabilitylab.core.registry import check_trusted, untrusted
+from stabilitylab.study.resolve import study_from_dict
 from stabilitylab.train.functional import StackedModel
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
     where = describe(url)
     check_trusted(ds.attrs["config"], where, trust_plugins)
     with untrusted(where, trust_plugins):
-        cfg = config_from_dict(ds.attrs["config"])
-        resolved = validate(cfg)
+        resolved = study_from_dict(ds.attrs["config"])
+    cfg = resolved.config
     dev = resolve_device(device or "auto")
     layout = ds.attrs["param_layout"]
     if isinstance(layout, str):
@@ -131,6 +131,7 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
 
     with untrusted(where, trust_plugins):
         parts = build_model_and_data(cfg, dev, template_seed=0, check=check_layout,
+                                     info=resolved.info,
                                      data_root=data_root if data_root is not None else "")
     stacked, data = parts.stacked, parts.data
     prunable = np.zeros(stacked.num_params, bool)

@@ -50,13 +50,14 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     "replica_steps", "full_replica_steps", "lines"}``: the copies' replica-steps, and those
     of the same copies trained to T (level 0) for comparison.
     """
-    from stabilitylab.config import validate
+    from stabilitylab.study.resolve import resolve_study
 
     if isinstance(delta, bool) or not isinstance(delta, int) or delta < 1:
         raise ConfigError(f"--probe-steps: must be an integer >= 1, got {delta!r}")
-    resolved = validate(cfg)
+    resolved = resolve_study(cfg)
+    cfg = resolved.config
     T, ks, R = resolved.total_steps, list(resolved.rewinds), cfg.study.replicas
-    ctx = TaskContext(cfg, device)
+    ctx = TaskContext(resolved, device)
     tick = progress or (lambda n: None)
 
     # The dense run to the last rewind point, keeping W_k, buffers and optimizer state.

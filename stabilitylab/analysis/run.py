@@ -143,7 +143,8 @@ def _partial_note(ctx, url) -> str:
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None,
                   trust_plugins: bool = False) -> dict:
-    """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path}``.
+    """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path,
+    "study": the store's resolved Study}``.
 
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
@@ -215,4 +216,4 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     if absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
                      "OpenLTH import): " + ", ".join(absent))
-    return {"analysis": analysis, "lines": lines, "csv": csv}
+    return {"analysis": analysis, "lines": lines, "csv": csv, "study": ctx.resolved}

@@ -1,13 +1,18 @@
-"""Study configuration: dataclasses, TOML presets, overrides, validation, ids."""
+"""Study configuration: dataclasses, TOML presets, overrides and the config's own checks.
 
+This layer checks syntax, types and ranges only and imports nothing above ``core``. A
+config becomes a :class:`Study` (registry checks, iterations, run kinds, id) through
+:func:`stabilitylab.study.resolve.resolve_study`, once per command.
+"""
+
+from stabilitylab.config.checks import check_config
 from stabilitylab.config.loader import (
     available_presets,
     config_from_dict,
     config_to_dict,
     load_config,
-    non_default_settings,
-    study_id,
 )
+from stabilitylab.config.schedule import Study
 from stabilitylab.config.schema import (
     Config,
     DataConfig,
@@ -17,24 +22,20 @@ from stabilitylab.config.schema import (
     TrainingConfig,
 )
 from stabilitylab.config.steps import format_steps, parse_steps
-from stabilitylab.config.validate import Resolved, resolve, validate
 
 __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
     "PruningConfig",
-    "Resolved",
+    "Study",
     "StudyConfig",
     "TrainingConfig",
     "available_presets",
+    "check_config",
     "config_from_dict",
     "config_to_dict",
     "format_steps",
     "load_config",
-    "non_default_settings",
     "parse_steps",
-    "resolve",
-    "study_id",
-    "validate",
 ]

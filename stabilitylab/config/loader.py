@@ -11,14 +11,16 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from stabilitylab.config.checks import check_config
 from stabilitylab.config.schema import SECTIONS, Config
-from stabilitylab.core.errors import ConfigError, StabilityLabError
+from stabilitylab.core.errors import ConfigError
 
 DEFAULT_PRESET = "mnist1d_default"
 
@@ -166,8 +168,6 @@ def build_config(raw: dict, label: str) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{label}: [{section}] must be a table")
         if section == "model":
-            from stabilitylab.models.registry import legacy_model_options
-
             values = legacy_model_options(values)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
@@ -227,7 +227,12 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
 
 
 def load_config(source: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
-    """Load a preset name or TOML path (default: the MNIST-1D study), apply overrides, validate.
+    """Load a preset name or TOML path (default: the MNIST-1D study), apply overrides and
+    check every field's type and range (:func:`~stabilitylab.config.checks.check_config`).
+
+    What needs the registries (the model and dataset names, the sizes, the step strings in
+    iterations) is checked when the config is resolved:
+    :func:`stabilitylab.study.resolve.load_study` loads and resolves in one call.
 
     Examples
     --------
@@ -235,20 +240,18 @@ def load_config(source: str | Path | None = None, overrides: typing.Iterable[str
     >>> cfg.training.lr
     0.05
     """
-    from stabilitylab.config.validate import validate
-
     raw, label = read_toml(source)
     cfg = build_config(apply_overrides(raw, overrides), label)
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
 def config_from_dict(raw: dict) -> Config:
-    """Build and validate a config from a plain mapping (e.g. one read back from a store)."""
-    from stabilitylab.config.validate import validate
-
+    """Build a config from a plain mapping (e.g. one read back from a store) and check its
+    fields (:func:`~stabilitylab.config.checks.check_config`); resolve it with
+    :func:`stabilitylab.study.resolve.study_from_dict`."""
     cfg = build_config(raw, "config")
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -269,13 +272,14 @@ def config_to_dict(cfg: Config) -> dict:
     }
 
 
-def non_default_settings(cfg: Config) -> dict:
+def non_default_settings(cfg: Config, effective: Callable[[Config, str], dict]) -> dict:
     """The settings that differ from the dataclass defaults, as ``{"section.key": value}``.
 
     An entry of ``model.options`` / ``data.options`` counts when it differs from the
     builder's (loader's) own default, and is listed as ``model.<key>``: so a study that
     sets ``model.options.channels = 4`` has the id it had when ``model.channels`` was a
-    flat field.
+    flat field. ``effective(cfg, section)`` gives those entries (it knows the builders:
+    :func:`stabilitylab.study.resolve.non_default_settings`).
     """
     default = config_to_dict(Config())
     current = config_to_dict(cfg)
@@ -283,46 +287,59 @@ def non_default_settings(cfg: Config) -> dict:
     for section, values in current.items():
         for key, value in values.items():
             if key == "options" and section in ("model", "data"):
-                out.update({f"{section}.{k}": v for k, v in _effective(cfg, section).items()})
+                out.update({f"{section}.{k}": v for k, v in effective(cfg, section).items()})
             elif default[section][key] != value:
                 out[f"{section}.{key}"] = value
     return out
 
 
-def _effective(cfg: Config, section: str) -> dict:
-    from stabilitylab.core.options import canonical, effective_options
-    from stabilitylab.models.registry import resolve_builder
-
-    options = getattr(cfg, section).options
-    if not options:
-        return {}
-    builder, positional = None, 3
-    try:
-        if section == "model":
-            builder = resolve_builder(cfg.model.name)
-        else:
-            from stabilitylab.data.registry import DATASETS, plugin_target
-
-            if cfg.data.name not in DATASETS and not cfg.data.name.startswith("python:"):
-                target = plugin_target(cfg.data.name)
-                builder, positional = (target, 1) if callable(target) else (None, 1)
-    except StabilityLabError:
-        builder = None
-    return canonical(effective_options(builder, options, positional))
-
-
 _NOT_IN_ID = ("study.name", "study.device", "data.root", "training.compile")
 
 
-def study_id(cfg: Config) -> str:
-    """A stable 12-hex-digit id: the hash of the non-default settings.
+def settings_id(cfg: Config, effective: Callable[[Config, str], dict]) -> str:
+    """A stable 12-hex-digit id: the hash of the non-default settings (see
+    :func:`non_default_settings`; the study id is
+    :func:`stabilitylab.study.resolve.study_id`).
 
     ``study.name``, ``study.device``, ``data.root`` and ``training.compile`` are left out:
     they label a study, place it or its data, or choose how its steps run, not what it
     computes (the compiled and the eager step agree to float rounding, as CPU and CUDA do).
     """
     settings = {
-        k: v for k, v in non_default_settings(cfg).items() if k not in _NOT_IN_ID
+        k: v for k, v in non_default_settings(cfg, effective).items() if k not in _NOT_IN_ID
     }
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# The flat [model] fields of the first schema (before model.options), with their old defaults.
+LEGACY_FIELDS: dict[str, object] = {"hidden": (300, 100), "channels": 25, "width": 1}
+
+
+def legacy_model_options(raw: dict) -> dict:
+    """Move the pre-``options`` flat fields of a raw ``[model]`` table into ``options``
+    (each type-checked). Those the builder does not take are dropped when the study is
+    resolved (:func:`stabilitylab.study.resolve.resolve_study`): a config of the first
+    schema lists every flat field, whichever model it names."""
+    legacy = {k: raw[k] for k in LEGACY_FIELDS if k in raw}
+    if not legacy:
+        return raw
+    for key, value in legacy.items():  # the flat fields' old types, checked even when unused
+        if key == "hidden":
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ConfigError(f"model.hidden: expected a list, got {value!r:.60}")
+            if not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
+                raise ConfigError(f"model.hidden: expected a list of integers, got {value!r:.60}")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"model.{key}: expected an integer, got {value!r:.60}")
+    out = {k: v for k, v in raw.items() if k not in LEGACY_FIELDS}
+    options = dict(out.get("options") or {}) if isinstance(out.get("options"), dict) else out.get(
+        "options", {})
+    if not isinstance(options, dict):
+        return {**out, "options": options}  # the loader reports the type error
+    for key, value in legacy.items():
+        if key in options:
+            raise ConfigError(f"model.{key}: also given as model.options.{key}; give it once")
+        options[key] = value
+    out["options"] = options
+    return out

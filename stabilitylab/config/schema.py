@@ -1,8 +1,8 @@
 """The study configuration: frozen dataclasses, one per concern.
 
 Every field carries its help text in ``metadata["help"]``. Values are checked by
-:func:`stabilitylab.config.validate.validate`, which knows the dataset sizes and so
-can turn step strings into iterations.
+:func:`stabilitylab.config.checks.check_config` (types, ranges, choices) and, against the
+registries and the dataset sizes, by :func:`stabilitylab.study.resolve.resolve_study`.
 """
 
 from __future__ import annotations

@@ -102,12 +102,14 @@ def _resolve(loader: str):
     return getattr(importlib.import_module(module), fn)
 
 
-def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None) -> Dataset:
+def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None,
+                 info=None) -> Dataset:
     """Load the dataset ``cfg.name`` (a :class:`~stabilitylab.config.schema.DataConfig`).
 
     ``root``: where the files are; when None, ``cfg.root`` (a user's config) and then the
     environment and default of :func:`data_root`. Callers holding a config read from a store
-    pass ``root`` explicitly, so the store's ``data.root`` is never consulted.
+    pass ``root`` explicitly, so the store's ``data.root`` is never consulted. ``info``: the
+    dataset's :class:`~stabilitylab.data.registry.DatasetInfo` when already looked up.
 
     Raises :class:`~stabilitylab.core.errors.ConfigError` for an unknown name and
     :class:`~stabilitylab.core.errors.DataMissingError` when files that must be on disk
@@ -115,7 +117,8 @@ def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None) ->
     """
     from stabilitylab.data.registry import dataset_info, load_plugin
 
-    info = dataset_info(cfg)  # plugins: see stabilitylab.data.registry
+    if info is None:
+        info = dataset_info(cfg)  # plugins: see stabilitylab.data.registry
     where = data_root(root) if root is not None else data_root(cfg.root)
     ds = load_plugin(info, cfg) if info.plugin else _resolve(info.loader)(cfg, where)
     if ds.input_shape != info.input_shape:  # a loader bug, not user input

@@ -33,10 +33,10 @@ from stabilitylab.core.errors import ConfigError
 from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
 
 
-def _config(model: str, data: str, overrides):
-    from stabilitylab.config import load_config
+def _study(model: str, data: str, overrides):
+    from stabilitylab.study.resolve import load_study
 
-    return load_config(None, [*overrides, f"model.name={_toml(model)}", f"data.name={_toml(data)}"])
+    return load_study(None, [*overrides, f"model.name={_toml(model)}", f"data.name={_toml(data)}"])
 
 
 def _toml(text: str) -> str:
@@ -64,15 +64,14 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
     """
     from stabilitylab.core.device import resolve_device
     from stabilitylab.data import load_dataset
-    from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
     from stabilitylab.train.functional import StackedModel
 
     if alphas < 2:
         raise ConfigError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     state_a, state_b = load_state_dict(a), load_state_dict(b)  # files first: cheap to refuse
-    cfg = _config(model, data, overrides)
-    info = dataset_info(cfg.data)
+    study = _study(model, data, overrides)
+    cfg, info = study.config, study.info
     net = build_model(cfg.model, info.input_shape, info.num_classes,
                       generator=torch.Generator().manual_seed(0))
     stacked = StackedModel(net)

@@ -315,22 +315,22 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     writes nothing.
     """
     from stabilitylab.config.loader import apply_overrides, build_config
-    from stabilitylab.config.validate import validate
-    from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
     from stabilitylab.store import StudyWriter
     from stabilitylab.study.context import provenance
     from stabilitylab.study.plan import all_runs
+    from stabilitylab.study.resolve import resolve_study
     from stabilitylab.train.functional import StackedModel
     from stabilitylab.train.optim import state_names
 
     info = read_run(run_dir, overrides)
     raw = apply_overrides(info["settings"], overrides)
     cfg = build_config(raw, f"OpenLTH run {info['hashname']}")
-    resolved = validate(cfg)
+    resolved = resolve_study(cfg)
+    cfg = resolved.config
     if resolved.total_steps != info["T"] or resolved.rewinds != (info["k"],):
         raise ConfigError("overrides must not change training.steps or study.rewinds of an import")
-    dinfo = dataset_info(cfg.data)
+    dinfo = resolved.info
     model = build_model(cfg.model, dinfo.input_shape, dinfo.num_classes,
                         generator=torch.Generator().manual_seed(0))
     stacked = StackedModel(model)
@@ -386,7 +386,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     runs = all_runs(resolved)
     writer = StudyWriter.create(
         out, resolved, param_layout=stacked.layout(), buffer_layout=stacked.buffer_layout(),
-        provenance=provenance(torch.device("cpu"), cfg), runs=runs,
+        provenance=provenance(torch.device("cpu"), resolved), runs=runs,
         optimizer_state_names=list(state_names(cfg.training)), storage_options=storage_options)
     densities = {}
     try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stabilitylab.core.errors import ConfigError
-from stabilitylab.core.options import builder_options
 from stabilitylab.core.registry import SESSION_PREFIX, Registry
 
 ENTRY_POINT_GROUP = "stabilitylab.models"
@@ -57,11 +56,6 @@ MODEL_BUILDERS: dict[str, str] = {
     "vgg19": "stabilitylab.models.vgg:build_vgg19",
 }
 assert tuple(MODEL_BUILDERS) == MODEL_NAMES
-
-# Before model.options existed, ModelConfig had these flat fields (with these defaults).
-# The loader still accepts them and moves each into model.options when the named model
-# takes that option; for other models the field was documented as ignored, so it is dropped.
-LEGACY_FIELDS: dict[str, object] = {"hidden": (300, 100), "channels": 25, "width": 1}
 
 MODELS = Registry("model", "model.name", ENTRY_POINT_GROUP, MODEL_BUILDERS,
                   session_missing="was a builder passed to record_study in another Python "
@@ -109,35 +103,3 @@ def resolve_builder(name: str) -> Callable:
         raise ConfigError(f"model.name: {name!r} is a {type(target).__name__}, not a builder "
                           "function")
     return target
-
-
-def legacy_model_options(raw: dict) -> dict:
-    """Move the pre-``options`` flat fields of a raw ``[model]`` table into ``options``."""
-    legacy = {k: raw[k] for k in LEGACY_FIELDS if k in raw}
-    if not legacy:
-        return raw
-    for key, value in legacy.items():  # the flat fields' old types, checked even when unused
-        if key == "hidden":
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                raise ConfigError(f"model.hidden: expected a list, got {value!r:.60}")
-            if not all(isinstance(h, int) and not isinstance(h, bool) for h in value):
-                raise ConfigError(f"model.hidden: expected a list of integers, got {value!r:.60}")
-        elif isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"model.{key}: expected an integer, got {value!r:.60}")
-    out = {k: v for k, v in raw.items() if k not in LEGACY_FIELDS}
-    options = dict(out.get("options") or {}) if isinstance(out.get("options"), dict) else out.get(
-        "options", {})
-    if not isinstance(options, dict):
-        return {**out, "options": options}  # the loader reports the type error
-    name = out.get("name", "conv1d")
-    try:
-        takes, var_kw = builder_options(resolve_builder(name)) if isinstance(name, str) else ({}, False)
-    except ConfigError:
-        takes, var_kw = {k: None for k in legacy}, False  # validation reports the bad name
-    for key, value in legacy.items():
-        if key in takes or var_kw:
-            if key in options:
-                raise ConfigError(f"model.{key}: also given as model.options.{key}; give it once")
-            options[key] = value
-    out["options"] = options
-    return out

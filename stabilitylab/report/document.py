@@ -228,18 +228,20 @@ def _iterations(spec, n: int) -> str:
     return str(spec) if str(spec) == f"{n}it" else f"{spec} = {n} iterations"
 
 
-def config_rows(config: dict, *, device=None) -> list[dict]:
+def config_rows(config: dict, *, device=None, resolved=None) -> list[dict]:
     """Rows ``{"section": "config", "key", "value"}``: every setting that applies to this
     study, resolved (step strings as iterations, the control levels that actually ran, the
     number of recorded steps); settings that do not apply (Adam's betas under SGD, the
     sample count of a fixed-size dataset, ...) are left out; a model's or dataset's
     ``options`` are its own, so they always apply. A config that does not load or validate is
-    shown as stored."""
-    from stabilitylab.config import config_from_dict, config_to_dict, validate
+    shown as stored. ``resolved``: the store's Study when the caller has it (analyze), so it
+    is not resolved again."""
+    from stabilitylab.config import config_to_dict
+    from stabilitylab.study.resolve import study_from_dict
 
     try:
-        cfg = config_from_dict(config)
-        r = validate(cfg)
+        r = resolved if resolved is not None else study_from_dict(config)
+        cfg = r.config
     except Exception:  # noqa: BLE001 - an old or foreign config: show it as it is
         return [{"section": "config", "key": k, "value": json.dumps(v) if isinstance(v, list)
                  else v} for k, v in _flatten(config)]
@@ -296,7 +298,8 @@ def _lines(v) -> list[str]:
     return [str(x) for x in np.atleast_1d(v).tolist()]
 
 
-def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> list[dict]:
+def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None, *,
+                    resolved=None) -> list[dict]:
     """Rows ``{"section", "key", "value"}``: provenance, config (dotted keys), run counts,
     every incomplete or diverged run, and the analysis' settings and skipped runs."""
     a = study.attrs
@@ -307,7 +310,7 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
     if isinstance(versions, str):
         versions = json.loads(versions) if versions.startswith("{") else {"versions": versions}
     rows += [{"section": "provenance", "key": f"versions.{k}", "value": v} for k, v in versions.items()]
-    rows += config_rows(_config(a), device=a.get("device"))
+    rows += config_rows(_config(a), device=a.get("device"), resolved=resolved)
     if "status" in study:
         status = study["status"].load()
         for kind in status["kind"].values:
@@ -526,10 +529,11 @@ def _atomic_folder(out: Path):
 
 
 def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out,
-                      *, dpi: int = 100) -> Path:
+                      *, dpi: int = 100, resolved=None) -> Path:
     """Write the report for in-memory Datasets into folder ``out`` (replaced atomically).
 
-    Either Dataset may be None (e.g. a study not yet analysed). A figure that fails is
+    Either Dataset may be None (e.g. a study not yet analysed). ``resolved``: the study's
+    :class:`~stabilitylab.config.Study` if the caller already has it. A figure that fails is
     logged and left out; the rest of the report is still written. Returns ``out``.
     """
     out = Path(out)
@@ -543,7 +547,8 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
             notes.append({"section": "analysis", "key": f"figure {name}", "value": f"failed: {e}"})
     predictions = prediction_table(analysis) if analysis is not None else []
     summary = summary_table(study, analysis) if analysis is not None else []
-    provenance = (provenance_rows(study, analysis) if study is not None else []) + notes
+    provenance = (provenance_rows(study, analysis, resolved=resolved)
+                  if study is not None else []) + notes
     attrs = study.attrs if study is not None else {}
     name = study_name(study) if study is not None else "analysis"
     title = f"stabilitylab report: {name}"
@@ -558,12 +563,14 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     return out
 
 
-def write_report(store_url, *, out=None, dpi: int = 100, trust_plugins: bool = False) -> Path:
+def write_report(store_url, *, out=None, dpi: int = 100, trust_plugins: bool = False,
+                 resolved=None) -> Path:
     """Open a study store (and its analysis, if any) and write its report.
 
     ``out`` defaults to ``reports/<config.study.name>``. Returns the report folder. A
     ``package.module:function`` model or dataset the store names is refused (StoreError, one
     line) unless ``trust_plugins``: reading the store's config must not run a module's code.
+    ``resolved``: the store's Study when the caller has it (``analyze`` then ``report``).
     """
     from stabilitylab.core.registry import check_trusted, untrusted
     from stabilitylab.store import open_study
@@ -573,10 +580,10 @@ def write_report(store_url, *, out=None, dpi: int = 100, trust_plugins: bool = F
     where = describe(store_url)
     check_trusted(study.attrs.get("config"), where, trust_plugins)
     with untrusted(where, trust_plugins):
-        return _write_report_of(study, store_url, out, dpi)
+        return _write_report_of(study, store_url, out, dpi, resolved)
 
 
-def _write_report_of(study, store_url, out, dpi: int) -> Path:
+def _write_report_of(study, store_url, out, dpi: int, resolved=None) -> Path:
     from stabilitylab.core.errors import StoreError
     from stabilitylab.store import open_analysis
 
@@ -586,4 +593,4 @@ def _write_report_of(study, store_url, out, dpi: int) -> Path:
         log.warning("report: %s; writing the study-only report", e)
         analysis = None
     out = Path("reports") / study_name(study) if out is None else Path(out)
-    return write_report_from(study, analysis, out, dpi=dpi)
+    return write_report_from(study, analysis, out, dpi=dpi, resolved=resolved)

@@ -251,7 +251,7 @@ def _check_dotdot(path, where: str) -> None:
 
 
 def _root_attrs(resolved, provenance: dict, param_layout, buffer_layout, precision_bits) -> dict:
-    from stabilitylab.config.loader import config_to_dict, study_id
+    from stabilitylab.config.loader import config_to_dict
 
     cfg = resolved.config
     config = provenance.get("config")
@@ -271,7 +271,7 @@ def _root_attrs(resolved, provenance: dict, param_layout, buffer_layout, precisi
         "versions": {**S.library_versions(), **provenance.get("versions", {})},
         "device": str(provenance.get("device", "cpu")),
         "seed": int(provenance.get("seed", cfg.study.seed)),
-        "study_id": str(provenance.get("study_id") or study_id(cfg)),
+        "study_id": str(provenance.get("study_id") or resolved.id),
         "config": json.dumps(config, sort_keys=True),
         "param_layout": list(param_layout),
         "buffer_layout": list(buffer_layout),

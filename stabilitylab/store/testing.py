@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stabilitylab.config.loader import settings_id
+from stabilitylab.config.schedule import Study
 from stabilitylab.config.schema import (
     Config,
     PruningConfig,
     StudyConfig,
     TrainingConfig,
 )
-from stabilitylab.config.validate import Resolved
 from stabilitylab.core.keys import RunKey
 from stabilitylab.store.schema import KINDS
 
@@ -25,8 +26,8 @@ from stabilitylab.store.schema import KINDS
 def fake_resolved(*, levels: int = 1, rewinds: tuple[int, ...] = (0, 10), replicas: int = 2,
                   total_steps: int = 40, record_every: int = 10, log_every: int = 5,
                   eval_every: int = 20, controls: tuple[str, ...] = ("random_prune",),
-                  seed: int = 0) -> Resolved:
-    """A :class:`Resolved` built directly (no dataset lookup): T, rewinds and schedules in iterations."""
+                  seed: int = 0) -> Study:
+    """A :class:`~stabilitylab.config.Study` built directly (no dataset lookup): T, rewinds and schedules in iterations."""
     cfg = Config(
         training=TrainingConfig(steps=f"{total_steps}it", eval_every=f"{eval_every}it",
                                 log_every=f"{log_every}it"),
@@ -38,7 +39,7 @@ def fake_resolved(*, levels: int = 1, rewinds: tuple[int, ...] = (0, 10), replic
     def every(n: int) -> tuple[int, ...]:
         return tuple(sorted(set(range(0, total_steps + 1, n)) | {total_steps}))
 
-    return Resolved(
+    return Study(
         config=cfg, iterations_per_epoch=total_steps, total_steps=total_steps,
         rewinds=tuple(sorted(rewinds)), warmup=0, milestones=(), eval_every=eval_every,
         log_every=log_every,
@@ -46,10 +47,11 @@ def fake_resolved(*, levels: int = 1, rewinds: tuple[int, ...] = (0, 10), replic
         eval_steps=every(eval_every), log_steps=every(log_every),
         levels=tuple(range(levels + 1)),
         control_levels=(levels,) if controls and levels > 0 else (),
+        id=settings_id(cfg, lambda c, section: dict(getattr(c, section).options)),
     )
 
 
-def planned_runs(resolved: Resolved) -> list[RunKey]:
+def planned_runs(resolved: Study) -> list[RunKey]:
     """IMP at every level, each control at the control levels; all rewinds and replicas."""
     cfg = resolved.config
     out: list[RunKey] = []
@@ -72,7 +74,7 @@ def fake_layout(sizes: tuple[tuple[str, tuple[int, ...], bool], ...]) -> list[di
 @dataclass
 class FakeStudy:
     url: object
-    resolved: Resolved
+    resolved: Study
     runs: list[RunKey]
     param_layout: list[dict]
     weights: dict[RunKey, np.ndarray] = field(default_factory=dict)  # (n_steps, P), 0 before k

@@ -35,11 +35,12 @@ GPU = "GPU"  # the Dask worker resource a cuda task asks for
 _RUN_LOCK = threading.Lock()  # one task at a time per process (global torch RNG, one device)
 
 
-def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str | None = None,
+def record_distributed(study, out, *, scheduler, resume: bool = False, device: str | None = None,
                        progress: bool | None = None, storage_options: dict | None = None,
                        rewinds_per_task: int | None = 0, retries: int = 1,
                        max_store_gb: float | None = None) -> str:
-    """Train and record the study ``cfg`` into ``out`` on a Dask cluster; return ``out``.
+    """Train and record the study (a Config, resolved here, or a resolved
+    :class:`~stabilitylab.config.Study`) into ``out`` on a Dask cluster; return ``out``.
 
     Parameters
     ----------
@@ -55,15 +56,17 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
         scheduler regardless).
     max_store_gb : refuse a study whose estimated uncompressed store is larger (as ``record``).
     """
-    from stabilitylab.config import config_to_dict, study_id, validate
+    from stabilitylab.config import config_to_dict
     from stabilitylab.store import StudyWriter
     from stabilitylab.study.plan import check_rewinds_per_task, plan_tasks
+    from stabilitylab.study.resolve import resolve_study
     from stabilitylab.study.runner import check_resources
 
-    resolved = validate(cfg)
+    resolved = resolve_study(study)
+    cfg = resolved.config
     per_task = check_rewinds_per_task(rewinds_per_task)
     url = _task_url(out)
-    half = check_resources(cfg, url, resume=resume, device=device if device != "auto" else "cpu",
+    half = check_resources(resolved, url, resume=resume, device=device if device != "auto" else "cpu",
                            storage_options=storage_options, rewinds_per_task=per_task,
                            max_store_gb=max_store_gb)
     if not resume:
@@ -74,13 +77,13 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
         dev = _task_device(client, wanted)
         resources = {GPU: 1} if dev == "cuda" else None
         cfg_dict = config_to_dict(cfg)
-        token = f"stabilitylab-{study_id(cfg)}-{uuid.uuid4().hex[:8]}"
+        token = f"stabilitylab-{resolved.id}-{uuid.uuid4().hex[:8]}"
         # Build the task context on a worker first: a missing dataset or a bad pruning.ignore
         # stops us there, before anything is written.
         spec = client.submit(store_spec_task, cfg_dict, dev, key=f"{token}-store-spec", pure=False,
                              resources=resources).result()
         if resume and not half:
-            writer = StudyWriter.resume(url, resolved, study_id=study_id(cfg),
+            writer = StudyWriter.resume(url, resolved, study_id=resolved.id,
                                         storage_options=storage_options,
                                         optimizer_state_names=spec["optimizer_state_names"])
         else:
@@ -240,10 +243,9 @@ def _one_line(e: BaseException) -> str:
 
 # -- the task as a worker sees it ----------------------------------------------------------
 
-def open_task_writer(url, cfg, *, storage_options: dict | None = None):
+def open_task_writer(url, study, *, storage_options: dict | None = None):
     """A writer on an existing store for one task: no attribute writes, no structure checks
     (the driver did those), so concurrent tasks touch only their own chunks."""
-    from stabilitylab.config import study_id
     from stabilitylab.core.errors import StoreError
     from stabilitylab.store import StudyWriter
     from stabilitylab.store import schema as S
@@ -252,8 +254,8 @@ def open_task_writer(url, cfg, *, storage_options: dict | None = None):
     group = S.open_root(url, mode="r+", storage_options=storage_options, use_consolidated=False)
     attrs = dict(group.attrs)
     S.check_ours(attrs, where)
-    if attrs.get("study_id") != study_id(cfg):
-        raise StoreError(f"store at {where} holds study {attrs.get('study_id')}, not {study_id(cfg)}")
+    if attrs.get("study_id") != study.id:
+        raise StoreError(f"store at {where} holds study {attrs.get('study_id')}, not {study.id}")
     return StudyWriter(group, where)
 
 
@@ -272,7 +274,7 @@ def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: st
     task = Task(None if level is None else int(level), tuple(int(k) for k in rewinds))
     ctx = context_for(cfg_dict, device)
     with _RUN_LOCK:
-        writer = open_task_writer(url, ctx.cfg, storage_options=storage_options)
+        writer = open_task_writer(url, ctx.resolved, storage_options=storage_options)
         try:
             statuses = run_task(ctx, writer, task)
         except BaseException:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stabilitylab.config import config_from_dict, config_to_dict, study_id, validate
+from stabilitylab.config import config_to_dict
 from stabilitylab.core.device import resolve_device
 from stabilitylab.core.seeds import generator
 from stabilitylab.study.plan import Seeds, all_runs
+from stabilitylab.study.resolve import resolve_study, study_from_dict
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.optim import state_names
 
@@ -39,17 +40,19 @@ class ModelAndData:
 
 def build_model_and_data(cfg, device, *, template_seed: int, data_root=None,
                          check: Callable[[StackedModel, torch.nn.Module], None] | None = None,
-                         ) -> ModelAndData:
+                         info=None) -> ModelAndData:
     """The model builder, a template model (initialized from ``template_seed``) and the
     dataset on ``device`` (a ``torch.device``). ``data_root``: where the dataset is (None:
     the config's ``data.root``, else ``$STABILITYLAB_DATA`` or the default).
     ``check(stacked, template)`` runs before the data is loaded, so a config it refuses
-    stops before any data is read."""
+    stops before any data is read. ``info``: the dataset's
+    :class:`~stabilitylab.data.registry.DatasetInfo` when known (a resolved Study's)."""
     from stabilitylab.data import load_dataset
     from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
 
-    info = dataset_info(cfg.data)
+    if info is None:
+        info = dataset_info(cfg.data)
 
     def build(seed: int) -> torch.nn.Module:
         return build_model(cfg.model, info.input_shape, info.num_classes,
@@ -60,7 +63,7 @@ def build_model_and_data(cfg, device, *, template_seed: int, data_root=None,
     if check is not None:
         check(stacked, template)
     kw = {} if data_root is None else {"root": data_root}
-    data = load_dataset(cfg.data, device, **kw)
+    data = load_dataset(cfg.data, device, info=info, **kw)
     return ModelAndData(build, stacked, template, data, device)
 
 
@@ -80,11 +83,12 @@ class TaskContext:
     anything is written; it also checks ``pruning.ignore`` against the model.
     """
 
-    def __init__(self, cfg, device: str | torch.device | None = None):
+    def __init__(self, study, device: str | torch.device | None = None):
+        """``study``: a resolved :class:`~stabilitylab.config.Study` (a Config is resolved)."""
         from stabilitylab.models import output_layer_name
 
-        self.cfg = cfg
-        self.resolved = validate(cfg)
+        self.resolved = resolve_study(study)
+        self.cfg = cfg = self.resolved.config
         self.seeds = Seeds(cfg.study.seed)
         device = resolve_device(str(device or cfg.study.device))
 
@@ -103,7 +107,7 @@ class TaskContext:
 
         # The template is initialized from the init seed: it is W_0 itself.
         parts = build_model_and_data(cfg, device, template_seed=self.seeds.init,
-                                     check=check_ignore)
+                                     check=check_ignore, info=self.resolved.info)
         self.device = parts.device
         self.build = parts.build
         self.stacked = parts.stacked
@@ -137,7 +141,7 @@ class TaskContext:
     def store_spec(self) -> dict:
         """Keyword arguments of ``StudyWriter.create`` (besides url/resolved/storage)."""
         return {"param_layout": self.stacked.layout(), "buffer_layout": self.stacked.buffer_layout(),
-                "provenance": provenance(self.device, self.cfg), "runs": all_runs(self.resolved),
+                "provenance": provenance(self.device, self.resolved), "runs": all_runs(self.resolved),
                 "optimizer_state_names": list(self.opt_state_names)}
 
     # -- flat <-> named ------------------------------------------------------------------
@@ -163,7 +167,8 @@ class TaskContext:
         return self.flat(ones) > 0.5
 
 
-def provenance(device: torch.device, cfg) -> dict:
+def provenance(device: torch.device, study) -> dict:
+    """What a new store records about its making (``study``: a resolved Study)."""
     import xarray
     import zarr
 
@@ -180,9 +185,9 @@ def provenance(device: torch.device, cfg) -> dict:
             "python": platform.python_version(),
         },
         "device": name,
-        "seed": cfg.study.seed,
-        "study_id": study_id(cfg),
-        "config": config_to_dict(cfg),
+        "seed": study.config.study.seed,
+        "study_id": study.id,
+        "config": config_to_dict(study.config),
     }
 
 
@@ -197,5 +202,5 @@ def context_for(cfg_dict: dict, device: str | None) -> TaskContext:
         ctx = _CONTEXTS.get(key)
         if ctx is None:
             _CONTEXTS.clear()  # keep one study's data on the device, not every study's
-            ctx = _CONTEXTS[key] = TaskContext(config_from_dict(cfg_dict), device)
+            ctx = _CONTEXTS[key] = TaskContext(study_from_dict(cfg_dict), device)
         return ctx

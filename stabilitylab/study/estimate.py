@@ -88,7 +88,7 @@ def estimate(resolved, rewinds_per_task: int | None = 0) -> Estimate:
 
     cfg = resolved.config
     s, t = cfg.study, cfg.training
-    info = dataset_info(cfg.data)
+    info = resolved.info if resolved.info is not None else dataset_info(cfg.data)
     P, Q, acts = _model_size(cfg, info)
     R = int(s.replicas)
     T = int(resolved.total_steps)

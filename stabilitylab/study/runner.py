@@ -23,32 +23,33 @@ uninterrupted one bit for bit on CPU.
 
 from __future__ import annotations
 
-from stabilitylab.config import study_id
 from stabilitylab.study.context import TaskContext
 from stabilitylab.study.execution import run_task
 from stabilitylab.study.plan import all_runs, check_rewinds_per_task, plan_tasks
+from stabilitylab.study.resolve import resolve_study
 
 
 class StudyRunner:
     """Trains one study into one store. Use :func:`record_study`."""
 
-    def __init__(self, cfg, out, *, resume=False, device=None, progress=None,
+    def __init__(self, study, out, *, resume=False, device=None, progress=None,
                  storage_options=None, rewinds_per_task: int | None = 0,
                  max_store_gb: float | None = None):
         from stabilitylab.store import StudyWriter
 
+        study = resolve_study(study)
         self.rewinds_per_task = check_rewinds_per_task(rewinds_per_task)
         # Sizes first (from the config alone), then the data (read-only): a study that
         # cannot fit, or a missing dataset, stops us before anything is written.
-        half = check_resources(cfg, out, resume=resume, device=device,
+        half = check_resources(study, out, resume=resume, device=device,
                                storage_options=storage_options,
                                rewinds_per_task=self.rewinds_per_task, max_store_gb=max_store_gb)
-        self.ctx = TaskContext(cfg, device)
+        self.ctx = TaskContext(study, device)
         self.resolved = self.ctx.resolved
         self.device = self.ctx.device
         self.runs = all_runs(self.resolved)
         if resume and not half:
-            self.writer = StudyWriter.resume(out, self.resolved, study_id=study_id(cfg),
+            self.writer = StudyWriter.resume(out, self.resolved, study_id=study.id,
                                              storage_options=storage_options,
                                              optimizer_state_names=self.ctx.opt_state_names)
         else:  # new, or completing a half-created store (which creation replaces)
@@ -84,7 +85,8 @@ class StudyRunner:
 def record_study(cfg, out, *, resume: bool = False, device: str | None = None,
                  progress: bool | None = None, storage_options: dict | None = None,
                  rewinds_per_task: int | None = 0, max_store_gb: float | None = None) -> str:
-    """Train and record the study ``cfg`` into the store at ``out``; return ``out``.
+    """Train and record the study ``cfg`` (a Config, resolved here, or a resolved
+    :class:`~stabilitylab.config.Study`) into the store at ``out``; return ``out``.
 
     ``rewinds_per_task``: rewind points trained as one batched group per level (default
     0 = the whole level, the widest groups: fastest on one machine). See
@@ -98,19 +100,18 @@ def record_study(cfg, out, *, resume: bool = False, device: str | None = None,
     return str(out)
 
 
-def check_resources(cfg, out, *, resume: bool, device=None, storage_options=None,
+def check_resources(study, out, *, resume: bool, device=None, storage_options=None,
                     rewinds_per_task: int | None = 0, max_store_gb: float | None = None) -> bool:
     """Estimate the study from its config and refuse (one line) what cannot fit; return
     whether ``out`` holds a half-created store (which ``record`` and ``--resume`` replace).
     Nothing is written."""
-    from stabilitylab.config import validate
     from stabilitylab.store.schema import creation_state
     from stabilitylab.study.estimate import check_limits, estimate
 
-    resolved = validate(cfg)
+    resolved = resolve_study(study)
     est = estimate(resolved, rewinds_per_task)
     half = creation_state(out, storage_options) == "half"
-    dev = str(device or cfg.study.device)
+    dev = str(device or resolved.config.study.device)
     if dev == "auto":
         import torch
 
@@ -123,7 +124,7 @@ def check_resources(cfg, out, *, resume: bool, device=None, storage_options=None
     return half
 
 
-def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
+def nothing_to_resume(study, out, *, storage_options=None) -> bool:
     """Whether ``out`` already holds this study, complete and valid: ``--resume`` has
     nothing to do. False for anything else (resume then says what is wrong, or repairs)."""
     from stabilitylab.core.errors import StabilityLabError
@@ -134,7 +135,7 @@ def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
         with S.quiet():
             group = S.open_root(out, mode="r", storage_options=storage_options)
         attrs = dict(group.attrs)
-        if attrs.get("study_id") != study_id(cfg) or attrs.get("complete") is not True \
+        if attrs.get("study_id") != resolve_study(study).id or attrs.get("complete") is not True \
                 or group.metadata.consolidated_metadata is None:  # (killed while consolidating)
             return False
         validate(out, storage_options=storage_options)

@@ -95,7 +95,7 @@ class FusedStep:
         update = fused_update(training)
         template = self.template
         bf16 = training.precision == "bf16" and self.device.type == "cuda"
-        from stabilitylab.train.engine import channels_last_stacked
+        from stabilitylab.train.layout import channels_last_stacked
 
         def loss_fn(p, b, x, y):
             if bf16:

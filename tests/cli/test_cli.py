@@ -92,15 +92,16 @@ def test_measures_accept_measure_and_group_names():
 def test_study_name_reflects_overrides():
     from stabilitylab.cli.main import _default_out, _named_for_overrides
 
-    from stabilitylab.config import load_config, study_id
+    from stabilitylab.study.resolve import load_study, study_id
 
     def named(overrides):
-        return _named_for_overrides(load_config(None, overrides), None, overrides)
+        return _named_for_overrides(load_study(None, overrides), None, overrides)
 
-    plain = named([])
+    plain = named([]).config
     assert plain.study.name == "mnist1d-default"
     changed = named(["pruning.levels=0"])
-    assert changed.study.name == f"mnist1d-default-{study_id(changed)}" != plain.study.name
-    assert _default_out(changed) == f"runs/mnist1d-default-{study_id(changed)}.zarr"
-    assert named(["study.device='cpu'"]).study.name == "mnist1d-default"  # places, not changes
-    assert named(["pruning.levels=0", "study.name='which-k'"]).study.name == "which-k"
+    assert changed.config.study.name == f"mnist1d-default-{changed.id}" != plain.study.name
+    assert changed.id == study_id(changed.config)  # the name is a label, not in the id
+    assert _default_out(changed) == f"runs/mnist1d-default-{changed.id}.zarr"
+    assert named(["study.device='cpu'"]).config.study.name == "mnist1d-default"  # places
+    assert named(["pruning.levels=0", "study.name='which-k'"]).config.study.name == "which-k"

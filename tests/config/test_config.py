@@ -11,10 +11,9 @@ from stabilitylab.config import (
     config_to_dict,
     load_config,
     parse_steps,
-    study_id,
-    validate,
 )
 from stabilitylab.core.errors import ConfigError
+from stabilitylab.study.resolve import load_study, resolve_study, study_from_dict, study_id
 
 
 def test_presets_load_and_validate():
@@ -22,7 +21,7 @@ def test_presets_load_and_validate():
     assert {"mnist1d_default", "lenet_300_100_mnist", "resnet20_cifar10", "vgg16_cifar10"} <= set(names)
     for name in names:
         cfg = load_config(name)
-        assert validate(cfg).total_steps > 0
+        assert resolve_study(cfg).total_steps > 0
 
 
 def test_default_preset_equals_dataclass_defaults():
@@ -44,7 +43,7 @@ def test_bad_step_strings(text):
 
 
 def test_epoch_steps_resolve_with_dataset_size():
-    r = validate(load_config(None, ["training.steps='2ep'", "study.rewinds=['0it','1ep']"]))
+    r = resolve_study(load_config(None, ["training.steps='2ep'", "study.rewinds=['0it','1ep']"]))
     assert r.total_steps == 2 * (4000 // 100) and r.rewinds == (0, 40)
 
 
@@ -77,10 +76,31 @@ def test_overrides_are_type_checked():
 ])
 def test_each_bad_value_gives_one_line_naming_the_field(override, field):
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_study(None, [override])
     message = str(err.value)
     assert field in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("override", [
+    "model.name='resnet7'", "data.name='imagenet'", "training.optimizer='adagrad'",
+    "study.controls=['magic']", "study.rewinds=['0it','3000it']", "training.batch_size=100000",
+])
+def test_load_config_checks_the_config_alone_and_resolving_the_registries(override):
+    """config/ knows no registry and no dataset size: names and sizes are checked when the
+    study is resolved (load_study = load_config + resolve_study)."""
+    cfg = load_config(None, [override])  # types and ranges are fine
+    with pytest.raises(ConfigError):
+        resolve_study(cfg)
+    with pytest.raises(ConfigError):
+        study_from_dict(config_to_dict(cfg))
+
+
+def test_a_study_resolves_once_and_carries_its_id():
+    study = load_study(None, ["training.lr=0.05"])
+    assert study.id == study_id(study.config) == study_id(study) == "74ab1c048aac"
+    assert resolve_study(study) is study  # a Study is never resolved again
+    assert study.info is not None and study.info.name == "mnist1d"
 
 
 def test_malformed_toml_and_missing_file(tmp_path):
@@ -127,7 +147,7 @@ def test_config_is_frozen():
 
 
 def test_record_schedule_includes_rewinds_and_ends():
-    r = validate(load_config(None, ["study.record='every:1000'"]))
+    r = resolve_study(load_config(None, ["study.record='every:1000'"]))
     assert {0, r.total_steps, *r.rewinds} <= set(r.record_steps)
-    r = validate(Config())
+    r = resolve_study(Config())
     assert len(r.record_steps) < 250 and r.record_steps == tuple(sorted(set(r.record_steps)))

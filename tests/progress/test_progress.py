@@ -58,6 +58,7 @@ def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys, mo
 
     from stabilitylab.analysis.run import analyze_store
     from stabilitylab.study.plan import all_runs
+    from stabilitylab.study.resolve import resolve_study
 
     cfg = tiny_config("pruning.levels=1", "training.steps='40it'")
     store = tmp_path / "s.zarr"
@@ -68,7 +69,7 @@ def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys, mo
                     lines[0]), lines[0]
     assert all(re.search(r"replica-steps/s \| (ETA|done in) ", x) for x in lines), lines
     assert any(re.search(r"level 1 \| ", x) for x in lines), lines
-    total = 1 + len(all_runs(stabilitylab.config.validate(cfg)))  # dense run too
+    total = 1 + len(all_runs(resolve_study(cfg)))  # dense run too
     runs = [tuple(map(int, re.search(r"runs (\d+)/(\d+)", x).groups())) for x in lines]
     assert runs[-1] == (total, total)  # every run counted by the end
     assert [r[0] for r in runs] == sorted(r[0] for r in runs)

@@ -81,11 +81,12 @@ def test_dry_run_prints_the_plan_and_writes_nothing(work, capsys):
         assert key in out, out
     _empty(work)
     # the counts are those of the plan record follows
-    from stabilitylab.config import load_config, validate
+    from stabilitylab.config import load_config
     from stabilitylab.study.estimate import estimate
     from stabilitylab.study.plan import all_runs, plan_tasks
+    from stabilitylab.study.resolve import resolve_study
 
-    resolved = validate(load_config(None, TINY))
+    resolved = resolve_study(load_config(None, TINY))
     est = estimate(resolved)
     assert est.replica_steps == sum(t.replica_steps(resolved) for t in plan_tasks(resolved)) == 600
     assert est.n_runs == len(all_runs(resolved)) and est.n_tasks == len(plan_tasks(resolved))

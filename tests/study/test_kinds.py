@@ -5,7 +5,6 @@ import torch
 from conftest import tiny_config
 
 import stabilitylab
-from stabilitylab.config import validate
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.core.keys import RunKey
 from stabilitylab.core.seeds import generator
@@ -15,6 +14,7 @@ from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
 from stabilitylab.study.execution import group_plan
 from stabilitylab.study.plan import Task, all_runs, level_runs
+from stabilitylab.study.resolve import resolve_study
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,13 @@ def test_registry_lists_the_store_kinds_in_order():
 
 def test_unknown_control_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as err:
-        stabilitylab.load_config(None, ["study.controls=['snipp']"])
+        stabilitylab.load_study(None, ["study.controls=['snipp']"])
     text = str(err.value)
     assert "\n" not in text and "study.controls" in text and "random_prune, reinit" in text
 
 
 def test_controls_only_at_control_levels():
-    resolved = validate(tiny_config("study.controls=['reinit']"))
+    resolved = resolve_study(tiny_config("study.controls=['reinit']"))
     assert {r.kind for r in level_runs(resolved, 1)} == {"imp"}
     assert [r.kind for r in level_runs(resolved, 2)][::4] == ["imp", "reinit"]
     runs = all_runs(resolved)

@@ -5,11 +5,11 @@ import pytest
 from conftest import tiny_config
 
 import stabilitylab
-from stabilitylab.config import validate
 from stabilitylab.core import keys as K
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.store import schema as S
 from stabilitylab.study.plan import all_runs, level_runs
+from stabilitylab.study.resolve import resolve_study
 
 NOISE = "study.noise=['data_order','perturb','data_order+perturb']"
 PAI = "study.controls=['random_prune','magnitude_init','snip','grasp','synflow','shuffle']"
@@ -34,13 +34,13 @@ def test_the_store_lists_the_kinds_it_trains_after_the_three_it_always_has(study
 
 
 def test_default_study_keeps_the_three_kind_coordinate():
-    resolved = validate(tiny_config())
+    resolved = resolve_study(tiny_config())
     assert resolved.kinds == S.KINDS and resolved.noise_levels == ()
     assert {r.kind for r in all_runs(resolved)} == {"imp", "random_prune", "reinit"}
 
 
 def test_noise_levels_default_to_every_level():
-    resolved = validate(tiny_config("study.noise=['data_order','perturb']"))
+    resolved = resolve_study(tiny_config("study.noise=['data_order','perturb']"))
     assert resolved.noise_levels == (0, 1, 2)
     assert {r.kind for r in level_runs(resolved, 1)} == {"imp", "perturb"}
 
@@ -102,7 +102,7 @@ def test_pruned_weights_stay_zero_in_the_controls(study):
 ])
 def test_bad_noise_settings_are_one_line_errors(override, field):
     with pytest.raises(ConfigError) as err:
-        validate(tiny_config(override))
+        resolve_study(tiny_config(override))
     assert "\n" not in str(err.value) and field in str(err.value)
 
 

@@ -16,7 +16,8 @@ import torch
 import zarr
 from engine_helpers import OPTIMIZER_CASES, make_data, tiny_conv, tiny_mlp
 
-from stabilitylab.config import load_config, study_id, validate
+from stabilitylab.config import load_config
+from stabilitylab.study.resolve import resolve_study, study_id
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.step import use_compile
@@ -27,7 +28,7 @@ TOL = {"rtol": 1e-5, "atol": 2e-6}
 def resolved_for(*overrides, steps=50):
     base = ["data.num_samples=300", "training.batch_size=20", f"training.steps='{steps}it'",
             "study.rewinds=['0it','5it']", "training.eval_every='10it'", "training.log_every='5it'"]
-    return validate(load_config(None, base + list(overrides)))
+    return resolve_study(load_config(None, base + list(overrides)))
 
 
 def train_both(model, data, resolved, seeds, *, starts=None, masks=None, opt_steps=None):
@@ -122,7 +123,7 @@ def test_compile_setting_is_validated_and_not_part_of_the_study_id():
     from stabilitylab.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="training.compile"):
-        validate(load_config(None, ["training.compile='fast'"]))
+        resolve_study(load_config(None, ["training.compile='fast'"]))
     assert study_id(load_config(None, ["training.compile='on'"])) == study_id(load_config(None, []))
 
 

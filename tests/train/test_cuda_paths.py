@@ -11,9 +11,10 @@ import torch
 from engine_helpers import make_data
 from torch import nn
 
-from stabilitylab.config import load_config, validate
+from stabilitylab.config import load_config
 from stabilitylab.core.device import resolve_device
 from stabilitylab.core.errors import ConfigError
+from stabilitylab.study.resolve import resolve_study
 from stabilitylab.train import engine
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
@@ -28,7 +29,7 @@ def _data(shape=(1, 8)):
 def _resolved(*overrides, steps=12):
     base = ["training.batch_size=20", f"training.steps='{steps}it'", "study.rewinds=['0it']",
             "training.eval_every='6it'", "training.log_every='3it'", "data.train_eval_size=20"]
-    return validate(load_config(None, base + list(overrides)))
+    return resolve_study(load_config(None, base + list(overrides)))
 
 
 def _mlp():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from engine_helpers import OPTIMIZER_CASES, data, make_data, tiny_conv, tiny_mlp  # noqa: F401 (fixture)
 
-from stabilitylab.config import load_config, validate
+from stabilitylab.config import load_config
+from stabilitylab.study.resolve import resolve_study
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.reference import train_reference
@@ -16,7 +17,7 @@ from stabilitylab.train.reference import train_reference
 def resolved_for(*overrides, steps=30):
     base = ["data.num_samples=300", "training.batch_size=20", f"training.steps='{steps}it'",
             "study.rewinds=['0it','5it']", "training.eval_every='10it'", "training.log_every='5it'"]
-    return validate(load_config(None, base + list(overrides)))
+    return resolve_study(load_config(None, base + list(overrides)))
 
 
 def run_both(model, data, resolved, seeds, masks=None, start=0):

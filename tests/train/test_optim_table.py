@@ -6,8 +6,8 @@ import torch
 from engine_helpers import OPTIMIZER_CASES, data, tiny_mlp  # noqa: F401 (fixture)
 from test_engine import resolved_for, run_both
 
-from stabilitylab.config import load_config
 from stabilitylab.core.errors import ConfigError
+from stabilitylab.study.resolve import load_study
 from stabilitylab.train import optim
 from stabilitylab.train.reference import make_torch_optimizer
 
@@ -31,7 +31,7 @@ def test_reference_is_the_torch_class(name):
 
 def test_unknown_optimizer_names_the_table():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["training.optimizer='lion'"])
+        load_study(None, ["training.optimizer='lion'"])
     assert "\n" not in str(err.value)
     assert str(err.value).endswith("choose from " + ", ".join(optim.OPTIMIZERS))
 
