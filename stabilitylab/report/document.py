@@ -205,14 +205,15 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _applies(key: str, cfg) -> bool:
     """Whether config field ``key`` affects a study with config ``cfg``."""
+    from stabilitylab.train.optim import OPTIMIZERS
+
     t = cfg.training
-    adam = t.optimizer in ("adam", "adamw", "radam")
+    own = {f"training.{f}" for o in OPTIMIZERS.values() for f in o.fields}  # one optimizer's
+    if key in own:
+        return key.split(".", 1)[1] in OPTIMIZERS[t.optimizer].fields
     rules = {
         "data.root": False,  # where record read the data; placement, not part of the study
         "data.num_samples": cfg.data.name == "mnist1d",
-        "training.momentum": t.optimizer == "sgd",
-        "training.nesterov": t.optimizer == "sgd",
-        "training.beta1": adam, "training.beta2": adam, "training.eps": adam,
         "training.lookahead_steps": t.lookahead, "training.lookahead_alpha": t.lookahead,
         "training.gamma": bool(t.milestones),
         "pruning.strategy": cfg.pruning.levels > 0, "pruning.fraction": cfg.pruning.levels > 0,

@@ -338,7 +338,9 @@ class Optimizer:
       :class:`StackedOptimizer` for the eager path (None: the fused rule, with its scalars
       row computed per step);
     - ``scalars(training, t, out)``: optional, fills its own columns of
-      :func:`step_scalars` for optimizer steps ``t``.
+      :func:`step_scalars` for optimizer steps ``t``;
+    - ``fields``: the ``training.*`` hyperparameters only this optimizer reads (the report
+      lists them for a study that uses it, and leaves them out otherwise).
     """
 
     state: Callable[[object], tuple[str, ...]]
@@ -346,19 +348,23 @@ class Optimizer:
     reference: Callable[[object, object], torch.optim.Optimizer]
     eager: Callable | None = None
     scalars: Callable | None = None
+    fields: tuple[str, ...] = ()
 
 
 def _adam_state(c) -> tuple[str, ...]:
     return ("exp_avg", "exp_avg_sq")
 
 
+_ADAM_FIELDS = ("beta1", "beta2", "eps")
+
 OPTIMIZERS: dict[str, Optimizer] = {
     "sgd": Optimizer(lambda c: ("momentum",) if c.momentum else (), fused_sgd, _torch_sgd,
-                     eager=StackedOptimizer._sgd),
+                     eager=StackedOptimizer._sgd, fields=("momentum", "nesterov")),
     "adam": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.Adam),
-                      eager=StackedOptimizer._adam_family),
+                      eager=StackedOptimizer._adam_family, fields=_ADAM_FIELDS),
     "adamw": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.AdamW),
-                       eager=StackedOptimizer._adam_family),
+                       eager=StackedOptimizer._adam_family, fields=_ADAM_FIELDS),
     "radam": Optimizer(_adam_state, fused_adam, _torch_adam_like(torch.optim.RAdam),
-                       eager=StackedOptimizer._adam_family, scalars=_radam_scalars),
+                       eager=StackedOptimizer._adam_family, scalars=_radam_scalars,
+                       fields=_ADAM_FIELDS),
 }

@@ -58,3 +58,24 @@ def test_entry_without_an_eager_rule_matches_torch(case, data, monkeypatch):  # 
     for r, ref in enumerate(refs):
         for n, p in ref.named_parameters():
             torch.testing.assert_close(result.params[n][r], p.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_the_report_lists_the_fields_an_optimizer_declares(monkeypatch):
+    """report/document.py knows no optimizer: it shows the training.* fields the table's
+    entry declares (Optimizer.fields), for the optimizer the study uses."""
+    import dataclasses
+
+    from stabilitylab.config import config_to_dict
+    from stabilitylab.report.document import config_rows
+
+    def keys(*sets):
+        return {r["key"] for r in config_rows(config_to_dict(load_study(None, list(sets)).config))}
+
+    sgd, adam = keys(), keys("training.optimizer='adam'")
+    assert {"training.momentum", "training.nesterov"} <= sgd and "training.beta1" not in sgd
+    assert {"training.beta1", "training.beta2", "training.eps"} <= adam
+    assert "training.momentum" not in adam
+    monkeypatch.setitem(optim.OPTIMIZERS, "sgd",
+                        dataclasses.replace(optim.OPTIMIZERS["sgd"], fields=("momentum", "eps")))
+    now = keys()
+    assert {"training.momentum", "training.eps"} <= now and "training.beta1" not in now
