@@ -54,9 +54,9 @@ def _ci_row(values) -> list[tuple[float, float, int]]:
 
 
 def _config(cond):
-    from stabilitylab.config import load_config, validate
+    from stabilitylab.study.resolve import load_study
 
-    return validate(load_config(HERE_STUDIES / f"{cond}.toml"))
+    return load_study(HERE_STUDIES / f"{cond}.toml")
 
 
 # -- Q5 -------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def load_plan(path: Path = HERE / "findings.toml") -> dict:
 
 def expected_id(config: Path, seed: int, overrides: tuple[str, ...] = ()) -> str:
     from stabilitylab.config import load_config
-    from stabilitylab.config.loader import study_id
+    from stabilitylab.study.resolve import study_id
 
     return study_id(load_config(config, [f"study.seed={seed}", *overrides]))
 

@@ -269,12 +269,16 @@ def _study_T(attrs: dict) -> int | None:
     (or names a plugin module: resolving would import it, and a store must not choose
     what code runs; see :func:`stabilitylab.core.registry.untrusted`)."""
     try:
-        from stabilitylab.config import config_from_dict, validate
+        from stabilitylab.config import config_from_dict
+        from stabilitylab.config.schedule import schedule
+        from stabilitylab.data.registry import dataset_info
 
         config = json.loads(attrs["config"])
         check_trusted(config, "store")
         with untrusted("store"):
-            return int(validate(config_from_dict(config)).total_steps)
+            cfg = config_from_dict(config)
+            train_size = dataset_info(cfg.data).train_size(cfg.data)
+            return int(schedule(cfg, train_size, kinds_of=tuple).total_steps)
     except Exception:  # noqa: BLE001 - a config of another version / damaged: checked elsewhere
         return None
 

@@ -89,3 +89,13 @@ def test_pickles_and_objects_refused(store):
     _fails(store, "pickle")
     _edit(store / "masks" / "zarr.json", lambda m: (m["codecs"].pop(0), m.__setitem__("data_type", "object")))
     _fails(store, "object")
+
+
+def test_the_stores_training_length_is_resolved_from_its_config(tmp_path):
+    """validate compares the step coordinate with the T the stored config resolves to; a
+    config that failed to resolve would silently skip that check (it returns None)."""
+    from stabilitylab.store.validate import _study_T
+
+    fake = make_fake_store(str(tmp_path / "s.zarr"), total_steps=40)
+    attrs = dict(zarr.open_group(str(fake.url), mode="r").attrs)
+    assert _study_T(attrs) == 40
