@@ -93,7 +93,17 @@ def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
                          f"{int(diverged[idx])}")
         else:
             lines.append(f"skipped {kind} level {level} rewind {k} replica {r}: incomplete")
-    return lines
+    return lines + [f"skipped {kind} level {level} rewind {k} replica {r}: never trained, its "
+                    "parent diverged" for kind, level, k, r in orphaned_runs(status, kinds, levels,
+                                                                            rewinds)]
+
+
+def orphaned_runs(status, kinds, levels, rewinds) -> list[tuple[str, int, int, int]]:
+    """(kind, level, rewind, replica) of each run never trained because its parent diverged."""
+    from stabilitylab.store.schema import STATUS_PARENT_DIVERGED
+
+    return [(kinds[i[0]], levels[i[1]], rewinds[i[2]], int(i[3]))
+            for i in zip(*np.nonzero(status == STATUS_PARENT_DIVERGED))]
 
 
 def load_context(url, *, device=None, storage_options=None, data_root=None,

@@ -397,7 +397,7 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
 def _fmt(key: str, v) -> str:
     v = _num(v) if isinstance(v, (float, np.floating, np.integer)) else v
     if v is None:
-        return "–"
+        return "unknown" if key == "density" else "–"
     if key in PERCENT and isinstance(v, float):
         return f"{100 * v:.2f}"
     if key == "density" and isinstance(v, float):
@@ -541,6 +541,11 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     title = f"stabilitylab report: {name}"
     meta = (f"study {attrs.get('study_id', '?')}, created {attrs.get('created_at', '?')}, "
             f"device {attrs.get('device', '?')}")
+    if analysis is not None and analysis.attrs.get("partial"):  # said first, never silently
+        title = f"PARTIAL {title}"
+        meta = ("PARTIAL analysis: made while runs were unfinished, so their rows are missing "
+                "or unknown" + ("; the study has finished since: run `stabilitylab analyze` "
+                                "again" if attrs.get("complete") is True else "") + ". " + meta)
     with _atomic_folder(out) as folder:
         for file, _, data in images:
             (folder / file).write_bytes(data)
