@@ -79,4 +79,11 @@ def open_analysis(url, *, storage_options: dict | None = None) -> xr.Dataset:
     path = S.local_path(url)
     # an analyze interrupted mid-swap leaves the previous analysis under another name
     group = analysis_group.LIVE if path is None else analysis_group.readable(path)
+    with S.quiet():
+        try:  # the group's own metadata (the root's consolidated view may not list it)
+            node = zarr.open_group(store, mode="r", path=group)
+        except Exception:  # noqa: BLE001 - absent: _open says so in one line
+            node = None
+    if node is not None:
+        check_safe(node, where)
     return _open(store, where, group)
