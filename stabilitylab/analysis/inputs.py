@@ -1,21 +1,24 @@
-"""Every tensor ``analyze`` starts from is finite, or it stops with one line naming it.
+"""Every tensor ``analyze`` starts from is finite, or its run is absent, with one line naming it.
 
 A complete run's final weights and BatchNorm statistics, the dense run's, and the rewind
 points' W_k and statistics are what every measure interpolates, evaluates and compares.
 ``record`` marks a run whose weights go non-finite ``diverged`` (and its dependants
 ``parent_diverged``), so in a store it wrote these are finite; a NaN here means a damaged
-or foreign store. Measured anyway, a NaN statistic poisons every interpolated model
-(0 * NaN is NaN) while argmax over NaN logits still gives a finite-looking error.
+or foreign store: the run is then analyzed as absent (NaN), never measured. Measured anyway,
+a NaN statistic poisons every interpolated model (0 * NaN is NaN) while argmax over NaN
+logits still gives a finite-looking error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 
-from stabilitylab.errors import StoreError
-from stabilitylab.store.schema import STATUS_COMPLETE
+from stabilitylab.store.schema import STATUS_COMPLETE, STATUS_DIVERGED
+
+log = logging.getLogger(__name__)
 
 
 def _layout(attrs: dict, key: str) -> list[dict]:
@@ -30,43 +33,49 @@ def _tensor_at(layout: list[dict], index: int) -> str:
     return f"index {index}"
 
 
-def _check(values: np.ndarray, runs, layout, what: str, where: str) -> None:
-    """``values``: (n, width) rows, one per entry of ``runs`` (descriptions)."""
-    if values.size == 0:
-        return
+def _bad(values: np.ndarray, layout) -> tuple[str, int] | None:
+    """(first tensor holding a non-finite value, how many there) of one flat row, or None."""
     bad = ~np.isfinite(values)
     if not bad.any():
-        return
-    row = int(np.nonzero(bad.any(axis=1))[0][0])
-    name = _tensor_at(layout, int(np.nonzero(bad[row])[0][0]))
-    n = int(bad[row].sum())
-    raise StoreError(f"{where}: {what} of {runs[row]}: tensor {name!r} holds {n} non-finite "
-                     f"value{'' if n == 1 else 's'} (NaN or inf) although it is marked complete; "
-                     "refused (a damaged or foreign store)")
+        return None
+    return _tensor_at(layout, int(np.nonzero(bad)[0][0])), int(bad.sum())
 
 
-def check_finite_inputs(ctx, where: str) -> None:
-    """StoreError (one line naming the run and the tensor) unless every input is finite:
-    final weights and buffers of the complete runs, the complete dense run's final buffers,
-    and W_k with its buffers at each rewind point a complete run starts from."""
+def exclude_nonfinite_inputs(ctx) -> list[str]:
+    """Every complete run whose inputs are not all finite is analyzed as absent (NaN): one
+    warning each, naming the run and the tensor. Inputs: its final weights and buffers and,
+    for IMP runs (which start from it), W_k and its buffers. Returns the runs, described as
+    in ``attrs["absent"]``. A NaN buffer would otherwise give NaN logits whose argmax still
+    looks like a prediction, so a disagreement or error would come out finite and wrong."""
     ds = ctx.ds
     params, buffers = _layout(ds.attrs, "param_layout"), _layout(ds.attrs, "buffer_layout")
-    idx = np.argwhere(ctx.status == STATUS_COMPLETE)
-    runs = [f"{ctx.kinds[k]} level {ctx.levels[lv]} rewind {ctx.rewinds[r]} replica "
-            f"{ctx.replicas[p]}" for k, lv, r, p in idx]
-    if len(idx):
-        sel = tuple(idx.T)
-        final = np.asarray(ds.weights.isel(step=-1).values)[sel]
-        _check(final, runs, params, "the final weights", where)
-        _check(np.asarray(ds.final_buffers.values)[sel], runs, buffers, "the final buffers", where)
-    dense_done = int(np.asarray(ds.dense_status.values).reshape(-1)[0]) == STATUS_COMPLETE
-    if dense_done and "dense_final_buffers" in ds:
-        _check(np.asarray(ds.dense_final_buffers.values)[None], ["the dense run"], buffers,
-               "the final buffers", where)
-    imp = [i for i in idx if ctx.kinds[i[0]] == "imp"]  # the runs that start from W_k
-    used = sorted({int(i[2]) for i in imp})
-    starts = [f"the dense run at step {ctx.rewinds[r]}" for r in used]
-    if "rewind_state_weights" in ds and used:
-        _check(np.asarray(ds.rewind_state_weights.values)[used], starts, params, "W_k", where)
-    if "rewind_buffers" in ds and used:
-        _check(np.asarray(ds.rewind_buffers.values)[used], starts, buffers, "the buffers", where)
+    idx = [tuple(int(v) for v in i) for i in np.argwhere(ctx.status == STATUS_COMPLETE)]
+    if not idx:
+        return []
+    sel = tuple(np.array(idx).T)
+    final = np.asarray(ds.weights.isel(step=-1).values)[sel]
+    final_buffers = np.asarray(ds.final_buffers.values)[sel]
+    starts = {}
+    for r in {i[2] for i in idx if ctx.kinds[i[0]] == "imp"}:
+        w_k = np.asarray(ds.rewind_state_weights.values[r]) if "rewind_state_weights" in ds \
+            else np.zeros(0)
+        b_k = np.asarray(ds.rewind_buffers.values[r]) if "rewind_buffers" in ds else np.zeros(0)
+        starts[r] = _bad(w_k, params) or _bad(b_k, buffers)
+    absent = []
+    for row, i in enumerate(idx):
+        run = (f"{ctx.kinds[i[0]]} level {ctx.levels[i[1]]} rewind {ctx.rewinds[i[2]]} "
+               f"replica {ctx.replicas[i[3]]}")
+        found = [(what, hit) for what, hit in (
+            ("final weights", _bad(final[row], params)),
+            ("final buffers", _bad(final_buffers[row], buffers)),
+            (f"start W_{ctx.rewinds[i[2]]}", starts.get(i[2]) if ctx.kinds[i[0]] == "imp" else None),
+        ) if hit is not None]
+        if not found:
+            continue
+        what, (name, n) = found[0]
+        log.warning("run %s is marked complete but its %s hold %d non-finite value%s in tensor "
+                    "%r: analyzed as absent (NaN)", run, what, n, "" if n == 1 else "s", name)
+        ctx.status[i] = STATUS_DIVERGED  # every measure skips it
+        ctx.skipped.append(f"skipped {run}: non-finite {what} (tensor {name!r})")
+        absent.append(f"{run} (non-finite inputs)")
+    return absent

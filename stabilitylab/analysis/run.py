@@ -190,11 +190,10 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     require_chunks(url, storage_options=storage_options)  # a lost chunk stops us, never zeros
     ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root,
                        trust_plugins=trust_plugins)
-    from stabilitylab.analysis.inputs import check_finite_inputs
-    from stabilitylab.store.schema import describe
-
-    check_finite_inputs(ctx, describe(url))  # a NaN input: one line naming it, never numbers
     partial = _partial_note(ctx, url)
+    from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
+
+    damaged = exclude_nonfinite_inputs(ctx)  # a NaN input: one line naming it, never numbers
     if partial:
         log.warning("%s", partial)
     from stabilitylab.store.schema import check_writable
@@ -240,7 +239,7 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     analysis.attrs.update({
         "threshold": LMC_THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
-        "skipped": list(ctx.skipped), "absent": absent + orphans, "partial": bool(partial),
+        "skipped": list(ctx.skipped), "absent": absent + orphans + damaged, "partial": bool(partial),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analysis_seconds": round(time.perf_counter() - started, 2),
     })
