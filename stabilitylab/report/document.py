@@ -31,7 +31,8 @@ from stabilitylab.report import figures as F
 log = logging.getLogger(__name__)
 
 MAX_PNG_BYTES = 200_000
-STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}
+STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged",
+          4: "not trained (parent diverged)"}
 PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
            "instability"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -314,7 +315,7 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
                 text = f"{text} at step {int(np.asarray(study['dense_diverged_step'].values).ravel()[0])}"
             rows.append({"section": "runs", "key": "dense", "value": text})
         div = study["diverged_step"].load() if "diverged_step" in study else None
-        bad = status.where(status.isin([1, 3])).to_series().dropna()
+        bad = status.where(status.isin([1, 3, 4])).to_series().dropna()
         for (kind, level, rewind, replica), code in bad.items():
             text = STATUS[int(code)]
             if code == 3 and div is not None:
