@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from stabilitylab.store.schema import STATUS_COMPLETE, STATUS_DIVERGED
+from stabilitylab.core.keys import STATUS_COMPLETE, STATUS_DIVERGED
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import generator
 from stabilitylab.prune import density, prune
-from stabilitylab.store.schema import RunKey
 from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
 from stabilitylab.study.plan import DENSE, DENSE_TASK, Task, task_seed
 from stabilitylab.train.engine import GroupPlan, train_group
-from stabilitylab.train.seeds import generator
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def parent_problem(ctx: TaskContext, writer, level: int, rewind: int,
 def imp_masks(ctx: TaskContext, writer, level: int, rewind: int) -> dict[str, torch.Tensor]:
     """The IMP masks of ``level`` at ``rewind``: everything kept at the first level, then
     each level prunes the previous level's replica-0 final weights (read from the store)."""
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
 
     T = ctx.resolved.total_steps
     masks = all_kept(ctx)
@@ -197,7 +197,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
     runs = [run for run in runs if run.rewind not in orphaned]
     if not runs:
         return statuses
-    plan = _group_plan(ctx, task, runs, points, run_masks)
+    plan = group_plan(ctx, task, runs, points, run_masks)
     result = train_group(ctx.stacked, plan, ctx.data, ctx.resolved, recorder=writer,
                          on_progress=progress, augment=ctx.augment)
     for r, run in enumerate(runs):
@@ -229,7 +229,7 @@ def _skip_orphans(ctx: TaskContext, writer, level: int, runs, orphaned: dict[int
     return statuses
 
 
-def _group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
+def group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
     """Each run's start (its kind's start rule), mask and data order, stacked."""
     starts: list[kinds.Start] = []
     masks, seeds, rewinds = [], [], []

@@ -12,7 +12,7 @@ import pytest
 import zarr
 from stabilitylab.cli.main import main
 
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 from stabilitylab.prune.masks import first_idle_level
 from stabilitylab.testing import tiny_config
 
@@ -77,7 +77,7 @@ def test_a_hostile_config_attribute_is_one_line(tiny_study, tmp_path, capsys, ca
 
 def test_huge_analysis_attributes_are_refused(tiny_analyzed, tmp_path):
     import stabilitylab
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
 
     src, _ = tiny_analyzed
     store = tmp_path / "s.zarr"

@@ -18,8 +18,8 @@ from _tiny import TINY
 from stabilitylab.cli.main import main
 
 import stabilitylab
+from stabilitylab.core.keys import STATUS_PARENT_DIVERGED
 from stabilitylab.store import validate
-from stabilitylab.store.schema import STATUS_PARENT_DIVERGED
 
 # seed 3: the dense run and IMP replica 0 from W_0 both blow up (at other seeds some runs
 # stay finite: ReLUs die before the weights overflow)

@@ -17,7 +17,7 @@ import torch
 import zarr
 from stabilitylab.cli.main import main
 
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 
 PLUGIN = (
     "import torch\n"
