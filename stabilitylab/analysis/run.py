@@ -79,9 +79,6 @@ def _percent(value: float, digits: int) -> str:
 
 def _lines(ctx, analysis: xr.Dataset) -> list[str]:
     lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
-    if analysis.attrs.get("partial"):
-        lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
-                        "when record has finished")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN means
         inst = analysis.instability.mean("pair", skipna=True)
@@ -248,6 +245,9 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     write_analysis(url, analysis, storage_options=storage_options)
     csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
     lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
+    if partial:  # said first, never silently
+        lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
+                        "when record has finished")
     if absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
                      "OpenLTH import): " + ", ".join(absent))
