@@ -543,16 +543,22 @@ def write_analysis(url, analysis, *, storage_options: dict | None = None) -> Non
     root = S.open_root(store, mode="r+", use_consolidated=False)
     S.check_ours(dict(root.attrs), where)
 
-    def write(group: str) -> None:
-        with S.quiet():
-            analysis.to_zarr(store, group=group, mode="w", zarr_format=3, consolidated=True)
-
     path = S.local_path(url)
+
+    def write(group: str) -> None:
+        # xarray's consolidated=True consolidates the store's root, which would then list the
+        # temporary group: consolidate once, after the swap
+        with S.quiet():
+            analysis.to_zarr(store, group=group, mode="w", zarr_format=3,
+                             consolidated=path is None)
+
     try:
         if path is None:  # object stores: no atomic rename, replaced in place
             write(analysis_group.LIVE)
         else:
             analysis_group.replace(path, write)
+            with S.quiet():
+                zarr.consolidate_metadata(store)
     except OSError as e:
         raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
 
