@@ -367,8 +367,11 @@ def _report(args) -> int:
 def _validate(args) -> int:
     from stabilitylab.store import validate
 
-    validate(args.store, deep=args.deep)
+    notes = validate(args.store, deep=args.deep)
     print(f"{args.store}: valid stabilitylab store")
+    for line in notes:  # leftovers of an interrupted analyze, a partial analysis
+        if line.startswith("warning: "):
+            print(line)
     return 0
 
 

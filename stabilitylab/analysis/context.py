@@ -15,7 +15,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from stabilitylab.core.keys import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
+from stabilitylab.core.keys import (
+    STATUS_COMPLETE,
+    STATUS_DIVERGED,
+    STATUS_INCOMPLETE,
+    STATUS_PARENT_DIVERGED,
+)
 from stabilitylab.core.registry import check_trusted, untrusted
 from stabilitylab.study.resolve import study_from_dict
 from stabilitylab.train.functional import StackedModel
@@ -94,7 +99,15 @@ def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
                          f"{int(diverged[idx])}")
         else:
             lines.append(f"skipped {kind} level {level} rewind {k} replica {r}: incomplete")
-    return lines
+    return lines + [f"skipped {kind} level {level} rewind {k} replica {r}: never trained, its "
+                    "parent diverged" for kind, level, k, r in orphaned_runs(status, kinds, levels,
+                                                                            rewinds)]
+
+
+def orphaned_runs(status, kinds, levels, rewinds) -> list[tuple[str, int, int, int]]:
+    """(kind, level, rewind, replica) of each run never trained because its parent diverged."""
+    return [(kinds[i[0]], levels[i[1]], rewinds[i[2]], int(i[3]))
+            for i in zip(*np.nonzero(status == STATUS_PARENT_DIVERGED))]
 
 
 def load_context(url, *, device=None, storage_options=None, data_root=None,

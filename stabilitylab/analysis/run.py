@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -71,21 +72,29 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
     return base
 
 
+def _percent(value: float, digits: int) -> str:
+    """``value`` as a percentage, or 'unknown' (NaN: never trained, diverged, not yet written)."""
+    return f"{100 * value:.{digits}f}%" if np.isfinite(value) else "unknown"
+
+
 def _lines(ctx, analysis: xr.Dataset) -> list[str]:
     lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
-    inst = analysis.instability.mean("pair", skipna=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN means
+        inst = analysis.instability.mean("pair", skipna=True)
     for level in ctx.levels:
         d = analysis.density.sel(kind="imp", level=level).values
-        density = np.nanmean(d) if np.isfinite(d).any() else 1.0
+        density = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
         values = ", ".join(
-            f"k={k}: {100 * float(inst.sel(kind='imp', level=level, rewind=k)):.2f}%"
+            f"k={k}: {_percent(float(inst.sel(kind='imp', level=level, rewind=k)), 2)}"
             for k in ctx.rewinds)
-        lines.append(f"level {level} (density {100 * density:.1f}%) instability: {values}")
+        lines.append(f"level {level} (density {_percent(density, 1)}) instability: {values}")
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))
         lines.append(f"  LMC rule (<{100 * analysis.attrs['threshold']:g}%): k={'none' if pk < 0 else pk}; "
-                     f"oracle k={'none' if ok < 0 else ok}; accuracy gap {100 * gap:.2f} points")
+                     f"oracle k={'none' if ok < 0 else ok}; accuracy gap "
+                     + (f"{100 * gap:.2f} points" if np.isfinite(gap) else "unknown"))
     if ctx.levels == [0]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=0))
         lines.append("recommended rewind point (dense copies only): "
@@ -149,13 +158,30 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
     """
-    from stabilitylab.progress import Progress
-
     groups = measure_groups(measures)
     if alphas < 2:
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     if alphas > MAX_ALPHAS:
         raise StabilityLabError(f"--alphas: at most {MAX_ALPHAS} interpolation points, got {alphas}")
+    from stabilitylab.store.lock import ANALYSIS_LOCK_NAME, acquire
+    from stabilitylab.store.schema import describe, local_path
+
+    path = local_path(url)  # two analyzes of one local store: the second refuses, one line
+    lock = None if path is None or not path.is_dir() else acquire(path, describe(url),
+                                                                  ANALYSIS_LOCK_NAME)
+    try:
+        return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
+                        progress=progress, storage_options=storage_options, n_boot=n_boot,
+                        data_root=data_root, trust_plugins=trust_plugins)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _analyze(url, groups, *, measures, device, alphas, progress, storage_options, n_boot,
+             data_root, trust_plugins) -> dict:
+    from stabilitylab.progress import Progress
+
     started = time.perf_counter()
     from stabilitylab.store.validate import require_chunks
 
@@ -163,6 +189,9 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root,
                        trust_plugins=trust_plugins)
     partial = _partial_note(ctx, url)
+    from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
+
+    damaged = exclude_nonfinite_inputs(ctx)  # a NaN input: one line naming it, never numbers
     if partial:
         log.warning("%s", partial)
     from stabilitylab.store.schema import check_writable
@@ -180,6 +209,10 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
         results.update(g.compute(ctx, results, options, progress=bar.update))
     bar.close()
     absent = _absent_trajectory_measures(ctx, results)
+    from stabilitylab.analysis.context import orphaned_runs
+
+    orphans = [f"{kind} level {lv} rewind {k} replica {r} (parent diverged)"
+               for kind, lv, k, r in orphaned_runs(ctx.status, ctx.kinds, ctx.levels, ctx.rewinds)]
     accuracy, accuracy_std = _accuracy(ctx)
     results["final_test_acc"] = accuracy
     results["final_test_acc_std"] = accuracy_std
@@ -204,7 +237,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     analysis.attrs.update({
         "threshold": LMC_THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
-        "skipped": list(ctx.skipped), "absent": absent, "partial": bool(partial),
+        "skipped": list(ctx.skipped), "absent": absent + orphans + damaged, "partial": bool(partial),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analysis_seconds": round(time.perf_counter() - started, 2),
     })
@@ -213,6 +246,9 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     write_analysis(url, analysis, storage_options=storage_options)
     csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
     lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
+    if partial:  # said first, never silently
+        lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
+                        "when record has finished")
     if absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
                      "OpenLTH import): " + ", ".join(absent))

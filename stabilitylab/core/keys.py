@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 STATUS_ABSENT, STATUS_INCOMPLETE, STATUS_COMPLETE, STATUS_DIVERGED = 0, 1, 2, 3
+#: Never trained: the run it starts from (W_k) or takes its mask from (IMP replica 0 of an
+#: earlier level) diverged. A done status: ``--resume`` does not retry it.
+STATUS_PARENT_DIVERGED = 4
 STATUS_CODES = {"absent": STATUS_ABSENT, "incomplete": STATUS_INCOMPLETE,
-                "complete": STATUS_COMPLETE, "diverged": STATUS_DIVERGED}
-DONE = (STATUS_COMPLETE, STATUS_DIVERGED)
+                "complete": STATUS_COMPLETE, "diverged": STATUS_DIVERGED,
+                "parent_diverged": STATUS_PARENT_DIVERGED}
+DONE = (STATUS_COMPLETE, STATUS_DIVERGED, STATUS_PARENT_DIVERGED)
 
 
 class RunKey(NamedTuple):

@@ -86,6 +86,7 @@ def fit_state_dict(state: dict[str, torch.Tensor], stacked, label: str,
                                   f"expects {tuple(shape)}")
         if not state[n].is_floating_point():
             raise CheckpointError(f"{label}: {n!r} has dtype {state[n].dtype}, expected floats")
+        check_finite(state[n], n, label)  # parameters and buffers (BN statistics) alike
     params = {s.name: state[s.name].float()[None] for s in stacked.param_slots}
     flat = stacked.flatten(params)[0]
     if stacked.buffer_slots:
@@ -93,6 +94,14 @@ def fit_state_dict(state: dict[str, torch.Tensor], stacked, label: str,
                                            for s in stacked.buffer_slots})[0]
     else:
         buffers = torch.zeros(0)
-    if not torch.isfinite(flat).all():
-        raise CheckpointError(f"{label}: holds non-finite weights (NaN or inf)")
     return flat, buffers
+
+
+def check_finite(tensor: torch.Tensor, name: str, label: str) -> None:
+    """CheckpointError naming ``name`` unless every value of ``tensor`` is finite. A NaN
+    BatchNorm statistic poisons every interpolated model (0 * NaN is NaN) and argmax over
+    NaN logits still yields a finite-looking error, so inputs are refused, never measured."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{label}: tensor {name!r} holds {bad} non-finite value"
+                              f"{'' if bad == 1 else 's'} (NaN or inf)")

@@ -62,6 +62,22 @@ BRANCH_KINDS = {"randomly_prune": "random_prune", "randomly_reinitialize": "rein
 _MODEL_FILE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 
 
+# OpenLTH's text files are small (hparams.log ~2 KB; a logger ~100 KB for 160 epochs):
+# a bigger one is not OpenLTH's, and reading it whole would cost seconds and gigabytes.
+MAX_HPARAMS_BYTES = 1 << 20
+MAX_LOGGER_BYTES = 64 << 20
+
+
+def read_capped(path: Path, limit: int) -> str:
+    """The text of ``path``; one-line CheckpointError when it is larger than ``limit`` bytes."""
+    size = path.stat().st_size
+    if size > limit:
+        raise CheckpointError(f"{path}: {size} bytes, more than the {limit} an OpenLTH "
+                              f"{path.name} can have; refused")
+    with path.open("rb") as f:
+        return f.read(limit + 1)[:limit].decode("utf-8", errors="replace")
+
+
 # -- hyperparameters --------------------------------------------------------------------
 
 def parse_hparams(text: str) -> dict[str, dict[str, str]]:
@@ -182,7 +198,7 @@ def read_run(run_dir, overrides=()) -> dict:
     hp_path = reps[0] / "level_0" / "main" / "hparams.log"
     if not hp_path.is_file():
         raise CheckpointError(f"{hp_path}: missing (OpenLTH writes it for every lottery run)")
-    sections = parse_hparams(hp_path.read_text(encoding="utf-8", errors="replace"))
+    sections = parse_hparams(read_capped(hp_path, MAX_HPARAMS_BYTES))
     where = str(hp_path)
     data_hp = _section(sections, "Dataset Hyperparameters", where)
     model_hp = _section(sections, "Model Hyperparameters", where)
@@ -296,7 +312,7 @@ def _logger(folder: Path) -> dict[tuple[str, int], float]:
     out = {}
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_capped(path, MAX_LOGGER_BYTES).splitlines():
         parts = line.strip().split(",")
         if len(parts) == 3:
             try:

@@ -71,6 +71,23 @@ def prune(weights, masks, fraction: float, strategy: str = "global"):
     raise ValueError(f"unknown pruning strategy {strategy!r}")
 
 
+def first_idle_level(sizes: list[int], fraction: float, strategy: str, levels) -> int | None:
+    """The first of ``levels`` whose IMP mask equals the previous level's because the pruning
+    rule removes nothing more (``round(fraction * alive) == 0`` for the pool, or for every
+    tensor with ``layerwise``), or None. Only counts are needed: which weights go does not
+    change how many."""
+    alive = list(sizes) if strategy == "layerwise" else [sum(sizes)]
+    previous = None
+    for level in sorted(levels):
+        if previous is not None:
+            pruned = [_prune_count(a, fraction) for a in alive]
+            if not any(pruned):
+                return level
+            alive = [a - p for a, p in zip(alive, pruned)]
+        previous = level
+    return None
+
+
 def random_masks_like(masks: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random masks with exactly the same number kept in each tensor (the random-pruning control,
     Frankle et al. 2019 arXiv 1903.01611 §3: "randomly pruned with the same layerwise sparsity")."""

@@ -32,6 +32,7 @@ from stabilitylab.core.keys import (
     STATUS_COMPLETE,
     STATUS_DIVERGED,
     STATUS_INCOMPLETE,
+    STATUS_PARENT_DIVERGED,
 )
 from stabilitylab.report import figures as F
 
@@ -326,7 +327,8 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None, *,
                 text = f"{text} at step {int(np.asarray(study['dense_diverged_step'].values).ravel()[0])}"
             rows.append({"section": "runs", "key": "dense", "value": text})
         div = study["diverged_step"].load() if "diverged_step" in study else None
-        bad = status.where(status.isin([STATUS_INCOMPLETE, STATUS_DIVERGED])).to_series().dropna()
+        bad = status.where(status.isin([STATUS_INCOMPLETE, STATUS_DIVERGED,
+                                        STATUS_PARENT_DIVERGED])).to_series().dropna()
         for (kind, level, rewind, replica), code in bad.items():
             text = STATUS[int(code)]
             if code == STATUS_DIVERGED and div is not None:
@@ -409,7 +411,7 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
 def _fmt(key: str, v) -> str:
     v = _num(v) if isinstance(v, (float, np.floating, np.integer)) else v
     if v is None:
-        return "–"
+        return "unknown" if key == "density" else "–"
     if key in PERCENT and isinstance(v, float):
         return f"{100 * v:.2f}"
     if key == "density" and isinstance(v, float):
@@ -555,6 +557,11 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     title = f"stabilitylab report: {name}"
     meta = (f"study {attrs.get('study_id', '?')}, created {attrs.get('created_at', '?')}, "
             f"device {attrs.get('device', '?')}")
+    if analysis is not None and analysis.attrs.get("partial"):  # said first, never silently
+        title = f"PARTIAL {title}"
+        meta = ("PARTIAL analysis: made while runs were unfinished, so their rows are missing "
+                "or unknown" + ("; the study has finished since: run `stabilitylab analyze` "
+                                "again" if attrs.get("complete") is True else "") + ". " + meta)
     with _atomic_folder(out) as folder:
         for file, _, data in images:
             (folder / file).write_bytes(data)

@@ -10,6 +10,11 @@ is being written by pid N on HOST since T".
 Where the file system has no ``flock`` (ENOLCK, EOPNOTSUPP), the file's content decides:
 a lock of a pid that no longer exists on this host is taken over, anything else refuses.
 
+``analyze`` holds a second lock of the same kind, ``<store>/.stabilitylab-analysis.lock``
+(:data:`ANALYSIS_LOCK_NAME`), while it computes and replaces the analysis group: two
+analyzes exclude each other, while an analyze of a study that ``record`` is still writing
+stays possible (it is then marked partial).
+
 Object stores (``s3://`` and other fsspec URLs) have no such lock; see docs/store-schema.md.
 """
 
@@ -29,16 +34,20 @@ from stabilitylab.core.errors import StoreError
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".stabilitylab.lock"
+ANALYSIS_LOCK_NAME = ".stabilitylab-analysis.lock"
+#: What a refused second writer is told, per lock: the activity and what to do.
+_BUSY = {LOCK_NAME: ("written", "wait for it to finish (or stop it), then use --resume"),
+         ANALYSIS_LOCK_NAME: ("analyzed", "wait for that analyze to finish (or stop it)")}
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def read_owner(store: Path) -> dict | None:
+def read_owner(store: Path, name: str = LOCK_NAME) -> dict | None:
     """The owner recorded in a store's lock file, or None (no file, or unreadable)."""
     try:
-        owner = json.loads((Path(store) / LOCK_NAME).read_text(encoding="utf-8"))
+        owner = json.loads((Path(store) / name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None
@@ -79,11 +88,13 @@ class WriterLock:
         self.fd = -1
 
 
-def acquire(store: Path, where: str) -> WriterLock:
-    """Take the writer lock of the local store folder ``store`` (which must exist)."""
+def acquire(store: Path, where: str, name: str = LOCK_NAME) -> WriterLock:
+    """Take the writer lock of the local store folder ``store`` (which must exist);
+    ``name``: :data:`LOCK_NAME` (record) or :data:`ANALYSIS_LOCK_NAME` (analyze)."""
     import time
 
-    path = Path(store) / LOCK_NAME
+    path = Path(store) / name
+    doing, hint = _BUSY.get(name, ("written", "wait for it to finish"))
     for _ in range(20):  # retried only when the file is replaced while we lock it
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -96,8 +107,8 @@ def acquire(store: Path, where: str) -> WriterLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
             os.close(fd)
-            raise StoreError(f"store is being written by {_describe(read_owner(store))}; "
-                             f"wait for it to finish (or stop it), then use --resume") from None
+            raise StoreError(f"store is being {doing} by {_describe(read_owner(store, name))}; "
+                             f"{hint}") from None
         except (ImportError, OSError) as e:
             if isinstance(e, OSError) and e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 os.close(fd)
@@ -111,11 +122,11 @@ def acquire(store: Path, where: str) -> WriterLock:
             os.close(fd)
             time.sleep(0.01)
             continue
-        previous = read_owner(store)
+        previous = read_owner(store, name)
         if not flocked and previous and previous.get("pid") != os.getpid() and (
                 previous.get("host") != socket.gethostname() or _pid_alive(previous.get("pid"))):
             os.close(fd)
-            raise StoreError(f"store is being written by {_describe(previous)} (no file "
+            raise StoreError(f"store is being {doing} by {_describe(previous)} (no file "
                              f"locking here: delete {path} if that process is gone)")
         if previous:
             log.info("taking over the stale lock of %s (that process is gone)", _describe(previous))

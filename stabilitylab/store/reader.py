@@ -71,8 +71,19 @@ def open_study(url, *, storage_options: dict | None = None) -> xr.Dataset:
 
 def open_analysis(url, *, storage_options: dict | None = None) -> xr.Dataset:
     """The ``analysis`` sub-group written by the analysis layer; StoreError if absent."""
+    from stabilitylab.store import analysis_group
     from stabilitylab.store.validate import check_safe
 
     where, store, root, _ = _root(url, storage_options)
     check_safe(root, where)  # no pickle codecs / object dtypes in what we are about to decode
-    return _open(store, where, "analysis")
+    path = S.local_path(url)
+    # an analyze interrupted mid-swap leaves the previous analysis under another name
+    group = analysis_group.LIVE if path is None else analysis_group.readable(path)
+    with S.quiet():
+        try:  # the group's own metadata (the root's consolidated view may not list it)
+            node = zarr.open_group(store, mode="r", path=group)
+        except Exception:  # noqa: BLE001 - absent: _open says so in one line
+            node = None
+    if node is not None:
+        check_safe(node, where)
+    return _open(store, where, group)

@@ -279,6 +279,10 @@ def check_local_tree(url: Any) -> None:
                                  "symbolic link (refused: a store holds plain files only)")
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
+            elif entry.name == "zarr.json" and entry.stat().st_size > MAX_METADATA_BYTES:
+                raise StoreError(f"{describe(url)}: {os.path.relpath(entry.path, path)} is "
+                                 f"{entry.stat().st_size} bytes, more than the cap of "
+                                 f"{MAX_METADATA_BYTES} for metadata; refused")
             elif not entry.is_file(follow_symlinks=False):
                 raise StoreError(f"{describe(url)}: {os.path.relpath(entry.path, path)} is not a "
                                  "regular file (refused: FIFOs, devices and sockets are never read)")
@@ -532,12 +536,26 @@ def one_line(e: BaseException | str) -> str:
     return " ".join(text.split())
 
 
-def check_json(value: Any, what: str, *, allow_nan: bool = False) -> Any:
-    """Return value if it is plain JSON (str keys; no NaN/inf unless allowed), else StoreError."""
+# Caps on what is read from a store's metadata (real values are kilobytes): a hostile
+# 100 MB attribute would otherwise be parsed, copied into every report and printed.
+MAX_CONFIG_CHARS = 1 << 20  # the root 'config' attribute
+MAX_ATTRS_CHARS = 16 << 20  # all attributes of one group or array, as JSON
+MAX_METADATA_BYTES = 64 << 20  # one zarr.json file (the root's holds every array's metadata)
+
+
+def check_json(value: Any, what: str, *, allow_nan: bool = False,
+               max_chars: int | None = None) -> Any:
+    """Return value if it is plain JSON (str keys; no NaN/inf unless allowed; at most
+    ``max_chars`` characters as JSON), else StoreError."""
     try:
-        json.dumps(value, allow_nan=allow_nan)
+        text = json.dumps(value, allow_nan=allow_nan)
     except (TypeError, ValueError) as e:
         raise StoreError(f"{what} is not plain JSON: {one_line(e)}") from None
+    except RecursionError:
+        raise StoreError(f"{what} is nested too deeply; refused") from None
+    if max_chars is not None and len(text) > max_chars:
+        raise StoreError(f"{what} are {len(text)} characters as JSON, more than the cap of "
+                         f"{max_chars}; refused")
     return value
 
 

@@ -127,7 +127,8 @@ def check_safe(group: zarr.Group, where: str) -> None:
 def _check_safe(group: zarr.Group, where: str, prefix: str = "") -> None:
     """No object dtypes, no pickle codecs, JSON-only attributes, anywhere below ``group``."""
     attrs = dict(group.attrs)
-    S.check_json(attrs, f"{where}: attributes of group {prefix or '/'!r}", allow_nan=True)
+    S.check_json(attrs, f"{where}: attributes of group {prefix or '/'!r}", allow_nan=True,
+                 max_chars=S.MAX_ATTRS_CHARS)
     _check_no_pickles(attrs, f"{where}: an attribute of group {prefix or '/'!r}")
     for name, arr in group.arrays():
         meta = _meta(arr)
@@ -140,7 +141,8 @@ def _check_safe(group: zarr.Group, where: str, prefix: str = "") -> None:
             if cname.lower() not in _SAFE_CODECS:
                 raise StoreError(f"{where}: array {prefix + name!r} uses codec {cname!r} "
                                  "(only numeric codecs are read; pickles refused)")
-        S.check_json(dict(arr.attrs), f"{where}: attributes of array {prefix + name!r}", allow_nan=True)
+        S.check_json(dict(arr.attrs), f"{where}: attributes of array {prefix + name!r}",
+                     allow_nan=True, max_chars=S.MAX_ATTRS_CHARS)
         _check_no_pickles(dict(arr.attrs), f"{where}: an attribute of array {prefix + name!r}")
     for name, sub in group.groups():
         _check_safe(sub, where, f"{prefix}{name}/")
@@ -152,8 +154,14 @@ def check_attrs(attrs: dict, where: str) -> None:
         raise StoreError(f"{where}: missing root attribute {missing[0]!r}")
     if not isinstance(attrs["config"], str):
         raise StoreError(f"{where}: attribute 'config' must be a JSON string")
+    if len(attrs["config"]) > S.MAX_CONFIG_CHARS:  # a real config is a few KB
+        raise StoreError(f"{where}: attribute 'config' is {len(attrs['config'])} characters, "
+                         f"more than the {S.MAX_CONFIG_CHARS} a study config can have; refused")
     try:
         config = json.loads(attrs["config"])
+    except RecursionError:
+        raise StoreError(f"{where}: attribute 'config' is nested too deeply to be a study "
+                         "config; refused") from None
     except ValueError:
         raise StoreError(f"{where}: attribute 'config' is not valid JSON") from None
     if not isinstance(config, dict):
@@ -357,6 +365,24 @@ def validate(url, *, storage_options: dict | None = None, deep: bool = False) ->
                                    S.chunk_limits(group), where)
             bounded = S.open_root(store, mode="r")
             notes.append(f"{_check_chunks(bounded, where)} chunks decoded")
+    return notes + _analysis_notes(url, group)
+
+
+def _analysis_notes(url, group: zarr.Group) -> list[str]:
+    """What an interrupted analyze left behind, and whether the analysis is partial."""
+    from stabilitylab.store import analysis_group
+
+    path = S.local_path(url)
+    notes = [] if path is None else [f"warning: {x}" for x in analysis_group.leftovers(path)]
+    name = analysis_group.LIVE if path is None else analysis_group.readable(path)
+    with S.quiet():
+        try:
+            attrs = dict(zarr.open_group(group.store, mode="r", path=name).attrs)
+        except Exception:  # noqa: BLE001 - no analysis (or none readable): nothing to say
+            return notes
+    if attrs.get("partial"):
+        notes.append("warning: the analysis is partial: it was made before every run had finished; "
+                     "analyze again to replace it")
     return notes
 
 
@@ -454,10 +480,11 @@ def check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, 
             raise StoreError(f"{where}: coordinate {dim!r} has no data (its chunk is missing)")
     status = np.asarray(group["status"][...])
     dense = int(group["dense_status"][0])
-    bad = status[(status < 0) | (status > 3)]
+    bad = status[(status < 0) | (status > K.STATUS_PARENT_DIVERGED)]
     if bad.size or not 0 <= dense <= 3:
         value = int(bad.flat[0]) if bad.size else dense
-        raise StoreError(f"{where}: status value {value} out of range (0 absent .. 3 diverged)")
+        raise StoreError(f"{where}: status value {value} out of range (0 absent .. 3 diverged, "
+                         "4 parent diverged)")
     if chunks:
         missing = missing_chunks(group, attrs, sizes)
         if missing:
@@ -467,12 +494,14 @@ def check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, 
     planned = int((status != K.STATUS_ABSENT).sum())
     done = int(np.isin(status, K.DONE).sum())
     diverged = int((status == K.STATUS_DIVERGED).sum())
+    orphans = int((status == K.STATUS_PARENT_DIVERGED).sum())
     if attrs["complete"] and (done < planned or dense not in K.DONE):
         raise StoreError(f"{where}: marked complete but {planned - done} planned runs are unfinished")
     consolidated = group.metadata.consolidated_metadata is not None
     notes = [
         f"schema {attrs['schema_version']}, study {attrs['study_id']}",
-        f"runs: {done}/{planned} finished ({diverged} diverged); dense run "
+        f"runs: {done}/{planned} finished ({diverged} diverged"
+        + (f", {orphans} not trained as their parent diverged" if orphans else "") + "); dense run "
         + {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}[dense],
         "dims: " + ", ".join(f"{d}={n}" for d, n in sizes.items() if d != "dense"),
         "metadata consolidated" if consolidated else "metadata not consolidated",

@@ -212,7 +212,7 @@ class StudyWriter:
     # -- status ----------------------------------------------------------------
 
     def completed_runs(self) -> set[RunKey]:
-        """Runs whose status is complete or diverged."""
+        """Runs whose status is complete, diverged or parent_diverged (done)."""
         self._check()
         self._worker.barrier()
         with S.reading(self._where):
@@ -223,6 +223,14 @@ class StudyWriter:
             RunKey(self.kinds[k], levels[l], rewinds[r], int(p))
             for k, l, r, p in zip(*np.nonzero(np.isin(status, K.DONE)))
         }
+
+    def status_of(self, run: RunKey) -> str:
+        """The committed status of ``run``: a key of :data:`~stabilitylab.core.keys.STATUS_CODES`."""
+        self._check()
+        self._worker.barrier()
+        with S.reading(self._where):
+            code = int(self._a["status"][self._idx(run)])
+        return {v: k for k, v in K.STATUS_CODES.items()}[code]
 
     def dense_complete(self) -> bool:
         self._check()
@@ -523,14 +531,34 @@ class StudyWriter:
 
 
 def write_analysis(url, analysis, *, storage_options: dict | None = None) -> None:
-    """Replace the ``analysis`` sub-group of a study store with an xarray Dataset."""
+    """Replace the ``analysis`` sub-group of a study store with an xarray Dataset.
+
+    In a local store the new group is written beside the old one and swapped in by renames
+    (:mod:`stabilitylab.store.analysis_group`): an interrupted write keeps the previous
+    analysis. Call with the analysis lock held (``analyze`` does)."""
+    from stabilitylab.store import analysis_group
+
     where = S.describe(url)
     store = S.open_store(url, read_only=False, storage_options=storage_options)
     root = S.open_root(store, mode="r+", use_consolidated=False)
     S.check_ours(dict(root.attrs), where)
-    try:
+
+    path = S.local_path(url)
+
+    def write(group: str) -> None:
+        # xarray's consolidated=True consolidates the store's root, which would then list the
+        # temporary group: consolidate once, after the swap
         with S.quiet():
-            analysis.to_zarr(store, group="analysis", mode="w", zarr_format=3, consolidated=True)
+            analysis.to_zarr(store, group=group, mode="w", zarr_format=3,
+                             consolidated=path is None)
+
+    try:
+        if path is None:  # object stores: no atomic rename, replaced in place
+            write(analysis_group.LIVE)
+        else:
+            analysis_group.replace(path, write)
+            with S.quiet():
+                zarr.consolidate_metadata(store)
     except OSError as e:
         raise StoreError(f"cannot write store at {where}: {S.one_line(e)}") from None
 
@@ -596,6 +624,7 @@ def _stop(worker: _Worker, lock) -> None:
 
 
 def _status_code(status: str) -> int:
-    if status not in ("complete", "diverged", "incomplete"):
-        raise ValueError(f"status must be complete, diverged or incomplete, got {status!r}")
+    if status not in ("complete", "diverged", "incomplete", "parent_diverged"):
+        raise ValueError("status must be complete, diverged, incomplete or parent_diverged, "
+                         f"got {status!r}")
     return K.STATUS_CODES[status]

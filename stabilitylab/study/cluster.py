@@ -158,6 +158,11 @@ def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources
     futures = {}
     steps = {}
     levels = {}
+    # CPU kernels sum in an order set by the intra-op thread count: tasks use the driver's,
+    # so a cluster's store equals a local record's (same threads) bit for bit
+    import torch
+
+    threads = torch.get_num_threads() if dev == "cpu" else None
     for task in tasks:
         runs = task.runs(resolved)
         if dense_done if runs == [DENSE] else all(run in done for run in runs):
@@ -167,6 +172,7 @@ def _run_tasks(client, writer, tasks, resolved, url, cfg_dict, *, dev, resources
         after = [futures[d] for d in dependencies(task, resolved) if d in futures]
         f = client.submit(train_task, url, cfg_dict,
                           task.level, task.rewinds, device=dev, storage_options=storage_options,
+                          threads=threads,
                           after=after, key=f"{token}-{task.name}", pure=False,
                           resources=resources, retries=retries)
         futures[task] = f
@@ -260,11 +266,13 @@ def open_task_writer(url, study, *, storage_options: dict | None = None):
 
 
 def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: str | None = None,
-               storage_options: dict | None = None, after=None) -> dict:
+               storage_options: dict | None = None, after=None, threads: int | None = None) -> dict:
     """Run one task against the store at ``url`` (which must exist): open it, train, close.
 
     This is what :func:`record_distributed` submits. ``cfg_dict`` is ``config_to_dict(cfg)``;
     ``after`` is ignored (it carries the futures of the tasks this one depends on).
+    ``threads``: torch's intra-op thread count for this task (the driver's; Dask workers
+    start with ``OMP_NUM_THREADS=1``), restored afterwards.
     Returns ``{"task": name, "statuses": {run: status}}``.
     """
     from stabilitylab.study.context import context_for
@@ -273,7 +281,7 @@ def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: st
 
     task = Task(None if level is None else int(level), tuple(int(k) for k in rewinds))
     ctx = context_for(cfg_dict, device)
-    with _RUN_LOCK:
+    with _RUN_LOCK, _intra_op_threads(threads):
         writer = open_task_writer(url, ctx.resolved, storage_options=storage_options)
         try:
             statuses = run_task(ctx, writer, task)
@@ -283,6 +291,19 @@ def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: st
             raise
         writer.close(consolidate=False)
     return {"task": task.name, "statuses": {"/".join(map(str, r)): s for r, s in statuses.items()}}
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None):
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def store_spec_task(cfg_dict: dict, device: str | None = None) -> dict:

@@ -125,13 +125,36 @@ def read_rewind(ctx: TaskContext, writer, rewind: int) -> RewindPoint:
     return RewindPoint(params, buffers, state)
 
 
+def parent_problem(ctx: TaskContext, writer, level: int, rewind: int,
+                   start: RewindPoint) -> str | None:
+    """Why the runs of (``level``, ``rewind``) must not be trained, or None: their start
+    W_k is not finite (the dense run diverged before k), or the IMP replica-0 run of an
+    earlier level, whose final weights give their masks, diverged (or was itself never
+    trained for that reason). A NaN weight sorts last in a magnitude ranking, so a mask
+    taken from it would prune by position, not by magnitude."""
+    for n, t in {**start.params, **start.buffers}.items():
+        if not torch.isfinite(t).all():
+            return f"its start W_{rewind} is not finite ({n}: the dense run diverged)"
+    for previous in [lv for lv in ctx.resolved.levels if lv < level]:
+        parent = RunKey("imp", previous, rewind, 0)
+        if writer.status_of(parent) in ("diverged", "parent_diverged"):
+            return f"its mask's parent, imp level {previous} rewind {rewind} replica 0, diverged"
+    return None
+
+
 def imp_masks(ctx: TaskContext, writer, level: int, rewind: int) -> dict[str, torch.Tensor]:
     """The IMP masks of ``level`` at ``rewind``: everything kept at the first level, then
     each level prunes the previous level's replica-0 final weights (read from the store)."""
+    from stabilitylab.core.errors import StoreError
+
     T = ctx.resolved.total_steps
     masks = all_kept(ctx)
     for previous in [lv for lv in ctx.resolved.levels if lv < level]:
-        final = torch.from_numpy(np.asarray(writer.read_weights(RunKey("imp", previous, rewind, 0), T)))
+        parent = RunKey("imp", previous, rewind, 0)
+        final = torch.from_numpy(np.asarray(writer.read_weights(parent, T)))
+        if not torch.isfinite(final).all():  # never a mask from NaN (parent_problem says why)
+            raise StoreError(f"the final weights of {parent} are not finite; its status is "
+                             f"{writer.status_of(parent)!r}")
         weights = {n: t for n, t in ctx.unflat(final).items() if n in masks}
         masks = prune(weights, masks, ctx.cfg.pruning.fraction, ctx.cfg.pruning.strategy)
     return masks
@@ -149,24 +172,34 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
     kinds_here = [name for name in kinds.names() if any(run.kind == name for run in runs)]
     run_masks: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (kind, rewind) -> masks
     points: dict[int, RewindPoint] = {}
+    orphaned: dict[int, str] = {}  # rewind -> why its runs are not trained
     for k in task.rewinds:
-        imp = imp_masks(ctx, writer, level, k)
         points[k] = read_rewind(ctx, writer, k)
+        why = parent_problem(ctx, writer, level, k, points[k])
+        if why is not None:
+            orphaned[k] = why
+            continue
+        imp = imp_masks(ctx, writer, level, k)
         for name in kinds_here:
             g = generator(ctx.seeds.kind(name, level, k))
             inputs = kinds.MaskInputs(ctx, name, level, k, imp, points[k], g)
             run_masks[(name, k)] = kinds.get(name).mask(inputs)
     for name in kinds_here:
         for k in task.rewinds:
+            if k in orphaned:
+                continue
             m = run_masks[(name, k)]
             writer.write_mask(name, level, k, ctx.mask_flat(m), density(m))
-    plan = group_plan(ctx, task, runs, points, run_masks)
     for run in runs:
         if run in done:
             writer.reset_run(run)
+    statuses = _skip_orphans(ctx, writer, level, runs, orphaned, progress, run_done)
+    runs = [run for run in runs if run.rewind not in orphaned]
+    if not runs:
+        return statuses
+    plan = group_plan(ctx, task, runs, points, run_masks)
     result = train_group(ctx.stacked, plan, ctx.data, ctx.resolved, recorder=writer,
                          on_progress=progress, augment=ctx.augment)
-    statuses = {}
     for r, run in enumerate(runs):
         writer.write_metrics(run, **_metrics(result, r))
         writer.write_final(run, buffers=ctx.flat_buffers(
@@ -177,6 +210,22 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
         run_done(run, statuses[run])
         if div >= 0:
             log.warning("run %s diverged at step %d", run, div)
+    return statuses
+
+
+def _skip_orphans(ctx: TaskContext, writer, level: int, runs, orphaned: dict[int, str],
+                  progress, run_done) -> dict:
+    """Mark the runs of the rewind points in ``orphaned`` ``parent_diverged`` (untrained,
+    done: a resume does not retry them), one warning per rewind point."""
+    statuses = {}
+    for k, why in orphaned.items():
+        mine = [run for run in runs if run.rewind == k]
+        log.warning("level %d rewind %d: not training its %d runs: %s", level, k, len(mine), why)
+        for run in mine:
+            writer.finish_run(run, "parent_diverged")
+            statuses[run] = "parent_diverged"
+            run_done(run, "parent_diverged")
+        progress(sum(ctx.resolved.total_steps - run.rewind for run in mine))
     return statuses
 
 

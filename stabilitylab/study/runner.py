@@ -48,6 +48,7 @@ class StudyRunner:
         self.resolved = self.ctx.resolved
         self.device = self.ctx.device
         self.runs = all_runs(self.resolved)
+        _warn_idle_levels(self.ctx)
         if resume and not half:
             self.writer = StudyWriter.resume(out, self.resolved, study_id=study.id,
                                              storage_options=storage_options,
@@ -80,6 +81,25 @@ class StudyRunner:
             bar.close()
         finally:
             self.writer.close(consolidate=True)
+
+
+def _warn_idle_levels(ctx) -> None:
+    """One warning before any training when later levels can prune nothing more (they would
+    train the very same mask again, e.g. ``pruning.levels=50`` on a small net)."""
+    import logging
+
+    from stabilitylab.prune.masks import first_idle_level
+
+    p = ctx.cfg.pruning
+    levels = list(ctx.resolved.levels)
+    idle = first_idle_level([ctx.slot(n).size for n in ctx.prunable], p.fraction, p.strategy,
+                            levels)
+    if idle is not None:
+        logging.getLogger(__name__).warning(
+            "pruning.levels: level %d and later prune nothing more (pruning.fraction=%g leaves "
+            "too few weights), so levels %d..%d train the mask of level %d again; set "
+            "pruning.levels=%d to stop there", idle, p.fraction, idle, levels[-1],
+            levels[levels.index(idle) - 1], levels.index(idle) - 1)
 
 
 def record_study(cfg, out, *, resume: bool = False, device: str | None = None,

@@ -179,8 +179,9 @@ def test_nan_weights_give_nan_measures_and_one_warning(tmp_path, caplog):
         result = analyze_store(store, measures=["interpolation", "aligned"], alphas=3,
                                progress=False, n_boot=20)
     warned = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
-    assert warned == [("run (imp, 0, 10, 1) has non-finite final weights: its interpolation and "
-                       "aligned measures are NaN")]
+    assert warned == [("run imp level 0 rewind 10 replica 1 is marked complete but its final "
+                       "weights hold 3 non-finite values in tensor 'conv1.weight': analyzed as "
+                       "absent (NaN)")]
     an = result["analysis"]
     for name in ("instability", "aligned_instability"):
         v = an[name].sel(kind="imp", level=0)
