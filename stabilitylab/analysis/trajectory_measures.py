@@ -7,8 +7,9 @@
 - early-bird mask distance along each trajectory;
 - overlap of the masks IMP would draw from each replica.
 
-Each function fills xarray DataArrays keyed by the store's dim names; entries
-for runs that are not complete stay NaN.
+Each function returns xarray DataArrays keyed by the store's dim names; entries
+for runs that are not complete stay NaN. The arithmetic runs through the wrappers of
+:mod:`stabilitylab.analysis.xr` on the dask-backed weights, block by block.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis.distances import angle, l2_distance
+from stabilitylab.analysis import xr as sxr
+from stabilitylab.analysis.cells import Cells
 from stabilitylab.analysis.measures import (
     chance_jaccard,
-    early_bird_distance,
     magnitude_mask,
     mask_jaccard,
     sign_flips,
@@ -94,61 +95,92 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
 
 
 def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
-    """Every trajectory measure for every complete (kind, level, rewind)."""
-    out = {name: allocate(ctx, name) for name in (
-        "data_order_l2", "data_order_angle", "pruning_noise_l2", "pruning_noise_angle",
-        "sign_flips", "early_bird", "early_bird_early", "mask_jaccard", "mask_jaccard_chance")}
+    """Every trajectory measure for every complete (kind, level, rewind), out of core.
+
+    The (kind, level, rewind) cells with a complete run become one ``cell`` dim of the
+    dask-backed weights; the distance curves and the early-bird curve are computed block by
+    block of the store's step chunks in one dask pass (each chunk read once), and the
+    endpoint measures from the context's shared final and start weights.
+    """
+    cells = Cells.of(ctx)
     fraction = ctx.cfg.pruning.fraction
-    dense_cache: dict[int, np.ndarray] = {}
-    for kind, level, k in list(ctx.combos()):
-        reps = ctx.complete_replicas(kind, level, k)
-        traj = ctx.trajectory(kind, level, k)  # (R, S, P), NaN before k
-        mask = ctx.mask(kind, level, k)
-        at = {"kind": kind, "level": level, "rewind": k}
-        valid = ctx.steps >= k
-        # Data-order distance: every pair of complete replicas, over step.
-        for p, (a, b) in enumerate(ctx.pairs):
-            if a in reps and b in reps:
-                out["data_order_l2"].loc[{**at, "pair": ctx.pair_labels[p]}] = l2_distance(
-                    traj[a], traj[b], mask)
-                out["data_order_angle"].loc[{**at, "pair": ctx.pair_labels[p]}] = angle(
-                    traj[a], traj[b], mask)
-        # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
-        # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from
-        # W_k, so the dense copy is not its counterpart and the distance would mix the
-        # re-initialization into the pruning noise; it stays NaN.
-        if kind != "reinit" and level > 0 and 0 in reps and ctx.complete("imp", 0, k, 0):
-            if k not in dense_cache:
-                dense_cache[k] = ctx.trajectory("imp", 0, k)[0]
-            out["pruning_noise_l2"].loc[at] = l2_distance(dense_cache[k], traj[0], mask)
-            out["pruning_noise_angle"].loc[at] = angle(dense_cache[k], traj[0], mask)
-        # Sign flips between the run's start (step k) and its end (T).
-        start = int(np.flatnonzero(ctx.steps == k)[0])
-        survivors = mask & ctx.prunable
-        for r in reps:
-            out["sign_flips"].loc[{**at, "replica": ctx.replicas[r]}] = sign_flips(
-                traj[r, start], traj[r, -1], survivors)
-        # Early-bird: masks at the next level's density over this run's survivors.
-        next_density = 1.0 - fraction
-        steps_k = ctx.steps[valid]
-        for r in reps:
-            eb = early_bird_distance(traj[r][valid], next_density, survivors)
-            curve = np.full(len(ctx.steps), np.nan)
-            curve[np.flatnonzero(valid)[1:]] = eb
-            out["early_bird"].loc[{**at, "replica": ctx.replicas[r]}] = curve
-            out["early_bird_early"].loc[{**at, "replica": ctx.replicas[r]}] = float(
-                np.mean(eb[:EARLY_WINDOW])) if len(steps_k) > 1 else np.nan
-        # Mask overlap: the masks IMP would draw from each replica's final weights.
-        if kind == "imp":
-            drawn = {r: magnitude_mask(traj[r, -1], next_density, survivors) for r in reps}
-            for p, (a, b) in enumerate(ctx.pairs):
-                if a in reps and b in reps:
-                    out["mask_jaccard"].loc[{"level": level, "rewind": k,
-                                             "pair": ctx.pair_labels[p]}] = mask_jaccard(
-                        drawn[a][survivors], drawn[b][survivors])
-            out["mask_jaccard_chance"].loc[{"level": level, "rewind": k}] = chance_jaccard(next_density)
-        if progress is not None:
-            progress(1)
+    next_density = 1.0 - fraction
+    masks = cells.take(ctx.load("masks"))  # (cell, param)
+    survivors = masks & xr.DataArray(ctx.prunable, dims="param")
+    traj = cells.take(ctx.ds.weights).astype(np.float32)  # (cell, replica, step, param), lazy
+    traj = traj.chunk({"replica": -1})
+    dense = ctx.ds.weights.sel(kind="imp", level=0, replica=0, drop=True).astype(np.float32)
+    dense = dense.sel(rewind=cells.coord("rewind"), drop=True)  # (cell, step, param)
+    lazy = {
+        "data_order_l2": sxr.pairwise(traj, "replica", metric="l2", mask=masks),
+        "data_order_angle": sxr.pairwise(traj, "replica", metric="angle", mask=masks),
+        "pruning_noise_l2": sxr.l2_distance(dense, traj.isel(replica=0, drop=True),
+                                            mask=masks),
+        "pruning_noise_angle": sxr.angle(dense, traj.isel(replica=0, drop=True), mask=masks),
+        "early_bird": sxr.early_bird_curve(traj, next_density, survivors),
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        computed = dict(zip(lazy, ctx.timed_compute(*lazy.values())))
+    valid = ctx.steps >= cells.coord("rewind").values[:, None]  # (cell, step): NaN before k
+    complete = cells.take(ctx.completed).values  # (cell, replica)
+    pairs_ok = cells.take(ctx.pair_completed()).values  # (cell, pair)
+    # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
+    # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from W_k, so
+    # the dense copy is not its counterpart and the distance would mix the re-initialization
+    # into the pruning noise; it stays NaN.
+    dense_ok = ctx.completed.sel(kind="imp", level=0, replica=0, drop=True)
+    noise_ok = ((cells.coord("kind") != "reinit").values & (cells.coord("level") > 0).values
+                & complete[:, 0] & dense_ok.sel(rewind=cells.coord("rewind")).values)
+    out = {}
+    for name in ("data_order_l2", "data_order_angle"):
+        v = computed[name].transpose("cell", "pair", "step").values
+        out[name] = np.where(pairs_ok[:, :, None] & valid[:, None, :], v, np.nan)
+    for name in ("pruning_noise_l2", "pruning_noise_angle"):
+        v = computed[name].transpose("cell", "step").values
+        out[name] = np.where(noise_ok[:, None] & valid, v, np.nan)
+    # Early-bird: masks at the next level's density over this run's survivors; the distance
+    # of a step to the one before it counts from the step after k on.
+    curve = computed["early_bird"].transpose("cell", "replica", "step").values
+    after = np.concatenate([np.zeros((len(valid), 1), bool), valid[:, :-1]], 1)  # t-1 >= k
+    out["early_bird"] = np.where(complete[:, :, None] & after[:, None, :], curve, np.nan)
+    out["early_bird_early"] = np.where(complete, _first_mean(curve, after, EARLY_WINDOW), np.nan)
+    # Sign flips between the run's start (step k) and its end (T).
+    start = cells.take(ctx.load("start_weights")).transpose("cell", "replica", "param")
+    final = cells.take(ctx.load("final_weights")).transpose("cell", "replica", "param")
+    surv = survivors.transpose("cell", "param").values[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flips = sign_flips(start.values, final.values, surv)
+    out["sign_flips"] = np.where(complete, flips, np.nan)
+    result = {name: cells.scatter(ctx, name, v) for name, v in out.items()}
+    # Mask overlap: the masks IMP would draw from each replica's final weights.
+    imp = (cells.coord("kind") == "imp").values
+    drawn = magnitude_mask(final.values[imp], next_density, surv[imp])  # (imp cell, R, P)
+    a = np.array([p[0] for p in ctx.pairs], np.int64)
+    b = np.array([p[1] for p in ctx.pairs], np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jac = mask_jaccard(drawn[:, a], drawn[:, b])  # (imp cell, pair)
+    imp_cells = cells.subset(imp)
+    result["mask_jaccard"] = imp_cells.scatter(ctx, "mask_jaccard", np.where(
+        pairs_ok[imp], jac, np.nan), drop="kind")
+    result["mask_jaccard_chance"] = imp_cells.scatter(
+        ctx, "mask_jaccard_chance", np.full(imp.sum(), chance_jaccard(next_density)),
+        drop="kind")
+    if progress is not None:
+        progress(len(cells))
+    return result
+
+
+def _first_mean(curve: np.ndarray, use: np.ndarray, n: int) -> np.ndarray:
+    """(cell, replica): mean of the first ``n`` entries of ``curve`` (cell, replica, step)
+    where ``use`` (cell, step), in step order (NaN where there are none)."""
+    order = np.argsort(~use, axis=1, kind="stable")[:, :n]  # the used steps come first
+    count = np.minimum(use.sum(1), n)
+    picked = np.take_along_axis(curve, order[:, None, :], axis=2)
+    out = np.full(curve.shape[:2], np.nan)
+    for c in np.unique(count):  # rows of equal length: np.mean as on the row alone
+        if c > 0:
+            rows = count == c
+            out[rows] = picked[rows][..., :c].mean(-1)
     return out
 
 
