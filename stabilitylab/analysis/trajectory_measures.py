@@ -25,7 +25,7 @@ from stabilitylab.analysis.measures import (
     mask_jaccard,
     sign_flips,
 )
-from stabilitylab.analysis.registry import Measure, Variable, allocate, group
+from stabilitylab.analysis.registry import Measure, Variable, group
 
 EARLY_WINDOW = 10  # recorded intervals after k averaged into the scalar early-bird measure
 
