@@ -64,13 +64,14 @@ class Cells:
         """The cells where ``keep`` (cell,) is True."""
         return Cells(self.kind[keep], self.level[keep], self.rewind[keep], self.labels)
 
-    def scatter(self, ctx, name: str, values: np.ndarray, drop: str | None = None
-                ) -> xr.DataArray:
+    def scatter(self, ctx, name: str, values: np.ndarray, drop: str | None = None,
+                **coords) -> xr.DataArray:
         """Analysis variable ``name`` (all-NaN outside the cells) with ``values`` (cell, ...)
         written at the cells in one assignment; the trailing axes of ``values`` are the
         variable's dims after kind, level and rewind, in schema order. ``drop``: a cell dim
-        the variable does not have (e.g. ``"kind"`` for an imp-only variable)."""
-        out = allocate(ctx, name)
+        the variable does not have (e.g. ``"kind"`` for an imp-only variable); ``coords``:
+        those of its other dims, as for :func:`~stabilitylab.analysis.registry.allocate`."""
+        out = allocate(ctx, name, **coords)
         lead = [d for d in _CELL_DIMS if d in out.dims]
         if drop is None and len(lead) != 3:
             raise ValueError(f"{name!r} lacks some of {_CELL_DIMS}: say which with drop=")

@@ -73,7 +73,8 @@ class StudyContext:
     def load(self, name: str) -> xr.DataArray:
         """A numpy-backed view of the store, read on first use and kept (see :data:`VIEWS`):
         ``final_weights`` (kind, level, rewind, replica, param) at T, ``start_weights`` the
-        same at step = rewind, ``masks`` (kind, level, rewind, param), ``final_buffers``."""
+        same at step = rewind, ``last_weights`` at the last :data:`LAST_STEPS` recorded steps,
+        ``masks`` (kind, level, rewind, param), ``final_buffers``."""
         if name not in self.cache:
             self.prefetch(name)
         return self.cache[name]
@@ -152,6 +153,14 @@ def _start_weights(ctx) -> xr.DataArray:
     return ctx.ds.weights.sel(step=at, drop=True).astype(np.float32)
 
 
+#: Recorded steps at the end of every run kept by the ``last_weights`` view (R-hat's draws).
+LAST_STEPS = 10
+
+
+def _last_weights(ctx) -> xr.DataArray:
+    return ctx.ds.weights.isel(step=slice(-LAST_STEPS, None)).astype(np.float32)
+
+
 def _masks(ctx) -> xr.DataArray:
     return ctx.ds.masks.astype(bool)
 
@@ -162,7 +171,7 @@ def _final_buffers(ctx) -> xr.DataArray:
 
 #: The shared views of the store, built lazily and read once by :meth:`StudyContext.load`.
 VIEWS = {"final_weights": _final_weights, "start_weights": _start_weights, "masks": _masks,
-         "final_buffers": _final_buffers}
+         "final_buffers": _final_buffers, "last_weights": _last_weights}
 
 
 def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:

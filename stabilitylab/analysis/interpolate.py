@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 from stabilitylab.train.functional import StackedModel
 
 __all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "evaluate_points",
-           "interpolate_flat"]
+           "interpolate_flat", "interpolate_pairs"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -47,6 +47,14 @@ def interpolate_flat(w1: torch.Tensor, w2: torch.Tensor, alphas) -> torch.Tensor
     a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=w1.dtype, device=w1.device)
     a = a[:, None]
     return a * w1[None, :] + (1 - a) * w2[None, :]
+
+
+def interpolate_pairs(w1: torch.Tensor, w2: torch.Tensor, alphas) -> torch.Tensor:
+    """:func:`interpolate_flat` for n pairs at once: (n, P), (n, P), (A,) → (n, A, P), each
+    pair's points bit for bit those of :func:`interpolate_flat`. Cost O(n·A·P)."""
+    a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=w1.dtype, device=w1.device)
+    a = a[None, :, None]
+    return a * w1[:, None, :] + (1 - a) * w2[:, None, :]
 
 
 def _bn_mode(stacked: StackedModel, buffers, bn_recompute_x) -> str:
