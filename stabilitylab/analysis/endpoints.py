@@ -5,7 +5,7 @@ train subset (α = 0 and α = 1 of each path); the replica group needs the endpo
 logits (disagreement). A replica appears in R − 1 pairs, so evaluating endpoints per pair
 repeats work; here every complete run of every cell is evaluated once, as one stack of
 points (:func:`stabilitylab.analysis.interpolate.evaluate_points`), and the result is kept
-in the context.
+in the context. :func:`evaluate_paths` evaluates the points along many paths as one stack.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stabilitylab.analysis.cells import Cells
-from stabilitylab.analysis.interpolate import evaluate_points
+from stabilitylab.analysis.interpolate import evaluate_points, interpolate_pairs
 
 
 def splits(ctx) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -58,4 +58,27 @@ def endpoint_eval(ctx, split: str) -> dict:
         logits[ok] = res["logits"].numpy()
         out["logits"] = logits
     ctx.cache[key] = out
+    return out
+
+
+#: Weights of the points evaluated at once (N = pairs × α per block, memory permitting).
+POINTS_BUDGET_BYTES = 256 * 2**20
+
+
+def evaluate_paths(ctx, wa: torch.Tensor, wb: torch.Tensor, alphas, x, y, bn_x) -> dict:
+    """Error and loss (n, A) at α·W_a + (1 − α)·W_b for n pairs (rows of ``wa``, ``wb``)
+    and the A given α, every pair's points in one stack (blocks of pairs if large)."""
+    n, n_alpha = wa.shape[0], len(alphas)
+    out = {"error": np.empty((n, n_alpha)), "loss": np.empty((n, n_alpha))}
+    if n == 0 or n_alpha == 0:
+        return out
+    per_pair = n_alpha * wa.shape[1] * wa.element_size()
+    block = max(1, POINTS_BUDGET_BYTES // per_pair)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        points = interpolate_pairs(wa[start:stop], wb[start:stop], alphas)
+        res = evaluate_points(ctx.stacked, points.reshape(-1, wa.shape[1]), x, y,
+                              bn_recompute_x=bn_x)
+        for q in ("error", "loss"):
+            out[q][start:stop] = res[q].reshape(stop - start, n_alpha)
     return out

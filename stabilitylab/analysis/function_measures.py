@@ -22,8 +22,13 @@ import xarray as xr
 from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, instability
 from stabilitylab.analysis.cells import Cells
 from stabilitylab.analysis.context import LAST_STEPS
-from stabilitylab.analysis.endpoints import bn_recompute_x, endpoint_eval, finals, splits
-from stabilitylab.analysis.interpolate import evaluate_points, interpolate_pairs
+from stabilitylab.analysis.endpoints import (
+    bn_recompute_x,
+    endpoint_eval,
+    evaluate_paths,
+    finals,
+    splits,
+)
 from stabilitylab.analysis.measures import (
     disagreement,
     gradient_noise_scale,
@@ -120,7 +125,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
 
     Every pair of every cell is one stack of points: the interior α points of all pairs go
     through :func:`~stabilitylab.analysis.interpolate.evaluate_points` together (in blocks
-    of at most :data:`POINTS_BUDGET_BYTES` of weights), and the endpoints (α = 0 and 1)
+    of at most :data:`~.endpoints.POINTS_BUDGET_BYTES` of weights), and the endpoints (α = 0 and 1)
     come from the shared evaluation of each final network (:mod:`.endpoints`).
     """
     alphas = alpha_grid(n_alphas)
@@ -144,7 +149,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
     curves = {}
     for split, (x, y) in splits(ctx).items():
         ends = endpoint_eval(ctx, split)
-        res = _evaluate_paths(ctx, wa, wb, alphas[1:-1], x, y, bn_x)
+        res = evaluate_paths(ctx, wa, wb, alphas[1:-1], x, y, bn_x)
         for q in ("error", "loss"):
             curves[f"interp_{split}_{q}"] = np.concatenate(
                 [ends[q][end_b][:, None], res[q], ends[q][end_a][:, None]], 1)
@@ -156,7 +161,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
         wa_np, wb_np = wa.cpu().numpy(), wb.cpu().numpy()
         other = torch.as_tensor(np.stack([align(wa_np[i], wb_np[i]) for i in range(len(wa_np))]),
                                 device=ctx.device)
-        res = _evaluate_paths(ctx, wa, other, alphas[:-1], *splits(ctx)["test"], bn_x)
+        res = evaluate_paths(ctx, wa, other, alphas[:-1], *splits(ctx)["test"], bn_x)
         ends = endpoint_eval(ctx, "test")
         aligned_curve = np.concatenate([res["error"], ends["error"][end_a][:, None]], 1)
     curves["aligned_test_error"] = aligned_curve
@@ -181,29 +186,6 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
         out[name] = xr.DataArray(values, dims=dims[:-1], coords=coords)
     if align is None:
         out["aligned_instability"].attrs["note"] = "weight matching not supported for this model"
-    return out
-
-
-#: Weights of the points evaluated at once (N = pairs × α per block, memory permitting).
-POINTS_BUDGET_BYTES = 256 * 2**20
-
-
-def _evaluate_paths(ctx, wa: torch.Tensor, wb: torch.Tensor, alphas, x, y, bn_x) -> dict:
-    """Error and loss (n, A) at α·W_a + (1 − α)·W_b for n pairs (rows of ``wa``, ``wb``)
-    and the A given α, every pair's points in one stack (blocks of pairs if large)."""
-    n, n_alpha = wa.shape[0], len(alphas)
-    out = {"error": np.empty((n, n_alpha)), "loss": np.empty((n, n_alpha))}
-    if n == 0 or n_alpha == 0:
-        return out
-    per_pair = n_alpha * wa.shape[1] * wa.element_size()
-    block = max(1, POINTS_BUDGET_BYTES // per_pair)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        points = interpolate_pairs(wa[start:stop], wb[start:stop], alphas)
-        res = evaluate_points(ctx.stacked, points.reshape(-1, wa.shape[1]), x, y,
-                              bn_recompute_x=bn_x)
-        for q in ("error", "loss"):
-            out[q][start:stop] = res[q].reshape(stop - start, n_alpha)
     return out
 
 

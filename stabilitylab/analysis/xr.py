@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis import barriers, distances, measures, stats
+from stabilitylab.analysis import barriers, distances, divergence, measures, stats
 
 __all__ = [
     "above_line_barrier",
     "angle",
+    "divergence_rate",
+    "divergence_time",
     "early_bird_curve",
     "early_bird_distance",
     "instability",
@@ -199,3 +201,18 @@ def early_bird_curve(traj: xr.DataArray, density: float,
     out = da.map_blocks(block, ext, drop_axis=traj.ndim - 1, chunks=x.chunks[:-1],
                         dtype=np.float64, meta=np.empty((0,) * (traj.ndim - 1)))
     return xr.DataArray(out, dims=traj.dims[:-1], coords=coords)
+
+
+def divergence_rate(dist: xr.DataArray, steps, window, *, dim: str = "step") -> xr.DataArray:
+    """Slope of log ``dist`` over the first ``window`` steps, along ``dim`` (``steps``: its
+    recorded steps, the first being k) (:func:`stabilitylab.analysis.divergence.divergence_rate`)."""
+    return xr.apply_ufunc(lambda d: divergence.divergence_rate(d, steps, window, axis=-1), dist,
+                          input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
+
+
+def divergence_time(dist: xr.DataArray, steps, fraction: float = 0.5, *,
+                    dim: str = "step") -> xr.DataArray:
+    """Steps after k until ``dist`` first reaches ``fraction`` of its last value, along
+    ``dim`` (:func:`stabilitylab.analysis.divergence.divergence_time`)."""
+    return xr.apply_ufunc(lambda d: divergence.divergence_time(d, steps, fraction, axis=-1),
+                          dist, input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
