@@ -35,7 +35,7 @@ from stabilitylab.analysis.measures import (
     minibatch_gradients,
     split_rhat,
 )
-from stabilitylab.analysis.registry import Group, Measure, Variable, allocate, group, register
+from stabilitylab.analysis.registry import Group, Measure, Variable, group, register
 from stabilitylab.train.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -334,23 +334,28 @@ def compute_gradient(ctx, results, options, progress=None) -> dict[str, xr.DataA
 
 
 def gradient_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
-    """Gradient noise scale and SNR at each rewind point, for the IMP start m⊙W_k."""
-    out = {name: allocate(ctx, name) for name in ("gradient_noise_scale", "gradient_snr")}
+    """Gradient noise scale and SNR at each rewind point, for the IMP start m⊙W_k.
+
+    One vmapped gradient evaluation per (level, k) (each with its own seeded minibatches);
+    weights and masks come from the context's shared views.
+    """
+    imp = np.zeros(ctx.cells().shape, bool)
+    imp[ctx.kinds.index("imp")] = True
+    cells = Cells.of(ctx, where=imp & ctx.completed.values[..., 0])
+    start = cells.take(ctx.load("start_weights").isel(replica=0, drop=True)).values  # (cell, P)
+    masks = cells.take(ctx.load("masks")).values  # (cell, P)
     batch = ctx.cfg.training.batch_size
     data = ctx.data
-    for level in ctx.levels:
-        for k in ctx.rewinds:
-            if not ctx.complete("imp", level, k, 0):
-                continue
-            w = ctx.ds.weights.sel(kind="imp", level=level, rewind=k, replica=0, step=k).values
-            flat = torch.from_numpy(np.asarray(w, np.float32)).to(ctx.device)
-            mask = torch.from_numpy(ctx.mask("imp", level, k)).to(ctx.device)
-            g = torch.Generator().manual_seed(derive_seed(ctx.cfg.study.seed, "gns", level, k))
-            grads = minibatch_gradients(ctx.stacked, flat, None, data.train_x, data.train_y,
-                                        batch, GNS_BATCHES, g, mask=mask)
-            res = gradient_noise_scale(grads.cpu().numpy(), batch)
-            out["gradient_noise_scale"].loc[{"level": level, "rewind": k}] = float(res["b_simple"])
-            out["gradient_snr"].loc[{"level": level, "rewind": k}] = float(res["snr"])
-            if progress is not None:
-                progress(1)
-    return out
+    values = np.full((len(cells), 2), np.nan)
+    for c, (level, k) in enumerate(zip(cells.coord("level").values, cells.coord("rewind").values)):
+        g = torch.Generator().manual_seed(derive_seed(ctx.cfg.study.seed, "gns", int(level),
+                                                      int(k)))
+        grads = minibatch_gradients(ctx.stacked, torch.from_numpy(start[c]).to(ctx.device), None,
+                                    data.train_x, data.train_y, batch, GNS_BATCHES, g,
+                                    mask=torch.from_numpy(masks[c]).to(ctx.device))
+        res = gradient_noise_scale(grads.cpu().numpy(), batch)
+        values[c] = float(res["b_simple"]), float(res["snr"])
+        if progress is not None:
+            progress(1)
+    return {name: cells.scatter(ctx, name, values[:, i], drop="kind")
+            for i, name in enumerate(("gradient_noise_scale", "gradient_snr"))}
