@@ -88,7 +88,7 @@ class StudyContext:
             return
         started = time.perf_counter()
         lazy = [VIEWS[n](self) for n in todo]
-        for name, value in zip(todo, dask.compute(*lazy, scheduler="threads")):
+        for name, value in zip(todo, dask.compute(*lazy)):
             self.cache[name] = value
         self.load_seconds += time.perf_counter() - started
 
@@ -98,7 +98,7 @@ class StudyContext:
         import dask
 
         started = time.perf_counter()
-        out = dask.compute(*lazy, scheduler="threads")
+        out = dask.compute(*lazy)
         self.load_seconds += time.perf_counter() - started
         return out
 

@@ -14,6 +14,8 @@ for runs that are not complete stay NaN. The arithmetic runs through the wrapper
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import xarray as xr
 
@@ -94,33 +96,26 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     return out
 
 
+#: Weights (float32 bytes) of the (cells × replicas × steps) block read at once.
+BLOCK_BYTES = 64 * 2**20
+
+
 def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     """Every trajectory measure for every complete (kind, level, rewind), out of core.
 
     The (kind, level, rewind) cells with a complete run become one ``cell`` dim of the
-    dask-backed weights; the distance curves and the early-bird curve are computed block by
-    block of the store's step chunks in one dask pass (each chunk read once), and the
-    endpoint measures from the context's shared final and start weights.
+    dask-backed weights. The curves over step are computed block by block: the store's
+    step chunks, for as many cells as :data:`BLOCK_BYTES` holds, each block read once
+    (plus one step of overlap for the early-bird distance) and passed whole through the
+    :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of a block, however many
+    steps are recorded. The endpoint measures use the context's shared final and start
+    weights.
     """
     cells = Cells.of(ctx)
-    fraction = ctx.cfg.pruning.fraction
-    next_density = 1.0 - fraction
+    next_density = 1.0 - ctx.cfg.pruning.fraction
     masks = cells.take(ctx.load("masks"))  # (cell, param)
     survivors = masks & xr.DataArray(ctx.prunable, dims="param")
-    traj = cells.take(ctx.ds.weights).astype(np.float32)  # (cell, replica, step, param), lazy
-    traj = traj.chunk({"replica": -1})
-    dense = ctx.ds.weights.sel(kind="imp", level=0, replica=0, drop=True).astype(np.float32)
-    dense = dense.sel(rewind=cells.coord("rewind"), drop=True)  # (cell, step, param)
-    lazy = {
-        "data_order_l2": sxr.pairwise(traj, "replica", metric="l2", mask=masks),
-        "data_order_angle": sxr.pairwise(traj, "replica", metric="angle", mask=masks),
-        "pruning_noise_l2": sxr.l2_distance(dense, traj.isel(replica=0, drop=True),
-                                            mask=masks),
-        "pruning_noise_angle": sxr.angle(dense, traj.isel(replica=0, drop=True), mask=masks),
-        "early_bird": sxr.early_bird_curve(traj, next_density, survivors),
-    }
-    with np.errstate(invalid="ignore", divide="ignore"):
-        computed = dict(zip(lazy, ctx.timed_compute(*lazy.values())))
+    curves = _curves(ctx, cells, masks, survivors, next_density, progress)
     valid = ctx.steps >= cells.coord("rewind").values[:, None]  # (cell, step): NaN before k
     complete = cells.take(ctx.completed).values  # (cell, replica)
     pairs_ok = cells.take(ctx.pair_completed()).values  # (cell, pair)
@@ -133,15 +128,13 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
                 & complete[:, 0] & dense_ok.sel(rewind=cells.coord("rewind")).values)
     out = {}
     for name in ("data_order_l2", "data_order_angle"):
-        v = computed[name].transpose("cell", "pair", "step").values
-        out[name] = np.where(pairs_ok[:, :, None] & valid[:, None, :], v, np.nan)
+        out[name] = np.where(pairs_ok[:, :, None] & valid[:, None, :], curves[name], np.nan)
     for name in ("pruning_noise_l2", "pruning_noise_angle"):
-        v = computed[name].transpose("cell", "step").values
-        out[name] = np.where(noise_ok[:, None] & valid, v, np.nan)
+        out[name] = np.where(noise_ok[:, None] & valid, curves[name], np.nan)
     # Early-bird: masks at the next level's density over this run's survivors; the distance
     # of a step to the one before it counts from the step after k on.
-    curve = computed["early_bird"].transpose("cell", "replica", "step").values
     after = np.concatenate([np.zeros((len(valid), 1), bool), valid[:, :-1]], 1)  # t-1 >= k
+    curve = curves["early_bird"]
     out["early_bird"] = np.where(complete[:, :, None] & after[:, None, :], curve, np.nan)
     out["early_bird_early"] = np.where(complete, _first_mean(curve, after, EARLY_WINDOW), np.nan)
     # Sign flips between the run's start (step k) and its end (T).
@@ -155,8 +148,7 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     # Mask overlap: the masks IMP would draw from each replica's final weights.
     imp = (cells.coord("kind") == "imp").values
     drawn = magnitude_mask(final.values[imp], next_density, surv[imp])  # (imp cell, R, P)
-    a = np.array([p[0] for p in ctx.pairs], np.int64)
-    b = np.array([p[1] for p in ctx.pairs], np.int64)
+    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
     with np.errstate(invalid="ignore", divide="ignore"):
         jac = mask_jaccard(drawn[:, a], drawn[:, b])  # (imp cell, pair)
     imp_cells = cells.subset(imp)
@@ -165,9 +157,55 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     result["mask_jaccard_chance"] = imp_cells.scatter(
         ctx, "mask_jaccard_chance", np.full(imp.sum(), chance_jaccard(next_density)),
         drop="kind")
-    if progress is not None:
-        progress(len(cells))
     return result
+
+
+def _curves(ctx, cells, masks, survivors, density, progress) -> dict[str, np.ndarray]:
+    """The curves over step, block by block: data-order L2 and angle (cell, pair, step),
+    pruning-noise L2 and angle (cell, step), early-bird distance (cell, replica, step)."""
+    import dask
+
+    weights = ctx.ds.weights
+    traj = cells.take(weights)  # (cell, replica, step, param), lazy
+    dense = weights.sel(kind="imp", level=0, replica=0, drop=True)
+    dense = dense.sel(rewind=cells.coord("rewind"), drop=True)  # (cell, step, param), lazy
+    n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
+    out = {name: np.full((n_cell, len(ctx.pairs), n_step), np.nan)
+           for name in ("data_order_l2", "data_order_angle")}
+    out.update({name: np.full((n_cell, n_step), np.nan)
+                for name in ("pruning_noise_l2", "pruning_noise_angle")})
+    out["early_bird"] = np.full((n_cell, n_rep, n_step), np.nan)
+    bounds = np.cumsum((0, *weights.chunks[weights.dims.index("step")]))
+    per_cell = n_rep * (bounds[1] - bounds[0] + 1) * len(ctx.prunable) * 4
+    group = max(1, BLOCK_BYTES // max(per_cell, 1))
+    blocks = [(c0, min(c0 + group, n_cell), s0, s1)
+              for c0 in range(0, n_cell, group) for s0, s1 in itertools.pairwise(bounds)]
+    done = 0
+    for c0, c1, s0, s1 in blocks:
+        lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
+        part, dpart = dask.compute(
+            traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).astype(np.float32),
+            dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
+        here = part.isel(step=slice(s0 - lo, None))
+        m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for metric in ("l2", "angle"):
+                out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
+                    here, "replica", metric=metric, mask=m).transpose(
+                    "cell", "pair", "step").values
+            first = here.isel(replica=0, drop=True)
+            out["pruning_noise_l2"][c0:c1, s0:s1] = sxr.l2_distance(
+                dpart, first, mask=m).transpose("cell", "step").values
+            out["pruning_noise_angle"][c0:c1, s0:s1] = sxr.angle(
+                dpart, first, mask=m).transpose("cell", "step").values
+            eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
+            out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
+        if progress is not None:  # one unit per cell, as the blocks of its steps finish
+            finished = c0 + (c1 - c0) * (s1 == bounds[-1])
+            if finished > done:
+                progress(finished - done)
+                done = finished
+    return out
 
 
 def _first_mean(curve: np.ndarray, use: np.ndarray, n: int) -> np.ndarray:
