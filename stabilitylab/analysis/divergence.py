@@ -26,10 +26,7 @@ __all__ = ["distance_growth", "divergence_rate", "divergence_time"]
 
 
 def _prepare(dist, steps, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    # Steps outermost in memory: every sum over steps below then adds the points one by one
-    # in step order, whatever the layout or the batch dims of ``dist`` (reproducible bits).
-    d = np.asarray(dist, dtype=np.float64)
-    d = np.moveaxis(np.ascontiguousarray(np.moveaxis(d, axis, 0)), 0, -1)
+    d = np.moveaxis(np.asarray(dist, dtype=np.float64), axis, -1)
     s = np.asarray(steps, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError(f"steps must be a non-empty 1-D array, got shape {s.shape}")

@@ -203,16 +203,30 @@ def early_bird_curve(traj: xr.DataArray, density: float,
     return xr.DataArray(out, dims=traj.dims[:-1], coords=coords)
 
 
+def _steps_outside(d: np.ndarray) -> np.ndarray:
+    """``d`` (..., rows, step) laid out with the step axis outside the last other axis.
+
+    The sums over steps in :mod:`stabilitylab.analysis.divergence` then round exactly as
+    for one (rows, step) curve set evaluated alone (as analyze did per (kind, level,
+    rewind) cell, where the pairs were the inner axis): batching does not change the bits.
+    """
+    if d.ndim < 2:
+        return d
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(d, -1, -2)), -2, -1)
+
+
 def divergence_rate(dist: xr.DataArray, steps, window, *, dim: str = "step") -> xr.DataArray:
     """Slope of log ``dist`` over the first ``window`` steps, along ``dim`` (``steps``: its
     recorded steps, the first being k) (:func:`stabilitylab.analysis.divergence.divergence_rate`)."""
-    return xr.apply_ufunc(lambda d: divergence.divergence_rate(d, steps, window, axis=-1), dist,
-                          input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
+    return xr.apply_ufunc(
+        lambda d: divergence.divergence_rate(_steps_outside(d), steps, window, axis=-1), dist,
+        input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
 
 
 def divergence_time(dist: xr.DataArray, steps, fraction: float = 0.5, *,
                     dim: str = "step") -> xr.DataArray:
     """Steps after k until ``dist`` first reaches ``fraction`` of its last value, along
     ``dim`` (:func:`stabilitylab.analysis.divergence.divergence_time`)."""
-    return xr.apply_ufunc(lambda d: divergence.divergence_time(d, steps, fraction, axis=-1),
-                          dist, input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
+    return xr.apply_ufunc(
+        lambda d: divergence.divergence_time(_steps_outside(d), steps, fraction, axis=-1), dist,
+        input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
