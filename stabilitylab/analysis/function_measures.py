@@ -36,7 +36,7 @@ from stabilitylab.analysis.measures import (
     split_rhat,
 )
 from stabilitylab.analysis.registry import Group, Measure, Variable, group, register
-from stabilitylab.train.seeds import derive_seed
+from stabilitylab.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
