@@ -115,7 +115,6 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     next_density = 1.0 - ctx.cfg.pruning.fraction
     masks = cells.take(ctx.load("masks"))  # (cell, param)
     survivors = masks & xr.DataArray(ctx.prunable, dims="param")
-    curves = _curves(ctx, cells, masks, survivors, next_density, progress)
     valid = ctx.steps >= cells.coord("rewind").values[:, None]  # (cell, step): NaN before k
     complete = cells.take(ctx.completed).values  # (cell, replica)
     pairs_ok = cells.take(ctx.pair_completed()).values  # (cell, pair)
@@ -126,6 +125,7 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     dense_ok = ctx.completed.sel(kind="imp", level=0, replica=0, drop=True)
     noise_ok = ((cells.coord("kind") != "reinit").values & (cells.coord("level") > 0).values
                 & complete[:, 0] & dense_ok.sel(rewind=cells.coord("rewind")).values)
+    curves = _curves(ctx, cells, masks, survivors, next_density, noise_ok, progress)
     out = {}
     for name in ("data_order_l2", "data_order_angle"):
         out[name] = np.where(pairs_ok[:, :, None] & valid[:, None, :], curves[name], np.nan)
@@ -160,9 +160,10 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     return result
 
 
-def _curves(ctx, cells, masks, survivors, density, progress) -> dict[str, np.ndarray]:
+def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[str, np.ndarray]:
     """The curves over step, block by block: data-order L2 and angle (cell, pair, step),
-    pruning-noise L2 and angle (cell, step), early-bird distance (cell, replica, step)."""
+    pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
+    distance (cell, replica, step)."""
     import dask
 
     weights = ctx.ds.weights
@@ -176,6 +177,7 @@ def _curves(ctx, cells, masks, survivors, density, progress) -> dict[str, np.nda
                 for name in ("pruning_noise_l2", "pruning_noise_angle")})
     out["early_bird"] = np.full((n_cell, n_rep, n_step), np.nan)
     bounds = np.cumsum((0, *weights.chunks[weights.dims.index("step")]))
+    rewinds = cells.coord("rewind").values
     per_cell = n_rep * (bounds[1] - bounds[0] + 1) * len(ctx.prunable) * 4
     group = max(1, BLOCK_BYTES // max(per_cell, 1))
     blocks = [(c0, min(c0 + group, n_cell), s0, s1)
@@ -186,6 +188,10 @@ def _curves(ctx, cells, masks, survivors, density, progress) -> dict[str, np.nda
         part, dpart = dask.compute(
             traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).astype(np.float32),
             dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
+        # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
+        # NaN below, and NaN rows would send the early-bird masks to a slow sort.
+        before = ctx.steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
+        part = part.where(~xr.DataArray(before, dims=("cell", "step")), np.float32(0))
         here = part.isel(step=slice(s0 - lo, None))
         m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -193,11 +199,14 @@ def _curves(ctx, cells, masks, survivors, density, progress) -> dict[str, np.nda
                 out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
                     here, "replica", metric=metric, mask=m).transpose(
                     "cell", "pair", "step").values
-            first = here.isel(replica=0, drop=True)
-            out["pruning_noise_l2"][c0:c1, s0:s1] = sxr.l2_distance(
-                dpart, first, mask=m).transpose("cell", "step").values
-            out["pruning_noise_angle"][c0:c1, s0:s1] = sxr.angle(
-                dpart, first, mask=m).transpose("cell", "step").values
+            rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
+            if len(rows):
+                first = here.isel(replica=0, drop=True).isel(cell=rows)
+                d, mm = dpart.isel(cell=rows), m.isel(cell=rows)
+                out["pruning_noise_l2"][c0 + rows, s0:s1] = sxr.l2_distance(
+                    d, first, mask=mm).transpose("cell", "step").values
+                out["pruning_noise_angle"][c0 + rows, s0:s1] = sxr.angle(
+                    d, first, mask=mm).transpose("cell", "step").values
             eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
             out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
         if progress is not None:  # one unit per cell, as the blocks of its steps finish
