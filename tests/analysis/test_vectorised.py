@@ -158,3 +158,19 @@ def test_trajectory_blocks_do_not_change_the_result(conv_store, monkeypatch):
     valid = ctx.steps >= 10
     np.testing.assert_array_equal(got[valid], d[valid])
     assert np.isnan(got[~valid]).all()
+
+
+def test_analyze_profile_prints_the_phase_table(tiny_study, tmp_path, capsys):
+    import shutil
+
+    from stabilitylab.cli.main import main
+
+    store = tmp_path / "tiny.zarr"
+    shutil.copytree(tiny_study, store)
+    assert main(["analyze", str(store), "--measures", "trajectory", "--no-report",
+                 "--no-progress", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| phase | seconds | share |" in out
+    assert "| loading |" in out and "| trajectory measures |" in out
+    total = float(out.split("| total |")[1].split("|")[0])
+    assert total > 0
