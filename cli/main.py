@@ -1,7 +1,7 @@
 """The ``stabilitylab`` command line (argument parsing; the work is in the library).
 
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
-    stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report]
+    stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report] [--profile]
     stabilitylab report STORE [--out DIR]
     stabilitylab validate STORE [--deep]
     stabilitylab data download mnist|cifar10 [--data-root DIR]
@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="where to compute: auto (default: cuda if available), cpu or cuda")
     ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
+    ana.add_argument("--profile", action="store_true",
+                     help="print the seconds of each phase (reading the store is its own row)")
     ana.add_argument("--report-out", default=None, help="report folder (default: reports/<name>)")
     ana.add_argument("--no-progress", action="store_true",
                      help="print no progress (default: a bar on a terminal, else one line per "
@@ -346,11 +348,19 @@ def _analyze(args) -> int:
     for line in summary.get("lines", []):
         print(line)
     if not args.no_report:
+        import time
+
         from stabilitylab.report import write_report
 
+        started = time.perf_counter()
         where = write_report(args.store, out=args.report_out, trust_plugins=args.trust_plugins,
                              resolved=summary.get("study"))
+        summary["profile"]["report"] = time.perf_counter() - started
         print(f"report: {where}")
+    if args.profile:
+        from stabilitylab.analysis.run import profile_table
+
+        print("\n".join(profile_table(summary["profile"])))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,9 @@ class StudyContext:
     steps: np.ndarray
     prunable: np.ndarray  # (P,) bool: conv/linear weights
     skipped: list[str] = field(default_factory=list)
+    #: Arrays read from the store, each once (:meth:`load`), and the seconds spent reading.
+    cache: dict = field(default_factory=dict, repr=False)
+    load_seconds: float = 0.0
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -71,6 +75,60 @@ class StudyContext:
     def _idx(self, kind, level, rewind, replica):
         return (self.kinds.index(kind), self.levels.index(level), self.rewinds.index(rewind), replica)
 
+    # -- shared reads: every group reads the store through these, each array once -----------
+    def load(self, name: str) -> xr.DataArray:
+        """A numpy-backed view of the store, read on first use and kept (see :data:`VIEWS`):
+        ``final_weights`` (kind, level, rewind, replica, param) at T, ``start_weights`` the
+        same at step = rewind, ``last_weights`` at the last :data:`LAST_STEPS` recorded steps,
+        ``masks`` (kind, level, rewind, param), ``final_buffers``."""
+        if name not in self.cache:
+            self.prefetch(name)
+        return self.cache[name]
+
+    def prefetch(self, *names: str) -> None:
+        """Read the views ``names`` (those not read yet) in one pass over their chunks."""
+        import dask
+
+        todo = [n for n in names if n not in self.cache]
+        if not todo:
+            return
+        started = time.perf_counter()
+        lazy = [VIEWS[n](self) for n in todo]
+        for name, value in zip(todo, dask.compute(*lazy)):
+            self.cache[name] = value
+        self.load_seconds += time.perf_counter() - started
+
+    def timed_compute(self, *lazy):
+        """``dask.compute(*lazy)``, the seconds counted as loading (a group's own read of
+        the weights at a few steps, e.g. R-hat's last steps)."""
+        import dask
+
+        started = time.perf_counter()
+        out = dask.compute(*lazy)
+        self.load_seconds += time.perf_counter() - started
+        return out
+
+    @property
+    def completed(self) -> xr.DataArray:
+        """(kind, level, rewind, replica) bool: the run is complete."""
+        return xr.DataArray(self.status == STATUS_COMPLETE, dims=RUN_DIMS,
+                            coords={"kind": self.kinds, "level": self.levels,
+                                    "rewind": self.rewinds, "replica": self.replicas})
+
+    def pair_completed(self) -> xr.DataArray:
+        """(kind, level, rewind, pair) bool: both replicas of the pair are complete."""
+        c = self.completed.values
+        a = np.array([p[0] for p in self.pairs], np.int64)
+        b = np.array([p[1] for p in self.pairs], np.int64)
+        return xr.DataArray(c[..., a] & c[..., b], dims=("kind", "level", "rewind", "pair"),
+                            coords={"kind": self.kinds, "level": self.levels,
+                                    "rewind": self.rewinds, "pair": self.pair_labels})
+
+    def cells(self) -> xr.DataArray:
+        """(kind, level, rewind) bool: at least one complete run (:meth:`combos` as an array)."""
+        return self.completed.any("replica")
+
+    # -- per-cell accessors (kept for callers; they read the shared views) -------------------
     def trajectory(self, kind, level, rewind) -> np.ndarray:
         """(R, S, P) float32 weights of every replica; steps before the rewind point are NaN."""
         w = self.ds.weights.sel(kind=kind, level=level, rewind=rewind).values.astype(np.float32)
@@ -79,14 +137,47 @@ class StudyContext:
 
     def final_weights(self, kind, level, rewind) -> np.ndarray:
         """(R, P) weights at T."""
-        return self.ds.weights.sel(kind=kind, level=level, rewind=rewind,
-                                   step=self.resolved.total_steps).values.astype(np.float32)
+        return self.load("final_weights").sel(kind=kind, level=level, rewind=rewind).values
 
     def final_buffers(self, kind, level, rewind) -> np.ndarray:
-        return self.ds.final_buffers.sel(kind=kind, level=level, rewind=rewind).values
+        return self.load("final_buffers").sel(kind=kind, level=level, rewind=rewind).values
 
     def mask(self, kind, level, rewind) -> np.ndarray:
-        return np.asarray(self.ds.masks.sel(kind=kind, level=level, rewind=rewind).values, bool)
+        return self.load("masks").sel(kind=kind, level=level, rewind=rewind).values
+
+
+RUN_DIMS = ("kind", "level", "rewind", "replica")
+
+
+def _final_weights(ctx) -> xr.DataArray:
+    return ctx.ds.weights.sel(step=ctx.resolved.total_steps, drop=True).astype(np.float32)
+
+
+def _start_weights(ctx) -> xr.DataArray:
+    """Weights at step = rewind for every rewind (one vectorised selection)."""
+    at = xr.DataArray(ctx.rewinds, dims="rewind", coords={"rewind": ctx.rewinds})
+    return ctx.ds.weights.sel(step=at, drop=True).astype(np.float32)
+
+
+#: Recorded steps at the end of every run kept by the ``last_weights`` view (R-hat's draws).
+LAST_STEPS = 10
+
+
+def _last_weights(ctx) -> xr.DataArray:
+    return ctx.ds.weights.isel(step=slice(-LAST_STEPS, None)).astype(np.float32)
+
+
+def _masks(ctx) -> xr.DataArray:
+    return ctx.ds.masks.astype(bool)
+
+
+def _final_buffers(ctx) -> xr.DataArray:
+    return ctx.ds.final_buffers
+
+
+#: The shared views of the store, built lazily and read once by :meth:`StudyContext.load`.
+VIEWS = {"final_weights": _final_weights, "start_weights": _start_weights, "masks": _masks,
+         "final_buffers": _final_buffers, "last_weights": _last_weights}
 
 
 def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:

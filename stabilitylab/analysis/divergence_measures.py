@@ -27,9 +27,10 @@ import numpy as np
 import torch
 import xarray as xr
 
+from stabilitylab.analysis import xr as sxr
 from stabilitylab.analysis.barriers import alpha_grid, instability
-from stabilitylab.analysis.divergence import divergence_rate, divergence_time
-from stabilitylab.analysis.interpolate import evaluate_interpolation
+from stabilitylab.analysis.cells import Cells
+from stabilitylab.analysis.endpoints import bn_recompute_x, evaluate_paths
 from stabilitylab.analysis.registry import Measure, Variable, allocate, group
 
 DIVERGENCE_WINDOW = 100  # iterations after k over which the log-distance slope is fitted
@@ -80,39 +81,62 @@ def probe_steps(steps, rewinds, total_steps: int, deltas=DELTAS) -> np.ndarray:
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """Rates and times from the trajectory group's distance curves; barriers along training."""
     dist = results["data_order_l2"]  # (kind, level, rewind, pair, step), NaN before k
-    rate, time_ = allocate(ctx, "divergence_rate"), allocate(ctx, "divergence_time")
+    rate, time_ = _rates_and_times(ctx, dist)
     deltas = list(DELTAS)
-    barrier = allocate(ctx, "barrier_at", delta=deltas)
     at_step = probe_steps(ctx.steps, ctx.rewinds, ctx.resolved.total_steps)
-    alphas = alpha_grid(BARRIER_ALPHAS)
-    data = ctx.data
-    n_train = ctx.cfg.data.train_eval_size
-    bn_x = data.train_x[:n_train] if ctx.stacked.buffer_slots else None
-    for kind, level, k in list(ctx.combos()):
-        valid = ctx.steps >= k
-        steps_k = ctx.steps[valid]
-        at = {"kind": kind, "level": level, "rewind": k}
-        if len(steps_k) >= 2:
-            curves = dist.sel(at).values[..., valid]  # (pair, S_k)
-            rate.loc[at] = divergence_rate(curves, steps_k, DIVERGENCE_WINDOW)
-            time_.loc[at] = divergence_time(curves, steps_k, DIVERGENCE_FRACTION)
-        if level == ctx.levels[0] and (at_step[ctx.rewinds.index(k)] >= 0).any():
-            reps = ctx.complete_replicas(kind, level, k)
-            row = at_step[ctx.rewinds.index(k)]
-            wanted = [int(s) for s in row if s >= 0]  # all after k: nothing to mask
-            stored = ctx.ds.weights.sel(kind=kind, level=level, rewind=k, step=wanted).values
-            for j, s in enumerate(row):
-                if s < 0:
-                    continue
-                w = torch.from_numpy(stored[:, wanted.index(int(s))].astype(np.float32)).to(ctx.device)
-                for p, (a, b) in enumerate(ctx.pairs):
-                    if a in reps and b in reps and torch.isfinite(w[[a, b]]).all():
-                        res = evaluate_interpolation(ctx.stacked, w[a], w[b], alphas,
-                                                     data.test_x, data.test_y, bn_recompute_x=bn_x)
-                        barrier.loc[{**at, "pair": ctx.pair_labels[p], "delta": deltas[j]}] = float(
-                            instability(np.asarray(res["error"])))
-        if progress is not None:
-            progress(1)
+    barrier = _barriers(ctx, at_step, deltas)
+    if progress is not None:
+        progress(len(Cells.of(ctx)))
     return {"divergence_rate": rate, "divergence_time": time_, "barrier_at": barrier,
             "barrier_at_step": xr.DataArray(at_step, dims=("rewind", "delta"),
                                             coords={"rewind": ctx.rewinds, "delta": deltas})}
+
+
+def _rates_and_times(ctx, dist: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """divergence_rate and divergence_time of every (kind, level, pair) at once, one array
+    operation per rewind point (each has its own steps ≥ k)."""
+    rate, time_ = allocate(ctx, "divergence_rate"), allocate(ctx, "divergence_time")
+    present = ctx.cells()
+    for k in ctx.rewinds:
+        valid = ctx.steps >= k
+        if valid.sum() < 2:
+            continue
+        curves = dist.sel(rewind=k).isel(step=np.flatnonzero(valid))
+        here = present.sel(rewind=k)
+        r = sxr.divergence_rate(curves, ctx.steps[valid], DIVERGENCE_WINDOW)
+        t = sxr.divergence_time(curves, ctx.steps[valid], DIVERGENCE_FRACTION)
+        rate.loc[{"rewind": k}] = r.where(here).transpose(*rate.dims[:2], "pair")
+        time_.loc[{"rewind": k}] = t.where(here).transpose(*time_.dims[:2], "pair")
+    return rate, time_
+
+
+def _barriers(ctx, at_step: np.ndarray, deltas: list[int]) -> xr.DataArray:
+    """barrier_at for the level-0 cells: every (cell, pair, Δ) path in one stack of points
+    (:func:`~stabilitylab.analysis.interpolate.evaluate_points`, blocks of pairs if large);
+    the probe steps of all cells read in one pass."""
+    barrier = allocate(ctx, "barrier_at", delta=deltas)
+    level0 = np.zeros(ctx.cells().shape, bool)
+    level0[:, 0, :] = True
+    cells = Cells.of(ctx, where=level0 & (at_step >= 0).any(1)[None, None, :])
+    if not len(cells):
+        return barrier
+    rows = at_step[cells.rewind]  # (cell, delta) step or -1
+    use = np.where(rows >= 0, rows, ctx.steps[-1])  # a stand-in step, masked below
+    index = xr.DataArray(np.searchsorted(ctx.steps, use), dims=("cell", "delta"))
+    lazy = cells.take(ctx.ds.weights).isel(step=index).astype(np.float32)
+    (w,) = ctx.timed_compute(lazy.transpose("cell", "delta", "replica", "param"))
+    w = w.values  # (cell, delta, replica, P)
+    complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]
+    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    finite = np.isfinite(w).all(-1)  # (cell, delta, replica)
+    ok = ((complete[:, None, a] & complete[:, None, b]) & finite[..., a] & finite[..., b]
+          & (rows >= 0)[..., None])  # (cell, delta, pair)
+    ci, di, pi = np.nonzero(ok)
+    values = np.full(ok.shape, np.nan)
+    if len(ci):
+        wa = torch.from_numpy(w[ci, di, a[pi]]).to(ctx.device)
+        wb = torch.from_numpy(w[ci, di, b[pi]]).to(ctx.device)
+        res = evaluate_paths(ctx, wa, wb, alpha_grid(BARRIER_ALPHAS), ctx.data.test_x,
+                              ctx.data.test_y, bn_recompute_x(ctx))
+        values[ci, di, pi] = instability(res["error"])
+    return cells.scatter(ctx, "barrier_at", values.transpose(0, 2, 1), delta=deltas)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import torch
@@ -19,19 +20,27 @@ import torch.nn.functional as F
 import xarray as xr
 
 from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, instability
-from stabilitylab.analysis.interpolate import evaluate_interpolation
+from stabilitylab.analysis.cells import Cells
+from stabilitylab.analysis.context import LAST_STEPS
+from stabilitylab.analysis.endpoints import (
+    bn_recompute_x,
+    endpoint_eval,
+    evaluate_paths,
+    finals,
+    splits,
+)
 from stabilitylab.analysis.measures import (
     disagreement,
     gradient_noise_scale,
     minibatch_gradients,
     split_rhat,
 )
-from stabilitylab.analysis.registry import Group, Measure, Variable, allocate, group, register
+from stabilitylab.analysis.registry import Group, Measure, Variable, group, register
 from stabilitylab.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
-RHAT_STEPS = 10  # last recorded steps used as draws for split-R-hat
+RHAT_STEPS = LAST_STEPS  # last recorded steps used as draws for split-R-hat (the shared view)
 GNS_BATCHES = 8  # K minibatch gradients for the noise scale
 
 _CURVE = ("kind", "level", "rewind", "pair", "alpha")
@@ -112,44 +121,57 @@ def compute_interpolation(ctx, results, options, progress=None) -> dict[str, xr.
 
 def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
                            progress=None) -> dict[str, xr.DataArray]:
-    """Interpolation curves and every barrier form, for each pair of complete replicas."""
+    """Interpolation curves and every barrier form, for each pair of complete replicas.
+
+    Every pair of every cell is one stack of points: the interior α points of all pairs go
+    through :func:`~stabilitylab.analysis.interpolate.evaluate_points` together (in blocks
+    of at most :data:`~.endpoints.POINTS_BUDGET_BYTES` of weights), and the endpoints (α = 0 and 1)
+    come from the shared evaluation of each final network (:mod:`.endpoints`).
+    """
     alphas = alpha_grid(n_alphas)
     dims = ("kind", "level", "rewind", "pair", "alpha")
-    out = {name: allocate(ctx, name, alpha=alphas) for name in (
-        "interp_test_error", "interp_test_loss", "interp_train_error", "interp_train_loss",
-        "aligned_test_error")}
-    data = ctx.data
-    n_train = ctx.cfg.data.train_eval_size
-    splits = {"test": (data.test_x, data.test_y),
-              "train": (data.train_x[:n_train], data.train_y[:n_train])}
-    bn_x = data.train_x[:n_train] if ctx.stacked.buffer_slots else None
-    align = _aligner(ctx) if aligned else None
-    for kind, level, k in list(ctx.combos()):
-        reps = ctx.complete_replicas(kind, level, k)
-        final_np = ctx.final_weights(kind, level, k)
-        bad = [r for r in reps if not np.isfinite(final_np[r]).all()]
-        for r in bad:  # damaged or hostile content: NaN measures for its pairs, one line
-            log.warning("run (%s, %s, %s, %s) has non-finite final weights: its interpolation "
-                        "and aligned measures are NaN", kind, level, k, ctx.replicas[r])
-        reps = [r for r in reps if r not in bad]
-        finals = torch.from_numpy(final_np).to(ctx.device)
-        for p, (a, b) in enumerate(ctx.pairs):
-            if a not in reps or b not in reps:
-                continue
-            at = {"kind": kind, "level": level, "rewind": k, "pair": ctx.pair_labels[p]}
-            for split, (x, y) in splits.items():
-                res = evaluate_interpolation(ctx.stacked, finals[a], finals[b], alphas, x, y,
-                                             bn_recompute_x=bn_x)
-                out[f"interp_{split}_error"].loc[at] = res["error"]
-                out[f"interp_{split}_loss"].loc[at] = res["loss"]
-            if align is not None:
-                other = align(finals[a].cpu().numpy(), finals[b].cpu().numpy())
-                res = evaluate_interpolation(ctx.stacked, finals[a],
-                                             torch.as_tensor(other, device=ctx.device), alphas,
-                                             *splits["test"], bn_recompute_x=bn_x)
-                out["aligned_test_error"].loc[at] = res["error"]
+    cells = Cells.of(ctx)
+    w = finals(ctx, cells)  # (cell, replica, P)
+    complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]
+    finite = np.isfinite(w).all(-1)
+    for c, r in zip(*np.nonzero(complete & ~finite)):  # damaged or hostile content
+        log.warning("run (%s, %s, %s, %s) has non-finite final weights: its interpolation "
+                    "and aligned measures are NaN", cells.coord("kind").values[c],
+                    cells.coord("level").values[c], cells.coord("rewind").values[c],
+                    ctx.replicas[r])
+    ok = complete & finite
+    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    cell_i, pair_i = np.nonzero(ok[:, a] & ok[:, b])  # the pairs to evaluate, (n,)
+    end_a, end_b = (cell_i, a[pair_i]), (cell_i, b[pair_i])
+    wa = torch.from_numpy(w[end_a]).to(ctx.device)
+    wb = torch.from_numpy(w[end_b]).to(ctx.device)
+    bn_x = bn_recompute_x(ctx)
+    curves = {}
+    for split, (x, y) in splits(ctx).items():
+        ends = endpoint_eval(ctx, split)
+        res = evaluate_paths(ctx, wa, wb, alphas[1:-1], x, y, bn_x)
+        for q in ("error", "loss"):
+            curves[f"interp_{split}_{q}"] = np.concatenate(
+                [ends[q][end_b][:, None], res[q], ends[q][end_a][:, None]], 1)
         if progress is not None:
-            progress(1)
+            progress(len(cells) // 3)
+    align = _aligner(ctx) if aligned else None
+    aligned_curve = np.full((len(cell_i), len(alphas)), np.nan)
+    if align is not None and len(cell_i):
+        wa_np, wb_np = wa.cpu().numpy(), wb.cpu().numpy()
+        other = torch.as_tensor(np.stack([align(wa_np[i], wb_np[i]) for i in range(len(wa_np))]),
+                                device=ctx.device)
+        res = evaluate_paths(ctx, wa, other, alphas[:-1], *splits(ctx)["test"], bn_x)
+        ends = endpoint_eval(ctx, "test")
+        aligned_curve = np.concatenate([res["error"], ends["error"][end_a][:, None]], 1)
+    curves["aligned_test_error"] = aligned_curve
+    out = {}
+    for name, values in curves.items():
+        full = np.full((len(cells), len(ctx.pairs), len(alphas)), np.nan)
+        full[cell_i, pair_i] = values
+        out[name] = cells.scatter(ctx, name, full, alpha=alphas)
+    if progress is not None:
+        progress(len(cells) - 2 * (len(cells) // 3))
     # The curve runs from W_b (alpha = 0) to W_a (alpha = 1); barriers reduce over alpha.
     barriers = {
         "instability": instability(out["interp_test_error"].values),
@@ -176,15 +198,26 @@ def _above_line(curves: np.ndarray, alphas) -> np.ndarray:
 
 
 @torch.no_grad()
-def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | None):
-    params = ctx.stacked.unflatten(flat)
-    bufs = ctx.stacked.unflatten_buffers(buffers) if buffers is not None and buffers.numel() else {}
+def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | None,
+                            points_per_block: int = 30):
+    """Test logits (N, example, class) and per-example losses (N, example) of N networks,
+    in blocks of ``points_per_block`` networks × 1000 examples (bounded memory)."""
     x, y = ctx.data.test_x, ctx.data.test_y
-    logits = torch.cat([ctx.stacked.forward(params, bufs, x[i:i + 1000], train=False,
-                                            shared_input=True) for i in range(0, len(x), 1000)], 1)
-    losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(flat.shape[0]),
-                             reduction="none").view(flat.shape[0], -1)
-    return logits.float().cpu().numpy(), losses.float().cpu().numpy()
+    logits_out, losses_out = [], []
+    for p0 in range(0, flat.shape[0], points_per_block):
+        block = flat[p0:p0 + points_per_block]
+        params = ctx.stacked.unflatten(block)
+        bufs = {}
+        if buffers is not None and buffers.numel():
+            bufs = ctx.stacked.unflatten_buffers(buffers[p0:p0 + points_per_block])
+        logits = torch.cat([ctx.stacked.forward(params, bufs, x[i:i + 1000], train=False,
+                                                shared_input=True)
+                            for i in range(0, len(x), 1000)], 1)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(block.shape[0]),
+                                 reduction="none").view(block.shape[0], -1)
+        logits_out.append(logits.float().cpu().numpy())
+        losses_out.append(losses.float().cpu().numpy())
+    return np.concatenate(logits_out), np.concatenate(losses_out)
 
 
 @group("replica", reads="function", phase="replica measures", rank=40,
@@ -210,35 +243,71 @@ def compute_replica(ctx, results, options, progress=None) -> dict[str, xr.DataAr
 
 
 def replica_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
-    """Disagreement between pairs at T and split-R̂ of per-example test losses."""
-    out = {name: allocate(ctx, name) for name in ("disagreement", "rhat")}
-    has_bn = bool(ctx.stacked.buffer_slots)
-    for kind, level, k in list(ctx.combos()):
-        reps = ctx.complete_replicas(kind, level, k)
-        at = {"kind": kind, "level": level, "rewind": k}
-        finals = torch.from_numpy(ctx.final_weights(kind, level, k)).to(ctx.device)
-        buffers = torch.from_numpy(ctx.final_buffers(kind, level, k)).to(ctx.device) if has_bn else None
-        logits, _ = _test_logits_and_losses(ctx, finals, buffers)
-        for p, (a, b) in enumerate(ctx.pairs):
-            if a in reps and b in reps:
-                out["disagreement"].loc[{**at, "pair": ctx.pair_labels[p]}] = disagreement(
-                    logits[a], logits[b])
-        # R-hat: chains = replicas, draws = the last recorded steps (BN nets: final stats).
-        if len(reps) >= 2:
-            late = [s for s in ctx.steps if s >= k][-RHAT_STEPS:]
-            if len(late) >= 4:
-                w = ctx.ds.weights.sel(kind=kind, level=level, rewind=k, step=late).values
-                w = torch.from_numpy(w[reps].reshape(-1, w.shape[-1])).to(ctx.device)
-                b = None
-                if has_bn:
-                    b = buffers[reps].repeat_interleave(len(late), 0)
-                _, losses = _test_logits_and_losses(ctx, w, b)
-                losses = losses.reshape(len(reps), len(late), -1)  # (chain, draw, example)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    per_example = split_rhat(losses, chain_axis=0, draw_axis=1)
-                out["rhat"].loc[at] = float(np.nanmedian(per_example))
-        if progress is not None:
-            progress(1)
+    """Disagreement between pairs at T and split-R̂ of per-example test losses, for every
+    cell at once."""
+    cells = Cells.of(ctx)
+    complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]  # (cell, replica)
+    pairs_ok = ctx.pair_completed().values[cells.kind, cells.level, cells.rewind]
+    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    logits = _final_test_logits(ctx, cells)  # (cell, replica, example, class)
+    agree = disagreement(logits[:, a], logits[:, b])  # (cell, pair)
+    out = {"disagreement": cells.scatter(ctx, "disagreement",
+                                         np.where(pairs_ok, agree, np.nan))}
+    out["rhat"] = cells.scatter(ctx, "rhat", _rhat(ctx, cells, complete))
+    if progress is not None:
+        progress(len(cells))
+    return out
+
+
+def _final_test_logits(ctx, cells) -> np.ndarray:
+    """Test logits of every final network: the shared endpoint evaluation, or (BatchNorm
+    nets, evaluated with their stored running statistics) a forward of its own."""
+    if not ctx.stacked.buffer_slots:
+        return endpoint_eval(ctx, "test")["logits"]
+    w = finals(ctx, cells)
+    buffers = cells.take(ctx.load("final_buffers")).transpose("cell", "replica", "buffer").values
+    flat = torch.from_numpy(w.reshape(-1, w.shape[-1])).to(ctx.device)
+    bufs = torch.from_numpy(buffers.reshape(-1, buffers.shape[-1])).to(ctx.device)
+    logits, _ = _test_logits_and_losses(ctx, flat, bufs)
+    return logits.reshape(*w.shape[:2], *logits.shape[1:])
+
+
+def _rhat(ctx, cells, complete: np.ndarray) -> np.ndarray:
+    """(cell,) split-R̂ of per-example test losses, chains = complete replicas, draws = the
+    last recorded steps ≥ k (at most RHAT_STEPS; NaN with fewer than 4 or one chain).
+    BatchNorm nets use their final running statistics at every draw."""
+    out = np.full(len(cells), np.nan)
+    steps = np.asarray(ctx.steps)
+    n_late = np.minimum((steps[None, :] >= cells.coord("rewind").values[:, None]).sum(1),
+                        RHAT_STEPS)
+    usable = (complete.sum(1) >= 2) & (n_late >= 4)
+    if not usable.any():
+        return out
+    late = ctx.load("last_weights")  # (kind, level, rewind, replica, step, param)
+    late = cells.take(late).transpose("cell", "replica", "step", "param").values
+    buffers = None
+    if ctx.stacked.buffer_slots:
+        buffers = cells.take(ctx.load("final_buffers")).transpose(
+            "cell", "replica", "buffer").values
+    # Cells alike in their complete replicas and number of draws are one stack.
+    keys = [(tuple(np.flatnonzero(complete[c])), int(n_late[c])) if usable[c] else None
+            for c in range(len(cells))]
+    for key in sorted({k for k in keys if k is not None}):
+        rows = np.array([k == key for k in keys])
+        reps, n = list(key[0]), key[1]
+        w = late[rows][:, reps][:, :, -n:]  # (cells, chains, draws, P)
+        flat = torch.from_numpy(np.ascontiguousarray(w.reshape(-1, w.shape[-1]))).to(ctx.device)
+        b = None
+        if buffers is not None:
+            b = torch.from_numpy(buffers[rows][:, reps]).to(ctx.device)
+            b = b.reshape(-1, b.shape[-1]).repeat_interleave(n, 0)
+        _, losses = _test_logits_and_losses(ctx, flat, b)
+        losses = losses.reshape(*w.shape[:3], -1)  # (cells, chain, draw, example)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_example = split_rhat(losses, chain_axis=1, draw_axis=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+            out[rows] = np.nanmedian(per_example, axis=-1)
     return out
 
 
@@ -265,23 +334,28 @@ def compute_gradient(ctx, results, options, progress=None) -> dict[str, xr.DataA
 
 
 def gradient_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
-    """Gradient noise scale and SNR at each rewind point, for the IMP start m⊙W_k."""
-    out = {name: allocate(ctx, name) for name in ("gradient_noise_scale", "gradient_snr")}
+    """Gradient noise scale and SNR at each rewind point, for the IMP start m⊙W_k.
+
+    One vmapped gradient evaluation per (level, k) (each with its own seeded minibatches);
+    weights and masks come from the context's shared views.
+    """
+    imp = np.zeros(ctx.cells().shape, bool)
+    imp[ctx.kinds.index("imp")] = True
+    cells = Cells.of(ctx, where=imp & ctx.completed.values[..., 0])
+    start = cells.take(ctx.load("start_weights").isel(replica=0, drop=True)).values  # (cell, P)
+    masks = cells.take(ctx.load("masks")).values  # (cell, P)
     batch = ctx.cfg.training.batch_size
     data = ctx.data
-    for level in ctx.levels:
-        for k in ctx.rewinds:
-            if not ctx.complete("imp", level, k, 0):
-                continue
-            w = ctx.ds.weights.sel(kind="imp", level=level, rewind=k, replica=0, step=k).values
-            flat = torch.from_numpy(np.asarray(w, np.float32)).to(ctx.device)
-            mask = torch.from_numpy(ctx.mask("imp", level, k)).to(ctx.device)
-            g = torch.Generator().manual_seed(derive_seed(ctx.cfg.study.seed, "gns", level, k))
-            grads = minibatch_gradients(ctx.stacked, flat, None, data.train_x, data.train_y,
-                                        batch, GNS_BATCHES, g, mask=mask)
-            res = gradient_noise_scale(grads.cpu().numpy(), batch)
-            out["gradient_noise_scale"].loc[{"level": level, "rewind": k}] = float(res["b_simple"])
-            out["gradient_snr"].loc[{"level": level, "rewind": k}] = float(res["snr"])
-            if progress is not None:
-                progress(1)
-    return out
+    values = np.full((len(cells), 2), np.nan)
+    for c, (level, k) in enumerate(zip(cells.coord("level").values, cells.coord("rewind").values)):
+        g = torch.Generator().manual_seed(derive_seed(ctx.cfg.study.seed, "gns", int(level),
+                                                      int(k)))
+        grads = minibatch_gradients(ctx.stacked, torch.from_numpy(start[c]).to(ctx.device), None,
+                                    data.train_x, data.train_y, batch, GNS_BATCHES, g,
+                                    mask=torch.from_numpy(masks[c]).to(ctx.device))
+        res = gradient_noise_scale(grads.cpu().numpy(), batch)
+        values[c] = float(res["b_simple"]), float(res["snr"])
+        if progress is not None:
+            progress(1)
+    return {name: cells.scatter(ctx, name, values[:, i], drop="kind")
+            for i, name in enumerate(("gradient_noise_scale", "gradient_snr"))}

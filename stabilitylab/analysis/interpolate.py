@@ -33,7 +33,7 @@ from torch.func import functional_call, vmap
 from stabilitylab.train.functional import StackedModel
 
 __all__ = ["evaluate_interpolation", "evaluate_interpolation_loop", "evaluate_points",
-           "interpolate_flat"]
+           "interpolate_flat", "interpolate_pairs"]
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -47,6 +47,14 @@ def interpolate_flat(w1: torch.Tensor, w2: torch.Tensor, alphas) -> torch.Tensor
     a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=w1.dtype, device=w1.device)
     a = a[:, None]
     return a * w1[None, :] + (1 - a) * w2[None, :]
+
+
+def interpolate_pairs(w1: torch.Tensor, w2: torch.Tensor, alphas) -> torch.Tensor:
+    """:func:`interpolate_flat` for n pairs at once: (n, P), (n, P), (A,) → (n, A, P), each
+    pair's points bit for bit those of :func:`interpolate_flat`. Cost O(n·A·P)."""
+    a = torch.as_tensor(np.asarray(alphas, dtype=np.float64), dtype=w1.dtype, device=w1.device)
+    a = a[None, :, None]
+    return a * w1[:, None, :] + (1 - a) * w2[:, None, :]
 
 
 def _bn_mode(stacked: StackedModel, buffers, bn_recompute_x) -> str:
@@ -137,7 +145,9 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
     The shared evaluation machinery of the analysis: the α path, planes through three
     points, points along curves and aligned or repaired paths all reduce to "evaluate
     these N flat weight vectors". The N points are the replicas of one vmapped forward per
-    chunk of examples (memory ~ N × ``batch_size`` activations).
+    chunk of examples, in blocks of :data:`POINT_EXAMPLES` // ``batch_size`` points on the
+    CPU (64 times more on a GPU), so memory is ~ one block × ``batch_size`` activations
+    however large N is; a caller may pass every point of many paths at once.
 
     Parameters
     ----------
@@ -164,6 +174,28 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
         when asked for.
     """
     mode = _bn_mode(stacked, None if buffers is None else (buffers, buffers), bn_recompute_x)
+    n_points = points.shape[0]
+    # Blocks of points × examples that keep the stacked activations in cache: on 2 CPU cores
+    # the default conv1d net evaluated 300 points in 4-5 s at 30-100 points × 30-100
+    # examples per forward, and in 10-12 s at 300 × 100 (shared machine, same run).
+    block = max(1, POINT_EXAMPLES // batch_size) * (64 if points.device.type == "cuda" else 1)
+    parts = [_evaluate_block(stacked, points[i:i + block], x, y, mode,
+                             None if buffers is None else buffers[i:i + block], bn_recompute_x,
+                             batch_size, bn_batch_size, return_logits)
+             for i in range(0, n_points, block)]
+    out = {"error": np.concatenate([p["error"] for p in parts]),
+           "loss": np.concatenate([p["loss"] for p in parts]), "bn_mode": mode}
+    if return_logits:
+        out["logits"] = torch.cat([p["logits"] for p in parts])
+    return out
+
+
+#: Points × examples per stacked forward in :func:`evaluate_points` (see there).
+POINT_EXAMPLES = 3000
+
+
+def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_size,
+                    bn_batch_size, return_logits) -> dict:
     device = points.device
     params = stacked.unflatten(points)
     n_points = points.shape[0]
@@ -187,7 +219,7 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
         if return_logits:
             chunks.append(logits.float().cpu())
     n = len(x)
-    out = {"error": (wrong / n).cpu().numpy(), "loss": (loss / n).cpu().numpy(), "bn_mode": mode}
+    out = {"error": (wrong / n).cpu().numpy(), "loss": (loss / n).cpu().numpy()}
     if return_logits:
         out["logits"] = torch.cat(chunks, 1)
     return out

@@ -149,11 +149,40 @@ def _partial_note(ctx, url) -> str:
             + "; analyze again when record has finished to replace it")
 
 
+class _Phases:
+    """Seconds per phase of ``analyze``: reading the store (``loading``, wherever a group
+    reads through the context) is its own row, never counted in the group that asked."""
+
+    def __init__(self):
+        self.rows: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.rows[phase] = self.rows.get(phase, 0.0) + seconds
+
+    def run(self, phase: str, ctx, fn, *args, **kwargs):
+        loaded, started = ctx.load_seconds, time.perf_counter()
+        out = fn(*args, **kwargs)
+        reading = ctx.load_seconds - loaded
+        self.add(phase, time.perf_counter() - started - reading)
+        self.add("loading", reading)
+        return out
+
+
+def profile_table(profile: dict[str, float]) -> list[str]:
+    """The phase table ``analyze --profile`` prints (Markdown)."""
+    total = sum(profile.values())
+    rows = ["| phase | seconds | share |", "|---|---|---|"]
+    rows += [f"| {name} | {sec:.2f} | {100 * sec / total:.0f}% |"
+             for name, sec in sorted(profile.items(), key=lambda kv: -kv[1])]
+    return rows + [f"| total | {total:.2f} | 100% |"]
+
+
 def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None,
                   trust_plugins: bool = False) -> dict:
     """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path,
-    "study": the store's resolved Study}``.
+    "study": the store's resolved Study, "profile": {phase: seconds}}`` (:func:`profile_table`
+    formats the profile).
 
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
@@ -188,6 +217,11 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     require_chunks(url, storage_options=storage_options)  # a lost chunk stops us, never zeros
     ctx = load_context(url, device=device, storage_options=storage_options, data_root=data_root,
                        trust_plugins=trust_plugins)
+    from stabilitylab.analysis.context import VIEWS
+
+    ctx.prefetch(*VIEWS)  # the shared reads, in one pass over their chunks
+    phases = _Phases()
+    phases.add("loading", time.perf_counter() - started)  # store, model, data, shared views
     partial = _partial_note(ctx, url)
     from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
 
@@ -206,8 +240,10 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
         g = registry.GROUPS[name]
         joined = [registry.GROUPS[c].phase for c in groups if registry.GROUPS[c].part_of == name]
         bar.set(phase=" + ".join([g.phase, *joined]), announce=True)
-        results.update(g.compute(ctx, results, options, progress=bar.update))
+        results.update(phases.run(g.phase, ctx, g.compute, ctx, results, options,
+                                  progress=bar.update))
     bar.close()
+    finishing = time.perf_counter()
     absent = _absent_trajectory_measures(ctx, results)
     from stabilitylab.analysis.context import orphaned_runs
 
@@ -243,8 +279,11 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     })
     from stabilitylab.store.writer import write_analysis
 
+    phases.add("accuracy, flags, correlations", time.perf_counter() - finishing)
+    writing = time.perf_counter()
     write_analysis(url, analysis, storage_options=storage_options)
     csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
+    phases.add("writing", time.perf_counter() - writing)
     lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
     if partial:  # said first, never silently
         lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
@@ -252,4 +291,5 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     if absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
                      "OpenLTH import): " + ", ".join(absent))
-    return {"analysis": analysis, "lines": lines, "csv": csv, "study": ctx.resolved}
+    return {"analysis": analysis, "lines": lines, "csv": csv, "study": ctx.resolved,
+            "profile": phases.rows}

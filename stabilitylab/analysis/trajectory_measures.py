@@ -7,24 +7,27 @@
 - early-bird mask distance along each trajectory;
 - overlap of the masks IMP would draw from each replica.
 
-Each function fills xarray DataArrays keyed by the store's dim names; entries
-for runs that are not complete stay NaN.
+Each function returns xarray DataArrays keyed by the store's dim names; entries
+for runs that are not complete stay NaN. The arithmetic runs through the wrappers of
+:mod:`stabilitylab.analysis.xr` on the dask-backed weights, block by block.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis.distances import angle, l2_distance
+from stabilitylab.analysis import xr as sxr
+from stabilitylab.analysis.cells import Cells
 from stabilitylab.analysis.measures import (
     chance_jaccard,
-    early_bird_distance,
     magnitude_mask,
     mask_jaccard,
     sign_flips,
 )
-from stabilitylab.analysis.registry import Measure, Variable, allocate, group
+from stabilitylab.analysis.registry import Measure, Variable, group
 
 EARLY_WINDOW = 10  # recorded intervals after k averaged into the scalar early-bird measure
 
@@ -93,62 +96,138 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     return out
 
 
+#: Weights (float32 bytes) of the (cells × replicas × steps) block read at once.
+BLOCK_BYTES = 64 * 2**20
+
+
 def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
-    """Every trajectory measure for every complete (kind, level, rewind)."""
-    out = {name: allocate(ctx, name) for name in (
-        "data_order_l2", "data_order_angle", "pruning_noise_l2", "pruning_noise_angle",
-        "sign_flips", "early_bird", "early_bird_early", "mask_jaccard", "mask_jaccard_chance")}
-    fraction = ctx.cfg.pruning.fraction
-    dense_cache: dict[int, np.ndarray] = {}
-    for kind, level, k in list(ctx.combos()):
-        reps = ctx.complete_replicas(kind, level, k)
-        traj = ctx.trajectory(kind, level, k)  # (R, S, P), NaN before k
-        mask = ctx.mask(kind, level, k)
-        at = {"kind": kind, "level": level, "rewind": k}
-        valid = ctx.steps >= k
-        # Data-order distance: every pair of complete replicas, over step.
-        for p, (a, b) in enumerate(ctx.pairs):
-            if a in reps and b in reps:
-                out["data_order_l2"].loc[{**at, "pair": ctx.pair_labels[p]}] = l2_distance(
-                    traj[a], traj[b], mask)
-                out["data_order_angle"].loc[{**at, "pair": ctx.pair_labels[p]}] = angle(
-                    traj[a], traj[b], mask)
-        # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
-        # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from
-        # W_k, so the dense copy is not its counterpart and the distance would mix the
-        # re-initialization into the pruning noise; it stays NaN.
-        if kind != "reinit" and level > 0 and 0 in reps and ctx.complete("imp", 0, k, 0):
-            if k not in dense_cache:
-                dense_cache[k] = ctx.trajectory("imp", 0, k)[0]
-            out["pruning_noise_l2"].loc[at] = l2_distance(dense_cache[k], traj[0], mask)
-            out["pruning_noise_angle"].loc[at] = angle(dense_cache[k], traj[0], mask)
-        # Sign flips between the run's start (step k) and its end (T).
-        start = int(np.flatnonzero(ctx.steps == k)[0])
-        survivors = mask & ctx.prunable
-        for r in reps:
-            out["sign_flips"].loc[{**at, "replica": ctx.replicas[r]}] = sign_flips(
-                traj[r, start], traj[r, -1], survivors)
-        # Early-bird: masks at the next level's density over this run's survivors.
-        next_density = 1.0 - fraction
-        steps_k = ctx.steps[valid]
-        for r in reps:
-            eb = early_bird_distance(traj[r][valid], next_density, survivors)
-            curve = np.full(len(ctx.steps), np.nan)
-            curve[np.flatnonzero(valid)[1:]] = eb
-            out["early_bird"].loc[{**at, "replica": ctx.replicas[r]}] = curve
-            out["early_bird_early"].loc[{**at, "replica": ctx.replicas[r]}] = float(
-                np.mean(eb[:EARLY_WINDOW])) if len(steps_k) > 1 else np.nan
-        # Mask overlap: the masks IMP would draw from each replica's final weights.
-        if kind == "imp":
-            drawn = {r: magnitude_mask(traj[r, -1], next_density, survivors) for r in reps}
-            for p, (a, b) in enumerate(ctx.pairs):
-                if a in reps and b in reps:
-                    out["mask_jaccard"].loc[{"level": level, "rewind": k,
-                                             "pair": ctx.pair_labels[p]}] = mask_jaccard(
-                        drawn[a][survivors], drawn[b][survivors])
-            out["mask_jaccard_chance"].loc[{"level": level, "rewind": k}] = chance_jaccard(next_density)
-        if progress is not None:
-            progress(1)
+    """Every trajectory measure for every complete (kind, level, rewind), out of core.
+
+    The (kind, level, rewind) cells with a complete run become one ``cell`` dim of the
+    dask-backed weights. The curves over step are computed block by block: the store's
+    step chunks, for as many cells as :data:`BLOCK_BYTES` holds, each block read once
+    (plus one step of overlap for the early-bird distance) and passed whole through the
+    :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of a block, however many
+    steps are recorded. The endpoint measures use the context's shared final and start
+    weights.
+    """
+    cells = Cells.of(ctx)
+    next_density = 1.0 - ctx.cfg.pruning.fraction
+    masks = cells.take(ctx.load("masks"))  # (cell, param)
+    survivors = masks & xr.DataArray(ctx.prunable, dims="param")
+    valid = ctx.steps >= cells.coord("rewind").values[:, None]  # (cell, step): NaN before k
+    complete = cells.take(ctx.completed).values  # (cell, replica)
+    pairs_ok = cells.take(ctx.pair_completed()).values  # (cell, pair)
+    # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
+    # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from W_k, so
+    # the dense copy is not its counterpart and the distance would mix the re-initialization
+    # into the pruning noise; it stays NaN.
+    dense_ok = ctx.completed.sel(kind="imp", level=0, replica=0, drop=True)
+    noise_ok = ((cells.coord("kind") != "reinit").values & (cells.coord("level") > 0).values
+                & complete[:, 0] & dense_ok.sel(rewind=cells.coord("rewind")).values)
+    curves = _curves(ctx, cells, masks, survivors, next_density, noise_ok, progress)
+    out = {}
+    for name in ("data_order_l2", "data_order_angle"):
+        out[name] = np.where(pairs_ok[:, :, None] & valid[:, None, :], curves[name], np.nan)
+    for name in ("pruning_noise_l2", "pruning_noise_angle"):
+        out[name] = np.where(noise_ok[:, None] & valid, curves[name], np.nan)
+    # Early-bird: masks at the next level's density over this run's survivors; the distance
+    # of a step to the one before it counts from the step after k on.
+    after = np.concatenate([np.zeros((len(valid), 1), bool), valid[:, :-1]], 1)  # t-1 >= k
+    curve = curves["early_bird"]
+    out["early_bird"] = np.where(complete[:, :, None] & after[:, None, :], curve, np.nan)
+    out["early_bird_early"] = np.where(complete, _first_mean(curve, after, EARLY_WINDOW), np.nan)
+    # Sign flips between the run's start (step k) and its end (T).
+    start = cells.take(ctx.load("start_weights")).transpose("cell", "replica", "param")
+    final = cells.take(ctx.load("final_weights")).transpose("cell", "replica", "param")
+    surv = survivors.transpose("cell", "param").values[:, None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flips = sign_flips(start.values, final.values, surv)
+    out["sign_flips"] = np.where(complete, flips, np.nan)
+    result = {name: cells.scatter(ctx, name, v) for name, v in out.items()}
+    # Mask overlap: the masks IMP would draw from each replica's final weights.
+    imp = (cells.coord("kind") == "imp").values
+    drawn = magnitude_mask(final.values[imp], next_density, surv[imp])  # (imp cell, R, P)
+    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jac = mask_jaccard(drawn[:, a], drawn[:, b])  # (imp cell, pair)
+    imp_cells = cells.subset(imp)
+    result["mask_jaccard"] = imp_cells.scatter(ctx, "mask_jaccard", np.where(
+        pairs_ok[imp], jac, np.nan), drop="kind")
+    result["mask_jaccard_chance"] = imp_cells.scatter(
+        ctx, "mask_jaccard_chance", np.full(imp.sum(), chance_jaccard(next_density)),
+        drop="kind")
+    return result
+
+
+def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[str, np.ndarray]:
+    """The curves over step, block by block: data-order L2 and angle (cell, pair, step),
+    pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
+    distance (cell, replica, step)."""
+    import dask
+
+    weights = ctx.ds.weights
+    traj = cells.take(weights)  # (cell, replica, step, param), lazy
+    dense = weights.sel(kind="imp", level=0, replica=0, drop=True)
+    dense = dense.sel(rewind=cells.coord("rewind"), drop=True)  # (cell, step, param), lazy
+    n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
+    out = {name: np.full((n_cell, len(ctx.pairs), n_step), np.nan)
+           for name in ("data_order_l2", "data_order_angle")}
+    out.update({name: np.full((n_cell, n_step), np.nan)
+                for name in ("pruning_noise_l2", "pruning_noise_angle")})
+    out["early_bird"] = np.full((n_cell, n_rep, n_step), np.nan)
+    bounds = np.cumsum((0, *weights.chunks[weights.dims.index("step")]))
+    rewinds = cells.coord("rewind").values
+    per_cell = n_rep * (bounds[1] - bounds[0] + 1) * len(ctx.prunable) * 4
+    group = max(1, BLOCK_BYTES // max(per_cell, 1))
+    blocks = [(c0, min(c0 + group, n_cell), s0, s1)
+              for c0 in range(0, n_cell, group) for s0, s1 in itertools.pairwise(bounds)]
+    done = 0
+    for c0, c1, s0, s1 in blocks:
+        lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
+        part, dpart = dask.compute(
+            traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).astype(np.float32),
+            dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
+        # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
+        # NaN below, and NaN rows would send the early-bird masks to a slow sort.
+        before = ctx.steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
+        part = part.where(~xr.DataArray(before, dims=("cell", "step")), np.float32(0))
+        here = part.isel(step=slice(s0 - lo, None))
+        m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for metric in ("l2", "angle"):
+                out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
+                    here, "replica", metric=metric, mask=m).transpose(
+                    "cell", "pair", "step").values
+            rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
+            if len(rows):
+                first = here.isel(replica=0, drop=True).isel(cell=rows)
+                d, mm = dpart.isel(cell=rows), m.isel(cell=rows)
+                out["pruning_noise_l2"][c0 + rows, s0:s1] = sxr.l2_distance(
+                    d, first, mask=mm).transpose("cell", "step").values
+                out["pruning_noise_angle"][c0 + rows, s0:s1] = sxr.angle(
+                    d, first, mask=mm).transpose("cell", "step").values
+            eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
+            out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
+        if progress is not None:  # one unit per cell, as the blocks of its steps finish
+            finished = c0 + (c1 - c0) * (s1 == bounds[-1])
+            if finished > done:
+                progress(finished - done)
+                done = finished
+    return out
+
+
+def _first_mean(curve: np.ndarray, use: np.ndarray, n: int) -> np.ndarray:
+    """(cell, replica): mean of the first ``n`` entries of ``curve`` (cell, replica, step)
+    where ``use`` (cell, step), in step order (NaN where there are none)."""
+    order = np.argsort(~use, axis=1, kind="stable")[:, :n]  # the used steps come first
+    count = np.minimum(use.sum(1), n)
+    picked = np.take_along_axis(curve, order[:, None, :], axis=2)
+    out = np.full(curve.shape[:2], np.nan)
+    for c in np.unique(count):  # rows of equal length: np.mean as on the row alone
+        if c > 0:
+            rows = count == c
+            out[rows] = picked[rows][..., :c].mean(-1)
     return out
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis import barriers, distances, measures, stats
+from stabilitylab.analysis import barriers, distances, divergence, measures, stats
 
 __all__ = [
     "above_line_barrier",
     "angle",
+    "divergence_rate",
+    "divergence_time",
+    "early_bird_curve",
     "early_bird_distance",
     "instability",
     "l2_distance",
@@ -62,8 +65,8 @@ def pairwise(da: xr.DataArray, dim: str = "replica", *, param_dim: str = "param"
     pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)], dtype=int).reshape(-1, 2)
 
     def fn(x, *m):
-        return distances.pairwise_distance(x, -2, metric=metric, mask=m[0] if m else None,
-                                           axis=-1)[1]
+        mask_ = m[0][..., None, :] if m else None  # the mask has no replica axis
+        return distances.pairwise_distance(x, -2, metric=metric, mask=mask_, axis=-1)[1]
 
     args = [da] if mask is None else [da, mask]
     cores = [[dim, param_dim]] + ([] if mask is None else [[param_dim]])
@@ -142,3 +145,88 @@ def rank_correlations(measure: xr.DataArray, accuracy: xr.DataArray, dim: str = 
     ds = xr.Dataset(dict(zip(_CORR_KEYS, outs)))
     ds.attrs.update(n_boot=n_boot, seed=seed, ci=ci, method="percentile bootstrap")
     return ds
+
+
+def _early_bird_rows(x: np.ndarray, density: float, elig: np.ndarray | None) -> np.ndarray:
+    """(..., S, P) → (..., S − 1): mask distance of each step to the one before it."""
+    if x.shape[-2] < 2:
+        return np.empty(x.shape[:-1][:-1] + (0,))
+    return measures.early_bird_distance(x, density, elig, delta=1)
+
+
+def early_bird_curve(traj: xr.DataArray, density: float,
+                     prunable_mask: xr.DataArray | None = None, *, step_dim: str = "step",
+                     param_dim: str = "param") -> xr.DataArray:
+    """Mask distance between each recorded step and the step before it, indexed by the later
+    step (NaN at the first): :func:`stabilitylab.analysis.measures.early_bird_distance`
+    with Δ = 1, as a curve of ``traj``'s length.
+
+    Out of core: on a dask-backed ``traj`` every block of steps is read once, with one step
+    of overlap from the block before, so memory stays that of a block however many steps
+    are recorded. ``prunable_mask`` broadcasts against ``traj`` without ``step_dim``.
+    """
+    import dask.array as da
+
+    traj = traj.transpose(..., step_dim, param_dim)
+    lead = traj.dims[:-2]
+    elig = None
+    if prunable_mask is not None:
+        like = traj.isel({step_dim: 0}, drop=True)
+        elig = np.asarray(prunable_mask.broadcast_like(like).transpose(*lead, param_dim).values,
+                          bool)
+    coords = {d: traj[d] for d in traj.dims[:-1] if d in traj.coords}
+
+    def rows(x, where):
+        m = None if elig is None else elig[where]
+        return _early_bird_rows(x, density, m)
+
+    if not isinstance(traj.data, da.Array):
+        x = np.asarray(traj.values)
+        body = rows(x, (Ellipsis,))
+        nan = np.full(x.shape[:-2] + (1,), np.nan)
+        return xr.DataArray(np.concatenate([nan, body], -1), dims=traj.dims[:-1], coords=coords)
+    x = traj.data.rechunk({traj.ndim - 1: -1})
+    ax = traj.ndim - 2
+    ext = da.overlap.overlap(x, depth={ax: (1, 0)}, boundary="none") if len(x.chunks[ax]) > 1 \
+        else x
+
+    def block(b, block_info=None):
+        loc = block_info[None]["array-location"]
+        first = block_info[None]["chunk-location"][ax] == 0
+        out = rows(b, tuple(slice(*s) for s in loc[:-1]))
+        if first:
+            out = np.concatenate([np.full(out.shape[:-1] + (1,), np.nan), out], -1)
+        return out
+
+    out = da.map_blocks(block, ext, drop_axis=traj.ndim - 1, chunks=x.chunks[:-1],
+                        dtype=np.float64, meta=np.empty((0,) * (traj.ndim - 1)))
+    return xr.DataArray(out, dims=traj.dims[:-1], coords=coords)
+
+
+def _steps_outside(d: np.ndarray) -> np.ndarray:
+    """``d`` (..., rows, step) laid out with the step axis outside the last other axis.
+
+    The sums over steps in :mod:`stabilitylab.analysis.divergence` then round exactly as
+    for one (rows, step) curve set evaluated alone (as analyze did per (kind, level,
+    rewind) cell, where the pairs were the inner axis): batching does not change the bits.
+    """
+    if d.ndim < 2:
+        return d
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(d, -1, -2)), -2, -1)
+
+
+def divergence_rate(dist: xr.DataArray, steps, window, *, dim: str = "step") -> xr.DataArray:
+    """Slope of log ``dist`` over the first ``window`` steps, along ``dim`` (``steps``: its
+    recorded steps, the first being k) (:func:`stabilitylab.analysis.divergence.divergence_rate`)."""
+    return xr.apply_ufunc(
+        lambda d: divergence.divergence_rate(_steps_outside(d), steps, window, axis=-1), dist,
+        input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)
+
+
+def divergence_time(dist: xr.DataArray, steps, fraction: float = 0.5, *,
+                    dim: str = "step") -> xr.DataArray:
+    """Steps after k until ``dist`` first reaches ``fraction`` of its last value, along
+    ``dim`` (:func:`stabilitylab.analysis.divergence.divergence_time`)."""
+    return xr.apply_ufunc(
+        lambda d: divergence.divergence_time(_steps_outside(d), steps, fraction, axis=-1), dist,
+        input_core_dims=[[dim]], output_dtypes=[np.float64], **_DASK)

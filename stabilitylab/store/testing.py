@@ -88,19 +88,33 @@ def make_fake_store(url, *, levels: int = 1, rewinds: tuple[int, ...] = (0, 10),
                     controls: tuple[str, ...] = ("random_prune",), step_chunk: int | None = 2,
                     state_names: tuple[str, ...] = ("momentum",), complete: bool = True,
                     consolidate: bool = True, precision_bits: int | None = None,
-                    storage_options: dict | None = None, seed: int = 0) -> FakeStudy:
+                    storage_options: dict | None = None, seed: int = 0,
+                    param_layout: list[dict] | None = None) -> FakeStudy:
     """Write a small filled store at ``url`` and return the exact values written.
 
     Default: imp at levels 0..1 and random_prune at level 1, rewinds (0, 10),
     2 replicas, P=50 (two tensors), T=40 recorded every 10 steps (plus rewinds).
     With ``complete=False`` the last planned run is left incomplete.
+
+    ``param_layout``: a real model's layout (``StackedModel.layout()``, e.g. the default
+    study's conv1d net) instead of the two fake tensors; ``n_params`` is then its size and
+    ``analyze`` can read the store (its weights are random, so its numbers mean nothing,
+    but its cost is that of a real study with these sizes: the scaling benchmark).
     """
     from stabilitylab.store.writer import StudyWriter
 
     res = fake_resolved(levels=levels, rewinds=rewinds, replicas=replicas, total_steps=total_steps,
                         record_every=record_every, controls=controls, seed=seed)
-    n_w = n_params - n_params // 5
-    layout = fake_layout((("fc.weight", (n_w,), True), ("fc.bias", (n_params - n_w,), False)))
+    if param_layout is None:
+        n_w = n_params - n_params // 5
+        layout = fake_layout((("fc.weight", (n_w,), True), ("fc.bias", (n_params - n_w,), False)))
+    else:
+        layout = [dict(s) for s in param_layout]
+        n_params = sum(int(s["size"]) for s in layout)
+    prunable = np.zeros(n_params, bool)
+    for s in layout:
+        prunable[s["offset"]:s["offset"] + s["size"]] = s["prunable"]
+    n_prunable = int(prunable.sum())
     runs = planned_runs(res)
     rng = np.random.default_rng(seed)
     study = FakeStudy(url=url, resolved=res, runs=runs, param_layout=layout)
@@ -128,8 +142,8 @@ def make_fake_store(url, *, levels: int = 1, rewinds: tuple[int, ...] = (0, 10),
                 w.write_rewind_state(name, k, rng.normal(0, 1, n_params).astype(np.float32))
             for kind, lv in sorted({(r.kind, r.level) for r in runs if r.level > 0}):
                 mask = np.ones(n_params, bool)
-                mask[: n_w] = rng.random(n_w) < 0.8 ** lv
-                w.write_mask(kind, lv, k, mask, float(mask[:n_w].mean()))
+                mask[prunable] = rng.random(n_prunable) < 0.8 ** lv
+                w.write_mask(kind, lv, k, mask, float(mask[prunable].mean()))
                 study.masks[(kind, lv, k)] = mask
         last = runs[-1]
         for run in runs:

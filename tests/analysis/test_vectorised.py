@@ -1,0 +1,176 @@
+"""The vectorised, out-of-core analysis layer (issue #26): each batched path equals the
+per-run computation it replaced, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from stabilitylab.analysis import divergence
+from stabilitylab.analysis import xr as sxr
+from stabilitylab.analysis.measures import (
+    _top_k_sorted,
+    early_bird_distance,
+    magnitude_mask,
+)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_magnitude_mask_equals_the_stable_sort(rng):
+    w = rng.normal(size=(5, 4, 257))
+    w[0, 0, :40] = 0.5  # many ties at the threshold: the earlier ones are kept
+    w[1, 2, :] = np.round(w[1, 2], 1)
+    w[2, 3, 7] = np.nan  # a row with NaN takes the sort path
+    elig = rng.random((5, 1, 257)) < 0.6
+    for density in (0.0, 0.1, 0.5, 0.93, 1.0):
+        got = magnitude_mask(w, density, elig)
+        score = np.where(np.broadcast_to(elig, w.shape), np.abs(w), -np.inf).reshape(-1, 257)
+        keep = np.rint(density * np.broadcast_to(elig, w.shape).sum(-1)).astype(int).ravel()
+        want = (_top_k_sorted(score, keep).reshape(w.shape)) & elig
+        np.testing.assert_array_equal(got, want)
+        assert (got.sum(-1)[np.isfinite(w).all(-1)] ==
+                keep.reshape(5, 4)[np.isfinite(w).all(-1)]).all()
+
+
+def test_magnitude_mask_keeps_the_first_of_tied_weights():
+    w = np.array([1.0, 2.0, 2.0, 2.0, 0.5])
+    np.testing.assert_array_equal(magnitude_mask(w, 0.4), [False, True, True, False, False])
+
+
+@pytest.mark.parametrize("step_chunk", [None, 1, 5, 50])
+def test_early_bird_curve_matches_the_array_function_in_any_blocks(rng, step_chunk):
+    w = rng.normal(size=(3, 2, 23, 40)).astype(np.float32)
+    elig = rng.random((3, 40)) < 0.7
+    traj = xr.DataArray(w, dims=("cell", "replica", "step", "param"))
+    if step_chunk:
+        traj = traj.chunk({"step": step_chunk, "cell": 1})
+    got = sxr.early_bird_curve(traj, 0.5, xr.DataArray(elig, dims=("cell", "param"))).values
+    want = np.stack([np.stack([early_bird_distance(w[c, r], 0.5, elig[c]) for r in range(2)])
+                     for c in range(3)])
+    assert np.isnan(got[..., 0]).all()
+    np.testing.assert_array_equal(got[..., 1:], want)
+
+
+def test_divergence_wrappers_keep_the_bits_of_one_run_at_a_time(rng):
+    # analyze used to evaluate each (kind, level, rewind) cell alone, on (pair, step) curves
+    # cut out by a boolean index; the batched wrappers must round the same way.
+    steps = np.arange(0, 400, 4)
+    for n_pair in (1, 3):
+        d = np.exp(rng.normal(size=(2, 3, n_pair, len(steps))).cumsum(-1) * 0.01)
+        valid = steps >= 20
+        batched = sxr.divergence_rate(xr.DataArray(d[..., valid],
+                                                   dims=("kind", "level", "pair", "step")),
+                                      steps[valid], 100).values
+        times = sxr.divergence_time(xr.DataArray(d[..., valid],
+                                                 dims=("kind", "level", "pair", "step")),
+                                    steps[valid], 0.5).values
+        for i in range(2):
+            for j in range(3):
+                one = np.ascontiguousarray(d[i, j])[..., valid]
+                np.testing.assert_array_equal(batched[i, j], divergence.divergence_rate(
+                    one, steps[valid], 100))
+                np.testing.assert_array_equal(times[i, j], divergence.divergence_time(
+                    one, steps[valid], 0.5))
+
+
+def test_interpolate_pairs_is_interpolate_flat_for_each_pair(rng):
+    from stabilitylab.analysis.interpolate import interpolate_flat, interpolate_pairs
+
+    wa = torch.from_numpy(rng.normal(size=(4, 33)).astype(np.float32))
+    wb = torch.from_numpy(rng.normal(size=(4, 33)).astype(np.float32))
+    alphas = np.linspace(0, 1, 7)
+    got = interpolate_pairs(wa, wb, alphas)
+    for i in range(4):
+        assert torch.equal(got[i], interpolate_flat(wa[i], wb[i], alphas))
+
+
+def test_evaluate_points_in_blocks_equals_one_stack(monkeypatch):
+    from stabilitylab.analysis import interpolate
+    from stabilitylab.config import load_config
+    from stabilitylab.models import build_model
+    from stabilitylab.train.functional import StackedModel
+
+    cfg = load_config(None, ["model.channels=4"])
+    models = [build_model(cfg.model, (1, 40), 10, generator=torch.Generator().manual_seed(s))
+              for s in range(3)]
+    stacked = StackedModel(models[0])
+    flat = stacked.flatten(stacked.stack(models)[0])
+    points = torch.cat([flat] * 9)  # 27 points
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(130, 1, 40, generator=g), torch.randint(0, 10, (130,), generator=g)
+    one = interpolate.evaluate_points(stacked, points, x, y, batch_size=50, return_logits=True)
+    monkeypatch.setattr(interpolate, "POINT_EXAMPLES", 200)  # blocks of 4 points
+    blocks = interpolate.evaluate_points(stacked, points, x, y, batch_size=50,
+                                         return_logits=True)
+    for key in ("error", "loss"):
+        np.testing.assert_allclose(blocks[key], one[key], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(blocks["logits"], one["logits"], rtol=1e-5, atol=1e-6)
+    assert blocks["logits"].shape == (27, 130, 10)
+
+
+@pytest.fixture(scope="module")
+def conv_store(tmp_path_factory):
+    """A synthetic store with the default conv1d layout and several step chunks."""
+    from stabilitylab.config import load_config
+    from stabilitylab.models import build_model
+    from stabilitylab.testing import make_fake_store
+    from stabilitylab.train.functional import StackedModel
+
+    model = build_model(load_config(None).model, (1, 40), 10,
+                        generator=torch.Generator().manual_seed(0))
+    path = tmp_path_factory.mktemp("conv") / "fake.zarr"
+    study = make_fake_store(str(path), levels=2, rewinds=(0, 10), replicas=3, total_steps=40,
+                            record_every=4, controls=("random_prune", "reinit"), step_chunk=3,
+                            param_layout=StackedModel(model).layout())
+    return path, study
+
+
+def test_fake_store_with_a_real_layout_is_analysable(conv_store):
+    from stabilitylab.analysis.run import analyze_store
+
+    path, study = conv_store
+    assert study.param_layout[0]["name"] == "conv1.weight"
+    out = analyze_store(str(path), measures=["trajectory"], progress=False, n_boot=10)
+    an = out["analysis"]
+    assert np.isfinite(an.data_order_l2.sel(kind="imp", level=1, rewind=10, step=40)).all()
+    assert {"loading", "trajectory measures", "writing"} <= set(out["profile"])
+
+
+def test_trajectory_blocks_do_not_change_the_result(conv_store, monkeypatch):
+    from stabilitylab.analysis import trajectory_measures as tm
+    from stabilitylab.analysis.context import load_context
+
+    ctx = load_context(str(conv_store[0]))
+    whole = tm.trajectory_measures(ctx)
+    monkeypatch.setattr(tm, "BLOCK_BYTES", 1)  # one cell × one step chunk at a time
+    blocks = tm.trajectory_measures(ctx)
+    for name in whole:
+        xr.testing.assert_identical(blocks[name], whole[name])
+    # and the curves equal a direct per-run computation
+    w = ctx.ds.weights.sel(kind="imp", level=1, rewind=10).values.astype(np.float64)
+    m = ctx.load("masks").sel(kind="imp", level=1, rewind=10).values
+    d = np.sqrt(((np.where(m, w[0] - w[1], 0.0)) ** 2).sum(-1))
+    got = whole["data_order_l2"].sel(kind="imp", level=1, rewind=10, pair="0-1").values
+    valid = ctx.steps >= 10
+    np.testing.assert_array_equal(got[valid], d[valid])
+    assert np.isnan(got[~valid]).all()
+
+
+def test_analyze_profile_prints_the_phase_table(tiny_study, tmp_path, capsys):
+    import shutil
+
+    from stabilitylab.cli.main import main
+
+    store = tmp_path / "tiny.zarr"
+    shutil.copytree(tiny_study, store)
+    assert main(["analyze", str(store), "--measures", "trajectory", "--no-report",
+                 "--no-progress", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| phase | seconds | share |" in out
+    assert "| loading |" in out and "| trajectory measures |" in out
+    total = float(out.split("| total |")[1].split("|")[0])
+    assert total > 0
