@@ -114,7 +114,7 @@ def _trace(model: nn.Module):
 
     try:
         return _Tracer().trace(model)
-    except Exception as err:  # any tracing failure means "cannot derive"
+    except Exception as err:  # noqa: BLE001 - any tracing failure means "cannot derive"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise AlignmentError(f"permutation spec: {type(model).__name__} cannot be traced by "
                              f"torch.fx ({first[:120]}); declare a permutation_spec() method"
