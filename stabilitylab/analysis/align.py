@@ -96,8 +96,9 @@ def weight_matching(spec: PermutationSpec, params_a: dict, params_b: dict, *,
     seed : int
         Seeds the random layer order of each sweep.
     init_perm : dict, optional
-        Starting permutations. Default: two starts, the identity and
-        :func:`_forward_start`; the one reaching the higher objective is kept.
+        Starting permutations (default identity). Without it, when Alg. 1 does not end at
+        an exact copy of A, :func:`_forward_start` is tried and kept if it is one (B a
+        permuted copy of A is then always recovered).
 
     Returns
     -------
@@ -112,19 +113,25 @@ def weight_matching(spec: PermutationSpec, params_a: dict, params_b: dict, *,
                 for p in spec.perm_sizes}
     a_units = {(n, ax): _units(a[n], ax, spec.perm_sizes[p])
                for p, ts in touching.items() for n, ax, _ in ts}
-    starts = [{p: np.arange(n) for p, n in spec.perm_sizes.items()}]
+    perm = {p: np.arange(n) for p, n in spec.perm_sizes.items()}
     if init_perm is not None:
-        starts[0].update({p: np.asarray(v, dtype=np.int64) for p, v in init_perm.items()})
-    else:
-        starts.append(_forward_start(spec, a_units, b, touching))
-    best, best_value = None, -np.inf
-    for perm in starts:  # the identity start first: it wins ties
-        perm = _coordinate_descent(spec, a_units, b, touching, perm,
-                                   np.random.default_rng(seed), max_iter)
-        value = _objective(spec, a, b, perm)
-        if best is None or value > best_value + 1e-12 * max(1.0, abs(best_value)):
-            best, best_value = perm, value
-    return best
+        perm.update({p: np.asarray(v, dtype=np.int64) for p, v in init_perm.items()})
+    perm = _coordinate_descent(spec, a_units, b, touching, perm, np.random.default_rng(seed),
+                               max_iter)
+    if init_perm is None and not _exact(spec, a, b, perm):
+        # Alg. 1 from the identity can stall short of an exact permutation of A even when B
+        # is one; the forward start finds it. Kept only when exact (then it is the optimum),
+        # so on pairs that are not permuted copies the result is Alg. 1's alone.
+        forward = _forward_start(spec, a_units, b, touching)
+        if _exact(spec, a, b, forward):
+            perm = forward
+    return perm
+
+
+def _exact(spec, a, b, perm) -> bool:
+    """Whether the permuted B equals A (to float rounding) on every matched tensor."""
+    return all(np.allclose(_permute(spec, perm, n, b[n]), a[n], rtol=1e-6, atol=1e-9)
+               for n in a)
 
 
 def _cost(spec, a_units, b, touching, perm, p, only=None) -> np.ndarray:
@@ -174,11 +181,6 @@ def _forward_start(spec, a_units, b, touching) -> dict:
         perm[p] = linear_sum_assignment(cost, maximize=True)[1].astype(np.int64)
         solved.add(p)
     return perm
-
-
-def _objective(spec, a, b, perm) -> float:
-    """Σ over tensors of ⟨W^A, π(W^B)⟩ (Ainsworth et al. 2023, Eq. 3)."""
-    return float(sum(np.vdot(a[n], _permute(spec, perm, n, b[n])) for n in a))
 
 
 def align_flat(model, reference_flat, other_flat, *, spec: PermutationSpec | None = None,

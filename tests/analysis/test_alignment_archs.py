@@ -131,7 +131,7 @@ def test_matching_recovers_a_planted_permutation_and_the_aligned_barrier_is_zero
     planted = {p: rng.permutation(n) for p, n in spec.perm_sizes.items()}
     a = {n: t for n, t in _state(model).items() if n in stacked.param_names}
     b = apply_permutation(spec, planted, a)
-    flat = lambda s: torch.cat([s[n].reshape(-1) for n in stacked.param_names])  # noqa: E731
+    flat = lambda s: torch.cat([s[n].reshape(-1) for n in stacked.param_names])
     x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 4 if arch != "plugin" else 3, (64,))
     bn_x = x if stacked.buffer_slots else None

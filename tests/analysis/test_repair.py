@@ -45,7 +45,7 @@ def test_after_repair_every_channel_has_the_interpolated_target_statistics(net):
         seen = {}
         mods = dict(module.named_modules())
         for name in repaired.sites:  # registered after the correction hook: sees its output
-            mods[name].register_forward_hook(lambda m, _i, out, name=name: seen.update({
+            mods[name].register_forward_hook(lambda m, _i, out, name=name, seen=seen: seen.update({
                 name: torch.movedim(out, m._repair_axis % out.dim(), -1).flatten(0, -2)}))
         with torch.no_grad():
             module(x)
