@@ -8,6 +8,7 @@ from conftest import tiny_config
 
 import stabilitylab
 from stabilitylab.analysis.run import analyze_store
+from stabilitylab.core import keys as K
 from stabilitylab.store import schema as S
 
 
@@ -23,7 +24,7 @@ def store(tmp_path_factory):
 def test_init_copies_start_from_their_own_w0_and_are_dense(store):
     ds = stabilitylab.open_study(store)
     assert tuple(ds.kind.values) == S.KINDS + ("init",)
-    done = ds.status == S.STATUS_COMPLETE
+    done = ds.status == K.STATUS_COMPLETE
     assert bool(done.sel(kind="init", level=0).all())
     assert not bool(done.sel(kind="init", level=1).any())
     for k in (0, 10):
