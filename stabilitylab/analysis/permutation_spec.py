@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 __all__ = ["AlignmentError", "PermutationSpec", "derive_spec", "permutation_spec"]
 
