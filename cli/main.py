@@ -7,7 +7,8 @@
     stabilitylab data download mnist|cifar10 [--data-root DIR]
     stabilitylab presets
     stabilitylab models | datasets
-    stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute] [--json]
+    stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute]
+        [--align weight|activation] [--repair] [--json]
     stabilitylab import openlth RUN_DIR --out STORE
 
 Every error on bad input is one ``error: ...`` line on stderr and exit status 2.
@@ -183,7 +184,11 @@ def _add_plugin_commands(sub) -> None:
     cmp.add_argument("--bn-recompute", action="store_true",
                      help="recompute BatchNorm statistics at every alpha on the train subset "
                           "(default: interpolate the files' statistics)")
-    cmp.add_argument("--align", action="store_true", help="also the barrier after weight matching")
+    cmp.add_argument("--align", nargs="?", const="weight", default=None,
+                     choices=["weight", "activation"],
+                     help="also the barrier after weight (default) or activation matching")
+    cmp.add_argument("--repair", action="store_true",
+                     help="also the barrier after REPAIR (and after --align + REPAIR)")
     cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
@@ -222,7 +227,8 @@ def _compare(args) -> int:
 
     result = compare_checkpoints(args.a, args.b, model=args.model, data=args.data,
                                  alphas=args.alphas, bn_recompute=args.bn_recompute,
-                                 align=args.align, overrides=args.overrides, device=args.device)
+                                 align=args.align, repair=args.repair, overrides=args.overrides,
+                                 device=args.device)
     print(json.dumps(result) if args.json else "\n".join(summary_lines(result)))
     return 0
 

@@ -16,7 +16,7 @@ from stabilitylab.core.errors import ConfigError
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = ("auto", "on", "off")  # stabilitylab.train.step.use_compile
-NOISE = ("data_order", "perturb", "data_order+perturb")  # beyond data_order: run kinds
+NOISE = ("data_order", "perturb", "data_order+perturb", "init")  # beyond data_order: run kinds
 PERTURBATIONS = ("gaussian", "bit_flip")  # stabilitylab.train.perturb
 PAI_FROM = ("init", "rewind")
 DEVICES = ("auto", "cpu", "cuda")

@@ -99,10 +99,12 @@ class StudyConfig:
     noise: tuple[str, ...] = _f(
         ("data_order",),
         "what differs between copies: data_order (each copy its own data order), perturb"
-        " (replica 0's data order from W_k moved by a seeded perturbation), data_order+perturb;"
+        " (replica 0's data order from W_k moved by a seeded perturbation), data_order+perturb,"
+        " init (dense copies from independently seeded W_0: different-init pairs);"
         " each noise kind beyond data_order trains its own copies",
     )
-    noise_levels: tuple[int, ...] = _f((), "levels with perturb copies (empty = every level)")
+    noise_levels: tuple[int, ...] = _f((), "levels with the noise copies beyond data_order"
+                                     " (empty = every level)")
     perturbation: str = _f("gaussian", "perturb copies: 'gaussian' (relative size epsilon) or"
                            " 'bit_flip' (one ulp of one weight)")
     epsilon: float = _f(1e-6, "relative size ‖δ‖/‖W_k‖ of the gaussian perturbation")

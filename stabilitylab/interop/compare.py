@@ -12,8 +12,12 @@ on the test set of the named dataset:
   (Entezari, Sedghi, Saukh & Neyshabur, ICLR 2022, Eq. 1);
 - the L2 distance ‖W_A − W_B‖₂ and the angle between them, over every parameter;
 - prediction disagreement (fraction of test examples whose argmax differs);
-- optionally (``align=True``), the error barrier after weight matching B to A
-  (Ainsworth, Hayase & Srinivasa, "Git Re-Basin", ICLR 2023).
+- optionally (``align="weight"`` or ``"activation"``), the error barrier after permuting
+  B's units to match A's by weight matching or activation matching (Ainsworth, Hayase &
+  Srinivasa, "Git Re-Basin", ICLR 2023, §3.1–3.2; activations on training examples
+  drawn by ``study.seed``);
+- optionally (``repair=True``), the error barrier after REPAIR (Jordan et al., ICLR 2023,
+  §4), and after alignment + REPAIR when ``align`` is given.
 
 BatchNorm networks: with ``bn_recompute`` the running statistics are recomputed at
 every α on the train subset (the analysis default); without it the files' own
@@ -54,8 +58,8 @@ def _logits(stacked, flat, buffers, x, batch=1000):
 
 
 def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
-                        bn_recompute: bool = False, align: bool = False, overrides=(),
-                        device: str | None = None) -> dict:
+                        bn_recompute: bool = False, align: str | bool | None = None,
+                        repair: bool = False, overrides=(), device: str | None = None) -> dict:
     """Every measure between checkpoints ``a`` and ``b`` (paths); a JSON-friendly dict.
 
     ``model`` / ``data`` are ``model.name`` / ``data.name`` values (shipped names,
@@ -67,6 +71,9 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
     from stabilitylab.models import build_model
     from stabilitylab.train.functional import StackedModel
 
+    align = "weight" if align is True else (align or None)
+    if align not in (None, "weight", "activation"):
+        raise ConfigError(f"--align: choose weight or activation, got {align!r}")
     if alphas < 2:
         raise ConfigError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     state_a, state_b = load_state_dict(a), load_state_dict(b)  # files first: cheap to refuse
@@ -107,26 +114,58 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
         "interp_test_error": [float(v) for v in err],
         "interp_test_loss": [float(v) for v in loss],
     }
+    other = None
     if align:
-        out.update(_aligned(stacked, wa, wb, grid, ds, n_train))
+        other = _align(stacked, wa, wb, ds, n_train, align, cfg.study.seed)
+        bn_x = ds.train_x[:n_train] if has_bn else None  # permuted stats: recompute
+        res = evaluate_interpolation(stacked, wa, other, grid, ds.test_x, ds.test_y,
+                                     bn_recompute_x=bn_x)
+        out.update({"align": align, "aligned_error_barrier": float(instability(res["error"])),
+                    "aligned_loss_barrier": float(instability(res["loss"]))})
+    if repair:
+        out.update(_repaired(stacked, wa, wb, other, grid, ds, n_train))
     return out
 
 
-def _aligned(stacked, wa, wb, grid, ds, n_train) -> dict:
-    from stabilitylab.analysis.align import align_flat, permutation_spec
+def _align(stacked, wa, wb, ds, n_train, how, seed):
+    """B's flat weights with its units permuted to match A's (one line if unsupported)."""
+    from stabilitylab.analysis.align import apply_permutation, permutation_spec, weight_matching
 
-    try:
-        spec = permutation_spec(stacked.template)
-    except NotImplementedError as exc:
-        return {"aligned_error_barrier": None,
-                "aligned_note": f"weight matching not supported for this model: {exc}"}
-    other, _ = align_flat(stacked, wa.cpu(), wb.cpu(), spec=spec)
-    other = torch.as_tensor(other, device=wa.device)
-    bn_x = ds.train_x[:n_train] if stacked.buffer_slots else None  # permuted stats: recompute
-    res = evaluate_interpolation(stacked, wa, other, grid, ds.test_x, ds.test_y,
-                                 bn_recompute_x=bn_x)
-    return {"aligned_error_barrier": float(instability(res["error"])),
-            "aligned_loss_barrier": float(instability(res["loss"]))}
+    spec = permutation_spec(stacked.template)  # AlignmentError: one line
+    unflat = (lambda v: {s.name: v[s.offset:s.offset + s.size].reshape(s.shape)
+                         for s in stacked.param_slots})
+    if how == "weight":
+        perm = weight_matching(spec, unflat(wa.cpu()), unflat(wb.cpu()))
+    else:
+        from stabilitylab.analysis.activation_matching import (
+            activation_matching,
+            training_examples,
+        )
+
+        x = training_examples(ds.train_x, n_train, seed)
+        perm = activation_matching(stacked, spec, wa, wb, x)
+    params = apply_permutation(spec, perm, unflat(wb))
+    return torch.cat([params[s.name].reshape(-1) for s in stacked.param_slots])
+
+
+def _repaired(stacked, wa, wb, other, grid, ds, n_train) -> dict:
+    from stabilitylab.analysis.interpolate import evaluate_points
+    from stabilitylab.analysis.repair import RepairedModel
+
+    repaired = RepairedModel(stacked)
+    x = ds.train_x[:n_train]
+    bn_x = x if stacked.buffer_slots else None
+    out = {}
+    for key, b in (("repaired", wb), ("aligned_repaired", other)):
+        if b is None:
+            continue
+        points = repaired.repaired_path(wa, b, grid, x)
+        res = evaluate_points(repaired.stacked, points, ds.test_x, ds.test_y,
+                              bn_recompute_x=bn_x)
+        out[f"{key}_error_barrier"] = float(instability(res["error"]))
+        out[f"{key}_loss_barrier"] = float(instability(res["loss"]))
+        out[f"interp_{key}_test_error"] = [float(v) for v in res["error"]]
+    return out
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -147,9 +186,12 @@ def summary_lines(result: dict) -> list[str]:
         f"({result['alphas']} interpolation points; BatchNorm statistics: {result['bn_mode']})",
     ]
     if "aligned_error_barrier" in result:
-        if result["aligned_error_barrier"] is None:
-            lines.append(result["aligned_note"])
-        else:
-            lines.append(f"error barrier after weight matching (Git Re-Basin): "
-                         f"{pct * result['aligned_error_barrier']:.2f}%")
+        lines.append(f"error barrier after {result['align']} matching (Git Re-Basin): "
+                     f"{pct * result['aligned_error_barrier']:.2f}%")
+    if "repaired_error_barrier" in result:
+        lines.append(f"error barrier after REPAIR (Jordan et al. 2023): "
+                     f"{pct * result['repaired_error_barrier']:.2f}%")
+    if "aligned_repaired_error_barrier" in result:
+        lines.append(f"error barrier after {result['align']} matching + REPAIR: "
+                     f"{pct * result['aligned_repaired_error_barrier']:.2f}%")
     return lines

@@ -26,6 +26,8 @@ class MatmulConv1d(nn.Conv1d):
     Returns (B, L_out, C_out). Only zero padding, dilation 1 and groups 1.
     """
 
+    channel_axis = -1  # of the output (read by stabilitylab.analysis.repair)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, C) -> (B, L_out, O)
         (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
         batch, length, channels = x.shape

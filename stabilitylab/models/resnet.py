@@ -8,6 +8,12 @@ block is conv3x3-BN-ReLU-conv3x3-BN, plus a shortcut that is the identity, or a
 ResNet-20 at width 1 has 272,474 parameters.
 
 Optional dropout (``cfg.dropout``) acts on the pooled features before ``fc``.
+
+:meth:`CifarResNet.permutation_spec` declares the net's permutation symmetry for
+alignment (:mod:`stabilitylab.analysis.permutation_spec`), as Ainsworth et al. (Git
+Re-Basin, ICLR 2023, Appendix A) give it for ResNets: one permutation per residual
+stream (a stage: the stem, every block output and the stage's 1×1 shortcut), one per
+block interior.
 """
 
 from __future__ import annotations
@@ -56,6 +62,33 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fc = nn.Linear(widths[-1], num_classes)
+
+    def permutation_spec(self) -> dict:
+        """Perm name → units, and tensor name → ((axis, perm, block), ...); BN running stats
+        are listed in ``buffers`` (a plain dict: models do not import the analysis)."""
+        sizes, axes, buffers = {}, {}, []
+
+        def unit(prefix: str, perm: str, conv_in: str | None = None):
+            axes[f"{prefix[0]}.weight"] = ((0, perm, 1),) + (((1, conv_in, 1),) if conv_in else ())
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                axes[f"{prefix[1]}.{leaf}"] = ((0, perm, 1),)
+            buffers.extend(f"{prefix[1]}.{leaf}" for leaf in ("running_mean", "running_var"))
+
+        stream, stages = "P_stage0", 1
+        sizes[stream] = self.conv.out_channels
+        unit(("conv", "bn"), stream)
+        for i, block in enumerate(self.blocks):
+            inner, out = f"P_block{i}", stream
+            if len(block.shortcut):
+                out, stages = f"P_stage{stages}", stages + 1  # a 1x1 shortcut: a new stream
+                sizes[out] = block.conv2.out_channels
+                unit((f"blocks.{i}.shortcut.0", f"blocks.{i}.shortcut.1"), out, stream)
+            sizes[inner] = block.conv1.out_channels
+            unit((f"blocks.{i}.conv1", f"blocks.{i}.bn1"), inner, stream)
+            unit((f"blocks.{i}.conv2", f"blocks.{i}.bn2"), out, inner)
+            stream = out
+        axes["fc.weight"] = ((1, stream, 1),)
+        return {"perm_sizes": sizes, "axes": axes, "buffers": buffers}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn(self.conv(x)))

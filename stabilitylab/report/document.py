@@ -381,6 +381,13 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
                 specs.append((f"instability_{kind}.png",
                               f"Instability of the {F.KIND_LABELS[kind]} control.",
                               lambda kind=kind: F.plot_instability(analysis, kind=kind)))
+        if "init" in analysis["kind"].values and F._finite(
+                F._get(analysis, "instability", kind="init")):
+            specs.append(("instability_init.png",
+                          "Barrier between different-init pairs: dense copies from independently "
+                          "seeded W_0, each under its own data order (the baseline of Entezari "
+                          "et al. 2022; not data-order instability).",
+                          lambda: F.plot_instability(analysis, kind="init")))
         if len(rewinds):
             ks = sorted({rewinds[0], rewinds[-1]})
             specs.append(("interpolation.png",

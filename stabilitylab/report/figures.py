@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
 KIND_COLORS = {"imp": "#0072B2", "random_prune": "#D55E00", "reinit": "#009E73"}
-KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random reinit"}
+KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random reinit",
+               "init": "different-init pairs"}
 KIND_STYLES = {"imp": "-", "random_prune": "--", "reinit": ":"}
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
          "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}

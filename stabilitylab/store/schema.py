@@ -32,7 +32,7 @@ CREATION_LIBRARY = "stabilitylab"
 # pruning-at-init controls appends those it trains, in the order of EXTRA_KINDS, so a
 # store written before they existed is still valid and means the same.
 KINDS: tuple[str, ...] = ("imp", "random_prune", "reinit")
-NOISE_KINDS: tuple[str, ...] = ("perturb", "data_order+perturb")
+NOISE_KINDS: tuple[str, ...] = ("perturb", "data_order+perturb", "init")
 PAI_KINDS: tuple[str, ...] = ("magnitude_init", "snip", "grasp", "synflow", "shuffle")
 EXTRA_KINDS: tuple[str, ...] = NOISE_KINDS + PAI_KINDS
 ALL_KINDS: tuple[str, ...] = KINDS + EXTRA_KINDS

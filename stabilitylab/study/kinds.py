@@ -176,6 +176,19 @@ def perturbed_rewind(s: StartInputs) -> Start:
     return Start(params, start.buffers, start.opt_state, start.opt_step)
 
 
+def dense_mask(m: MaskInputs) -> Masks:
+    """Nothing pruned, at every level."""
+    return {n: torch.ones_like(t, dtype=torch.bool) for n, t in m.imp.items()}
+
+
+def independent_init(s: StartInputs) -> Start:
+    """A W_0 of this copy's own, seeded for (``init``, replica) alone: copy r starts from the
+    same W_0^(r) at every level and rewind point, and no two copies (nor the IMP copies)
+    share it; a fresh optimizer."""
+    params, buffers = s.ctx.model_weights(s.ctx.seeds.kind("init", 0, 0, s.replica))
+    return Start(params, buffers, None, 0)
+
+
 def _pai_rule(name: str):
     """A pruning-at-init mask rule (:mod:`stabilitylab.prune.pai`) at the IMP mask's density
     over the same prunable weights, scoring W_0 (``pruning.pai_from = "init"``) or W_k, on
@@ -239,6 +252,12 @@ register(RunKind("perturb", "the IMP mask from a perturbed W_k, all copies under
 register(RunKind("data_order+perturb", "the IMP mask from a perturbed W_k, each copy its own "
                  "data order", control=False, noise=True, mask=imp_mask,
                  start=perturbed_rewind))
+# Different-init pairs (Entezari et al., ICLR 2022): dense copies from independently seeded
+# W_0 under their own data orders, sharing nothing but the architecture; the baseline the
+# data-order copies are measured against. Never "data-order instability".
+register(RunKind("init", "dense copies from independently seeded W_0, each its own data order "
+                 "(different-init pairs)", control=False, noise=True, mask=dense_mask,
+                 start=independent_init))
 # Pruning-at-init controls: masks scored once at W_0 (or W_k), at the IMP level's density,
 # trained from W_k like random_prune.
 register(RunKind("magnitude_init", "W_k under the global magnitude mask of W_0 (Frankle et al. "

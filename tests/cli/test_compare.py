@@ -162,3 +162,34 @@ def test_bad_files_are_one_line_errors(files, tmp_path, capsys, case, match):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
     assert "pwned" not in out + err
+
+
+@pytest.mark.parametrize("how", ["weight", "activation"])
+def test_compare_aligns_by_weight_or_activation_and_repairs(files, capsys, how):
+    a, b = files
+    code, out, err = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--alphas", "5", "--json",
+                              "--align", how, "--repair")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["align"] == how
+    for key in ("aligned_error_barrier", "repaired_error_barrier",
+                "aligned_repaired_error_barrier"):
+        assert np.isfinite(r[key]), key
+    assert len(r["interp_repaired_test_error"]) == 5
+    # a checkpoint against itself: aligned and repaired barriers are 0
+    code, out, _ = _compare(capsys, a, a, "--model", "mlp", "--data", "mnist1d",
+                            "--set", "model.hidden=[16]", "--alphas", "5", "--json",
+                            "--align", how, "--repair")
+    r = json.loads(out)
+    assert r["aligned_error_barrier"] == 0 and r["aligned_repaired_error_barrier"] == 0
+
+
+def test_compare_two_architectures_is_one_line(tmp_path, capsys):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(_net(1).state_dict(), a)
+    torch.save(_net(2, hidden=[8, 8]).state_dict(), b)
+    code, out, err = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--align", "--repair")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
