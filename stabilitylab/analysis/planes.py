@@ -78,7 +78,8 @@ def plane_basis(wa, wb, wc, *, rtol: float = COLLINEAR_RTOL) -> Plane:
 
 
 def plane_grid(anchors, n: int = GRID_POINTS, margin: float = MARGIN):
-    """(xs, ys), each (n,): a grid around the three ``anchors`` (3, 2) with ``margin``.
+    """(xs, ys), each (n,): a square grid around the three ``anchors`` (3, 2) with ``margin``
+    (of the larger extent) on every side.
 
     W_a = (0, 0) and W_b = (d, 0) are nodes (x spacing d / q for an integer q) and y = 0 is
     a row, so the segment between them is sampled by the grid itself. n ≥ 3.
@@ -86,15 +87,15 @@ def plane_grid(anchors, n: int = GRID_POINTS, margin: float = MARGIN):
     anchors = np.asarray(anchors, np.float64)
     d = float(anchors[1, 0])
     lo, hi = float(anchors[:, 0].min()), float(anchors[:, 0].max())
-    lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
+    ylo, yhi = min(0.0, float(anchors[:, 1].min())), max(0.0, float(anchors[:, 1].max()))
+    side = (1 + 2 * margin) * max(hi - lo, yhi - ylo)  # a square: true distances either way
+    lo, hi = (lo + hi - side) / 2, (lo + hi + side) / 2
+    ylo, yhi = (ylo + yhi - side) / 2, (ylo + yhi + side) / 2
     q = int(np.clip(round(d / ((hi - lo) / (n - 1))), 1, n - 1))
     h = d / q
     i0 = int(np.clip(round(-lo / h), 0, n - 1 - q))
     xs = (np.arange(n) - i0) * h
     xs[i0 + q] = d  # exactly W_b's coordinate
-    ylo, yhi = min(0.0, float(anchors[:, 1].min())), max(0.0, float(anchors[:, 1].max()))
-    span = yhi - ylo if yhi > ylo else 1.0
-    ylo, yhi = ylo - margin * span, yhi + margin * span
     hy = (yhi - ylo) / (n - 1)
     j0 = int(np.clip(round(-ylo / hy), 0, n - 1))
     ys = (np.arange(n) - j0) * hy
