@@ -13,7 +13,8 @@ How it is computed, without loading X into memory:
   the store's chunks accumulates G = X Xᵀ (N × N, float64); the centred Gram matrix is
   H G H with H = I − 11ᵀ/N; its eigendecomposition H G H = U Λ Uᵀ gives the scores
   U√Λ (the projected paths) and the explained variances λ_j / tr(HGH); a second pass
-  gives μ = Xᵀ1/N and the directions v_j = Xᵀ H u_j / √λ_j. Memory: N² plus one chunk.
+  gives μ = Xᵀ1/N and the directions v_j = Xᵀ H u_j / √λ_j. Memory: N² plus one block of
+  all N rows and 2²³/N columns (64 MiB).
 - **randomized** (larger N): dask's ``svd_compressed`` (Halko, Martinsson & Tropp, SIAM
   Review 2011, Alg. 4.4 with power iterations) on the centred dask array.
 """
@@ -26,6 +27,7 @@ import numpy as np
 
 GRAM_MAX_POINTS = 4096  # N above this: randomized SVD (the N × N Gram matrix would be large)
 POWER_ITERATIONS = 4  # of the randomized SVD
+BLOCK_VALUES = 1 << 23  # float64 values per block of the Gram pass (64 MiB)
 
 
 @dataclass
@@ -79,6 +81,8 @@ def _gram_pca(x, c: int) -> PathPCA:
     import dask
 
     n, p = x.shape
+    # Blocks of all N rows × BLOCK_VALUES / N columns: G is the sum of their X_b X_bᵀ.
+    x = x.rechunk((-1, max(1, min(p, BLOCK_VALUES // max(n, 1)))))
     gram = np.asarray((x @ x.T).compute())  # one pass over the chunks
     if not np.isfinite(gram).all():
         raise ValueError("path_pca: the points are not all finite")

@@ -221,8 +221,8 @@ def variables() -> dict[str, Variable]:
 
 def select(names) -> tuple[str, ...]:
     """The groups to compute for ``names``: group and measure names in any mix (a measure
-    selects its whole group, a group the groups it needs); None or empty: every default group
-    (an opt-in group, ``default=False``, only when named)."""
+    selects its whole group, a group the groups it needs; ``"default"`` every default group);
+    None or empty: every default group (an opt-in group, ``default=False``, only when named)."""
     from stabilitylab.errors import StabilityLabError
 
     order = groups()
@@ -231,7 +231,9 @@ def select(names) -> tuple[str, ...]:
     table = measures()
     wanted = set()
     for name in names:
-        if name in GROUPS:
+        if name == "default":  # every default group, plus whatever else is named
+            wanted.update(g for g in order if GROUPS[g].default)
+        elif name in GROUPS:
             wanted.add(name)
         elif name in table:
             wanted.add(table[name].group)

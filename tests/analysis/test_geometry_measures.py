@@ -32,6 +32,7 @@ def test_planes_are_opt_in_and_the_other_groups_default():
     assert "plane" not in default
     assert {"trajectory_map", "layerwise", "cross_level"} <= set(default)
     assert "interpolation" in registry.select(["plane"])  # the LMC-rule k needs it
+    assert registry.select(["default", "plane"]) == (*default, "plane")
 
 
 def test_plane_anchor_errors_equal_direct_evaluation(geometry):

@@ -48,3 +48,14 @@ def test_non_finite_points_are_refused_in_one_line():
     x[1, 2] = np.nan
     with pytest.raises(ValueError, match="not all finite"):
         path_pca(x, 2)
+
+
+def test_the_gram_pass_sums_column_blocks_exactly(monkeypatch):
+    import stabilitylab.analysis.pca as pca
+
+    x = _plane_path(np.random.default_rng(3))
+    whole = path_pca(x, 2)
+    monkeypatch.setattr(pca, "BLOCK_VALUES", 60 * 16)  # 19 blocks of 16 columns
+    blocked = path_pca(da.from_array(x, chunks=(25, 300)), 2)
+    np.testing.assert_allclose(blocked.scores, whole.scores, atol=1e-9)
+    np.testing.assert_allclose(blocked.explained, whole.explained, rtol=1e-12)
