@@ -61,9 +61,8 @@ def _version() -> str:
 
 
 def _measures_help() -> str:
-    from stabilitylab.analysis.run import MEASURE_GROUP, MEASURE_GROUPS
-
     from stabilitylab.analysis.registry import GROUPS
+    from stabilitylab.analysis.run import MEASURE_GROUP, MEASURE_GROUPS
 
     opt_in = [g for g in MEASURE_GROUPS if not GROUPS[g].default]
     return ("measure groups or measure names to compute (default: every group but the opt-in "

@@ -67,7 +67,7 @@ def plot_trajectory_map(analysis: xr.Dataset, *, level, rewinds, kind: str = "im
     step, over the test-error contour of that plane where the ``plane`` group computed it."""
     fig, axes = F._figure(1, len(rewinds), figsize=(3.6 * len(rewinds) + 0.8, 3.6))
     cmap = matplotlib.colormaps["viridis"]
-    planes = dict((k, p) for p, k in _plane_ks(analysis, kind, level))
+    planes = {k: p for p, k in _plane_ks(analysis, kind, level)}
     scatter = None
     for ax, k in zip(axes[0], rewinds):
         path = F._get(analysis, "trajectory_map_path", kind=kind, level=level, rewind=k)

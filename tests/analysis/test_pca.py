@@ -51,7 +51,7 @@ def test_non_finite_points_are_refused_in_one_line():
 
 
 def test_the_gram_pass_sums_column_blocks_exactly(monkeypatch):
-    import stabilitylab.analysis.pca as pca
+    from stabilitylab.analysis import pca
 
     x = _plane_path(np.random.default_rng(3))
     whole = path_pca(x, 2)
