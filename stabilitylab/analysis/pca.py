@@ -83,6 +83,8 @@ def _gram_pca(x, c: int) -> PathPCA:
     n, p = x.shape
     # Blocks of all N rows × BLOCK_VALUES / N columns: G is the sum of their X_b X_bᵀ.
     x = x.rechunk((-1, max(1, min(p, BLOCK_VALUES // max(n, 1)))))
+    if x.numblocks[1] == 1:  # one block holds it all: read the store once, not twice
+        x = x.persist()
     gram = np.asarray((x @ x.T).compute())  # one pass over the chunks
     if not np.isfinite(gram).all():
         raise ValueError("path_pca: the points are not all finite")
