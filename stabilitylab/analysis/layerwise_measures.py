@@ -5,7 +5,9 @@ Adilova, Andriushchenko, Kamp, Fischer & Jaggi, "Layer-wise Linear Mode Connecti
 path that interpolates layer ℓ alone (weight and bias) and holds every other layer at
 W_b (:func:`stabilitylab.analysis.layerwise.layerwise_points`); its barrier has the form of
 the LMC barrier (Frankle et al., ICML 2020): max_α E_α − mean(E_0, E_1), on test error
-and on test loss, with :data:`LAYERWISE_ALPHAS` points. Computed for the ``imp`` kind
+and on test loss, with :data:`LAYERWISE_ALPHAS` points. The path's α = 1 end is a hybrid
+(W_b with W_a's layer ℓ), not a trained network, so the barrier is at least half the gap
+between the hybrid's error and W_b's (:func:`~stabilitylab.analysis.barriers.instability`). Computed for the ``imp`` kind
 (controls stay NaN), which keeps ``analyze``'s default cost within budget.
 """
 
@@ -33,7 +35,9 @@ def _work(ctx) -> int:
            Variable("layerwise_barrier", _DIMS, "test-error barrier along the path that "
                     "interpolates one layer (weight and bias) between the pair's final weights "
                     f"and holds the others at W_b ({_ADILOVA}; {LAYERWISE_ALPHAS} points; "
-                    "`imp` only, NaN for the controls)", "fraction"),
+                    "`imp` only, NaN for the controls). Its α = 1 end is W_b with W_a's layer, a "
+                    "hybrid network: a bad hybrid alone raises the barrier by half its excess "
+                    "error", "fraction"),
            Variable("layerwise_loss_barrier", _DIMS, "the same on test loss", "nats"),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
