@@ -6,7 +6,7 @@ Work: test error and loss at the 441 nodes of the plane through three networks o
 default study's model (conv1d on MNIST-1D shapes, ~5k parameters; Garipov et al. 2018,
 Fig. 1), over 1000 synthetic examples of the same shapes. Ours:
 ``stabilitylab.analysis.planes.evaluate_plane`` (the nodes are stacked replicas of
-``evaluate_points``, 256 at a time). Baseline: a per-node loop, one concrete module per node
+``evaluate_points``, 128 at a time). Baseline: a per-node loop, one concrete module per node
 (``evaluate_interpolation_loop`` at α = 1, the reference evaluator). Both return the same
 numbers (checked here); ratio = baseline time / ours.
 """

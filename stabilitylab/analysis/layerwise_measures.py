@@ -39,6 +39,8 @@ def _work(ctx) -> int:
                     "hybrid network: a bad hybrid alone raises the barrier by half its excess "
                     "error", "fraction"),
            Variable("layerwise_loss_barrier", _DIMS, "the same on test loss", "nats"),
+           Variable("layerwise_hybrid_error", _DIMS, "test error of that path's α = 1 end: W_b "
+                    "with W_a's layer", "fraction"),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """One stacked evaluation per (imp, level, k): every pair × layer × α point."""
@@ -46,6 +48,7 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     layers = list(selectors)
     err = allocate(ctx, "layerwise_barrier", layer=layers)
     loss = allocate(ctx, "layerwise_loss_barrier", layer=layers)
+    hybrid = allocate(ctx, "layerwise_hybrid_error", layer=layers)
     alphas = alpha_grid(LAYERWISE_ALPHAS)
     data = ctx.data
     bn_x = data.train_x[:ctx.cfg.data.train_eval_size] if ctx.stacked.buffer_slots else None
@@ -62,11 +65,14 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
             res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
                                      bn_recompute_x=bn_x)
             shape = (len(pairs), len(layers), len(alphas))
-            e, lo = instability(res["error"].reshape(shape)), instability(res["loss"].reshape(shape))
+            curves = res["error"].reshape(shape)
+            e, lo = instability(curves), instability(res["loss"].reshape(shape))
             at = {"kind": kind, "level": level, "rewind": k}
             for i, (p, _, _) in enumerate(pairs):
                 err.loc[{**at, "pair": ctx.pair_labels[p]}] = e[i]
                 loss.loc[{**at, "pair": ctx.pair_labels[p]}] = lo[i]
+                hybrid.loc[{**at, "pair": ctx.pair_labels[p]}] = curves[i, :, -1]
         if progress is not None:
             progress(1)
-    return {"layerwise_barrier": err, "layerwise_loss_barrier": loss}
+    return {"layerwise_barrier": err, "layerwise_loss_barrier": loss,
+            "layerwise_hybrid_error": hybrid}

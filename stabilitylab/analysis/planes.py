@@ -117,7 +117,7 @@ def plane_points(plane: Plane, xs, ys, *, mask=None, dtype=torch.float32,
 
 
 def evaluate_plane(stacked, plane: Plane, xs, ys, x, y, *, mask=None, bn_recompute_x=None,
-                   device=None, max_points: int = 256) -> dict:
+                   device=None, max_points: int = 128) -> dict:
     """Error and loss at every grid node, (len(ys), len(xs)) each, through
     :func:`stabilitylab.analysis.interpolate.evaluate_points` (the grid nodes are stacked
     replicas, ``max_points`` at a time; BatchNorm statistics recomputed at every node on

@@ -97,6 +97,10 @@ def test_layerwise_barriers_per_layer_for_imp_only(geometry):
     assert np.isfinite(an.layerwise_barrier.sel(kind="imp")).all()
     assert an.layerwise_barrier.sel(kind="reinit").isnull().all()
     assert (an.layerwise_barrier.sel(kind="imp") >= 0).all()
+    # the barrier is at least half the hybrid end's excess over W_b (instability's lower bound)
+    ends = an.interp_test_error.sel(kind="imp").isel(alpha=0)  # W_b
+    floor = (an.layerwise_hybrid_error.sel(kind="imp") - ends) / 2
+    assert (an.layerwise_barrier.sel(kind="imp") >= floor - 1e-12).all()
 
 
 def test_cross_level_equals_compare_on_the_same_two_checkpoints(geometry, tmp_path):
