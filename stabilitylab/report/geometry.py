@@ -89,7 +89,7 @@ def plot_trajectory_map(analysis: xr.Dataset, *, level, rewinds, kind: str = "im
             ok = np.isfinite(p).all(-1)
             ax.plot(p[ok, 0], p[ok, 1], color="0.6", lw=0.6, zorder=2)
             scatter = ax.scatter(p[ok, 0], p[ok, 1], c=steps[ok], cmap=cmap, s=6, zorder=3,
-                                 vmin=k, vmax=steps.max())
+                                 vmin=min(rewinds), vmax=steps.max())  # one scale: all panels
         start = analysis["trajectory_map_start"].sel(kind=kind, level=level, rewind=k).values
         ax.plot(*start, marker="*", color="#D55E00", ms=11, zorder=4, ls="none", label="W_k")
         s1, s2 = (100 * float(v) for v in share.values)
@@ -205,7 +205,9 @@ def _layerwise_specs(study, analysis):
     return [("layerwise_barrier.png",
              ("Layer-wise barriers, IMP: the test-error barrier (percentage points, mean over "
               "copy pairs) when one layer (weight and bias) is interpolated between two copies' "
-              f"final weights and the others are held at one copy ({_ADILOVA})."),
+              "final weights and the others are held at one copy; the path's far end is that "
+              "copy with the other's layer, a hybrid network, so a bad hybrid alone raises the "
+              f"barrier ({_ADILOVA})."),
              lambda: plot_layerwise(analysis))]
 
 
