@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 GRID_POINTS = 21  # per side (Garipov et al. used 21 x 21 in their released plane scripts' spirit)
 MARGIN = 0.25  # of the three points' extent, on every side
