@@ -62,10 +62,14 @@ def _version() -> str:
 
 
 def _measures_help() -> str:
+    from stabilitylab.analysis.registry import GROUPS
     from stabilitylab.analysis.run import MEASURE_GROUP, MEASURE_GROUPS
 
-    return ("measure groups or measure names to compute (default: all; a measure name computes "
-            "its whole group). Groups: " + ", ".join(MEASURE_GROUPS) + ". Measures: "
+    opt_in = [g for g in MEASURE_GROUPS if not GROUPS[g].default]
+    return ("measure groups or measure names to compute (default: every group but the opt-in "
+            "ones; 'default' names those, e.g. --measures default plane; a measure name "
+            "computes its whole group). Groups: " + ", ".join(MEASURE_GROUPS)
+            + (" (opt-in: " + ", ".join(opt_in) + ")" if opt_in else "") + ". Measures: "
             + ", ".join(f"{m} ({g})" for m, g in MEASURE_GROUP.items()))
 
 

@@ -36,7 +36,8 @@ import xarray as xr
 READS = ("trajectory", "endpoints", "function")
 REDUCTIONS = ("pair", "replica", None)
 #: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure``).
-DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure")
+DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure",
+        "component", "layer", "plane", "plane_x", "plane_y", "anchor")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Group:
     part_of: str | None = None
     needs: tuple[str, ...] = ()
     rank: int = 1000
+    default: bool = True  # False: computed only when --measures names it (opt-in)
 
     def units(self, ctx) -> int:
         """Work units of this group on ``ctx`` (``work(ctx)``, or one per combination)."""
@@ -166,13 +168,13 @@ def _replace(obj, **changes):
 
 
 def group(name: str, *, reads: str, variables, measures=(), phase: str = "", work=None,
-          needs=(), rank: int = 1000):
+          needs=(), rank: int = 1000, default: bool = True):
     """Decorator: register the decorated function as group ``name``'s compute function."""
 
     def deco(fn):
         register(Group(name=name, reads=reads, compute=fn, variables=tuple(variables),
                        measures=tuple(measures), phase=phase or name, work=work,
-                       needs=tuple(needs), rank=rank))
+                       needs=tuple(needs), rank=rank, default=default))
         return fn
 
     return deco
@@ -219,16 +221,19 @@ def variables() -> dict[str, Variable]:
 
 def select(names) -> tuple[str, ...]:
     """The groups to compute for ``names``: group and measure names in any mix (a measure
-    selects its whole group, a group the groups it needs); None or empty: every group."""
+    selects its whole group, a group the groups it needs; ``"default"`` every default group);
+    None or empty: every default group (an opt-in group, ``default=False``, only when named)."""
     from stabilitylab.core.errors import StabilityLabError
 
     order = groups()
     if not names:
-        return order
+        return tuple(g for g in order if GROUPS[g].default)
     table = measures()
     wanted = set()
     for name in names:
-        if name in GROUPS:
+        if name == "default":  # every default group, plus whatever else is named
+            wanted.update(g for g in order if GROUPS[g].default)
+        elif name in GROUPS:
             wanted.add(name)
         elif name in table:
             wanted.add(table[name].group)
@@ -334,11 +339,12 @@ def measures_table() -> str:
 
 def groups_table() -> str:
     """The Markdown table of the measure groups."""
-    rows = ["| group | reads | computed in the pass of | needs |", "|---|---|---|---|"]
+    rows = ["| group | reads | computed in the pass of | needs | by default |",
+            "|---|---|---|---|---|"]
     for name in groups():
         g = GROUPS[name]
         rows.append(f"| `{name}` | {g.reads} | {g.part_of or name} | "
-                    f"{', '.join(g.needs) or '—'} |")
+                    f"{', '.join(g.needs) or '—'} | {'yes' if g.default else 'no (opt-in)'} |")
     return "\n".join(rows)
 
 

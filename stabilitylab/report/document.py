@@ -35,13 +35,14 @@ from stabilitylab.core.keys import (
     STATUS_PARENT_DIVERGED,
 )
 from stabilitylab.report import figures as F
+from stabilitylab.report import geometry as G
 
 log = logging.getLogger(__name__)
 
 MAX_PNG_BYTES = 200_000
 STATUS = {code: name for name, code in STATUS_CODES.items()}
 PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
-           "instability"}  # fractions shown as % / percentage points
+           "instability", "cross_level"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
 figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
@@ -170,6 +171,7 @@ def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
                     if flag in analysis:
                         v = _num(analysis[flag].sel(**at))
                         row[flag] = None if v is None else ("yes" if v else "no")
+                row["cross_level"] = G.cross_level_value(analysis, kind, level, k)
                 rows.append(row)
     order = {"imp": 0, "random_prune": 1, "reinit": 2}
     rows.sort(key=lambda r: (r["level"], order.get(r["kind"], 9), r["rewind"]))
@@ -181,7 +183,8 @@ SUMMARY_COLUMNS = {"level": "level", "kind": "kind", "rewind": "k", "density": "
                    "accuracy_interval": "acc. 95% interval (%)",
                    "instability": "instability (pp)",
                    "instability_interval": "instability 95% interval (pp)",
-                   "stable": "stable", "matching": "matching"}
+                   "stable": "stable", "matching": "matching",
+                   G.CROSS_LEVEL_COLUMN[0]: G.CROSS_LEVEL_COLUMN[1]}
 
 
 def _config(attrs: dict) -> dict:
@@ -472,7 +475,9 @@ def _summary_note(analysis) -> str:
             "Intervals: 95% bootstrap percentile interval of the mean (min–max with fewer than "
             f"3 values), never outside the values' range. Stable: instability < {thr:g} pp "
             f"(Frankle et al., ICML 2020). Matching: accuracy within the matching tolerance of "
-            f"{tol:g} pp of the dense accuracy (at least dense − {tol:g} pp).")
+            f"{tol:g} pp of the dense accuracy (at least dense − {tol:g} pp)."
+            + (" " + G.CROSS_LEVEL_NOTE if analysis is not None
+               and "cross_level_barrier" in analysis else ""))
 
 
 def _glossary_rows() -> list[dict]:
@@ -487,7 +492,7 @@ GLOSSARY_COLUMNS = {"measure": "measure", "what": "what it is", "unit": "unit in
 
 
 def _write_documents(folder: Path, title: str, meta: str, images, predictions, provenance,
-                     summary=(), summary_note: str = "") -> None:
+                     summary=(), summary_note: str = "", geometry=()) -> None:
     kv = {"key": "key", "value": "value"}
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -504,6 +509,14 @@ def _write_documents(folder: Path, title: str, meta: str, images, predictions, p
         h.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
                  f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+    if geometry:  # report.geometry's section: its own figures, in its order
+        h.append(f"<h2>{G.TITLE}</h2><p>{html.escape(G.INTRO)}</p>")
+        md += [f"## {G.TITLE}", "", G.INTRO, ""]
+        for name, caption, data in geometry:
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            h.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"
+                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+            md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
     if predictions:
         h.append("<h2>Rewind-point prediction</h2>" + _html_table(predictions, PREDICTION_COLUMNS))
         md += ["## Rewind-point prediction", "", _md_table(predictions, PREDICTION_COLUMNS), ""]
@@ -547,14 +560,17 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     logged and left out; the rest of the report is still written. Returns ``out``.
     """
     out = Path(out)
-    images, notes = [], []
-    for name, caption, build in _figure_specs(study, analysis):
-        try:
-            fig = build()
-            images.append((name, caption, _png(fig, dpi)))
-        except Exception as e:  # one broken figure must not lose the report
-            log.warning("report: figure %s failed: %s", name, e, exc_info=True)
-            notes.append({"section": "analysis", "key": f"figure {name}", "value": f"failed: {e}"})
+    images, geometry, notes = [], [], []
+    for target, specs in ((images, _figure_specs(study, analysis)),
+                          (geometry, G.geometry_specs(study, analysis))):
+        for name, caption, build in specs:
+            try:
+                fig = build()
+                target.append((name, caption, _png(fig, dpi)))
+            except Exception as e:  # one broken figure must not lose the report
+                log.warning("report: figure %s failed: %s", name, e, exc_info=True)
+                notes.append({"section": "analysis", "key": f"figure {name}",
+                              "value": f"failed: {e}"})
     predictions = prediction_table(analysis) if analysis is not None else []
     summary = summary_table(study, analysis) if analysis is not None else []
     provenance = (provenance_rows(study, analysis, resolved=resolved)
@@ -570,11 +586,11 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
                 "or unknown" + ("; the study has finished since: run `stabilitylab analyze` "
                                 "again" if attrs.get("complete") is True else "") + ". " + meta)
     with _atomic_folder(out) as folder:
-        for file, _, data in images:
+        for file, _, data in images + geometry:
             (folder / file).write_bytes(data)
         _write_documents(folder, title, meta, images, predictions, provenance, summary,
-                         _summary_note(analysis))
-    log.info("report: wrote %s (%d figures)", out, len(images))
+                         _summary_note(analysis), geometry)
+    log.info("report: wrote %s (%d figures)", out, len(images) + len(geometry))
     return out
 
 

@@ -33,7 +33,8 @@ def test_schema_doc_tables_match_the_registry():
 
 
 def test_every_variable_analyze_writes_is_declared_with_its_dims(analysis):
-    declared = registry.variables()
+    declared = {n: v for n, v in registry.variables().items()  # opt-in groups: not by default
+                if v.group is None or registry.GROUPS[v.group].default}
     assert set(analysis.data_vars) == set(declared)  # the full analysis: nothing extra or missing
     for name, var in declared.items():
         assert analysis[name].dims == var.dims, name
@@ -59,7 +60,7 @@ def test_measure_value_holds_every_registered_measure_in_order(analysis):
 
 
 def test_attrs_and_pair_coordinates(analysis):
-    assert analysis.attrs["measures"] == list(registry.groups())  # group names, in order
+    assert analysis.attrs["measures"] == list(registry.select(None))  # default groups, in order
     assert analysis.attrs["alphas"] == analysis.sizes["alpha"] and isinstance(
         analysis.attrs["alphas"], int)
     assert analysis.attrs["threshold"] == LMC_THRESHOLD
@@ -71,7 +72,8 @@ def test_attrs_and_pair_coordinates(analysis):
 def test_select_expands_measures_and_needs(monkeypatch):
     assert registry.select(["instability", "rhat"]) == ("interpolation", "replica")
     assert registry.select(["aligned_instability"]) == ("aligned",)
-    assert registry.select(None) == registry.groups()
+    assert registry.select(None) == tuple(g for g in registry.groups()
+                                          if registry.GROUPS[g].default)
     monkeypatch.setitem(registry.GROUPS, "late", registry.Group(
         name="late", reads="trajectory", compute=lambda *a, **k: {}, variables=(),
         needs=("trajectory",), rank=99))

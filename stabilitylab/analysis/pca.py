@@ -1,0 +1,133 @@
+"""PCA of optimisation paths, out of core (array layer of the ``trajectory_map`` group).
+
+Li, Xu, Taylor, Studer & Goldstein, "Visualizing the Loss Landscape of Neural Nets"
+(NeurIPS 2018), §7: the directions that show an optimisation path are its principal
+components. Given the N recorded points of the paths (rows of X, N × P: every replica's
+weights at every recorded step from k to T), centred at their mean μ, the first c right
+singular vectors v_1..v_c of X − 1μᵀ span the view, and each point's coordinates are
+(w − μ)·v_j.
+
+How it is computed, without loading X into memory:
+
+- **exact, through the Gram matrix** (N ≤ :data:`GRAM_MAX_POINTS`): one dask pass over
+  the store's chunks accumulates G = X Xᵀ (N × N, float64); the centred Gram matrix is
+  H G H with H = I − 11ᵀ/N; its eigendecomposition H G H = U Λ Uᵀ gives the scores
+  U√Λ (the projected paths) and the explained variances λ_j / tr(HGH); a second pass
+  gives μ = Xᵀ1/N and the directions v_j = Xᵀ H u_j / √λ_j. Memory: N² plus one block of
+  all N rows and 2²³/N columns (64 MiB).
+- **randomized** (larger N): dask's ``svd_compressed`` (Halko, Martinsson & Tropp, SIAM
+  Review 2011, Alg. 4.4 with power iterations) on the centred dask array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GRAM_MAX_POINTS = 4096  # N above this: randomized SVD (the N × N Gram matrix would be large)
+POWER_ITERATIONS = 4  # of the randomized SVD
+BLOCK_VALUES = 1 << 23  # float64 values per block of the Gram pass (64 MiB)
+
+
+@dataclass
+class PathPCA:
+    """Result of :func:`path_pca` (c components)."""
+
+    mean: np.ndarray  # (P,) float64
+    components: np.ndarray  # (c, P) float64, orthonormal rows
+    scores: np.ndarray  # (N, c): each row's coordinates (w − μ)·v_j
+    explained: np.ndarray  # (c,) share of the total variance (NaN where it is 0)
+    method: str  # "gram" or "randomized"
+
+    def project(self, points) -> np.ndarray:
+        """(M, P) → (M, c) coordinates in the view."""
+        return (np.asarray(points, np.float64) - self.mean) @ self.components.T
+
+
+def _as_dask(x):
+    import dask.array as da
+
+    return x if isinstance(x, da.Array) else da.from_array(np.asarray(x))
+
+
+def path_pca(x, n_components: int = 2, *, method: str = "auto", seed: int = 0) -> PathPCA:
+    """PCA of the rows of ``x`` (N, P), a numpy or dask array, centred at their mean.
+
+    Li et al., NeurIPS 2018, §7 (module docstring). ``method``: ``"gram"`` (exact),
+    ``"randomized"``, or ``"auto"`` (gram up to :data:`GRAM_MAX_POINTS` rows). Signs are
+    fixed so that the first row (W_k when the paths start there) has a coordinate ≤ 0 on
+    every component. Components beyond the rank of the centred points get zero scores
+    and explained variance 0 (all NaN when every point is the same).
+    """
+    x = _as_dask(x).astype(np.float64)
+    n = x.shape[0]
+    c = int(n_components)
+    if method == "auto":
+        method = "gram" if n <= GRAM_MAX_POINTS else "randomized"
+    if method == "gram":
+        out = _gram_pca(x, c)
+    elif method == "randomized":
+        out = _randomized_pca(x, c, seed)
+    else:
+        raise ValueError(f"path_pca: method must be auto, gram or randomized, got {method!r}")
+    flip = np.where(out.scores[0] > 0, -1.0, 1.0)
+    out.scores *= flip
+    out.components *= flip[:, None]
+    return out
+
+
+def _gram_pca(x, c: int) -> PathPCA:
+    import dask
+
+    n, p = x.shape
+    # Blocks of all N rows × BLOCK_VALUES / N columns: G is the sum of their X_b X_bᵀ.
+    x = x.rechunk((-1, max(1, min(p, BLOCK_VALUES // max(n, 1)))))
+    if x.numblocks[1] == 1:  # one block holds it all: read the store once, not twice
+        x = x.persist()
+    gram = np.asarray((x @ x.T).compute())  # one pass over the chunks
+    if not np.isfinite(gram).all():
+        raise ValueError("path_pca: the points are not all finite")
+    h = np.eye(n) - 1.0 / n
+    centred = h @ gram @ h
+    centred = (centred + centred.T) / 2
+    lam, u = np.linalg.eigh(centred)
+    order = np.argsort(lam)[::-1][:c]
+    lam, u = np.clip(lam[order], 0, None), u[:, order]
+    total = float(np.trace(centred))
+    if total <= 1e-13 * float(np.trace(gram)):  # every point the same, up to rounding
+        total = 0.0
+    tol = max(total * 1e-12, np.finfo(float).tiny)
+    keep = (lam > tol) & (total > 0)
+    if len(lam) < c:  # fewer points than components
+        lam = np.concatenate([lam, np.zeros(c - len(lam))])
+        u = np.concatenate([u, np.zeros((n, c - u.shape[1]))], 1)
+        keep = np.concatenate([keep, np.zeros(c - len(keep), bool)])
+    hu = h @ u  # second pass: mean and directions together
+    weights = np.concatenate([hu, np.full((n, 1), 1.0 / n)], 1)
+    (back,) = dask.compute(x.T @ weights)
+    back = np.asarray(back)
+    mean = back[:, -1]
+    comps = np.zeros((c, p))
+    comps[keep] = (back[:, :c][:, keep] / np.sqrt(lam[keep])).T
+    scores = np.zeros((n, c))
+    scores[:, keep] = u[:, keep] * np.sqrt(lam[keep])
+    explained = np.where(keep, lam, 0.0) / total if total > 0 else np.full(c, np.nan)
+    return PathPCA(mean, comps, scores, explained, "gram")
+
+
+def _randomized_pca(x, c: int, seed: int) -> PathPCA:
+    import dask
+    import dask.array as da
+
+    x = x.rechunk({1: -1}) if x.numblocks[1] > 1 and x.shape[1] <= 1 << 22 else x
+    mean = np.asarray(x.mean(0).compute())
+    centred = x - mean
+    u, s, vt = da.linalg.svd_compressed(centred, k=c, n_power_iter=POWER_ITERATIONS,
+                                        seed=seed, compute=True)
+    total = (centred ** 2).sum()
+    u, s, vt, total = dask.compute(u, s, vt, total)
+    s = np.asarray(s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        explained = s ** 2 / float(total) if float(total) > 0 else np.full(c, np.nan)
+    return PathPCA(mean, np.asarray(vt), np.asarray(u) * s, explained, "randomized")

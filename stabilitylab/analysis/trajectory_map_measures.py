@@ -1,0 +1,88 @@
+"""Trajectory maps: where the copies went, in the PCA view of their paths (``trajectory_map``).
+
+Li, Xu, Taylor, Studer & Goldstein, "Visualizing the Loss Landscape of Neural Nets"
+(NeurIPS 2018), §7: for each (kind, level, rewind k) the recorded weights of all
+complete replicas at every recorded step from k to T are the rows of X; PCA of X centred
+at its mean gives the view. Stored: each replica's path in the first
+:data:`MAP_COMPONENTS` components, the share of variance each explains, and the
+coordinates of W_k (the first complete replica's weights at step k, where every
+data-order copy starts).
+
+The PCA is :func:`stabilitylab.analysis.pca.path_pca`: exact, through the N × N Gram
+matrix accumulated by dask over the store's chunks (never the whole trajectory in
+memory); randomized SVD (dask ``svd_compressed``) above 4096 recorded points. The test-error
+contour of the PC1–PC2 plane is computed by the opt-in ``plane`` group
+(:mod:`stabilitylab.analysis.plane_measures`), which shares this module's
+:func:`map_pca`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import xarray as xr
+
+from stabilitylab.analysis.pca import path_pca
+from stabilitylab.analysis.registry import Variable, allocate, group
+
+log = logging.getLogger(__name__)
+
+MAP_COMPONENTS = 2  # components stored (the `component` coordinate: 1, 2, ...)
+_LI = "Li et al., NeurIPS 2018, §7"
+
+
+def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
+    """(PathPCA, replica indices, step indices) of the paths of (kind, level, k), or None
+    when no replica is complete; raises ValueError on non-finite weights."""
+    import dask.array as da
+
+    reps = ctx.complete_replicas(kind, level, k)
+    if not reps:
+        return None
+    steps = np.nonzero(np.asarray(ctx.steps) >= k)[0]
+    w = ctx.ds.weights.sel(kind=kind, level=level, rewind=k).data  # dask (R, S, P)
+    x = da.concatenate([w[r][steps] for r in reps], axis=0)
+    return path_pca(x, n_components), reps, steps
+
+
+@group("trajectory_map", reads="trajectory", phase="trajectory maps", rank=17,
+       variables=(
+           Variable("trajectory_map_path", ("kind", "level", "rewind", "replica", "step",
+                                            "component"),
+                    "each replica's recorded weights from k to T projected on the principal "
+                    "components of all replicas' paths from k to T, centred at their mean "
+                    f"({_LI}; NaN before k)", "weight L2 norm", needs_trajectory=True),
+           Variable("trajectory_map_explained", ("kind", "level", "rewind", "component"),
+                    "share of the paths' variance each component explains", "fraction",
+                    needs_trajectory=True),
+           Variable("trajectory_map_start", ("kind", "level", "rewind", "component"),
+                    "coordinates of W_k (the first complete replica at step k) in the same view",
+                    "weight L2 norm", needs_trajectory=True),
+       ))
+def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
+    """One PCA per (kind, level, k) of the study's complete replicas."""
+    comps = list(range(1, MAP_COMPONENTS + 1))
+    path = allocate(ctx, "trajectory_map_path", component=comps)
+    explained = allocate(ctx, "trajectory_map_explained", component=comps)
+    start = allocate(ctx, "trajectory_map_start", component=comps)
+    for kind, level, k in list(ctx.combos()):
+        at = {"kind": kind, "level": level, "rewind": k}
+        try:
+            found = map_pca(ctx, kind, level, k)
+        except ValueError as exc:  # non-finite weights: NaN, one line
+            log.warning("trajectory map of (%s, %s, %s) left NaN: %s", kind, level, k, exc)
+            found = None
+        if found is not None:
+            res, reps, steps = found
+            scores = res.scores.reshape(len(reps), len(steps), -1)
+            block = np.full((len(ctx.replicas), len(ctx.steps), len(comps)), np.nan)
+            block[np.ix_(reps, steps)] = scores
+            path.loc[at] = block
+            explained.loc[at] = res.explained
+            start.loc[at] = scores[0, 0]
+        if progress is not None:
+            progress(1)
+    path.attrs["pca"] = "exact through the Gram matrix (dask); randomized above 4096 points"
+    return {"trajectory_map_path": path, "trajectory_map_explained": explained,
+            "trajectory_map_start": start}
