@@ -179,6 +179,9 @@ def _add_plugin_commands(sub) -> None:
                      help="recompute BatchNorm statistics at every alpha on the train subset "
                           "(default: interpolate the files' statistics)")
     cmp.add_argument("--align", action="store_true", help="also the barrier after weight matching")
+    cmp.add_argument("--curve", action="store_true",
+                     help="also train a Bezier curve and a one-bend chain from B to A and report "
+                          "their barriers (Garipov et al. 2018)")
     cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
@@ -217,7 +220,8 @@ def _compare(args) -> int:
 
     result = compare_checkpoints(args.a, args.b, model=args.model, data=args.data,
                                  alphas=args.alphas, bn_recompute=args.bn_recompute,
-                                 align=args.align, overrides=args.overrides, device=args.device)
+                                 align=args.align, curve=args.curve, overrides=args.overrides,
+                                 device=args.device)
     print(json.dumps(result) if args.json else "\n".join(summary_lines(result)))
     return 0
 

@@ -35,8 +35,9 @@ import xarray as xr
 
 READS = ("trajectory", "endpoints", "function")
 REDUCTIONS = ("pair", "replica", None)
-#: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure``).
-DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure")
+#: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure``, ``curve``).
+DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure",
+        "curve")
 
 
 @dataclass(frozen=True)

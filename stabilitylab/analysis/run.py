@@ -179,6 +179,10 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
         results.update(g.compute(ctx, results, options, progress=bar.update))
     bar.close()
     absent = _absent_trajectory_measures(ctx, results)
+    # A group marks a variable it could not compute at all (NaN) with attrs["absent"] = why.
+    why_absent = {n: v.attrs.pop("absent") for n, v in results.items() if "absent" in v.attrs}
+    trajectory_absent = list(absent)
+    absent += [n for n in why_absent if n not in absent]
     accuracy, accuracy_std = _accuracy(ctx)
     results["final_test_acc"] = accuracy
     results["final_test_acc_std"] = accuracy_std
@@ -212,7 +216,10 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
     write_analysis(url, analysis, storage_options=storage_options)
     csv = write_csv(str(url), analysis, storage_options) if "instability" in analysis else None
     lines = _lines(ctx, analysis) if "instability" in analysis else list(ctx.skipped)
-    if absent:
+    if trajectory_absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
-                     "OpenLTH import): " + ", ".join(absent))
+                     "OpenLTH import): " + ", ".join(trajectory_absent))
+    for why in dict.fromkeys(why_absent.values()):
+        lines.append(f"absent ({why}): "
+                     + ", ".join(n for n, w in why_absent.items() if w == why))
     return {"analysis": analysis, "lines": lines, "csv": csv}

@@ -13,7 +13,10 @@ on the test set of the named dataset:
 - the L2 distance ‖W_A − W_B‖₂ and the angle between them, over every parameter;
 - prediction disagreement (fraction of test examples whose argmax differs);
 - optionally (``align=True``), the error barrier after weight matching B to A
-  (Ainsworth, Hayase & Srinivasa, "Git Re-Basin", ICLR 2023).
+  (Ainsworth, Hayase & Srinivasa, "Git Re-Basin", ICLR 2023);
+- optionally (``curve=True``), the barriers along a trained quadratic Bézier curve and a
+  polygonal chain from B to A (Garipov et al., NeurIPS 2018), their lengths and the
+  linear barrier minus the curve barrier (:mod:`stabilitylab.interop.compare_curve`).
 
 BatchNorm networks: with ``bn_recompute`` the running statistics are recomputed at
 every α on the train subset (the analysis default); without it the files' own
@@ -54,8 +57,8 @@ def _logits(stacked, flat, buffers, x, batch=1000):
 
 
 def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
-                        bn_recompute: bool = False, align: bool = False, overrides=(),
-                        device: str | None = None) -> dict:
+                        bn_recompute: bool = False, align: bool = False, curve: bool = False,
+                        overrides=(), device: str | None = None) -> dict:
     """Every measure between checkpoints ``a`` and ``b`` (paths); a JSON-friendly dict.
 
     ``model`` / ``data`` are ``model.name`` / ``data.name`` values (shipped names,
@@ -110,6 +113,10 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
     }
     if align:
         out.update(_aligned(stacked, wa, wb, grid, ds, n_train))
+    if curve:
+        from stabilitylab.interop.compare_curve import curve_results
+
+        out.update(curve_results(stacked, wa, wb, grid, ds, cfg, out))
     return out
 
 
@@ -153,4 +160,8 @@ def summary_lines(result: dict) -> list[str]:
         else:
             lines.append(f"error barrier after weight matching (Git Re-Basin): "
                          f"{pct * result['aligned_error_barrier']:.2f}%")
+    if "curves" in result:
+        from stabilitylab.interop.compare_curve import curve_lines
+
+        lines.extend(curve_lines(result))
     return lines

@@ -162,3 +162,47 @@ def test_bad_files_are_one_line_errors(files, tmp_path, capsys, case, match):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
     assert "pwned" not in out + err
+
+
+def test_compare_curve_trains_a_bezier_and_a_chain(files, capsys):
+    a, b = files
+    code, out, err = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--alphas", "9", "--json", "--curve")
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r["curves"]) == {"bezier", "polychain"} and r["curve_steps"] > 0
+    for c in r["curves"].values():
+        assert len(c["test_error"]) == 9
+        # the curve runs from B (t = 0) to A (t = 1), the linear path's own ends
+        assert c["test_error"][0] == r["test_error_b"] and c["test_error"][-1] == r["test_error_a"]
+        assert c["length"] >= r["l2_distance"] * (1 - 1e-9)  # no path is shorter than a line
+        assert c["linear_minus_curve"] == pytest.approx(r["error_barrier"] - c["error_barrier"])
+    code, out, _ = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                            "--set", "model.hidden=[16]", "--alphas", "9", "--curve")
+    assert code == 0 and "Bezier curve (Garipov et al. 2018" in out and "one-bend chain" in out
+
+
+def test_compare_curve_between_identical_checkpoints_is_one_line(files, capsys):
+    a, _ = files
+    code, out, err = _compare(capsys, a, a, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--curve")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == ("the two checkpoints are identical: there is no "
+                                            "curve to train")
+    assert "Traceback" not in err
+
+
+def test_compare_curve_keeps_weights_pruned_in_both_files_at_zero():
+    from stabilitylab.interop.compare_curve import shared_zeros
+    from stabilitylab.train.functional import StackedModel
+
+    stacked = StackedModel(_net(1))
+    wa = torch.randn(stacked.num_params)
+    wb = torch.randn(stacked.num_params)
+    first = stacked.param_slots[0]  # a prunable Linear weight
+    assert first.prunable
+    wa[first.offset:first.offset + 5] = 0
+    wb[first.offset + 2:first.offset + 7] = 0
+    mask = shared_zeros(stacked, wa, wb)
+    assert mask[first.offset:first.offset + 7].tolist() == [1, 1, 0, 0, 0, 1, 1]
+    assert int((mask == 0).sum()) == 3
