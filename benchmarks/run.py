@@ -26,7 +26,8 @@ for _p in (str(_ROOT), str(_ROOT / "benchmarks")):
 import torch
 from common import machine, print_table
 
-ROWS = ("replicas", "which_k", "conv", "efficiency", "recording", "barrier", "end_to_end", "cuda")
+ROWS = ("replicas", "which_k", "conv", "efficiency", "recording", "barrier", "curve", "end_to_end",
+        "cuda")
 
 
 def _replicas(quick: bool) -> list[dict]:

@@ -120,6 +120,14 @@ def test_batchnorm_statistics_interpolated_or_recomputed(tmp_path, capsys, monke
         recomputed = json.loads(out)
         assert recomputed["bn_mode"] == "recomputed"
         assert recomputed["interp_test_loss"] != interpolated["interp_test_loss"]
+        # curves always recompute BN statistics along the curve (their points have none)
+        code, out, err = _compare(capsys, a, b, *args, "--curve")
+        assert code == 0, err
+        curved = json.loads(out)
+        assert curved["curve_bn_mode"] == "recomputed"
+        for c in curved["curves"].values():
+            assert c["test_loss"][0] == recomputed["interp_test_loss"][0]  # t = 0 is B
+            assert c["test_loss"][-1] == recomputed["interp_test_loss"][-1]
     finally:
         sys.modules.pop("slab_tiny_bn", None)
 
