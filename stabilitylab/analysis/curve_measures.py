@@ -81,7 +81,8 @@ def curve_rewinds(ctx, instability_imp: xr.DataArray | None) -> dict[int, list[i
 
 
 def _work(ctx) -> int:
-    return len({(kind, level) for kind, level, _ in ctx.combos()})
+    """Progress units: one per training step of each (kind, level) run, one for its evaluation."""
+    return len({(kind, level) for kind, level, _ in ctx.combos()}) * (CURVE_STEPS + 1)
 
 
 @group("curve", reads="function", variables=CURVE_VARIABLES, phase="curves", work=_work,
@@ -107,7 +108,9 @@ def curve_measures(ctx, results, *, n_alphas: int = 30, steps: int = CURVE_STEPS
         jobs = _jobs(ctx, kind, level, chosen[level])  # [(k, pair label, start, end, mask)]
         if jobs:
             trained += len(jobs)
-            _run(ctx, out, kind, level, jobs, alphas, steps, bn_x)
+            _run(ctx, out, kind, level, jobs, alphas, steps, bn_x, progress)
+        elif progress is not None:
+            progress(steps)
         if progress is not None:
             progress(1)
     _barriers(out, results)
@@ -142,7 +145,7 @@ def _jobs(ctx, kind, level, rewinds) -> list:
     return jobs
 
 
-def _run(ctx, out, kind, level, jobs, alphas, steps, bn_x) -> None:
+def _run(ctx, out, kind, level, jobs, alphas, steps, bn_x, progress=None) -> None:
     """One batched run for every (job, curve family) of this (kind, level)."""
     dev = ctx.device
     n = len(jobs)
@@ -153,7 +156,7 @@ def _run(ctx, out, kind, level, jobs, alphas, steps, bn_x) -> None:
     seed = derive_seed(ctx.cfg.study.seed, "curve", kind, level)
     controls = train_curves(ctx.stacked, starts, ends, shapes, ctx.data.train_x,
                             ctx.data.train_y, ctx.cfg.training, steps=steps, masks=masks,
-                            seed=seed)
+                            seed=seed, progress=None if progress is None else _per_step(progress))
     res = evaluate_curves(ctx.stacked, starts, controls, ends, shapes, alphas, ctx.data.test_x,
                           ctx.data.test_y, bn_recompute_x=bn_x)
     lengths = curve_lengths(starts.cpu(), controls.cpu(), ends.cpu(), shapes)
@@ -163,6 +166,10 @@ def _run(ctx, out, kind, level, jobs, alphas, steps, bn_x) -> None:
         out["curve_test_error"].loc[at] = res["error"][r]
         out["curve_test_loss"].loc[at] = res["loss"][r]
         out["curve_length"].loc[at] = lengths[r]
+
+
+def _per_step(progress):
+    return lambda curve_steps: progress(1)  # train_curves reports R curve-steps per step
 
 
 def _barriers(out, results) -> None:
