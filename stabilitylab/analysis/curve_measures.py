@@ -36,7 +36,7 @@ from stabilitylab.analysis.barriers import LMC_THRESHOLD, alpha_grid, instabilit
 from stabilitylab.analysis.curves import SHAPES, curve_lengths, evaluate_curves, train_curves
 from stabilitylab.analysis.registry import Variable, allocate, group
 from stabilitylab.analysis.stats import predict_rewind_lmc
-from stabilitylab.train.seeds import derive_seed
+from stabilitylab.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
