@@ -107,11 +107,14 @@ def curve_specs(analysis: xr.Dataset | None) -> list[tuple[str, str, object]]:
     levels = [lv for lv in analysis["level"].values if curve_rewinds(analysis, level=lv)]
     if not levels:
         return []
-    level = levels[-1]
+    gain = analysis["linear_minus_curve"].sel(kind="imp", curve="bezier")
+    gain = [float(np.nanmax(gain.sel(level=lv).values, initial=-np.inf)) for lv in levels]
+    level = levels[int(np.argmax(gain))]  # where a curve avoids most of the linear barrier
     ks = curve_rewinds(analysis, level=level)
     ks = sorted({ks[0], ks[-1]})
     caption = (f"Test error along the straight line, a trained quadratic Bézier curve and a "
-               f"one-bend polygonal chain between the replicas of each pair, level {level}, "
+               f"one-bend polygonal chain between the replicas of each pair, level {level} (the "
+               f"level where a curve avoids most of the linear barrier), "
                f"earliest and latest rewind point with curves (thin: each pair, thick: mean). "
                f"A low curve over a high straight line: linearly unstable copies that still "
                f"share one connected valley ({CITATION}).")
