@@ -27,7 +27,7 @@ import torch
 from common import machine, print_table
 
 ROWS = ("replicas", "which_k", "conv", "efficiency", "recording", "barrier", "scaling", "plane",
-        "pca", "end_to_end", "cuda")
+        "pca", "curve", "end_to_end", "cuda")
 
 
 def _replicas(quick: bool) -> list[dict]:

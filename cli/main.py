@@ -193,6 +193,9 @@ def _add_plugin_commands(sub) -> None:
                      help="also the barrier after weight (default) or activation matching")
     cmp.add_argument("--repair", action="store_true",
                      help="also the barrier after REPAIR (and after --align + REPAIR)")
+    cmp.add_argument("--curve", action="store_true",
+                     help="also train a Bezier curve and a one-bend chain from B to A and report "
+                          "their barriers (Garipov et al. 2018)")
     cmp.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     cmp.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
@@ -231,7 +234,8 @@ def _compare(args) -> int:
 
     result = compare_checkpoints(args.a, args.b, model=args.model, data=args.data,
                                  alphas=args.alphas, bn_recompute=args.bn_recompute,
-                                 align=args.align, repair=args.repair, overrides=args.overrides,
+                                 align=args.align, repair=args.repair, curve=args.curve,
+                                 overrides=args.overrides,
                                  device=args.device)
     print(json.dumps(result) if args.json else "\n".join(summary_lines(result)))
     return 0

@@ -35,9 +35,10 @@ import xarray as xr
 
 READS = ("trajectory", "endpoints", "function")
 REDUCTIONS = ("pair", "replica", None)
-#: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure``).
+#: Dims of the analysis group (the study's, plus ``pair``, ``alpha``, ``measure`` and the
+#: geometry groups' dims).
 DIMS = ("kind", "level", "rewind", "replica", "step", "pair", "alpha", "delta", "measure",
-        "component", "layer", "plane", "plane_x", "plane_y", "anchor")
+        "component", "layer", "plane", "plane_x", "plane_y", "anchor", "curve")
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,10 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
 
     orphans = [f"{kind} level {lv} rewind {k} replica {r} (parent diverged)"
                for kind, lv, k, r in orphaned_runs(ctx.status, ctx.kinds, ctx.levels, ctx.rewinds)]
+    # A group marks a variable it could not compute at all (NaN) with attrs["absent"] = why.
+    why_absent = {n: v.attrs.pop("absent") for n, v in results.items() if "absent" in v.attrs}
+    trajectory_absent = list(absent)
+    absent += [n for n in why_absent if n not in absent]
     accuracy, accuracy_std = _accuracy(ctx)
     results["final_test_acc"] = accuracy
     results["final_test_acc_std"] = accuracy_std
@@ -288,8 +292,11 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     if partial:  # said first, never silently
         lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
                         "when record has finished")
-    if absent:
+    if trajectory_absent:
         lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
-                     "OpenLTH import): " + ", ".join(absent))
+                     "OpenLTH import): " + ", ".join(trajectory_absent))
+    for why in dict.fromkeys(why_absent.values()):
+        lines.append(f"absent ({why}): "
+                     + ", ".join(n for n, w in why_absent.items() if w == why))
     return {"analysis": analysis, "lines": lines, "csv": csv, "study": ctx.resolved,
             "profile": phases.rows}

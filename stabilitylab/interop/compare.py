@@ -18,6 +18,9 @@ on the test set of the named dataset:
   drawn by ``study.seed``);
 - optionally (``repair=True``), the error barrier after REPAIR (Jordan et al., ICLR 2023,
   §4), and after alignment + REPAIR when ``align`` is given.
+- optionally (``curve=True``), the barriers along a trained quadratic Bézier curve and a
+  polygonal chain from B to A (Garipov et al., NeurIPS 2018), their lengths and the
+  linear barrier minus the curve barrier (:mod:`stabilitylab.interop.compare_curve`).
 
 BatchNorm networks: with ``bn_recompute`` the running statistics are recomputed at
 every α on the train subset (the analysis default); without it the files' own
@@ -59,7 +62,8 @@ def _logits(stacked, flat, buffers, x, batch=1000):
 
 def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
                         bn_recompute: bool = False, align: str | bool | None = None,
-                        repair: bool = False, overrides=(), device: str | None = None) -> dict:
+                        repair: bool = False, curve: bool = False, overrides=(),
+                        device: str | None = None) -> dict:
     """Every measure between checkpoints ``a`` and ``b`` (paths); a JSON-friendly dict.
 
     ``model`` / ``data`` are ``model.name`` / ``data.name`` values (shipped names,
@@ -124,6 +128,10 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
                     "aligned_loss_barrier": float(instability(res["loss"]))})
     if repair:
         out.update(_repaired(stacked, wa, wb, other, grid, ds, n_train))
+    if curve:
+        from stabilitylab.interop.compare_curve import curve_results
+
+        out.update(curve_results(stacked, wa, wb, grid, ds, cfg, out))
     return out
 
 
@@ -194,4 +202,8 @@ def summary_lines(result: dict) -> list[str]:
     if "aligned_repaired_error_barrier" in result:
         lines.append(f"error barrier after {result['align']} matching + REPAIR: "
                      f"{pct * result['aligned_repaired_error_barrier']:.2f}%")
+    if "curves" in result:
+        from stabilitylab.interop.compare_curve import curve_lines
+
+        lines.extend(curve_lines(result))
     return lines

@@ -397,6 +397,9 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
                           (f"Test error along αW_a + (1−α)W_b at level {last}, earliest and "
                            "latest rewind point (thin: each replica pair)."),
                           lambda: F.plot_interpolation(analysis, level=last, rewind=ks)))
+        from stabilitylab.report.curves import curve_specs  # mode-connecting curves, if any
+
+        specs += curve_specs(analysis)
         specs.append(("distances_data_order.png",
                       f"L2 distance between data-order replicas (pair mean) at level {last}.",
                       lambda: F.plot_distances(analysis, level=last)))

@@ -120,6 +120,14 @@ def test_batchnorm_statistics_interpolated_or_recomputed(tmp_path, capsys, monke
         recomputed = json.loads(out)
         assert recomputed["bn_mode"] == "recomputed"
         assert recomputed["interp_test_loss"] != interpolated["interp_test_loss"]
+        # curves always recompute BN statistics along the curve (their points have none)
+        code, out, err = _compare(capsys, a, b, *args, "--curve")
+        assert code == 0, err
+        curved = json.loads(out)
+        assert curved["curve_bn_mode"] == "recomputed"
+        for c in curved["curves"].values():
+            assert c["test_loss"][0] == recomputed["interp_test_loss"][0]  # t = 0 is B
+            assert c["test_loss"][-1] == recomputed["interp_test_loss"][-1]
     finally:
         sys.modules.pop("slab_tiny_bn", None)
 
@@ -193,3 +201,47 @@ def test_compare_two_architectures_is_one_line(tmp_path, capsys):
                               "--set", "model.hidden=[16]", "--align", "--repair")
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_compare_curve_trains_a_bezier_and_a_chain(files, capsys):
+    a, b = files
+    code, out, err = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--alphas", "9", "--json", "--curve")
+    assert code == 0, err
+    r = json.loads(out)
+    assert set(r["curves"]) == {"bezier", "polychain"} and r["curve_steps"] > 0
+    for c in r["curves"].values():
+        assert len(c["test_error"]) == 9
+        # the curve runs from B (t = 0) to A (t = 1), the linear path's own ends
+        assert c["test_error"][0] == r["test_error_b"] and c["test_error"][-1] == r["test_error_a"]
+        assert c["length"] >= r["l2_distance"] * (1 - 1e-9)  # no path is shorter than a line
+        assert c["linear_minus_curve"] == pytest.approx(r["error_barrier"] - c["error_barrier"])
+    code, out, _ = _compare(capsys, a, b, "--model", "mlp", "--data", "mnist1d",
+                            "--set", "model.hidden=[16]", "--alphas", "9", "--curve")
+    assert code == 0 and "Bezier curve (Garipov et al. 2018" in out and "one-bend chain" in out
+
+
+def test_compare_curve_between_identical_checkpoints_is_one_line(files, capsys):
+    a, _ = files
+    code, out, err = _compare(capsys, a, a, "--model", "mlp", "--data", "mnist1d",
+                              "--set", "model.hidden=[16]", "--curve")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == ("the two checkpoints are identical: there is no "
+                                            "curve to train")
+    assert "Traceback" not in err
+
+
+def test_compare_curve_keeps_weights_pruned_in_both_files_at_zero():
+    from stabilitylab.interop.compare_curve import shared_zeros
+    from stabilitylab.train.functional import StackedModel
+
+    stacked = StackedModel(_net(1))
+    wa = torch.randn(stacked.num_params)
+    wb = torch.randn(stacked.num_params)
+    first = stacked.param_slots[0]  # a prunable Linear weight
+    assert first.prunable
+    wa[first.offset:first.offset + 5] = 0
+    wb[first.offset + 2:first.offset + 7] = 0
+    mask = shared_zeros(stacked, wa, wb)
+    assert mask[first.offset:first.offset + 7].tolist() == [1, 1, 0, 0, 0, 1, 1]
+    assert int((mask == 0).sum()) == 3
