@@ -116,7 +116,7 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
 
     check_trusted(ds.attrs["config"], describe(url), trust_plugins)
     cfg = config_from_dict(ds.attrs["config"])
-    resolved = validate(cfg)
+    resolved = validate(cfg, min_replicas=1)  # one imported replicate: pair measures absent
     dev = resolve_device(device or "auto")
     layout = ds.attrs["param_layout"]
     if isinstance(layout, str):

@@ -240,11 +240,13 @@ def load_config(source: str | Path | None = None, overrides: typing.Iterable[str
 
 
 def config_from_dict(raw: dict) -> Config:
-    """Build and validate a config from a plain mapping (e.g. one read back from a store)."""
+    """Build and validate a config from a plain mapping (e.g. one read back from a store;
+    an imported store may hold a single replica, so one is accepted here; training
+    validates again and needs two)."""
     from stabilitylab.config.validate import validate
 
     cfg = _build(raw, "config")
-    validate(cfg)
+    validate(cfg, min_replicas=1)
     return cfg
 
 

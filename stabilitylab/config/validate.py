@@ -117,8 +117,11 @@ def _check_model(m, info) -> None:
         check_batched(m, info.input_shape, info.num_classes)
 
 
-def validate(cfg: Config) -> Resolved:
-    """Check every field; return the resolved study. Raises ConfigError."""
+def validate(cfg: Config, *, min_replicas: int = 2) -> Resolved:
+    """Check every field; return the resolved study. Raises ConfigError.
+
+    ``min_replicas``: 2 for a study to train (pairs need two copies); an imported or
+    analyzed store may hold one replica (its pair measures are then absent)."""
     from stabilitylab.data.registry import dataset_info
 
     d, m, t, p, s = cfg.data, cfg.model, cfg.training, cfg.pruning, cfg.study
@@ -152,7 +155,8 @@ def validate(cfg: Config) -> Resolved:
     _need(p.strategy in STRATEGIES, f"pruning.strategy: unknown {p.strategy!r}; choose from {', '.join(STRATEGIES)}")
     _need(0.0 < p.fraction < 1.0, f"pruning.fraction: must be in (0, 1), got {p.fraction}")
     _need(0 <= p.levels <= MAX_LEVELS, f"pruning.levels: must be in 0..{MAX_LEVELS}, got {p.levels}")
-    _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
+    _need(s.replicas >= min_replicas,
+          f"study.replicas: need >= {min_replicas} data-order replicas, got {s.replicas}")
     _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
     from stabilitylab.study.kinds import control_names  # the run-kind registry
