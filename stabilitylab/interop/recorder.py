@@ -46,12 +46,12 @@ from stabilitylab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recorder", "recorder_config"]
+__all__ = ["Recorder", "recorder_config", "stacked_model"]
 
 BASE = ("pruning.levels=0", "study.rewinds=['0it']", "study.controls=[]")
 
 
-def _literal(value) -> str:
+def setting_literal(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -59,7 +59,7 @@ def _literal(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
+        return "[" + ", ".join(setting_literal(v) for v in value) + "]"
     raise ConfigError(f"study setting value {value!r}: expected a string, number, bool or list")
 
 
@@ -74,13 +74,25 @@ def recorder_config(study=None):
     if study is None:
         overrides = []
     elif isinstance(study, dict):
-        overrides = [f"{k}={_literal(v)}" for k, v in study.items()]
+        overrides = [f"{k}={setting_literal(v)}" for k, v in study.items()]
     elif isinstance(study, (list, tuple)):
         overrides = list(study)
     else:
         raise ConfigError(f"study: expected a Config, a mapping or a list, got {type(study).__name__}")
     raw, label = _read_toml(None)
     return _build(apply_overrides(raw, [*BASE, *overrides]), label)
+
+
+def stacked_model(cfg):
+    """The stacked model ``analyze`` rebuilds for ``cfg`` (the layout logged weights fit)."""
+    from stabilitylab.data.registry import dataset_info
+    from stabilitylab.models import build_model
+    from stabilitylab.train.functional import StackedModel
+
+    dinfo = dataset_info(cfg.data)
+    template = build_model(cfg.model, dinfo.input_shape, dinfo.num_classes,
+                           generator=torch.Generator().manual_seed(0))
+    return StackedModel(template)
 
 
 def _state_of(model) -> dict[str, torch.Tensor]:
@@ -97,22 +109,16 @@ class Recorder:
                  storage_options: dict | None = None):
         from stabilitylab.config import study_id
         from stabilitylab.config.validate import validate
-        from stabilitylab.data.registry import dataset_info
-        from stabilitylab.models import build_model
         from stabilitylab.store import StudyWriter
         from stabilitylab.store.schema import local_path
         from stabilitylab.study.context import provenance
         from stabilitylab.study.plan import all_runs
-        from stabilitylab.train.functional import StackedModel
         from stabilitylab.train.optim import state_names
 
         cfg = recorder_config(study)
         self.resolved = validate(cfg, min_replicas=1)
         self.cfg = cfg
-        dinfo = dataset_info(cfg.data)
-        template = build_model(cfg.model, dinfo.input_shape, dinfo.num_classes,
-                               generator=torch.Generator().manual_seed(0))
-        self.stacked = StackedModel(template)
+        self.stacked = stacked_model(cfg)
         self.out = str(out)
         if model is not None:  # the loop's model fits the config's (before anything is written)
             self._flat(_state_of(model), "model")
@@ -141,10 +147,12 @@ class Recorder:
 
     # -- logging ---------------------------------------------------------------------------
 
-    def _flat(self, state, label) -> tuple[torch.Tensor, torch.Tensor]:
+    def _flat(self, state, label, prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
         from stabilitylab.interop.checkpoints import fit_state_dict
+        from stabilitylab.interop.import_checkpoints import strip_prefix
 
-        return fit_state_dict(state, self.stacked, label)
+        names = [s.name for s in (*self.stacked.param_slots, *self.stacked.buffer_slots)]
+        return fit_state_dict(strip_prefix(state, prefix, names, label), self.stacked, label)
 
     def _key(self, kind, level, rewind, replica):
         from stabilitylab.store.schema import RunKey
@@ -167,7 +175,7 @@ class Recorder:
         return RunKey(kind, int(level), int(rewind), int(replica))
 
     def log(self, step: int, model, *, replica: int = 0, kind: str = "imp", level: int = 0,
-            rewind: int | None = None, mask=None) -> bool:
+            rewind: int | None = None, mask=None, prefix: str | None = None) -> bool:
         """Record ``model``'s weights (a module or a state_dict) at ``step`` for one copy.
         Returns True when written, False when the step is not recorded (outside
         ``study.record``) or the run is already complete in a resumed store."""
@@ -179,7 +187,8 @@ class Recorder:
         dense = key[:2] == ("imp", 0) and key.replica == 0
         if step < key.rewind and not dense:
             return False
-        flat, buffers = self._flat(_state_of(model), f"step {step} of replica {key.replica}")
+        flat, buffers = self._flat(_state_of(model), f"step {step} of replica {key.replica}",
+                                   prefix)
         steps = self._logged.setdefault(key, [])
         if steps and step <= steps[-1]:
             raise CheckpointError(f"steps go backwards: {kind} level {level} replica "
@@ -239,7 +248,7 @@ class Recorder:
             return
         logged = set(self._logged.get(key, ()))
         dense = key[:2] == ("imp", 0) and key.replica == 0
-        want = [s for s in self.writer.steps if s >= key.rewind or (dense and not self._dense_done)]
+        want = [s for s in self.writer.steps if s >= key.rewind]  # (the dense trunk may be NaN)
         missing = [s for s in want if s not in logged]
         if missing:
             raise CheckpointError(f"finish: {kind} level {level} replica {key.replica} never "
