@@ -154,6 +154,9 @@ def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | 
         raise
     finally:
         bar.close()
+    rec.writer._g.attrs["imported_from"] = {
+        "format": "checkpoints", "spec": str(spec.where), "checkpoints": total,
+        "note": "weights at the checkpointed steps; metrics not in the files are NaN"}
     complete = rec.close()
     lines = [(f"imported {total} checkpoints: {len(spec.runs)} copies, steps "
              f"{settings['study.record'][5:]} ({cfg.model.name}, {cfg.data.name})")]

@@ -19,7 +19,8 @@ shipped name or a ``module:function`` plugin); every logged state_dict is checke
 against that model's names and shapes.
 
 - Copy ``replica`` of (``kind``, ``level``) is recorded from its rewind point k on;
-  steps before k, logged for replica 0 of (imp, level 0), are the dense trunk. Replica
+  steps before k, logged for replica 0 of (imp, level 0), are the dense trunk (NaN where
+  not logged). Replica
   0 of (imp, level 0) also is the dense run (the engine's dense run and that copy are
   the same training); its weights at k are W_k.
 - Masks: ``mask=`` on a run's first :meth:`log` (a name -> 0/1 tensor mapping), else
@@ -142,6 +143,7 @@ class Recorder:
         self._buffers: dict[tuple, np.ndarray] = {}
         self._masks: set[tuple] = set()
         self._rewind_written: set[int] = set()
+        self._dense_last = -1
         self._recorded = set(self.writer.steps)
         self._closed = False
 
@@ -198,7 +200,12 @@ class Recorder:
         steps.append(step)
         self._buffers[key] = buffers.numpy()
         if dense and not self._dense_done:
+            nan = np.full(self.writer.n_params, np.nan, np.float32)
+            for s in self.writer.steps:  # trunk steps nobody logged: NaN, never zeros
+                if self._dense_last < s < min(step, key.rewind):
+                    self.writer.record_dense(s, nan)
             self.writer.record_dense(step, flat.numpy())
+            self._dense_last = step
         if step < key.rewind:
             return True
         if (key.kind, key.level, key.rewind) not in self._masks:
