@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from stabilitylab.errors import CheckpointError
 from stabilitylab.interop.checkpoint_spec import read_spec
 
@@ -114,6 +116,31 @@ def _mask_of(run, spec, state, stacked, names) -> dict | None:
     return None
 
 
+def _final_accuracy(spec, cfg, stacked, names) -> dict:
+    """{id(run): test accuracy and loss of its last checkpoint} on the test set (the one
+    batched evaluator, :func:`stabilitylab.analysis.interpolate.evaluate_points`); empty
+    when the data set does not load (the metrics then stay NaN)."""
+    from stabilitylab.analysis.interpolate import evaluate_points
+    from stabilitylab.data import load_dataset
+    from stabilitylab.errors import StabilityLabError
+
+    try:
+        data = load_dataset(cfg.data, "cpu")
+    except StabilityLabError as exc:
+        log.warning("final accuracies not evaluated: %s", exc)
+        return {}
+    flats, bufs = [], []
+    for run in spec.runs:
+        _, (flat, buffers) = _load(run.files[-1], spec.prefix, stacked, names)
+        flats.append(flat)
+        bufs.append(buffers)
+    has_buffers = bool(stacked.buffer_slots)
+    res = evaluate_points(stacked, torch.stack(flats), data.test_x, data.test_y,
+                          buffers=torch.stack(bufs) if has_buffers else None)
+    return {id(run): {"test_acc": 1.0 - float(res["error"][i]), "test_loss": float(res["loss"][i])}
+            for i, run in enumerate(spec.runs)}
+
+
 def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | None = None,
                        overrides=(), progress=None, storage_options=None) -> dict:
     """Build the store ``out`` from the checkpoints the spec names; a summary dict."""
@@ -138,6 +165,7 @@ def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | 
             if i == 0:
                 masks[id(run)] = _mask_of(run, spec, state, stacked, names)
             bar.update(1)
+    finals = _final_accuracy(spec, cfg, stacked, names)
     bar.set(phase="write")
     rec = Recorder(out, None, study=cfg, storage_options=storage_options)
     try:
@@ -148,7 +176,8 @@ def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | 
                 rec.log(step, state, replica=run.replica, kind=run.kind, level=run.level,
                         rewind=run.k, mask=masks[id(run)])
                 bar.update(1)
-            rec.finish(replica=run.replica, kind=run.kind, level=run.level, rewind=run.k)
+            rec.finish(replica=run.replica, kind=run.kind, level=run.level, rewind=run.k,
+                       **finals.get(id(run), {}))
     except BaseException:
         rec.writer.close(consolidate=False)
         raise
@@ -156,10 +185,13 @@ def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | 
         bar.close()
     rec.writer._g.attrs["imported_from"] = {
         "format": "checkpoints", "spec": str(spec.where), "checkpoints": total,
-        "note": "weights at the checkpointed steps; metrics not in the files are NaN"}
+        "note": "weights at the checkpointed steps; final test metrics evaluated at T, "
+                "logged curves NaN"}
     complete = rec.close()
+    evaluated = "evaluated" if finals else "not evaluated (the data set did not load)"
     lines = [(f"imported {total} checkpoints: {len(spec.runs)} copies, steps "
-             f"{settings['study.record'][5:]} ({cfg.model.name}, {cfg.data.name})")]
+             f"{settings['study.record'][5:]} ({cfg.model.name}, {cfg.data.name})"),
+             f"final test accuracy and loss at T: {evaluated}"]
     return {"out": str(out), "lines": lines, "complete": complete}
 
 

@@ -38,11 +38,13 @@ class StabilityLabCallback(Callback):
         self.at = {"replica": replica, "kind": kind, "level": level, "rewind": rewind}
         self.prefix = prefix
         self.finish = finish
+        self._last = -1
 
     def _log(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.recorder.log(trainer.global_step, pl_module.state_dict(), prefix=self.prefix,
-                              **self.at)
+        step = trainer.global_step
+        if trainer.is_global_zero and step != self._last:  # (accumulating batches: same step)
+            self.recorder.log(step, pl_module.state_dict(), prefix=self.prefix, **self.at)
+            self._last = step
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._log(trainer, pl_module)

@@ -84,18 +84,28 @@ def _flat(state, names):
     return torch.cat([state[n].flatten() for n in names]).double().numpy()
 
 
-def test_lightning_folder_imports_with_true_trajectory_distances(lightning_run, tmp_path, capsys):
+def test_lightning_folder_imports_with_true_trajectory_distances(lightning_run, plugin, tmp_path,
+                                                                 capsys):
     root, _ = lightning_run
     assert sorted(p.name for p in (root / "ckpts" / "seed0").iterdir()) == \
         sorted(f"step={s}.ckpt" for s in STEPS)
     out = tmp_path / "imported.zarr"
     assert main(["import", "checkpoints", str(root / "spec.toml"), "--out", str(out),
                  "--no-progress"]) == 0
-    assert "imported 10 checkpoints" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "imported 10 checkpoints" in printed and "at T: evaluated" in printed
     stabilitylab.store.validate(str(out))
     ds = stabilitylab.open_study(str(out))
     assert list(ds.step.values) == STEPS and ds.attrs["complete"] is True
     names = [s["name"] for s in ds.attrs["param_layout"]]
+    _, _, test_x, test_y = plugin.digits(None)
+    for r in (0, 1):  # the final accuracy the import evaluated = the final file's own
+        net = plugin.mlp(None, (1, 6, 6), 4)
+        state = torch.load(root / "ckpts" / f"seed{r}" / "step=20.ckpt", weights_only=True)
+        net.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()})
+        acc = float((net(test_x).argmax(1) == test_y).float().mean())
+        assert float(ds.final_test_acc.sel(kind="imp", level=0, rewind=0, replica=r)) == \
+            pytest.approx(acc, abs=1e-6)
     assert main(["analyze", str(out), "--no-report", "--no-progress", "--trust-plugins"]) == 0
     an = stabilitylab.open_analysis(str(out))
     assert an.attrs["absent"] == []  # true trajectories: nothing is left out
