@@ -113,6 +113,9 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
             lines.append("  after weight matching: " + ", ".join(
                 f"k={k}: {100 * float(aligned.sel(kind='imp', level=level, rewind=k)):.2f}%"
                 for k in ctx.rewinds))
+        if noise == "init":  # the LMC rule reads data-order instability; these pairs are not
+            lines.append("  LMC rule: not applicable (different-init pairs)")
+            continue
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))

@@ -136,7 +136,7 @@ def test_analyze_labels_cross_replicate_pairs_as_different_init(tmp_path, capsys
                  "--measures", "interpolation", "aligned"]) == 0
     text = capsys.readouterr().out
     assert "different-init pairs" in text and "barrier between different-init pairs" in text
-    assert "after weight matching" in text
+    assert "after weight matching" in text and "LMC rule: not applicable" in text
     an = stabilitylab.open_analysis(str(out))
     assert an.attrs["pair_noise"] == {"imp": "init", "random_prune": "init", "reinit": "data_order"}
     assert dict(zip(an.kind.values, an.pair_noise.values)) == an.attrs["pair_noise"]
