@@ -266,6 +266,8 @@ def test_recorder_refuses_backwards_steps_and_resumes_after_a_crash(plugin, tmp_
     for s in (10, 15, 20):
         rec.log(s, net, replica=0)
     rec.finish(replica=0)
+    with pytest.raises(stabilitylab.StoreError, match="being written|in use|lock|held"):
+        stabilitylab.Recorder(out, net, study=STUDY, resume=True)  # the writer lock holds
     with pytest.raises(RuntimeError), rec:  # the loop crashes while replica 1 trains
         rec.log(0, net, replica=1)
         raise RuntimeError("crash")
