@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 DESCRIPTION = """\
 Measure the weight-space stability of lottery tickets: train iterative magnitude pruning
@@ -56,9 +56,9 @@ def _version() -> str:
     try:
         return version("stabilitylab")
     except PackageNotFoundError:
-        import stabilitylab
+        from stabilitylab.core.version import __version__
 
-        return getattr(stabilitylab, "__version__", "unknown")
+        return __version__
 
 
 def _measures_help() -> str:
@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
     rep.add_argument("store", help="path or fsspec URL of an analyzed store")
     rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
+    rep.add_argument("--trust-plugins", action="store_true",
+                     help="import the package.module:function model or dataset the store names "
+                          "(runs that module's code; only for stores you trust)")
 
     val = sub.add_parser("validate", help="check a store against the schema")
     val.add_argument("store", help="path or fsspec URL of a store")
@@ -295,9 +298,9 @@ def _record(args) -> int:
     if args.dry_run:
         return _dry_run(cfg, out, args)
     if args.probe:
+        from stabilitylab.analysis.lmc_probe import probe_rewinds
         from stabilitylab.config import validate
         from stabilitylab.progress import Progress
-        from stabilitylab.study.probe import probe_rewinds
 
         resolved = validate(cfg)
         total = max(resolved.rewinds) + 1 + cfg.study.replicas * sum(
@@ -363,7 +366,7 @@ def _analyze(args) -> int:
     if not args.no_report:
         from stabilitylab.report import write_report
 
-        where = write_report(args.store, out=args.report_out)
+        where = write_report(args.store, out=args.report_out, trust_plugins=args.trust_plugins)
         print(f"report: {where}")
     return 0
 
@@ -374,7 +377,7 @@ def _report(args) -> int:
 
     validate(args.store)
 
-    print(f"report: {write_report(args.store, out=args.out)}")
+    print(f"report: {write_report(args.store, out=args.out, trust_plugins=args.trust_plugins)}")
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import tomllib
 
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 from stabilitylab.interop.checkpoint_spec import read_spec
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ def _final_accuracy(spec, cfg, stacked, names) -> dict:
     batched evaluator, :func:`stabilitylab.analysis.interpolate.evaluate_points`); empty
     when the data set does not load (the metrics then stay NaN)."""
     from stabilitylab.analysis.interpolate import evaluate_points
+    from stabilitylab.core.errors import StabilityLabError
     from stabilitylab.data import load_dataset
-    from stabilitylab.errors import StabilityLabError
 
     try:
         data = load_dataset(cfg.data, "cpu")

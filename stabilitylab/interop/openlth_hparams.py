@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 
-from stabilitylab.errors import CheckpointError, ConfigError
+from stabilitylab.core.errors import CheckpointError, ConfigError
 
 ROLES = {"dataset": ("dataset_name", "batch_size"), "model": ("model_name",),
          "training": ("optimizer_name", "training_steps"), "pruning": ("pruning_strategy",)}

@@ -31,7 +31,7 @@ against that model's names and shapes.
   them) and records incomplete ones again from their start.
 - Bad input (steps going backwards, a missing step at :meth:`finish`, a replica
   outside the study, a state_dict of another architecture) is a
-  :class:`~stabilitylab.errors.CheckpointError` with one line.
+  :class:`~stabilitylab.core.errors.CheckpointError` with one line.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import math
 import numpy as np
 import torch
 
-from stabilitylab.errors import CheckpointError, ConfigError
+from stabilitylab.core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def recorder_config(study=None):
     """The config of a recorded store: ``study`` is a Config, a mapping of dotted
     settings (``{"training.steps": "200it"}``) or a list of ``key=value`` strings."""
     from stabilitylab.config import Config
-    from stabilitylab.config.loader import _build, _read_toml, apply_overrides
+    from stabilitylab.config.loader import apply_overrides, build_config, read_toml
 
     if isinstance(study, Config):
         return study
@@ -80,8 +80,8 @@ def recorder_config(study=None):
         overrides = list(study)
     else:
         raise ConfigError(f"study: expected a Config, a mapping or a list, got {type(study).__name__}")
-    raw, label = _read_toml(None)
-    return _build(apply_overrides(raw, [*BASE, *overrides]), label)
+    raw, label = read_toml(None)
+    return build_config(apply_overrides(raw, [*BASE, *overrides]), label)
 
 
 def stacked_model(cfg):
@@ -157,7 +157,7 @@ class Recorder:
         return fit_state_dict(strip_prefix(state, prefix, names, label), self.stacked, label)
 
     def _key(self, kind, level, rewind, replica):
-        from stabilitylab.store.schema import RunKey
+        from stabilitylab.core.keys import RunKey
 
         rewinds = self.resolved.rewinds
         if rewind is None:

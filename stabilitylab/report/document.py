@@ -27,12 +27,19 @@ import xarray as xr
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.pair_noise import label as pair_label
+from stabilitylab.core.keys import (
+    STATUS_ABSENT,
+    STATUS_CODES,
+    STATUS_COMPLETE,
+    STATUS_DIVERGED,
+    STATUS_INCOMPLETE,
+)
 from stabilitylab.report import figures as F
 
 log = logging.getLogger(__name__)
 
 MAX_PNG_BYTES = 200_000
-STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}
+STATUS = {code: name for name, code in STATUS_CODES.items()}
 PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
            "instability"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
@@ -132,7 +139,7 @@ def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
     if study is not None and "final_test_acc" in study and "replica" in study["final_test_acc"].dims:
         per_replica = study["final_test_acc"]
         if "status" in study:
-            per_replica = per_replica.where(study["status"] == 2)
+            per_replica = per_replica.where(study["status"] == STATUS_COMPLETE)
         per_replica = per_replica.load()
     inst = analysis["instability"].load() if "instability" in analysis else None
     noise = analysis.attrs.get("pair_noise") or {}
@@ -309,19 +316,20 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
         status = study["status"].load()
         for kind in status["kind"].values:
             codes, counts = np.unique(status.sel(kind=kind).values, return_counts=True)
-            text = ", ".join(f"{n} {STATUS.get(int(c), c)}" for c, n in zip(codes, counts) if c != 0)
+            text = ", ".join(f"{n} {STATUS.get(int(c), c)}" for c, n in zip(codes, counts)
+                             if c != STATUS_ABSENT)
             rows.append({"section": "runs", "key": str(kind), "value": text or "none"})
         if "dense_status" in study:
             dense = int(np.asarray(study["dense_status"].values).ravel()[0])
             text = STATUS.get(dense, dense)
-            if dense == 3 and "dense_diverged_step" in study:
+            if dense == STATUS_DIVERGED and "dense_diverged_step" in study:
                 text = f"{text} at step {int(np.asarray(study['dense_diverged_step'].values).ravel()[0])}"
             rows.append({"section": "runs", "key": "dense", "value": text})
         div = study["diverged_step"].load() if "diverged_step" in study else None
-        bad = status.where(status.isin([1, 3])).to_series().dropna()
+        bad = status.where(status.isin([STATUS_INCOMPLETE, STATUS_DIVERGED])).to_series().dropna()
         for (kind, level, rewind, replica), code in bad.items():
             text = STATUS[int(code)]
-            if code == 3 and div is not None:
+            if code == STATUS_DIVERGED and div is not None:
                 text += f" at step {int(div.sel(kind=kind, level=level, rewind=rewind, replica=replica))}"
             rows.append({"section": "issues", "value": text,
                          "key": f"{kind} level {level} k={rewind} replica {replica}"})
@@ -573,17 +581,30 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     return out
 
 
-def write_report(store_url, *, out=None, dpi: int = 100) -> Path:
+def write_report(store_url, *, out=None, dpi: int = 100, trust_plugins: bool = False) -> Path:
     """Open a study store (and its analysis, if any) and write its report.
 
-    ``out`` defaults to ``reports/<config.study.name>``. Returns the report folder.
+    ``out`` defaults to ``reports/<config.study.name>``. Returns the report folder. A
+    ``package.module:function`` model or dataset the store names is refused (StoreError, one
+    line) unless ``trust_plugins``: reading the store's config must not run a module's code.
     """
-    import stabilitylab
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.registry import check_trusted, untrusted
+    from stabilitylab.store import open_study
+    from stabilitylab.store.schema import describe
 
-    study = stabilitylab.open_study(store_url)
+    study = open_study(store_url)
+    where = describe(store_url)
+    check_trusted(study.attrs.get("config"), where, trust_plugins)
+    with untrusted(where, trust_plugins):
+        return _write_report_of(study, store_url, out, dpi)
+
+
+def _write_report_of(study, store_url, out, dpi: int) -> Path:
+    from stabilitylab.core.errors import StoreError
+    from stabilitylab.store import open_analysis
+
     try:
-        analysis = stabilitylab.open_analysis(store_url)
+        analysis = open_analysis(store_url)
     except StoreError as e:
         log.warning("report: %s; writing the study-only report", e)
         analysis = None

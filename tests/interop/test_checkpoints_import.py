@@ -15,7 +15,7 @@ import torch
 from stabilitylab.cli.main import main
 
 import stabilitylab
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 
 pl = pytest.importorskip("lightning.pytorch")
 HERE = Path(__file__).parent
