@@ -183,10 +183,10 @@ def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | 
         raise
     finally:
         bar.close()
-    rec.writer._g.attrs["imported_from"] = {
+    rec.writer.update_attrs({"imported_from": {
         "format": "checkpoints", "spec": str(spec.where), "checkpoints": total,
         "note": "weights at the checkpointed steps; final test metrics evaluated at T, "
-                "logged curves NaN"}
+                "logged curves NaN"}})
     complete = rec.close()
     evaluated = "evaluated" if finals else "not evaluated (the data set did not load)"
     lines = [(f"imported {total} checkpoints: {len(spec.runs)} copies, steps "

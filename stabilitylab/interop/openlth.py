@@ -366,7 +366,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
                 writer.write_mask(kind, level, k, union.numpy(), kept)
                 for r in present:
                     write_run(writer, (kind, level, k, r), loaded[(kind, level, r)], k, T)
-        writer._g.attrs.update({"imported_from": {
+        writer.update_attrs({"imported_from": {
             "format": "openlth", "experiment": info["hashname"],
             "replicates": [p.name for p in info["replicates"]],
             "masked_nonzeros_zeroed": zeroed, "replicate_densities": densities,
@@ -374,7 +374,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
             "hparams": info["hparams"],
             "note": "endpoints only (steps 0, k, T); masks are the union over replicates"}})
         # OpenLTH replicates differ in init, data order and masks: different-init pairs.
-        writer._g.attrs["pair_noise"] = {kind: "init" for kind in sorted({key[0] for key in loaded})}
+        writer.update_attrs({"pair_noise": {kind: "init" for kind in sorted({r[0] for r in loaded})}})
     finally:
         writer.close(consolidate=True)
     n_rep = len(info["replicates"])
