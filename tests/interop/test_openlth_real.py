@@ -150,6 +150,10 @@ def test_analyze_labels_cross_replicate_pairs_as_different_init(tmp_path, capsys
     table = summary_table(stabilitylab.open_study(str(out)), an)
     assert {r["pairs"] for r in table if r["kind"] == "imp"} == {"different-init pairs"}
     assert "imp, random_prune are different-init pairs" in _summary_note(an)
+    from stabilitylab.report.figures import plot_instability
+
+    ax = plot_instability(an).axes[0]
+    assert "different-init pairs" in ax.get_title() and "different-init" in ax.get_ylabel()
 
 
 def test_a_single_replicate_names_the_pair_measures_absent(tmp_path, capsys, digits_plugin):
