@@ -140,6 +140,7 @@ class Recorder:
         self.completed = self.writer.completed_runs()
         self._dense_done = self.writer.dense_complete()
         self._logged: dict[tuple, list[int]] = {}
+        self._seen: dict[tuple, int] = {}
         self._buffers: dict[tuple, np.ndarray] = {}
         self._masks: set[tuple] = set()
         self._rewind_written: set[int] = set()
@@ -184,6 +185,11 @@ class Recorder:
         self._check()
         step = int(step)
         key = self._key(kind, level, rewind, replica)
+        last = self._seen.get(key, -1)
+        if step <= last:
+            raise CheckpointError(f"steps go backwards: {kind} level {level} replica "
+                                  f"{key.replica} logged step {step} after step {last}")
+        self._seen[key] = step
         if step not in self._recorded or key in self.completed:
             return False
         dense = key[:2] == ("imp", 0) and key.replica == 0
@@ -192,9 +198,6 @@ class Recorder:
         flat, buffers = self._flat(_state_of(model), f"step {step} of replica {key.replica}",
                                    prefix)
         steps = self._logged.setdefault(key, [])
-        if steps and step <= steps[-1]:
-            raise CheckpointError(f"steps go backwards: {kind} level {level} replica "
-                                  f"{key.replica} logged step {step} after step {steps[-1]}")
         if not steps and self._resumed:
             self.writer.reset_run(key)  # a resumed incomplete run starts over
         steps.append(step)
@@ -268,15 +271,15 @@ class Recorder:
         finals = {"test_acc": test_acc, "test_loss": test_loss, "train_eval_acc": train_acc,
                   "train_eval_loss": train_loss}
         buffers = self._buffers[key] if self.writer.n_buffers else None
-        self.writer.write_metrics(key, **metrics)
-        self.writer.write_final(key, buffers=buffers, **finals)
-        self.writer.finish_run(key, "complete")
-        self.completed.add(key)
-        if dense and not self._dense_done:
+        if dense and not self._dense_done:  # first: a crash in between leaves the copy to redo
             self.writer.write_dense_metrics(**metrics)
             self.writer.write_dense_final(buffers=buffers, **finals)
             self.writer.finish_dense("complete")
             self._dense_done = True
+        self.writer.write_metrics(key, **metrics)
+        self.writer.write_final(key, buffers=buffers, **finals)
+        self.writer.finish_run(key, "complete")
+        self.completed.add(key)
 
     def close(self) -> bool:
         """Flush, consolidate and release the store; True when every run is complete."""

@@ -259,6 +259,9 @@ def test_recorder_refuses_backwards_steps_and_resumes_after_a_crash(plugin, tmp_
     rec.log(5, net, replica=0)
     with pytest.raises(CheckpointError, match="steps go backwards"):
         rec.log(5, net, replica=0)
+    rec.log(7, net, replica=0)  # not a recorded step: skipped, but still ordered
+    with pytest.raises(CheckpointError, match="logged step 6 after step 7"):
+        rec.log(6, net, replica=0)
     with pytest.raises(CheckpointError, match="replica 2 is not in this study"):
         rec.log(0, net, replica=2)
     with pytest.raises(CheckpointError, match="never logged step 10"):
