@@ -10,6 +10,7 @@
     stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute]
         [--align weight|activation] [--repair] [--json]
     stabilitylab import openlth RUN_DIR --out STORE
+    stabilitylab import checkpoints SPEC.toml --out STORE [--model SPEC] [--data SPEC]
 
 Every error on bad input is one ``error: ...`` line on stderr and exit status 2.
 """
@@ -207,6 +208,18 @@ def _add_plugin_commands(sub) -> None:
     olth.add_argument("--out", required=True, help="the new store (path or fsspec URL)")
     olth.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="settings on top of the mapped config, e.g. --set data.root=DIR")
+    ck = fmt.add_parser("checkpoints", help="folders of per-step state_dicts (.pt/.pth, "
+                                            "Lightning .ckpt, safetensors, HF folders) named "
+                                            "by a TOML spec")
+    ck.add_argument("spec", help="the TOML spec (see docs/checkpoints.md)")
+    ck.add_argument("--out", required=True, help="the new store (path or fsspec URL)")
+    ck.add_argument("--model", default=None, metavar="SPEC",
+                    help="model name, package.module:function or entry point (else the spec's)")
+    ck.add_argument("--data", default=None, metavar="SPEC",
+                    help="dataset name, package.module:function or entry point (else the spec's)")
+    ck.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="further settings, e.g. --set training.batch_size=32")
+    ck.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _models(args) -> int:
@@ -242,9 +255,16 @@ def _compare(args) -> int:
 
 
 def _import(args) -> int:
-    from stabilitylab.interop.openlth import import_openlth
+    if args.format == "checkpoints":
+        from stabilitylab.interop.import_checkpoints import import_checkpoints
 
-    summary = import_openlth(args.run_dir, args.out, overrides=args.overrides)
+        summary = import_checkpoints(args.spec, args.out, model=args.model, data=args.data,
+                                     overrides=args.overrides,
+                                     progress=False if args.no_progress else None)
+    else:
+        from stabilitylab.interop.openlth import import_openlth
+
+        summary = import_openlth(args.run_dir, args.out, overrides=args.overrides)
     for line in summary["lines"]:
         print(line)
     print(f"wrote {args.out}; next: stabilitylab analyze {args.out}")

@@ -62,5 +62,14 @@ def analyze_study(out, *, model=None, data=None, **kwargs):
     return _analyze(out, model=model, data=data, **kwargs)
 
 
-__all__ = ["ConfigError", "DataMissingError", "StabilityLabError", "StoreError", "__version__",
-           "analyze_study", "load_config", "load_study", "open_analysis", "open_study", "record_study"]
+def __getattr__(name):
+    if name == "Recorder":  # writes a store from inside any training loop
+        from stabilitylab.interop.recorder import Recorder
+
+        return Recorder
+    raise AttributeError(f"module 'stabilitylab' has no attribute {name!r}")
+
+
+__all__ = ["ConfigError", "DataMissingError", "Recorder", "StabilityLabError", "StoreError",
+           "__version__", "analyze_study", "load_config", "load_study", "open_analysis", "open_study",
+           "record_study"]

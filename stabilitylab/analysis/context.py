@@ -220,7 +220,7 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
     where = describe(url)
     check_trusted(ds.attrs["config"], where, trust_plugins)
     with untrusted(where, trust_plugins):
-        resolved = study_from_dict(ds.attrs["config"])
+        resolved = study_from_dict(ds.attrs["config"])  # one imported replicate: pairs absent
     cfg = resolved.config
     dev = resolve_device(device or "auto")
     layout = ds.attrs["param_layout"]

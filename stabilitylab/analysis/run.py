@@ -20,6 +20,13 @@ import xarray as xr
 from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
+from stabilitylab.analysis.pair_noise import (
+    absent_pair_measures,
+    annotate,
+    barrier_name,
+    pair_noise,
+)
+from stabilitylab.analysis.pair_noise import label as pair_label
 from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
 from stabilitylab.core.errors import StabilityLabError
 from stabilitylab.core.keys import STATUS_ABSENT, STATUS_COMPLETE
@@ -62,6 +69,10 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
         if m.source in analysis and "kind" in analysis[m.source].dims:
             frame[name] = reduce_measure(analysis[m.source], m.reduce).to_series()
     frame = frame.reset_index()
+    noise = analysis.attrs.get("pair_noise") or {}
+    if "kind" in frame:  # what each kind's pairs differ in (data order, init, ...)
+        frame["pair_noise"] = [noise.get(str(k), "data_order") for k in frame["kind"]]
+        frame["pairs"] = [pair_label(v) for v in frame["pair_noise"]]
     corr = analysis[["spearman", "spearman_low", "spearman_high", "kendall", "kendall_low",
                      "kendall_high", "predicted_rewind_measure", "gap_measure"]].to_dataframe()
     pred = analysis[["predicted_rewind_lmc", "oracle_rewind", "gap_lmc"]].to_dataframe()
@@ -79,16 +90,38 @@ def _percent(value: float, digits: int) -> str:
 
 def _lines(ctx, analysis: xr.Dataset) -> list[str]:
     lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN means
+    noise = (analysis.attrs.get("pair_noise") or {}).get("imp", "data_order")
+    if len(ctx.replicas) < 2:
+        lines.append("one replica: no pairs, so the pair measures (barriers, distances "
+                     "between copies) are absent")
+    elif noise != "data_order":
+        lines.append(f"the replicas of kind imp are {pair_label(noise)}: their barrier is "
+                     + ("not the data-order instability of copies of one W_k"
+                        if noise == "init" else f"under {noise} noise"))
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no pairs: a mean over nothing
         inst = analysis.instability.mean("pair", skipna=True)
+        aligned = analysis.aligned_instability.mean("pair", skipna=True) \
+            if noise == "init" and "aligned_instability" in analysis else None
     for level in ctx.levels:
         d = analysis.density.sel(kind="imp", level=level).values
         density = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
         values = ", ".join(
             f"k={k}: {_percent(float(inst.sel(kind='imp', level=level, rewind=k)), 2)}"
             for k in ctx.rewinds)
-        lines.append(f"level {level} (density {_percent(density, 1)}) instability: {values}")
+        if len(ctx.replicas) < 2:
+            acc = float(analysis.final_test_acc.sel(kind="imp", level=level).mean())
+            lines.append(f"level {level} (density {_percent(density, 1)}) test accuracy {acc:.4f}")
+            continue
+        lines.append(f"level {level} (density {_percent(density, 1)}) {barrier_name(noise)}: "
+                     f"{values}")
+        if aligned is not None and np.isfinite(aligned.sel(kind="imp", level=level).values).any():
+            lines.append("  after weight matching: " + ", ".join(
+                f"k={k}: {_percent(float(aligned.sel(kind='imp', level=level, rewind=k)), 2)}"
+                for k in ctx.rewinds))
+        if noise == "init":  # the LMC rule reads data-order instability; these pairs are not
+            lines.append("  LMC rule: not applicable (different-init pairs)")
+            continue
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))
@@ -253,6 +286,7 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     why_absent = {n: v.attrs.pop("absent") for n, v in results.items() if "absent" in v.attrs}
     trajectory_absent = list(absent)
     absent += [n for n in why_absent if n not in absent]
+    absent += [n for n in absent_pair_measures(ctx, results) if n not in absent]
     accuracy, accuracy_std = _accuracy(ctx)
     results["final_test_acc"] = accuracy
     results["final_test_acc_std"] = accuracy_std
@@ -267,6 +301,7 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
                                    n_boot=n_boot))
     analysis = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in v.dims])
                            for k, v in results.items()})
+    analysis = annotate(analysis, pair_noise(ctx.ds.attrs, ctx.ds.kind.values))
     # Variable-length strings: the only string type with a Zarr v3 specification.
     analysis = analysis.assign_coords({c: analysis[c].values.astype(object)
                                        for c in analysis.coords if analysis[c].dtype.kind == "U"})
@@ -292,9 +327,11 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     if partial:  # said first, never silently
         lines.insert(0, "PARTIAL analysis: runs were unfinished when it was made; analyze again "
                         "when record has finished")
-    if trajectory_absent:
-        lines.append("absent (the store records only steps 0, the rewind points and T, e.g. an "
-                     "OpenLTH import): " + ", ".join(trajectory_absent))
+    pair_absent = [n for n in absent if n not in trajectory_absent and n not in why_absent]
+    if trajectory_absent or pair_absent:
+        lines.append("absent (" + ("one replica, or " if len(ctx.replicas) < 2 else "")
+                     + "the store records only steps 0, the rewind points and T, e.g. an "
+                     "OpenLTH import): " + ", ".join(trajectory_absent + pair_absent))
     for why in dict.fromkeys(why_absent.values()):
         lines.append(f"absent ({why}): "
                      + ", ".join(n for n, w in why_absent.items() if w == why))

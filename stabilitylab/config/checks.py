@@ -34,7 +34,7 @@ def need(ok: bool, message: str) -> None:
 
 
 
-def check_config(cfg: Config) -> None:
+def check_config(cfg: Config, *, min_replicas: int = 2) -> None:
     """Check every field's type, range and choice that the config alone decides.
 
     Raises :class:`ConfigError` with one line. What needs a registry (the model, the
@@ -71,7 +71,8 @@ def check_config(cfg: Config) -> None:
     need(p.strategy in STRATEGIES, f"pruning.strategy: unknown {p.strategy!r}; choose from {', '.join(STRATEGIES)}")
     need(0.0 < p.fraction < 1.0, f"pruning.fraction: must be in (0, 1), got {p.fraction}")
     need(0 <= p.levels <= MAX_LEVELS, f"pruning.levels: must be in 0..{MAX_LEVELS}, got {p.levels}")
-    need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
+    need(s.replicas >= min_replicas,
+         f"study.replicas: need >= {min_replicas} data-order replicas, got {s.replicas}")
     need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
     need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")

@@ -248,10 +248,11 @@ def load_config(source: str | Path | None = None, overrides: typing.Iterable[str
 
 def config_from_dict(raw: dict) -> Config:
     """Build a config from a plain mapping (e.g. one read back from a store) and check its
-    fields (:func:`~stabilitylab.config.checks.check_config`); resolve it with
-    :func:`stabilitylab.study.resolve.study_from_dict`."""
+    fields (:func:`~stabilitylab.config.checks.check_config`; an imported store may hold a
+    single replica, so one is accepted here: training checks again and needs two); resolve it
+    with :func:`stabilitylab.study.resolve.study_from_dict`."""
     cfg = build_config(raw, "config")
-    check_config(cfg)
+    check_config(cfg, min_replicas=1)
     return cfg
 
 

@@ -13,6 +13,10 @@ a hash of its hyperparameters::
     lottery_<hash>/replicate_<r>/level_pretrain/main/model_ep0_it0.pth   (with rewinding)
     lottery_<hash>/replicate_<r>/level_<L>/lottery_branch_<branch>_<hash>/   (branches)
 
+Give the ``lottery_<hash>`` folder (every replicate) or one ``replicate_<N>`` folder
+(where OpenLTH's own logs point; that replicate only). ``hparams.log`` is read by its
+field names (:mod:`stabilitylab.interop.openlth_hparams`), whatever its section titles.
+
 Mapping to our store: OpenLTH replicates are our replicas, its levels our levels,
 ``level_L/main`` the ``imp`` runs (level 0: the dense copies), the
 ``randomly_prune`` and ``randomly_reinitialize`` branches our ``random_prune`` and
@@ -28,9 +32,16 @@ Differences that the import keeps visible:
   files hold non-zeros at pruned positions. The import multiplies every checkpoint by
   its mask (the function OpenLTH evaluates); the count it zeroed is in the attrs.
 - OpenLTH replicates differ in init, data order and therefore masks, while our
-  replicas share W_k and the mask. The store's mask of a (kind, level) is the union of
+  replicas share W_k and the mask. So their pairs are **different-init pairs**: the
+  store's ``pair_noise`` attribute says ``"init"`` for every imported kind, and
+  ``analyze``, the report and the CSV label them so
+  (:mod:`stabilitylab.analysis.pair_noise`); their barrier is not the data-order
+  instability of copies of one W_k. The store's mask of a (kind, level) is the union of
   the replicates' masks; each replicate's weights carry its own zeros; the
   replicates' own densities are in the attrs.
+- One replicate imports too: the pair measures are then absent (named by ``analyze``);
+  the pruning-noise distance (level L vs level 0 of the same replicate), accuracies,
+  masks and densities remain.
 - Pruning counts: OpenLTH's sparse_global strategy takes n = ceil(f·alive), then
   keeps the weights with |w| strictly above the n-th smallest magnitude (0-based), so
   it prunes ceil(f·alive) + 1 weights (ties aside); stabilitylab prunes
@@ -43,7 +54,6 @@ Differences that the import keeps visible:
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +63,17 @@ import torch
 
 from stabilitylab.core.errors import CheckpointError, ConfigError
 from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
+from stabilitylab.interop.openlth_hparams import (  # noqa: F401 - MAX_* re-exported
+    MAX_HPARAMS_BYTES,
+    MAX_LOGGER_BYTES,
+    read_capped,
+    iterations_per_epoch,
+    model_mapping,
+    parse_hparams,
+    sections_by_role,
+    steps,
+)
+from stabilitylab.interop.openlth_write import mask_density, read_logger, write_dense, write_run
 
 log = logging.getLogger(__name__)
 
@@ -62,87 +83,25 @@ BRANCH_KINDS = {"randomly_prune": "random_prune", "randomly_reinitialize": "rein
 _MODEL_FILE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 
 
-# OpenLTH's text files are small (hparams.log ~2 KB; a logger ~100 KB for 160 epochs):
-# a bigger one is not OpenLTH's, and reading it whole would cost seconds and gigabytes.
-MAX_HPARAMS_BYTES = 1 << 20
-MAX_LOGGER_BYTES = 64 << 20
-
-
-def read_capped(path: Path, limit: int) -> str:
-    """The text of ``path``; one-line CheckpointError when it is larger than ``limit`` bytes."""
-    size = path.stat().st_size
-    if size > limit:
-        raise CheckpointError(f"{path}: {size} bytes, more than the {limit} an OpenLTH "
-                              f"{path.name} can have; refused")
-    with path.open("rb") as f:
-        return f.read(limit + 1)[:limit].decode("utf-8", errors="replace")
-
-
-# -- hyperparameters --------------------------------------------------------------------
-
-def parse_hparams(text: str) -> dict[str, dict[str, str]]:
-    """``hparams.log`` as ``{section title: {field: value}}`` (values as written)."""
-    sections: dict[str, dict[str, str]] = {}
-    current = None
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        m = re.match(r"^\s+\*\s+(\w+)\s+=>\s*(.*)$", line)
-        if m and current is not None:
-            sections[current][m.group(1)] = m.group(2).strip()
-        elif not line.startswith(" "):
-            current = line.strip()
-            sections[current] = {}
-    return sections
-
-
-def _section(sections: dict, prefix: str, where: str, required: bool = True) -> dict:
-    for title, values in sections.items():
-        if title.startswith(prefix):
-            return values
-    if required:
-        raise CheckpointError(f"{where}: hparams.log has no {prefix!r} section")
-    return {}
-
-
-def model_mapping(openlth_name: str) -> tuple[str, dict, dict[str, str]]:
-    """(our model.name, model.options, rename OpenLTH key -> ours) for an OpenLTH model name.
-
-    ``mnist_lenet_300_100`` -> ``lenet_300_100`` (other ``mnist_lenet_*`` -> ``mlp``),
-    ``cifar_resnet_D[_W]`` -> ``resnetD`` (width W/16), ``cifar_vgg_D`` -> ``vggD``.
-    """
-    parts = openlth_name.split("_")
-    if openlth_name.startswith("mnist_lenet_") and all(p.isdigit() for p in parts[2:]):
-        widths = [int(p) for p in parts[2:]]
-        rename = {f"fc_layers.{i}.{t}": f"hidden.{i}.{t}" for i in range(len(widths))
-                  for t in ("weight", "bias")}
-        if widths == [300, 100]:
-            return "lenet_300_100", {}, rename
-        return "mlp", {"hidden": widths}, rename
-    if openlth_name.startswith("cifar_resnet_") and all(p.isdigit() for p in parts[2:]) \
-            and len(parts) in (3, 4) and int(parts[2]) in (20, 32, 56):
-        width = int(parts[3]) if len(parts) == 4 else 16
-        if width % 16:
-            raise ConfigError(f"model {openlth_name}: width {width} is not a multiple of 16")
-        return f"resnet{parts[2]}", ({"width": width // 16} if width != 16 else {}), {}
-    if openlth_name.startswith("cifar_vgg_") and len(parts) == 3 and parts[2] in ("11", "13", "16", "19"):
-        return f"vgg{parts[2]}", {}, {}
-    raise ConfigError(f"OpenLTH model {openlth_name!r} has no stabilitylab counterpart; "
-                      "supported: mnist_lenet_*, cifar_resnet_20/32/56[_W], cifar_vgg_11/13/16/19")
-
+# -- pruning ------------------------------------------------------------------------------
 
 def openlth_global_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
-                         fraction: float) -> dict[str, torch.Tensor]:
+                         fraction: float, *, ignored: dict[str, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
     """OpenLTH's ``sparse_global`` pruning step, reproduced exactly (learned from its source).
 
-    n = ceil(fraction · alive); the threshold is the n-th smallest (0-based) |w| among
-    the alive weights; a weight survives when alive and |w| > threshold. So
-    ceil(fraction · alive) + 1 weights are pruned when magnitudes are distinct (one
-    more than n), versus round(fraction · alive) in :func:`stabilitylab.prune.prune`.
+    n = ceil(fraction · alive), where alive counts the mask entries of every prunable
+    tensor, the ignored ones (``pruning_layers_to_ignore``, whose masks ``ignored`` stay
+    all ones) included; the threshold is the n-th smallest (0-based) |w| among the alive
+    weights of the pruned tensors ``weights``; a weight survives when alive and
+    |w| > threshold. So ceil(fraction · alive) + 1 weights are pruned when magnitudes
+    are distinct (one more than n), versus round(fraction · alive) in
+    :func:`stabilitylab.prune.prune`.
     """
     names = list(weights)
     alive = np.concatenate([np.abs(weights[n].numpy())[masks[n].numpy() > 0] for n in names])
-    n_prune = int(np.ceil(fraction * alive.size))
+    counted = alive.size + sum(int((m != 0).sum()) for m in (ignored or {}).values())
+    n_prune = int(np.ceil(fraction * counted))
     threshold = np.sort(alive)[n_prune]
     return {n: torch.from_numpy((np.abs(weights[n].numpy()) > threshold) & (masks[n].numpy() > 0))
             for n in names}
@@ -176,49 +135,42 @@ def _replicates(run_dir: Path) -> list[Path]:
     return reps
 
 
-def _steps(text: str, ipe: int, field_name: str, where: str) -> int:
-    m = re.fullmatch(r"(?:(\d+)ep)?(?:(\d+)it)?", text.strip())
-    if not text.strip() or m is None or (m.group(1) is None and m.group(2) is None):
-        raise CheckpointError(f"{where}: {field_name} {text!r} is not a step like 160ep or 2000it")
-    return int(m.group(1) or 0) * ipe + int(m.group(2) or 0)
+def locate(path) -> tuple[Path, list[Path]]:
+    """(the experiment folder, its replicate folders to import) for ``path``: an OpenLTH
+    ``lottery_<hash>`` folder (every ``replicate_<N>`` in it) or one ``replicate_<N>``
+    folder, where OpenLTH's own logs point (that replicate only)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory")
+    if re.fullmatch(r"replicate_\d+", path.name) and (path / "level_0").is_dir():
+        return path.parent, [path]
+    reps = _replicates(path)
+    if not reps:
+        raise CheckpointError(f"{path}: no replicate_<N> folders; give an OpenLTH "
+                              "lottery_<hash> folder or one of its replicate_<N> folders")
+    return path, reps
 
 
 def read_run(run_dir, overrides=()) -> dict:
     """Everything the import needs from an OpenLTH lottery directory (no writing)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such directory")
-    reps = _replicates(run_dir)
-    if not reps:
-        raise CheckpointError(f"{run_dir}: no replicate_<N> folders; give an OpenLTH "
-                              "lottery_<hash> directory")
-    if len(reps) < 2:
-        raise CheckpointError(f"{run_dir}: one replicate only; pair measures need >= 2 "
-                              "(run OpenLTH with --replicate 2, ...)")
+    run_dir, reps = locate(run_dir)
     hp_path = reps[0] / "level_0" / "main" / "hparams.log"
     if not hp_path.is_file():
         raise CheckpointError(f"{hp_path}: missing (OpenLTH writes it for every lottery run)")
     sections = parse_hparams(read_capped(hp_path, MAX_HPARAMS_BYTES))
     where = str(hp_path)
-    data_hp = _section(sections, "Dataset Hyperparameters", where)
-    model_hp = _section(sections, "Model Hyperparameters", where)
-    train_hp = _section(sections, "Training Hyperparameters", where)
-    prune_hp = _section(sections, "Hyperparameters for", where)
-    pre_hp = _section(sections, "Pretraining Training Hyperparameters", where, required=False)
+    roles = sections_by_role(sections, where)
+    data_hp, model_hp, train_hp, prune_hp = (roles[r] for r in ("dataset", "model", "training",
+                                                                  "pruning"))
+    pre_hp = roles.get("pretrain_training", {})
     dataset = data_hp.get("dataset_name", "")
     if dataset not in DATASETS:
         raise ConfigError(f"{where}: OpenLTH dataset {dataset!r} is not supported "
                           f"(supported: {', '.join(DATASETS)})")
     batch = int(data_hp.get("batch_size", "0") or 0)
-    if batch < 1:
-        raise CheckpointError(f"{where}: no batch_size")
-    n_train = DATASETS[dataset][1]
-    fraction_sub = data_hp.get("subsample_fraction")
-    if fraction_sub and fraction_sub != "None":
-        n_train = n_train * float(fraction_sub)
-    ipe = int(np.ceil(n_train / batch))  # OpenLTH's iterations per epoch (a partial last batch)
-    T = _steps(train_hp.get("training_steps", ""), ipe, "training_steps", where)
-    k = _steps(pre_hp["training_steps"], ipe, "rewinding steps", where) if pre_hp else 0
+    ipe = iterations_per_epoch(DATASETS[dataset][1], data_hp, where)
+    T = steps(train_hp.get("training_steps", ""), ipe, "training_steps", where)
+    k = steps(pre_hp["training_steps"], ipe, "rewinding steps", where) if pre_hp else 0
     strategy = prune_hp.get("pruning_strategy", "sparse_global")
     if strategy != "sparse_global":
         raise ConfigError(f"{where}: pruning strategy {strategy!r}; only sparse_global is mapped")
@@ -285,7 +237,7 @@ def read_run(run_dir, overrides=()) -> dict:
             "weight_decay": float(train_hp.get("weight_decay", "0") or 0.0),
             "batch_size": batch,
             "steps": f"{T}it",
-            "milestones": [f"{_steps(s, ipe, 'milestone_steps', where)}it"
+            "milestones": [f"{steps(s, ipe, 'milestone_steps', where)}it"
                            for s in train_hp.get("milestone_steps", "").split(",") if s.strip()
                            ] if train_hp.get("milestone_steps", "None") != "None" else [],
             "gamma": float(train_hp.get("gamma", "0.1") or 0.1)
@@ -307,21 +259,6 @@ def read_run(run_dir, overrides=()) -> dict:
 
 # -- writing the store ----------------------------------------------------------------------
 
-def _logger(folder: Path) -> dict[tuple[str, int], float]:
-    path = folder / "logger"
-    out = {}
-    if not path.is_file():
-        return out
-    for line in read_capped(path, MAX_LOGGER_BYTES).splitlines():
-        parts = line.strip().split(",")
-        if len(parts) == 3:
-            try:
-                out[(parts[0], int(parts[1]))] = float(parts[2])
-            except ValueError:
-                continue
-    return out
-
-
 def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     """Convert the OpenLTH lottery directory ``run_dir`` into a new store at ``out``.
 
@@ -342,7 +279,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     info = read_run(run_dir, overrides)
     raw = apply_overrides(info["settings"], overrides)
     cfg = build_config(raw, f"OpenLTH run {info['hashname']}")
-    resolved = resolve_study(cfg)
+    resolved = resolve_study(cfg, min_replicas=1)  # one imported replicate: pairs absent
     cfg = resolved.config
     if resolved.total_steps != info["T"] or resolved.rewinds != (info["k"],):
         raise ConfigError("overrides must not change training.steps or study.rewinds of an import")
@@ -375,7 +312,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
             w, b = fit_state_dict(load_state_dict(path), stacked, str(path), rename)
             zeroed += int(((w != 0) & ~flat_mask).sum())
             pair.append((torch.where(flat_mask, w, torch.zeros_like(w)), b))
-        loaded[(run.kind, run.level, run.replica)] = (mask, flat_mask, pair, _logger(run.folder))
+        loaded[(run.kind, run.level, run.replica)] = (mask, flat_mask, pair, read_logger(run.folder))
     init_w = None
     if info["init"] is not None:
         init_w = fit_state_dict(load_state_dict(info["init"]), stacked, str(info["init"]), rename)[0]
@@ -393,7 +330,9 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
                  and s.name.rsplit(".", 1)[0] not in ignore]
         weights = {s.name: final[s.offset:s.offset + s.size].view(s.shape) for s in prunable
                    if s.name in names}
-        expect = openlth_global_masks(weights, {n: prev_mask[n] for n in names}, fraction)
+        expect = openlth_global_masks(weights, {n: prev_mask[n] for n in names}, fraction,
+                                      ignored={s.name: prev_mask[s.name] for s in prunable
+                                               if s.name not in names})
         checked += 1
         if not all(torch.equal(expect[n], mask[n]) for n in names):
             reproduced = False
@@ -412,7 +351,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
             writer.write_rewind_state(s, k, np.zeros(stacked.num_params, np.float32))
         if stacked.buffer_slots:
             writer.write_rewind_buffers(k, first[2][0][1].numpy())
-        _write_dense(writer, first, init_w, k, T)
+        write_dense(writer, first, init_w, k, T)
         for kind in sorted({key[0] for key in loaded}):
             for level in resolved.levels:
                 present = [r for r in range(cfg.study.replicas) if (kind, level, r) in loaded]
@@ -421,7 +360,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
                 union = torch.zeros(stacked.num_params, dtype=torch.bool)
                 for r in present:
                     union |= loaded[(kind, level, r)][1]
-                dens = [_density(loaded[(kind, level, r)][0]) for r in present]
+                dens = [mask_density(loaded[(kind, level, r)][0]) for r in present]
                 densities[f"{kind}/{level}"] = dens
                 prunable_flat = torch.zeros(stacked.num_params, dtype=torch.bool)
                 for s in prunable:
@@ -429,18 +368,27 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
                 kept = float(union[prunable_flat].float().mean()) if prunable else 1.0
                 writer.write_mask(kind, level, k, union.numpy(), kept)
                 for r in present:
-                    _write_run(writer, (kind, level, k, r), loaded[(kind, level, r)], k, T)
-        writer._g.attrs.update({"imported_from": {
-            "format": "openlth", "experiment": info["hashname"], "replicates": len(info["replicates"]),
+                    write_run(writer, (kind, level, k, r), loaded[(kind, level, r)], k, T)
+        writer.update_attrs({"imported_from": {
+            "format": "openlth", "experiment": info["hashname"],
+            "replicates": [p.name for p in info["replicates"]],
             "masked_nonzeros_zeroed": zeroed, "replicate_densities": densities,
             "masks_reproduced_by_openlth_rule": reproduced, "levels_checked": checked,
             "hparams": info["hparams"],
             "note": "endpoints only (steps 0, k, T); masks are the union over replicates"}})
+        # OpenLTH replicates differ in init, data order and masks: different-init pairs.
+        writer.update_attrs({"pair_noise": {kind: "init" for kind in sorted({r[0] for r in loaded})}})
     finally:
         writer.close(consolidate=True)
-    lines = [(f"imported OpenLTH {info['hashname']}: {len(info['replicates'])} replicates, "
+    n_rep = len(info["replicates"])
+    lines = [(f"imported OpenLTH {info['hashname']}: "
+              + (f"{n_rep} replicates" if n_rep > 1 else f"1 replicate ({info['replicates'][0].name})")
+              + ", "
               f"levels 0-{cfg.pruning.levels}, rewind k={k}, T={T} "
               f"({cfg.model.name}, {cfg.data.name})")]
+    lines.append("replicates are different-init pairs (OpenLTH draws each replicate's init, data "
+                 "order and masks anew)" if n_rep > 1 else
+                 "one replicate: the pair measures (barriers, data-order distances) are absent")
     if zeroed:
         lines.append(f"zeroed {zeroed} non-zero weights at pruned positions (OpenLTH keeps "
                      "updating pruned weights; its forward masks them)")
@@ -449,54 +397,6 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
                      if reproduced else "warning: some masks differ from OpenLTH's sparse_global "
                      "rule applied to the previous level's final weights")
     return {"out": str(out), "lines": lines, "reproduced": reproduced, "zeroed": zeroed}
-
-
-def _density(mask: dict[str, torch.Tensor]) -> float:
-    kept = sum(int(m.sum()) for m in mask.values())
-    total = sum(m.numel() for m in mask.values())
-    return kept / total if total else 1.0
-
-
-def _metrics_from(logger: dict, T: int, n_log: int) -> dict:
-    """The store's metric rows: log steps (only 0) unknown, eval steps (0, T) from the logger."""
-    def at(name):
-        return np.array([logger.get((name, 0), math.nan), logger.get((name, T), math.nan)],
-                        np.float32)
-
-    nan_log = np.full(n_log, np.nan, np.float32)
-    return {"train_loss": nan_log, "train_acc": nan_log, "test_loss": at("test_loss"),
-            "test_acc": at("test_accuracy"), "train_eval_loss": at("train_loss"),
-            "train_eval_acc": at("train_accuracy")}
-
-
-def _finals(logger: dict, T: int) -> dict:
-    return {"test_acc": logger.get(("test_accuracy", T), math.nan),
-            "test_loss": logger.get(("test_loss", T), math.nan),
-            "train_eval_acc": logger.get(("train_accuracy", T), math.nan),
-            "train_eval_loss": logger.get(("train_loss", T), math.nan)}
-
-
-def _write_run(writer, key, entry, k: int, T: int) -> None:
-    _, _, ((w_k, _), (w_T, b_T)), logger = entry
-    writer.record([key], k, w_k.numpy()[None])
-    if T != k:
-        writer.record([key], T, w_T.numpy()[None])
-    metrics = _metrics_from(logger, T, writer.n_log)
-    writer.write_metrics(key, **metrics)
-    writer.write_final(key, buffers=b_T.numpy() if writer.n_buffers else None, **_finals(logger, T))
-    writer.finish_run(key, "complete")
-
-
-def _write_dense(writer, first, init_w, k: int, T: int) -> None:
-    _, _, ((w_k, _), (w_T, b_T)), logger = first
-    if k > 0:
-        writer.record_dense(0, (init_w if init_w is not None else torch.full_like(w_k, math.nan)
-                                ).numpy())
-    writer.record_dense(k, w_k.numpy())
-    writer.record_dense(T, w_T.numpy())
-    writer.write_dense_metrics(**_metrics_from(logger, T, writer.n_log))
-    writer.write_dense_final(buffers=b_T.numpy() if writer.n_buffers else None, **_finals(logger, T))
-    writer.finish_dense("complete")
 
 
 def load_openlth_model(openlth_name: str, state, *, input_shape=None, num_classes: int = 10):

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
+from stabilitylab.analysis.pair_noise import label as pair_label
 from stabilitylab.core.keys import (
     STATUS_ABSENT,
     STATUS_CODES,
@@ -143,6 +144,7 @@ def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
             per_replica = per_replica.where(study["status"] == STATUS_COMPLETE)
         per_replica = per_replica.load()
     inst = analysis["instability"].load() if "instability" in analysis else None
+    noise = analysis.attrs.get("pair_noise") or {}
     rows = []
     for kind in acc["kind"].values:
         for level in acc["level"].values:
@@ -167,6 +169,8 @@ def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
                         m, lo, hi, _ = F.interval(values)
                         row["instability"] = float(m)
                         row["instability_interval"] = _interval_text(float(lo), float(hi))
+                if noise.get(str(kind), "data_order") != "data_order":
+                    row["pairs"] = pair_label(noise[str(kind)])  # e.g. different-init pairs
                 for flag in ("stable", "matching"):
                     if flag in analysis:
                         v = _num(analysis[flag].sel(**at))
@@ -466,6 +470,13 @@ SECTION_TITLES = {"provenance": "Provenance", "runs": "Runs", "issues": "Skipped
                   "analysis": "Analysis settings", "config": "Configuration"}
 
 
+def _summary_columns(summary) -> dict:
+    """The summary columns, with "pairs" when some kind's pairs are not data-order pairs."""
+    if any("pairs" in row for row in summary):
+        return {**SUMMARY_COLUMNS, "pairs": "pairs"}
+    return SUMMARY_COLUMNS
+
+
 def _summary_note(analysis) -> str:
     attrs = analysis.attrs if analysis is not None else {}
     thr = 100 * float(attrs.get("threshold", LMC_THRESHOLD))
@@ -480,7 +491,19 @@ def _summary_note(analysis) -> str:
             f"(Frankle et al., ICML 2020). Matching: accuracy within the matching tolerance of "
             f"{tol:g} pp of the dense accuracy (at least dense − {tol:g} pp)."
             + (" " + G.CROSS_LEVEL_NOTE if analysis is not None
-               and "cross_level_barrier" in analysis else ""))
+               and "cross_level_barrier" in analysis else "")
+            + _pair_noise_note(attrs))
+
+
+def _pair_noise_note(attrs) -> str:
+    kinds = sorted(k for k, v in (attrs.get("pair_noise") or {}).items() if v == "init")
+    if not kinds:
+        return ""
+    return (f" The replicas of {', '.join(kinds)} are different-init pairs (initialised "
+            "independently, e.g. OpenLTH replicates with their own init, data order and "
+            "masks): their barrier is the barrier between independently trained networks, "
+            "not the data-order instability of copies of one W_k; the aligned barrier "
+            "(weight matching) is the comparable figure where it is available.")
 
 
 def _glossary_rows() -> list[dict]:
@@ -504,9 +527,9 @@ def _write_documents(folder: Path, title: str, meta: str, images, predictions, p
     if summary:
         h.append("<h2>Summary per level and rewind point</h2>"
                  f"<p>{html.escape(summary_note)}</p>"
-                 + _html_table(summary, SUMMARY_COLUMNS, table_id="summary"))
+                 + _html_table(summary, _summary_columns(summary), table_id="summary"))
         md += ["## Summary per level and rewind point", "", summary_note, "",
-               _md_table(summary, SUMMARY_COLUMNS), ""]
+               _md_table(summary, _summary_columns(summary)), ""]
     for name, caption, data in images:
         uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
         h.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'>"

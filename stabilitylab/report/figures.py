@@ -179,13 +179,17 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g} pp")
     _step_axis(ax, rewinds, "rewind step k (iterations)")
     what = variable.replace("_", " ")
+    init_pairs = (analysis.attrs.get("pair_noise") or {}).get(kind) == "init"
+    if init_pairs and variable == "instability":  # not data-order instability
+        what = "barrier between different-init pairs"
     ax.set_ylabel(f"{what}: error barrier (percentage points)" if "loss" not in variable
                   else f"{what} (nats)")
     ax.set_title(f"{what.capitalize()} of {KIND_LABELS.get(kind, kind)} vs rewind point")
     if not drawn:
         _no_data(ax, f"{variable} for kind={kind}")
     band = " / ".join(sorted(methods)) or "none"
-    ax.legend(title=f"mean over {n_pairs} pairs; band: {band}", loc="upper right")
+    pairs = "different-init pairs" if init_pairs else "pairs"
+    ax.legend(title=f"mean over {n_pairs} {pairs}; band: {band}", loc="upper right")
     return fig
 
 

@@ -434,6 +434,12 @@ class StudyWriter:
         self._submit(self._plain["weights"], idx + (slice(None), slice(None)), np.float32(0))  # drops chunks
         self._sync()
 
+    def update_attrs(self, attrs: dict) -> None:
+        """Add JSON-serializable root attributes (e.g. an import's ``imported_from``)."""
+        self._check()
+        with S.reading(self._where):
+            self._g.attrs.update(dict(attrs))
+
     def flush(self) -> None:
         """Write every pending row (partial chunks too) and wait for it."""
         self._check()

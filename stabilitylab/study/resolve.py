@@ -34,12 +34,15 @@ from stabilitylab.study.kinds import control_names
 from stabilitylab.train.optim import OPTIMIZERS
 
 
-def resolve_study(cfg: Config | Study) -> Study:
+def resolve_study(cfg: Config | Study, *, min_replicas: int = 2) -> Study:
     """The :class:`Study` of ``cfg`` (a ``Study`` is returned as it is). Raises
-    :class:`~stabilitylab.core.errors.ConfigError` with one line on the first bad value."""
+    :class:`~stabilitylab.core.errors.ConfigError` with one line on the first bad value.
+
+    ``min_replicas``: 2 for a study to train (pairs need two copies); an imported or
+    analyzed store may hold one replica (its pair measures are then absent)."""
     if isinstance(cfg, Study):
         return cfg
-    check_config(cfg)  # a Config built in code has not been checked yet (cheap)
+    check_config(cfg, min_replicas=min_replicas)  # a Config built in code is not checked yet
     return _resolved(cfg)
 
 
@@ -50,9 +53,10 @@ def load_study(source: str | Path | None = None, overrides: Iterable[str] = ()) 
     return resolve_study(_loader.build_config(_loader.apply_overrides(raw, overrides), label))
 
 
-def study_from_dict(raw: dict) -> Study:
-    """Build and resolve a study from a plain mapping (e.g. one read back from a store)."""
-    return resolve_study(_loader.build_config(raw, "config"))
+def study_from_dict(raw: dict, *, min_replicas: int = 1) -> Study:
+    """Build and resolve a study from a plain mapping (e.g. one read back from a store, which
+    may hold one imported replica; ``record`` resolves with two before it trains)."""
+    return resolve_study(_loader.build_config(raw, "config"), min_replicas=min_replicas)
 
 
 def _resolved(cfg: Config) -> Study:
