@@ -263,8 +263,8 @@ def _record(args) -> int:
     import dataclasses
 
     from stabilitylab.config import load_config
-    from stabilitylab.study.runner import record_study
 
+    # the config first: a typo is reported before torch and the study machinery import
     cfg = _named_for_overrides(load_config(args.config, args.overrides), args.config,
                                args.overrides)
     if args.data_root is not None:  # the user's flag; data.root is not part of the study id
@@ -303,6 +303,8 @@ def _record(args) -> int:
                            device=args.device, progress=progress,
                            rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     else:
+        from stabilitylab.study.runner import record_study
+
         record_study(cfg, out, resume=args.resume, device=args.device, progress=progress,
                      rewinds_per_task=args.rewinds_per_task, max_store_gb=args.max_store_gb)
     from stabilitylab.train.step import compile_summary

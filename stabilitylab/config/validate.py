@@ -119,8 +119,6 @@ def _check_model(m, info) -> None:
 
 def validate(cfg: Config) -> Resolved:
     """Check every field; return the resolved study. Raises ConfigError."""
-    from stabilitylab.data.registry import dataset_info
-
     d, m, t, p, s = cfg.data, cfg.model, cfg.training, cfg.pruning, cfg.study
     _need(isinstance(d.name, str) and d.name != "", "data.name: must be a non-empty string")
     _need(d.num_samples >= 50 and d.num_samples % 10 == 0,
@@ -130,9 +128,6 @@ def validate(cfg: Config) -> Resolved:
     _need(isinstance(m.name, str) and m.name != "", "model.name: must be a non-empty string")
     _need(math.isfinite(p.fraction), f"pruning.fraction: must be a finite number, got {p.fraction}")
     _need(0.0 <= m.dropout < 1.0, f"model.dropout: must be in [0, 1), got {m.dropout}")
-    from stabilitylab.train.optim import OPTIMIZERS  # the optimizer table
-
-    _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     for name in ("lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "lookahead_alpha", "gamma"):
         value = getattr(t, name)
         _need(math.isfinite(value), f"training.{name}: must be a finite number, got {value}")
@@ -155,11 +150,6 @@ def validate(cfg: Config) -> Resolved:
     _need(s.replicas >= 2, f"study.replicas: need >= 2 data-order replicas, got {s.replicas}")
     _need(s.device in DEVICES, f"study.device: choose from {', '.join(DEVICES)}, got {s.device!r}")
     _need(s.record_points >= 1, f"study.record_points: must be >= 1, got {s.record_points}")
-    from stabilitylab.study.kinds import control_names  # the run-kind registry
-
-    controls = control_names()
-    bad_controls = [c for c in s.controls if c not in controls]
-    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(controls)}")
     _need(len(s.rewinds) >= 1, "study.rewinds: need at least one rewind point")
     _need(len(set(s.noise)) == len(s.noise) and all(n in NOISE for n in s.noise),
           f"study.noise: choose from {', '.join(NOISE)} (each once), got {list(s.noise)}")
@@ -171,6 +161,18 @@ def validate(cfg: Config) -> Resolved:
           f"study.epsilon: must be a finite number > 0, got {s.epsilon}")
     _need(p.pai_from in PAI_FROM, f"pruning.pai_from: choose from {', '.join(PAI_FROM)}, "
           f"got {p.pai_from!r}")
+
+    # The checks above need no registry; those below import torch (seconds on a busy
+    # machine), so a typo in a plain value is reported before that.
+    from stabilitylab.train.optim import OPTIMIZERS  # the optimizer table
+
+    _need(t.optimizer in OPTIMIZERS, f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    from stabilitylab.study.kinds import control_names  # the run-kind registry
+
+    controls = control_names()
+    bad_controls = [c for c in s.controls if c not in controls]
+    _need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from {', '.join(controls)}")
+    from stabilitylab.data.registry import dataset_info
 
     info = dataset_info(d)  # a plugin dataset without stated sizes is loaded here, once
     _check_model(m, info)
