@@ -2,7 +2,7 @@
 
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
     stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report]
-    stabilitylab report STORE [--out DIR]
+    stabilitylab report STORE [--out DIR] [--pdf]
     stabilitylab validate STORE [--deep]
     stabilitylab data download mnist|cifar10 [--data-root DIR]
     stabilitylab presets
@@ -81,6 +81,17 @@ class _LazyHelp(str):
         return self._build() % params
 
 
+# stabilitylab.data.download.DOWNLOADABLE (not imported: the data package imports torch;
+# tests/data/test_data_download.py checks that the two agree)
+DOWNLOADABLE = ("mnist", "cifar10")
+
+
+def _downloadable(name: str) -> str:
+    if name == "mnist1d":
+        raise argparse.ArgumentTypeError("mnist1d needs no download: it is generated offline")
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stabilitylab", description=DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,7 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_LazyHelp(_measures_help))
     ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                      help="where to compute: auto (default: cuda if available), cpu or cuda")
-    ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    ana.add_argument("--alphas", type=int, default=30,
+                     help="interpolation points incl. endpoints (default: %(default)s)")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--report-out", default=None, help="report folder (default: reports/<name>)")
     ana.add_argument("--no-progress", action="store_true",
@@ -139,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
     rep.add_argument("store", help="path or fsspec URL of an analyzed store")
     rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
+    rep.add_argument("--pdf", action="store_true",
+                     help="also write report.pdf (summary, table and figures; for email)")
 
     val = sub.add_parser("validate", help="check a store against the schema")
     val.add_argument("store", help="path or fsspec URL of a store")
@@ -150,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: download MNIST or CIFAR-10")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="download a torchvision dataset (md5-checked)")
-    dl.add_argument("dataset", choices=["mnist", "cifar10", "mnist1d"],
-                    help="mnist or cifar10 (mnist1d is generated offline)")
+    dl.add_argument("dataset", choices=DOWNLOADABLE, type=_downloadable,
+                    help=" or ".join(DOWNLOADABLE) + " (mnist1d needs no download: it is "
+                                                    "generated offline)")
     dl.add_argument("--data-root", default=None, metavar="DIR", help=DATA_ROOT_HELP)
     dl.add_argument("--mirror", default=None, metavar="URL",
                     help="base URL of a mirror serving the same files (default: torchvision's)")
@@ -174,7 +189,8 @@ def _add_plugin_commands(sub) -> None:
                      help="dataset name, package.module:function or entry point (its test set is used)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="further settings, e.g. --set model.options.width=2 --set data.root=DIR")
-    cmp.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    cmp.add_argument("--alphas", type=int, default=30,
+                     help="interpolation points incl. endpoints (default: %(default)s)")
     cmp.add_argument("--bn-recompute", action="store_true",
                      help="recompute BatchNorm statistics at every alpha on the train subset "
                           "(default: interpolate the files' statistics)")
@@ -356,7 +372,8 @@ def _report(args) -> int:
 
     validate(args.store)
 
-    print(f"report: {write_report(args.store, out=args.out)}")
+    where = write_report(args.store, out=args.out, pdf=args.pdf)
+    print(f"report: {where}" + (f" (and {where / 'report.pdf'})" if args.pdf else ""))
     return 0
 
 

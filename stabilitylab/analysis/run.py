@@ -72,20 +72,25 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
 
 
 def _lines(ctx, analysis: xr.Dataset) -> list[str]:
-    lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
+    """The summary analyze prints: accuracies in percent, barriers and gaps in percentage
+    points (pp), densities in percent, rewind points in iterations."""
+    lines = [f"dense test accuracy: {100 * float(analysis.dense_test_acc):.2f}%"]
     inst = analysis.instability.mean("pair", skipna=True)
+    threshold = 100 * analysis.attrs["threshold"]
     for level in ctx.levels:
         d = analysis.density.sel(kind="imp", level=level).values
         density = np.nanmean(d) if np.isfinite(d).any() else 1.0
         values = ", ".join(
-            f"k={k}: {100 * float(inst.sel(kind='imp', level=level, rewind=k)):.2f}%"
+            f"k={k}: {100 * float(inst.sel(kind='imp', level=level, rewind=k)):.2f} pp"
             for k in ctx.rewinds)
         lines.append(f"level {level} (density {100 * density:.1f}%) instability: {values}")
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))
-        lines.append(f"  LMC rule (<{100 * analysis.attrs['threshold']:g}%): k={'none' if pk < 0 else pk}; "
-                     f"oracle k={'none' if ok < 0 else ok}; accuracy gap {100 * gap:.2f} points")
+        gap_text = f"{100 * gap:.2f} pp" if np.isfinite(gap) else "none"
+        lines.append(f"  LMC rule (earliest k with instability < {threshold:g} pp): "
+                     f"k={'none' if pk < 0 else pk}; oracle (best accuracy) "
+                     f"k={'none' if ok < 0 else ok}; accuracy gap {gap_text}")
     if ctx.levels == [0]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=0))
         lines.append("recommended rewind point (dense copies only): "

@@ -9,8 +9,6 @@ from torch import nn
 from stabilitylab.errors import ConfigError
 from stabilitylab.models.registry import (
     MODEL_BUILDERS,
-    MODEL_NAMES,
-    available_models,
     check_options,
     resolve_builder,
 )
