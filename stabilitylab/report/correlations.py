@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from stabilitylab.report import glossary as G
 from stabilitylab.report.figures import (
@@ -24,10 +25,13 @@ from stabilitylab.report.figures import (
     density_label,
 )
 
-#: A correlation is shown grey (not read) when its interval includes 0 and is this wide.
+#: A correlation is shown grey (not read) when its interval includes 0 and is this wide,
 WIDE_INTERVAL = 1.0
-UNINFORMATIVE = (f"the 95% interval of ρ includes 0 and is wider than {WIDE_INTERVAL:g}, so "
-                 "these few rewind points cannot tell the sign of the correlation")
+#: or when it rests on fewer rewind points than this (a bootstrap of 3 points is no interval).
+MIN_POINTS = 5
+UNINFORMATIVE = (f"fewer than {MIN_POINTS} rewind points, or a 95% interval of ρ that includes 0 "
+                 f"and is wider than {WIDE_INTERVAL:g}: these points cannot tell the sign of the "
+                 "correlation")
 
 
 @_styled
@@ -67,7 +71,7 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
         rho = _get(analysis, "spearman", measure=name, level=level)
         lo = _get(analysis, "spearman_low", measure=name, level=level)
         hi = _get(analysis, "spearman_high", measure=name, level=level)
-        grey = _uninformative(lo, hi)
+        grey = _uninformative(lo, hi) or int(ok.sum()) < MIN_POINTS
         ax.scatter(x[ok], y[ok], c=["0.65" if grey else colors[i] for i in np.flatnonzero(ok)],
                    s=36, zorder=3)
         for i in np.flatnonzero(ok):
@@ -77,17 +81,18 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
         if _finite(rho):
             ci = f" [{float(lo):.2f}, {float(hi):.2f}]" if _finite(lo) and _finite(hi) else ""
             title += f"\nρ = {float(rho):.2f}{ci}, n = {int(ok.sum())}"
-            title += " (not informative)" if grey else ""
         ax.set_title(title, fontsize=10.5, color="0.5" if grey else "black")
         if grey:
             ax.set_facecolor("0.96")
+        ax.xaxis.set_major_locator(MaxNLocator(4))  # few, short tick labels: no collisions
+        ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))  # no "1e-12+7.5e-1"
         ax.set_xlabel(G.axis_label(name), fontsize=10)
         ax.set_ylabel("final test acc. (%)", fontsize=10)
     for ax in list(axes.flat)[len(names):]:
         ax.remove()
     fig.suptitle(f"Stability measures vs final test accuracy, IMP {density_label(analysis, level)}"
-                 "\n(points: rewind k; ρ: Spearman [95% bootstrap CI], n rewind points; grey: the "
-                 "interval includes 0 and is too wide to tell the sign)", fontsize=12)
+                 "\n(points: rewind k; ρ: Spearman [95% bootstrap CI], n rewind points; grey: too few "
+                 "points, or an interval too wide to tell the sign)", fontsize=12)
     return fig
 
 

@@ -47,7 +47,7 @@ PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
            "instability"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
-figure{margin:1.5em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
+figure{margin:1.5em 0}img{max-width:min(100%,880px);height:auto;display:block}figcaption{color:#555;font-size:.9em}
 table{border-collapse:collapse;font-size:.85em;margin:1em 0}th,td{border:1px solid #ccc;
 padding:.25em .6em;text-align:left}th{background:#f3f3f3}.meta{color:#666}
 #headline{background:#f5f8fc;border:1px solid #c9d7e8;border-radius:6px;padding:.6em 1.2em}
@@ -212,13 +212,23 @@ def _summary_note(analysis) -> str:
 
 
 def _headline_html(items) -> str:
-    lis = "".join(f"<li><b>{html.escape(label)}:</b> {html.escape(text)}</li>"
-                  for label, text in items)
+    def body(text) -> str:
+        if isinstance(text, str):
+            return " " + html.escape(text)
+        return "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in text) + "</ul>"
+
+    lis = "".join(f"<li><b>{html.escape(label)}:</b>{body(text)}</li>" for label, text in items)
     return f"<section id='headline'><h2>Summary</h2><ul>{lis}</ul></section>"
 
 
 def _headline_md(items) -> list[str]:
-    return ["## Summary", "", *(f"- **{label}:** {text}" for label, text in items), ""]
+    md = ["## Summary", ""]
+    for label, text in items:
+        if isinstance(text, str):
+            md.append(f"- **{label}:** {text}")
+        else:
+            md += [f"- **{label}:**", *(f"  - {t}" for t in text)]
+    return md + [""]
 
 
 def _glossary_rows() -> list[dict]:

@@ -167,7 +167,7 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     if not drawn:
         _no_data(ax, f"{variable} for kind={kind}")
     band = "none" if shown is None else (f"{shown.method}, {shown.n_text()}")
-    ax.legend(title=f"mean over pairs; band: {band}", loc="upper right")
+    ax.legend(title=f"mean over pairs; band: {band}", loc="best", framealpha=0.9)
     return fig
 
 

@@ -36,9 +36,10 @@ def study_line(study: xr.Dataset | None, analysis: xr.Dataset | None) -> str:
     rewinds = [int(k) for k in source["rewind"].values] if "rewind" in source.coords else []
     levels = [int(v) for v in source["level"].values] if "level" in source.coords else []
     replicas = int(source.sizes["replica"]) if "replica" in source.sizes else st.get("replicas")
+    total = _total_steps(study) if study is not None else 0
+    steps = f"{total:,} iterations" if total else train.get("steps", "?")
     parts = [f"{model.get('name', '?')} on {data.get('name', '?')}",
-             (f"{train.get('optimizer', '?')} lr {train.get('lr', '?')}, "
-             f"T = {train.get('steps', '?')}"),
+             f"{str(train.get('optimizer', '?')).upper()}, lr {train.get('lr', '?')}, T = {steps}",
              f"{replicas} replicas from each rewind point k = {T.plain_value(rewinds)}"]
     if levels and analysis is not None:
         parts.append(f"IMP levels {levels[0]}–{levels[-1]} (density {_density(analysis, levels[0])}"
@@ -73,6 +74,21 @@ def stability_points(analysis: xr.Dataset) -> dict[int, I.RewindInterval]:
             for lv in inst["level"].values}
 
 
+def _later_above(analysis, level, k) -> str:
+    """``"; k = 50 is above the threshold again (2.40 pp): ..."`` or ''."""
+    if k is None:
+        return ""
+    threshold = float(analysis.attrs.get("threshold", LMC_THRESHOLD))
+    mean = analysis["instability"].sel(kind="imp", level=level).mean("pair", skipna=True)
+    later = [(int(r), float(m)) for r, m in zip(mean["rewind"].values, mean.values)
+             if r > k and np.isfinite(m) and m >= threshold]
+    if not later:
+        return ""
+    shown = ", ".join(f"k = {r} ({100 * m:.2f} pp)" for r, m in later)
+    return (f"; later above the threshold again: {shown}, which does not move the point (the "
+            "rule takes the earliest stable k; with few replicas such a value is within noise)")
+
+
 def _replica_steps(study: xr.Dataset | None, total: int) -> int | None:
     """Replica-steps the study trained: (T − k) for every run present, plus the dense run."""
     if study is None or "status" not in study or total <= 0:
@@ -99,7 +115,9 @@ def _recommendation(study, analysis, points) -> str | None:
         text += f"; its accuracy {100 * acc:.2f}%"
     if oracle is not None and oracle >= 0 and acc is not None:
         best = T._accuracy_at(analysis, level, int(oracle))
-        if best is not None:
+        if best is not None and int(oracle) == point.k:
+            text += ", the best of all k (the highest mean accuracy)"
+        elif best is not None:
             text += (f" is {100 * (best - acc):.2f} pp below the best k (k = {int(oracle)}, "
                      f"{100 * best:.2f}%, the highest mean accuracy)")
     total = int(study.attrs.get("total_steps", 0)) if study is not None else 0
@@ -124,7 +142,9 @@ def _total_steps(study) -> int:
         return 0
 
 
-def _controls(study, analysis) -> str | None:
+def _controls(study, analysis, prefer=None) -> str | None:
+    """IMP vs each control at the sparsest level with controls, at rewind point ``prefer``
+    (the recommended k) when every kind has results there, else at the latest such k."""
     if analysis is None or "final_test_acc" not in analysis or "kind" not in analysis.coords:
         return None
     controls = [c for c in analysis["kind"].values if c != "imp"]
@@ -134,11 +154,11 @@ def _controls(study, analysis) -> str | None:
     if not controls or not levels:
         return None
     level = levels[-1]
-    has = [k for k in acc["rewind"].values
-           if F._finite(acc.sel(kind="imp", level=level, rewind=k))]
+    has = [int(k) for k in acc["rewind"].values
+           if all(F._finite(acc.sel(kind=c, level=level, rewind=k)) for c in ("imp", *controls))]
     if not has:
         return None
-    k = int(has[-1])
+    k = prefer if prefer in has else has[-1]
     per_replica = T.replica_accuracy(study)
 
     def interval(kind):
@@ -192,8 +212,9 @@ def _runs(study, analysis) -> str:
             + ". They are left out of every number in this report.")
 
 
-def headline(study: xr.Dataset | None, analysis: xr.Dataset | None) -> list[tuple[str, str]]:
-    """(label, sentence) pairs for the top of the report; empty without an analysis."""
+def headline(study: xr.Dataset | None, analysis: xr.Dataset | None) -> list[tuple[str, object]]:
+    """(label, text) pairs for the top of the report: ``text`` a sentence, or a list of
+    them (the stability point, one per level)."""
     items = [("Study", study_line(study, analysis))] if (study is not None
                                                          or analysis is not None) else []
     if analysis is None:
@@ -203,14 +224,16 @@ def headline(study: xr.Dataset | None, analysis: xr.Dataset | None) -> list[tupl
     if points:
         per_level = [f"level {lv} (density {_density(analysis, lv)}): "
                      + (f"stable from k = {p.k}" if p.k is not None else "no k is stable")
-                     + f" ({p.text()})" for lv, p in points.items()]
+                     + f"; {p.text()}" + _later_above(analysis, lv, p.k)
+                     for lv, p in points.items()]
         items.append((f"Stability point (earliest k with instability < {threshold:g} pp)",
-                      "; ".join(per_level) + "."))
+                      per_level))
     rec = _recommendation(study, analysis, points)
     if rec:
         items.append(("Recommended rewind point", rec))
-    ctl = _controls(study, analysis)
+    last = points.get(max(points)) if points else None
+    ctl = _controls(study, analysis, prefer=last.k if last is not None else None)
     if ctl:
-        items.append(("IMP beats the controls at the sparsest level?", ctl))
+        items.append(("IMP vs the controls at the sparsest level", ctl))
     items.append(("Diverged or missing runs", _runs(study, analysis)))
     return items

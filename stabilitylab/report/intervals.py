@@ -160,12 +160,14 @@ class RewindInterval:
     method: str
 
     def text(self) -> str:
+        """``"range over single pairs [k = 25, 100], n = 3 replicas (3 pairs)"``."""
         def k(v):
             return "none" if v is None else f"{v}"
 
         where = "over replicas resampled" if self.method == CI else "over single pairs"
         return (f"{self.method} {where} [k = {k(self.low)}, {k(self.high)}], n = {self.n} "
-                f"replicas ({self.pairs} pairs)")
+                f"replica{'s' if self.n != 1 else ''} ({self.pairs} pair"
+                f"{'s' if self.pairs != 1 else ''})")
 
 
 def _earliest(rewinds, means, threshold) -> np.ndarray:

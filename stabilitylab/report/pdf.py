@@ -29,6 +29,7 @@ def _text_page(title: str, meta: str, head, note: str) -> Figure:
     fig.text(0.07, y, "Summary", fontsize=13, weight="bold", va="top")
     y -= 0.035
     for label, text in head:
+        text = text if isinstance(text, str) else "; ".join(text)
         lines = textwrap.wrap(f"{label}: {text}", 100)
         fig.text(0.07, y, "\n".join(lines), fontsize=9, va="top", linespacing=1.4)
         y -= 0.017 * len(lines) + 0.015

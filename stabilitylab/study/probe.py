@@ -111,8 +111,8 @@ def probe_lines(rewinds, mean, *, delta: int, replicas: int,
     """The probe's report: the barrier per k (percentage points), then the answer, the rule
     that produced it and why a later k above the threshold does not change it."""
     thr = 100 * threshold
-    lines = [f"probe: {replicas} data-order copies from each k, trained {delta} steps (to "
-             f"k + {delta}); mean test-error barrier between them at k + {delta}:"]
+    lines = [(f"probe: {replicas} data-order copies from each k, trained {delta} steps (to "
+             f"k + {delta}); mean test-error barrier between them at k + {delta}:")]
     lines += [f"  k={k}: {100 * m:.2f} pp" + ("" if m < threshold else f" (≥ {thr:g} pp)")
               for k, m in zip(rewinds, mean)]
     stable = [k for k, m in zip(rewinds, mean) if np.isfinite(m) and m < threshold]
