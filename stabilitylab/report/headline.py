@@ -86,7 +86,7 @@ def _later_above(analysis, level, k) -> str:
         return ""
     shown = ", ".join(f"k = {r} ({100 * m:.2f} pp)" for r, m in later)
     return (f"; later above the threshold again: {shown}, which does not move the point (the "
-            "rule takes the earliest stable k; with few replicas such a value is within noise)")
+            "rule takes the earliest stable k, as in Frankle et al.)")
 
 
 def _replica_steps(study: xr.Dataset | None, total: int) -> int | None:

@@ -125,7 +125,6 @@ def probe_lines(rewinds, mean, *, delta: int, replicas: int,
     if later:
         lines.append(
             f"  later k above {thr:g} pp ({', '.join(f'k={k}' for k in later)}) do not change "
-            "it: the rule takes the earliest stable k, as in the paper; a later barrier above "
-            f"the threshold is read as noise of {replicas} copies on one test set (rerun with "
-            "more replicas, study.replicas, if it matters)")
+            "it: the rule takes the earliest stable k, as in the paper (if a later k matters, "
+            f"rerun with more than {replicas} replicas, study.replicas, to see whether it holds)")
     return lines
