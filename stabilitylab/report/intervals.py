@@ -164,10 +164,12 @@ class RewindInterval:
         def k(v):
             return "none" if v is None else f"{v}"
 
+        n = (f"n = {self.n} replica{'s' if self.n != 1 else ''} ({self.pairs} pair"
+             f"{'s' if self.pairs != 1 else ''})")
+        if self.method == RANGE and self.low == self.high and self.pairs > 1:
+            return f"every single pair gives k = {k(self.low)}, {n}"
         where = "over replicas resampled" if self.method == CI else "over single pairs"
-        return (f"{self.method} {where} [k = {k(self.low)}, {k(self.high)}], n = {self.n} "
-                f"replica{'s' if self.n != 1 else ''} ({self.pairs} pair"
-                f"{'s' if self.pairs != 1 else ''})")
+        return f"{self.method} {where} [k = {k(self.low)}, {k(self.high)}], {n}"
 
 
 def _earliest(rewinds, means, threshold) -> np.ndarray:

@@ -63,6 +63,8 @@ def test_stability_point_and_its_spread():
     sp = I.stability_point(k, values, a, b, 0.02)
     assert (sp.k, sp.low, sp.high, sp.method) == (25, 25, 100, I.RANGE)
     assert sp.text() == "range over single pairs [k = 25, 100], n = 3 replicas (3 pairs)"
+    same = I.stability_point(k, np.where(values > 0.02, 0.01, values), a, b, 0.02)
+    assert same.text() == "every single pair gives k = 0, n = 3 replicas (3 pairs)"
     never = I.stability_point(k, values + 0.5, a, b, 0.02)
     assert never.k is None and never.high is None
     a, b = _pairs(6)
