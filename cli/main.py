@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 DESCRIPTION = """\
 Measure the weight-space stability of lottery tickets: train iterative magnitude pruning
@@ -55,9 +55,9 @@ def _version() -> str:
     try:
         return version("stabilitylab")
     except PackageNotFoundError:
-        import stabilitylab
+        from stabilitylab.core.version import __version__
 
-        return getattr(stabilitylab, "__version__", "unknown")
+        return __version__
 
 
 def _measures_help() -> str:
@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
     rep.add_argument("--pdf", action="store_true",
                      help="also write report.pdf (summary, table and figures; for email)")
+    rep.add_argument("--trust-plugins", action="store_true",
+                     help="import the package.module:function model or dataset the store names "
+                          "(runs that module's code; only for stores you trust)")
 
     val = sub.add_parser("validate", help="check a store against the schema")
     val.add_argument("store", help="path or fsspec URL of a store")
@@ -291,9 +294,9 @@ def _record(args) -> int:
     if args.dry_run:
         return _dry_run(cfg, out, args)
     if args.probe:
+        from stabilitylab.analysis.lmc_probe import probe_rewinds
         from stabilitylab.config import validate
         from stabilitylab.progress import Progress
-        from stabilitylab.study.probe import probe_rewinds
 
         resolved = validate(cfg)
         total = max(resolved.rewinds) + 1 + cfg.study.replicas * sum(
@@ -361,7 +364,7 @@ def _analyze(args) -> int:
     if not args.no_report:
         from stabilitylab.report import write_report
 
-        where = write_report(args.store, out=args.report_out)
+        where = write_report(args.store, out=args.report_out, trust_plugins=args.trust_plugins)
         print(f"report: {where}")
     return 0
 
@@ -372,7 +375,8 @@ def _report(args) -> int:
 
     validate(args.store)
 
-    where = write_report(args.store, out=args.out, pdf=args.pdf)
+    where = write_report(args.store, out=args.out, pdf=args.pdf,
+                         trust_plugins=args.trust_plugins)
     print(f"report: {where}" + (f" (and {where / 'report.pdf'})" if args.pdf else ""))
     return 0
 

@@ -14,15 +14,14 @@ In Python::
     analysis = stabilitylab.analyze_study("runs/mine.zarr")
 """
 
-__version__ = "0.1.0"
-
 from stabilitylab.config import load_config
-from stabilitylab.errors import (
+from stabilitylab.core.errors import (
     ConfigError,
     DataMissingError,
     StabilityLabError,
     StoreError,
 )
+from stabilitylab.core.version import __version__
 
 
 def open_study(url, **kwargs):

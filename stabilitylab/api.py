@@ -25,7 +25,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 
 def _as_builder(model) -> Callable:
@@ -66,7 +66,7 @@ def make_config(config=None, *, model=None, data=None, overrides: Iterable[str] 
     """A validated Config from a preset name, TOML path, raw mapping or Config, with
     ``model`` / ``data`` (objects or names) put in as ``model.name`` / ``data.name``."""
     from stabilitylab.config import Config, validate
-    from stabilitylab.config.loader import _build, _read_toml, apply_overrides
+    from stabilitylab.config.loader import apply_overrides, build_config, read_toml
 
     names = _names(model, data)
     if isinstance(config, Config):
@@ -81,12 +81,12 @@ def make_config(config=None, *, model=None, data=None, overrides: Iterable[str] 
         if isinstance(config, dict):
             raw, label = config, "config"
         else:
-            raw, label = _read_toml(config)
+            raw, label = read_toml(config)
         raw = apply_overrides(raw, overrides)
         for section, name in names.items():
             raw.setdefault(section, {})
             raw[section] = {**raw[section], "name": name}
-        cfg = _build(raw, label)
+        cfg = build_config(raw, label)
     validate(cfg)
     return cfg
 

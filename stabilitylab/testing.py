@@ -60,7 +60,7 @@ def make_analyzed_study(path, *extra: str, measures=None, alphas: int = 30, n_bo
 
     import stabilitylab
     from stabilitylab.analysis.run import analyze_store
-    from stabilitylab.store.schema import STATUS_DIVERGED, STATUS_INCOMPLETE
+    from stabilitylab.core.keys import STATUS_DIVERGED, STATUS_INCOMPLETE
 
     path = str(path)
     stabilitylab.record_study(tiny_config(*extra), path, progress=False)

@@ -16,7 +16,8 @@ import torch
 import xarray as xr
 
 from stabilitylab.config import config_from_dict, validate
-from stabilitylab.store.schema import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
+from stabilitylab.core.keys import STATUS_COMPLETE, STATUS_DIVERGED, STATUS_INCOMPLETE
+from stabilitylab.core.registry import check_trusted, untrusted
 from stabilitylab.train.functional import StackedModel
 
 log = logging.getLogger(__name__)
@@ -104,19 +105,19 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
     :func:`stabilitylab.data.data_root`). The ``data.root`` saved in the store is ignored:
     nothing read from a store chooses a path outside it. Nor does it choose code: a
     ``module:function`` model or dataset named by the store is imported only with
-    ``trust_plugins`` (:func:`stabilitylab.models.registry.check_trusted`).
+    ``trust_plugins`` (:func:`stabilitylab.core.registry.untrusted`).
     """
+    from stabilitylab.core.device import resolve_device
     from stabilitylab.store import open_study
+    from stabilitylab.store.schema import describe
     from stabilitylab.study.context import build_model_and_data
-    from stabilitylab.train.engine import resolve_device
 
     ds = open_study(url, storage_options=storage_options)
-    from stabilitylab.models.registry import check_trusted
-    from stabilitylab.store.schema import describe
-
-    check_trusted(ds.attrs["config"], describe(url), trust_plugins)
-    cfg = config_from_dict(ds.attrs["config"])
-    resolved = validate(cfg)
+    where = describe(url)
+    check_trusted(ds.attrs["config"], where, trust_plugins)
+    with untrusted(where, trust_plugins):
+        cfg = config_from_dict(ds.attrs["config"])
+        resolved = validate(cfg)
     dev = resolve_device(device or "auto")
     layout = ds.attrs["param_layout"]
     if isinstance(layout, str):
@@ -124,12 +125,13 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
 
     def check_layout(stacked, _template):  # before any data is read
         if [tuple(s["shape"]) for s in layout] != [s.shape for s in stacked.param_slots]:
-            from stabilitylab.errors import StoreError
+            from stabilitylab.core.errors import StoreError
 
             raise StoreError(f"{url}: parameter layout does not match model {cfg.model.name!r}")
 
-    parts = build_model_and_data(cfg, dev, template_seed=0, check=check_layout,
-                                 data_root=data_root if data_root is not None else "")
+    with untrusted(where, trust_plugins):
+        parts = build_model_and_data(cfg, dev, template_seed=0, check=check_layout,
+                                     data_root=data_root if data_root is not None else "")
     stacked, data = parts.stacked, parts.data
     prunable = np.zeros(stacked.num_params, bool)
     for s in stacked.param_slots:

@@ -27,7 +27,7 @@ from stabilitylab.analysis.measures import (
     split_rhat,
 )
 from stabilitylab.analysis.registry import Group, Measure, Variable, allocate, group, register
-from stabilitylab.train.seeds import derive_seed
+from stabilitylab.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

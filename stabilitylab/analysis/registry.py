@@ -3,7 +3,7 @@
 Three tables, filled at import time:
 
 - :data:`GROUPS`: a *group* is one pass over the study that fills several variables
-  (``trajectory``, ``interpolation``, ``aligned``, ``replica``, ``gradient``). It says
+  (``trajectory``, ``interpolation``, ``replica``, ``gradient``, ``divergence``). It says
   what it reads (``trajectory``: the recorded weights over steps; ``endpoints``: the
   weights at k and T; ``function``: forward or backward passes through the networks).
 - :data:`VARIABLES`: every variable of the ``analysis`` group: name, dims, unit,
@@ -220,7 +220,7 @@ def variables() -> dict[str, Variable]:
 def select(names) -> tuple[str, ...]:
     """The groups to compute for ``names``: group and measure names in any mix (a measure
     selects its whole group, a group the groups it needs); None or empty: every group."""
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
 
     order = groups()
     if not names:

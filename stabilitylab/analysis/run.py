@@ -20,7 +20,8 @@ from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
 from stabilitylab.analysis.context import load_context
 from stabilitylab.analysis.prediction import flags, predictions, reduce_measure
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
+from stabilitylab.core.keys import STATUS_ABSENT, STATUS_COMPLETE
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ MAX_ALPHAS = 10_000  # interpolation points: beyond this a value is a typo (memo
 MEASURE_GROUPS = registry.groups()
 #: Each scalar measure -> the group that computes it (from the registry).
 MEASURE_GROUP = {name: m.group for name, m in registry.measures().items()}
-THRESHOLD = LMC_THRESHOLD  # kept for callers of the old name
 
 
 def measure_groups(measures) -> tuple[str, ...]:
@@ -39,7 +39,7 @@ def measure_groups(measures) -> tuple[str, ...]:
 
 
 def _accuracy(ctx):
-    acc = ctx.ds.final_test_acc.where(ctx.ds.status == 2)
+    acc = ctx.ds.final_test_acc.where(ctx.ds.status == STATUS_COMPLETE)
     with np.errstate(invalid="ignore"):
         return acc.mean("replica", skipna=True).compute(), acc.std("replica", skipna=True).compute()
 
@@ -121,13 +121,13 @@ def _passes(groups) -> list[str]:
 
 def _partial_note(ctx, url) -> str:
     """One line when runs are not finished yet (the analysis is then partial), else ''."""
-    from stabilitylab.store.schema import STATUS_DIVERGED, STATUS_INCOMPLETE
+    from stabilitylab.core.keys import STATUS_DIVERGED, STATUS_INCOMPLETE
 
     incomplete = int((ctx.status == STATUS_INCOMPLETE).sum())
     dense = int(np.asarray(ctx.ds.dense_status.values).reshape(-1)[0])
     if not incomplete and dense != STATUS_INCOMPLETE:
         return ""
-    planned = int((ctx.status != 0).sum())
+    planned = int((ctx.status != STATUS_ABSENT).sum())
     diverged = int((ctx.status == STATUS_DIVERGED).sum())
     why = "they are not finished"
     from stabilitylab.store.schema import local_path

@@ -20,7 +20,21 @@ from stabilitylab.config.steps import format_steps, parse_steps
 from stabilitylab.config.validate import Resolved, resolve, validate
 
 __all__ = [
-    "Config", "DataConfig", "ModelConfig", "PruningConfig", "StudyConfig", "TrainingConfig",
-    "Resolved", "available_presets", "config_from_dict", "config_to_dict", "format_steps",
-    "load_config", "non_default_settings", "parse_steps", "resolve", "study_id", "validate",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "PruningConfig",
+    "Resolved",
+    "StudyConfig",
+    "TrainingConfig",
+    "available_presets",
+    "config_from_dict",
+    "config_to_dict",
+    "format_steps",
+    "load_config",
+    "non_default_settings",
+    "parse_steps",
+    "resolve",
+    "study_id",
+    "validate",
 ]

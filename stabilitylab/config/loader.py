@@ -1,6 +1,6 @@
 """Load a study config: preset or TOML file, then ``--set section.key=value`` overrides.
 
-Every failure raises :class:`~stabilitylab.errors.ConfigError` with one line that
+Every failure raises :class:`~stabilitylab.core.errors.ConfigError` with one line that
 names the field and what is allowed.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import tomllib
 
 from stabilitylab.config.schema import SECTIONS, Config
-from stabilitylab.errors import ConfigError, StabilityLabError
+from stabilitylab.core.errors import ConfigError, StabilityLabError
 
 DEFAULT_PRESET = "mnist1d_default"
 
@@ -29,7 +29,7 @@ def available_presets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_toml(source: str | Path | None) -> tuple[dict, str]:
+def read_toml(source: str | Path | None) -> tuple[dict, str]:
     """Return the raw mapping and a label for ``source`` (preset name or path)."""
     if source is None:
         source = DEFAULT_PRESET
@@ -42,7 +42,7 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {text_source!r}: {exc.strerror or exc}") from None
-        label = str(path)
+        label, from_file = str(path), True
     else:
         if text_source not in available_presets():
             raise ConfigError(
@@ -51,12 +51,16 @@ def _read_toml(source: str | Path | None) -> tuple[dict, str]:
             )
         folder = resources.files("stabilitylab.config") / "presets"
         text = (folder / f"{text_source}.toml").read_text(encoding="utf-8")
-        label = text_source
+        label, from_file = text_source, False
     try:
         raw = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer too long for int()
         raise ConfigError(f"{label}: malformed TOML: {exc}") from None
-    return raw, label
+    study = raw.get("study", {})
+    if not from_file or not isinstance(study, dict) or "name" in study:
+        return raw, label  # a preset, or a file that names its study (or a bad [study])
+    # a study from a config file is named after the file unless it sets study.name
+    return {**raw, "study": {**study, "name": path.stem}}, label
 
 
 def _exists(path: Path) -> bool:
@@ -148,7 +152,7 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _build(raw: dict, label: str) -> Config:
+def build_config(raw: dict, label: str) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: expected a table of sections")
     unknown = sorted(set(raw) - set(SECTIONS), key=repr)
@@ -233,8 +237,8 @@ def load_config(source: str | Path | None = None, overrides: typing.Iterable[str
     """
     from stabilitylab.config.validate import validate
 
-    raw, label = _read_toml(source)
-    cfg = _build(apply_overrides(raw, overrides), label)
+    raw, label = read_toml(source)
+    cfg = build_config(apply_overrides(raw, overrides), label)
     validate(cfg)
     return cfg
 
@@ -243,7 +247,7 @@ def config_from_dict(raw: dict) -> Config:
     """Build and validate a config from a plain mapping (e.g. one read back from a store)."""
     from stabilitylab.config.validate import validate
 
-    cfg = _build(raw, "config")
+    cfg = build_config(raw, "config")
     validate(cfg)
     return cfg
 
@@ -286,7 +290,8 @@ def non_default_settings(cfg: Config) -> dict:
 
 
 def _effective(cfg: Config, section: str) -> dict:
-    from stabilitylab.models.registry import canonical, effective_options, resolve_builder
+    from stabilitylab.core.options import canonical, effective_options
+    from stabilitylab.models.registry import resolve_builder
 
     options = getattr(cfg, section).options
     if not options:
@@ -296,10 +301,10 @@ def _effective(cfg: Config, section: str) -> dict:
         if section == "model":
             builder = resolve_builder(cfg.model.name)
         else:
-            from stabilitylab.data.registry import DATASETS, _plugin_target
+            from stabilitylab.data.registry import DATASETS, plugin_target
 
             if cfg.data.name not in DATASETS and not cfg.data.name.startswith("python:"):
-                target = _plugin_target(cfg.data.name)
+                target = plugin_target(cfg.data.name)
                 builder, positional = (target, 1) if callable(target) else (None, 1)
     except StabilityLabError:
         builder = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 # Matched against the stripped text; ASCII digits only, and one \s* between tokens, so
 # no input can make the match backtrack more than linearly.

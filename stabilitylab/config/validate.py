@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from stabilitylab.config.schema import Config
 from stabilitylab.config.steps import parse_steps
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 STRATEGIES = ("global", "layerwise")
 PRECISIONS = ("fp32", "bf16")
@@ -112,7 +112,7 @@ def _check_model(m, info) -> None:
 
     build_model(m, info.input_shape, info.num_classes, device="meta")
     if m.name not in MODEL_BUILDERS:
-        from stabilitylab.models.check import check_batched
+        from stabilitylab.train.check import check_batched
 
         check_batched(m, info.input_shape, info.num_classes)
 

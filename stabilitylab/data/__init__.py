@@ -109,8 +109,8 @@ def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None) ->
     environment and default of :func:`data_root`. Callers holding a config read from a store
     pass ``root`` explicitly, so the store's ``data.root`` is never consulted.
 
-    Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name and
-    :class:`~stabilitylab.errors.DataMissingError` when files that must be on disk
+    Raises :class:`~stabilitylab.core.errors.ConfigError` for an unknown name and
+    :class:`~stabilitylab.core.errors.DataMissingError` when files that must be on disk
     (MNIST, CIFAR-10) are not.
     """
     from stabilitylab.data.registry import dataset_info, load_plugin

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stabilitylab.core.seeds import derive_seed
+
 
 def random_flip_crop(x: torch.Tensor, generator: torch.Generator | None = None,
                      padding: int = 4) -> torch.Tensor:
@@ -88,8 +90,6 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 def replica_keys(seeds, device=None) -> torch.Tensor:
     """(R, 2) int64 augmentation keys: the low and high 32 bits of each replica's
     ``derive_seed(data_seed, "augment")``."""
-    from stabilitylab.train.seeds import derive_seed
-
     rows = [(s & _M32, (s >> 32) & _M32) for s in (derive_seed(int(d), "augment") for d in seeds)]
     return torch.tensor(rows, dtype=torch.long, device=device)
 

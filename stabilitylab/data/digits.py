@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import Dataset
-from stabilitylab.errors import DataMissingError
 
 NUM_IMAGES = 1797
 TEST_SIZE = 359  # round(0.2 * 1797)

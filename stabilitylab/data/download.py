@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stabilitylab.errors import ConfigError, DataMissingError
+from stabilitylab.core.errors import ConfigError, DataMissingError
 
 DOWNLOADABLE = ("mnist", "cifar10")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.data import Dataset
-from stabilitylab.errors import ConfigError
 
 _ARG_EXCLUDE = ("url",)  # irrelevant to the generated values
 

@@ -25,10 +25,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.options import check_options
+from stabilitylab.core.registry import SESSION_PREFIX, Registry
 
 ENTRY_POINT_GROUP = "stabilitylab.datasets"
-SESSION_PREFIX = "python:"
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,18 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 
-_SESSION: dict[str, object] = {}  # python:... -> Dataset
+# name -> its DatasetInfo (shipped), or a plugin's loader / DatasetInfo; python:... -> Dataset
+DATASET_NAMES = Registry("dataset", "data.name", ENTRY_POINT_GROUP, DATASETS,
+                         session_missing="was data passed to record_study in another Python "
+                         "session; pass data= again (analyze_study(out, data=...))")
+_SESSION = DATASET_NAMES.session  # python:... -> Dataset
 _LOADED: dict[str, object] = {}  # plugin key -> Dataset (one entry: the study in use)
 
 
 def available_datasets() -> dict[str, str]:
     """Every dataset name usable without a ``module:function`` spec, and its loader target."""
-    from stabilitylab.models.registry import entry_points
-
-    out = {name: info.loader for name, info in DATASETS.items()}
-    for name, target in entry_points(ENTRY_POINT_GROUP).items():
-        out.setdefault(name, target)
-    return out
+    return {name: (target.loader if isinstance(target, DatasetInfo) else target)
+            for name, target in DATASET_NAMES.available().items()}
 
 
 def as_dataset(obj, name: str):
@@ -166,16 +167,10 @@ def _info_from(name: str, ds, loader) -> DatasetInfo:
                        lambda cfg: n_test, loader, plugin=True)
 
 
-def _plugin_target(name: str):
-    from stabilitylab.models.registry import entry_points, import_spec, is_spec
-
-    plugins = entry_points(ENTRY_POINT_GROUP)
-    if name in plugins:
-        return import_spec(plugins[name], f"data.name {name!r} (entry point)")
-    if is_spec(name):
-        return import_spec(name, "data.name")
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose from "
-                      f"{', '.join(available_datasets())} or give package.module:function")
+def plugin_target(name: str):
+    """What a dataset name that is not shipped and not a session name resolves to: a loader
+    function or a :class:`DatasetInfo` (ConfigError / StoreError, one line, otherwise)."""
+    return DATASET_NAMES.resolve(name)
 
 
 def dataset_info(cfg) -> DatasetInfo:
@@ -193,13 +188,11 @@ def dataset_info(cfg) -> DatasetInfo:
                               "Python session; pass data= again (analyze_study(out, data=...))")
         ds = _SESSION[name]
         return _info_from(name, ds, lambda cfg, **_: _SESSION[name])
-    target = _plugin_target(name)
+    target = plugin_target(name)
     if isinstance(target, DatasetInfo):  # states its sizes: loaded only when needed
         return dataclasses.replace(target, plugin=True)
     if not callable(target):
         raise ConfigError(f"data.name: {name!r} is a {type(target).__name__}, not a loader function")
-    from stabilitylab.models.registry import check_options
-
     check_options("data", f"dataset {name}", target, options, positional=1)
     key = json.dumps([name, options, cfg.root], sort_keys=True, default=list)
     if key not in _LOADED:
@@ -220,9 +213,7 @@ def dataset_info(cfg) -> DatasetInfo:
 def load_plugin(info: DatasetInfo, cfg):
     """Load a plugin dataset (already checked by :func:`dataset_info`)."""
     if isinstance(info.loader, str):
-        from stabilitylab.models.registry import import_spec
-
-        loader = import_spec(info.loader, "data.name")
+        loader = DATASET_NAMES.resolve(info.loader)
     else:
         loader = info.loader
     raw = loader(cfg, **dict(getattr(cfg, "options", {}) or {}))

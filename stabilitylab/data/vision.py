@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import Dataset
-from stabilitylab.errors import DataMissingError
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

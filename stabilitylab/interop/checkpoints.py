@@ -6,7 +6,7 @@
 
 :func:`fit_state_dict` checks the keys and shapes against a model and returns the
 model's flat ``param`` vector (the store's layout) and its flat buffers. Every
-failure is a :class:`~stabilitylab.errors.CheckpointError` with one line naming the
+failure is a :class:`~stabilitylab.core.errors.CheckpointError` with one line naming the
 file.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from stabilitylab.errors import CheckpointError
+from stabilitylab.core.errors import CheckpointError
 
 __all__ = ["CheckpointError", "fit_state_dict", "load_state_dict"]
 

@@ -29,7 +29,7 @@ from stabilitylab.analysis.barriers import above_line_barrier, alpha_grid, insta
 from stabilitylab.analysis.distances import angle, l2_distance
 from stabilitylab.analysis.interpolate import evaluate_interpolation
 from stabilitylab.analysis.measures import disagreement
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
 
 
@@ -62,10 +62,10 @@ def compare_checkpoints(a, b, *, model: str, data: str, alphas: int = 30,
     ``package.module:function`` or entry points); ``overrides`` are further
     ``section.key=value`` settings (``model.options.width=2``, ``data.root=...``).
     """
+    from stabilitylab.core.device import resolve_device
     from stabilitylab.data import load_dataset
     from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
-    from stabilitylab.train.engine import resolve_device
     from stabilitylab.train.functional import StackedModel
 
     if alphas < 2:

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stabilitylab.errors import CheckpointError, ConfigError
+from stabilitylab.core.errors import CheckpointError, ConfigError
 from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     Everything is read and checked before the store is created, so a bad directory
     writes nothing.
     """
-    from stabilitylab.config.loader import _build, apply_overrides
+    from stabilitylab.config.loader import apply_overrides, build_config
     from stabilitylab.config.validate import validate
     from stabilitylab.data.registry import dataset_info
     from stabilitylab.models import build_model
@@ -326,7 +326,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
 
     info = read_run(run_dir, overrides)
     raw = apply_overrides(info["settings"], overrides)
-    cfg = _build(raw, f"OpenLTH run {info['hashname']}")
+    cfg = build_config(raw, f"OpenLTH run {info['hashname']}")
     resolved = validate(cfg)
     if resolved.total_steps != info["T"] or resolved.rewinds != (info["k"],):
         raise ConfigError("overrides must not change training.steps or study.rewinds of an import")

@@ -26,7 +26,6 @@ from stabilitylab.models.registry import (
     MODEL_BUILDERS,
     MODEL_NAMES,
     available_models,
-    check_options,
     resolve_builder,
 )
 
@@ -35,7 +34,6 @@ __all__ = [
     "MODEL_NAMES",
     "available_models",
     "build_model",
-    "check_options",
     "count_parameters",
     "init_model",
     "output_layer_name",

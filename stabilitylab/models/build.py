@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.options import check_options
+from stabilitylab.models.common import materialize
 from stabilitylab.models.registry import (
     MODEL_BUILDERS,
-    check_options,
     resolve_builder,
 )
-from stabilitylab.train.functional import materialize
 
 __all__ = ["build_model", "count_parameters", "init_model", "output_layer_name"]
 
@@ -77,7 +77,7 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
     (see :mod:`stabilitylab.models.registry`); ``cfg.options`` are the builder's keyword
     arguments.
 
-    Raises :class:`~stabilitylab.errors.ConfigError` for an unknown name, bad options or
+    Raises :class:`~stabilitylab.core.errors.ConfigError` for an unknown name, bad options or
     an input rank the architecture cannot take.
     """
     build = resolve_builder(cfg.name)
@@ -93,7 +93,7 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(f"model {cfg.name}: the builder failed: RuntimeError: {first}"
                               ) from None
-        from stabilitylab.study.estimate import ResourceError
+        from stabilitylab.core.errors import ResourceError
 
         raise ResourceError(f"model {cfg.name!r} is too large to build: "
                             f"{' '.join(str(exc).split())[:120]}") from None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 
 def check_dropout(cfg) -> float:
@@ -36,3 +37,16 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x):
         return super().forward(x.float())
+
+
+def materialize(model: nn.Module, device) -> nn.Module:
+    """``model.to_empty(device=device)`` (uninitialized storage, same sizes and strides),
+    without ``empty_like`` of meta tensors: that goes through torch's Python reference
+    implementations and imports ``torch.fx.experimental.symbolic_shapes`` (~0.6 s)."""
+    return model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype,
+                                                      device=device))
+
+
+def is_prunable(module: nn.Module, param_name: str) -> bool:
+    """Only conv and linear *weights* are prunable; never biases or norm parameters."""
+    return param_name == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))

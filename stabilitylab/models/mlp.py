@@ -42,7 +42,7 @@ def build_mlp(cfg, input_shape: tuple, num_classes: int, hidden=(300, 100)) -> M
     ``hidden = []`` is softmax regression: one linear layer, whose cross-entropy loss is
     convex in its parameters.
     """
-    from stabilitylab.errors import ConfigError
+    from stabilitylab.core.errors import ConfigError
 
     if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
         raise ConfigError(f"model.options.hidden: expected a list of widths, got {hidden!r}")

@@ -1,4 +1,6 @@
-"""Pruning: magnitude masks (global, layerwise) and the random-pruning control."""
+"""Pruning: magnitude masks (global, layerwise) and the random-pruning control
+(:mod:`~stabilitylab.prune.masks`); the pruning-at-init scores and masks, magnitude at
+init, SNIP, GraSP, SynFlow and the within-layer shuffle (:mod:`~stabilitylab.prune.pai`)."""
 
 from stabilitylab.prune.masks import (
     density,

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.models.common import is_prunable
 from stabilitylab.prune.masks import random_masks_like
 
 __all__ = [
@@ -66,8 +67,6 @@ def kept_count(density: float, n_eligible: int) -> int:
 
 def prunable_names(model: nn.Module) -> list[str]:
     """Names of the prunable tensors (conv and linear weights), in ``named_parameters`` order."""
-    from stabilitylab.train.functional import is_prunable
-
     modules = dict(model.named_modules())
     out = []
     for name, _ in model.named_parameters():
@@ -92,7 +91,7 @@ def _current_masks(model: nn.Module | None, params: dict, masks: Masks | None) -
 
 def check_masks(params: dict, masks: Masks) -> Masks:
     """``masks`` as bool tensors, after checking each names a parameter of the same shape
-    (a one-line :class:`~stabilitylab.errors.ConfigError` otherwise)."""
+    (a one-line :class:`~stabilitylab.core.errors.ConfigError` otherwise)."""
     for n, m in masks.items():
         if n not in params:
             raise ConfigError(f"masks: {n!r} is not among the parameters")

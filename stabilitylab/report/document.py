@@ -339,18 +339,32 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     return out
 
 
-def write_report(store_url, *, out=None, dpi: int = DPI, pdf: bool = False) -> Path:
+def write_report(store_url, *, out=None, dpi: int = DPI, pdf: bool = False,
+                 trust_plugins: bool = False) -> Path:
     """Open a study store (and its analysis, if any) and write its report.
 
     ``out`` defaults to ``reports/<config.study.name>``; ``pdf`` adds ``report.pdf``.
-    Returns the report folder.
+    Returns the report folder. A ``package.module:function`` model or dataset the store
+    names is refused (StoreError, one line) unless ``trust_plugins``: reading the store's
+    config must not run a module's code.
     """
-    import stabilitylab
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.registry import check_trusted, untrusted
+    from stabilitylab.store import open_study
+    from stabilitylab.store.schema import describe
 
-    study = stabilitylab.open_study(store_url)
+    study = open_study(store_url)
+    where = describe(store_url)
+    check_trusted(study.attrs.get("config"), where, trust_plugins)
+    with untrusted(where, trust_plugins):
+        return _write_report_of(study, store_url, out, dpi, pdf)
+
+
+def _write_report_of(study, store_url, out, dpi: int, pdf: bool) -> Path:
+    from stabilitylab.core.errors import StoreError
+    from stabilitylab.store import open_analysis
+
     try:
-        analysis = stabilitylab.open_analysis(store_url)
+        analysis = open_analysis(store_url)
     except StoreError as e:
         log.warning("report: %s; writing the study-only report", e)
         analysis = None

@@ -17,6 +17,12 @@ import numpy as np
 import xarray as xr
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD
+from stabilitylab.core.keys import (
+    STATUS_ABSENT,
+    STATUS_COMPLETE,
+    STATUS_DIVERGED,
+    STATUS_INCOMPLETE,
+)
 from stabilitylab.report import figures as F
 from stabilitylab.report import intervals as I
 from stabilitylab.report import tables as T
@@ -93,7 +99,7 @@ def _replica_steps(study: xr.Dataset | None, total: int) -> int | None:
     """Replica-steps the study trained: (T − k) for every run present, plus the dense run."""
     if study is None or "status" not in study or total <= 0:
         return None
-    present = (study["status"] > 0).load()
+    present = (study["status"] != STATUS_ABSENT).load()
     per_run = total - present["rewind"]
     return int((present * per_run).sum()) + total
 
@@ -194,16 +200,17 @@ def _runs(study, analysis) -> str:
     if study is None or "status" not in study:
         return "unknown (no study)"
     status = study["status"].load()
-    present = int((status > 0).sum())
-    bad = status.where(status.isin([1, 3])).to_series().dropna()
+    present = int((status != STATUS_ABSENT).sum())
+    bad = status.where(status.isin([STATUS_INCOMPLETE, STATUS_DIVERGED])).to_series().dropna()
     div = study["diverged_step"].load() if "diverged_step" in study else None
     items = []
     for (kind, level, rewind, replica), code in bad.items():
         what = T.STATUS[int(code)]
-        if code == 3 and div is not None:
+        if code == STATUS_DIVERGED and div is not None:
             what += f" at step {int(div.sel(kind=kind, level=level, rewind=rewind, replica=replica))}"
         items.append(f"{kind} level {level} k = {rewind} replica {replica} {what}")
-    if "dense_status" in study and int(np.asarray(study["dense_status"].values).ravel()[0]) != 2:
+    if "dense_status" in study and \
+            int(np.asarray(study["dense_status"].values).ravel()[0]) != STATUS_COMPLETE:
         items.append(f"the dense run is {T.STATUS.get(int(np.asarray(study['dense_status']).ravel()[0]))}")
     if not items:
         return f"all {present} runs complete (plus the dense run); none diverged."

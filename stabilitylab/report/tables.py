@@ -17,11 +17,18 @@ import numpy as np
 import xarray as xr
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD
+from stabilitylab.core.keys import (
+    STATUS_ABSENT,
+    STATUS_CODES,
+    STATUS_COMPLETE,
+    STATUS_DIVERGED,
+    STATUS_INCOMPLETE,
+)
 from stabilitylab.report import figures as F
 from stabilitylab.report import intervals as I
 from stabilitylab.report.intervals import pair_labels
 
-STATUS = {0: "absent", 1: "incomplete", 2: "complete", 3: "diverged"}
+STATUS = {code: name for name, code in STATUS_CODES.items()}
 
 # ----------------------------------------------------------------------------- tables
 def _num(v):
@@ -97,7 +104,7 @@ def replica_accuracy(study: xr.Dataset | None):
         return None
     acc = study["final_test_acc"]
     if "status" in study:
-        acc = acc.where(study["status"] == 2)
+        acc = acc.where(study["status"] == STATUS_COMPLETE)
     return acc.load()
 
 
@@ -310,19 +317,20 @@ def provenance_rows(study: xr.Dataset, analysis: xr.Dataset | None = None) -> li
         status = study["status"].load()
         for kind in status["kind"].values:
             codes, counts = np.unique(status.sel(kind=kind).values, return_counts=True)
-            text = ", ".join(f"{n} {STATUS.get(int(c), c)}" for c, n in zip(codes, counts) if c != 0)
+            text = ", ".join(f"{n} {STATUS.get(int(c), c)}" for c, n in zip(codes, counts)
+                             if c != STATUS_ABSENT)
             rows.append({"section": "runs", "key": str(kind), "value": text or "none"})
         if "dense_status" in study:
             dense = int(np.asarray(study["dense_status"].values).ravel()[0])
             text = STATUS.get(dense, dense)
-            if dense == 3 and "dense_diverged_step" in study:
+            if dense == STATUS_DIVERGED and "dense_diverged_step" in study:
                 text = f"{text} at step {int(np.asarray(study['dense_diverged_step'].values).ravel()[0])}"
             rows.append({"section": "runs", "key": "dense", "value": text})
         div = study["diverged_step"].load() if "diverged_step" in study else None
-        bad = status.where(status.isin([1, 3])).to_series().dropna()
+        bad = status.where(status.isin([STATUS_INCOMPLETE, STATUS_DIVERGED])).to_series().dropna()
         for (kind, level, rewind, replica), code in bad.items():
             text = STATUS[int(code)]
-            if code == 3 and div is not None:
+            if code == STATUS_DIVERGED and div is not None:
                 text += f" at step {int(div.sel(kind=kind, level=level, rewind=rewind, replica=replica))}"
             rows.append({"section": "issues", "value": text,
                          "key": f"{kind} level {level} k={rewind} replica {replica}"})

@@ -5,8 +5,9 @@
 - :func:`validate` checks a store against the schema.
 """
 
+from stabilitylab.core.keys import STATUS_CODES, RunKey
 from stabilitylab.store.reader import open_analysis, open_study
-from stabilitylab.store.schema import KINDS, SCHEMA, SCHEMA_VERSION, STATUS_CODES, RunKey
+from stabilitylab.store.schema import KINDS, SCHEMA, SCHEMA_VERSION
 from stabilitylab.store.validate import validate
 from stabilitylab.store.writer import StudyWriter, write_analysis
 

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import numpy as np
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core import keys as K
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import schema as S
 
 
@@ -113,9 +114,9 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
                 )
             status = np.zeros([sizes[d] for d in S.RUN_DIMS], dtype=np.int8)
             for run in runs:
-                status[_index(run, level_idx, rewind_idx, kinds)] = S.STATUS_INCOMPLETE
+                status[run_index(run, level_idx, rewind_idx, kinds)] = K.STATUS_INCOMPLETE
             group["status"][...] = status
-            group["dense_status"][...] = np.array([S.STATUS_INCOMPLETE], dtype=np.int8)
+            group["dense_status"][...] = np.array([K.STATUS_INCOMPLETE], dtype=np.int8)
             if 0 in level_idx:  # level-0 masks: everything kept
                 group["masks"][0, level_idx[0]] = True
                 group["density"][0, level_idx[0]] = 1.0
@@ -190,7 +191,7 @@ def check_key(run, levels, rewinds, n_replicas: int, kinds=S.KINDS) -> None:
                          f"{listed(levels)}, rewinds {listed(rewinds)}, replicas 0..{n_replicas - 1})")
 
 
-def _index(run, level_idx: dict, rewind_idx: dict, kinds=S.KINDS) -> tuple[int, int, int, int]:
+def run_index(run, level_idx: dict, rewind_idx: dict, kinds=S.KINDS) -> tuple[int, int, int, int]:
     kind, level, rewind, replica = run
     return kinds.index(kind), level_idx[int(level)], rewind_idx[int(rewind)], int(replica)
 

@@ -24,7 +24,7 @@ import os
 import socket
 from pathlib import Path
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 
 log = logging.getLogger(__name__)
 

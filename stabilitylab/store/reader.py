@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import schema as S
 
 

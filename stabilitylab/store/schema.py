@@ -15,12 +15,12 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 
 SCHEMA = "stabilitylab.study"
 SCHEMA_VERSION = 1
@@ -47,24 +47,6 @@ def store_kinds(used) -> tuple[str, ...]:
         raise ValueError(f"unknown run kinds {unknown}; known: {', '.join(ALL_KINDS)}")
     return KINDS + tuple(k for k in EXTRA_KINDS if k in used)
 RUN_DIMS: tuple[str, ...] = ("kind", "level", "rewind", "replica")
-
-STATUS_ABSENT, STATUS_INCOMPLETE, STATUS_COMPLETE, STATUS_DIVERGED = 0, 1, 2, 3
-STATUS_CODES = {"absent": 0, "incomplete": 1, "complete": 2, "diverged": 3}
-DONE = (STATUS_COMPLETE, STATUS_DIVERGED)
-
-
-
-class RunKey(NamedTuple):
-    """One run of a study: its kind, IMP level, rewind point (a step) and replica.
-
-    A tuple subclass, so it compares and hashes like ``(kind, level, rewind, replica)`` and
-    plain tuples work wherever a run key is expected.
-    """
-
-    kind: str
-    level: int
-    rewind: int
-    replica: int
 
 REQUIRED_ATTRS = (
     "schema", "schema_version", "created_at", "creation_library", "versions", "device",
@@ -484,7 +466,7 @@ def quiet():
 @contextlib.contextmanager
 def reading(where: str):
     """Turn any failure to read or decode store data into a one-line StoreError."""
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
 
     try:
         yield

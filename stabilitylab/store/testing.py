@@ -18,7 +18,8 @@ from stabilitylab.config.schema import (
     TrainingConfig,
 )
 from stabilitylab.config.validate import Resolved
-from stabilitylab.store.schema import KINDS, RunKey
+from stabilitylab.core.keys import RunKey
+from stabilitylab.store.schema import KINDS
 
 
 def fake_resolved(*, levels: int = 1, rewinds: tuple[int, ...] = (0, 10), replicas: int = 2,

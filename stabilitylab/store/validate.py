@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core import keys as K
+from stabilitylab.core.errors import StoreError
+from stabilitylab.core.registry import check_trusted, untrusted
 from stabilitylab.store import schema as S
 
 # zarr v3 data type names we accept anywhere in a store (no objects, no pickles).
@@ -265,14 +267,14 @@ def _check_layout(layout: list, name: str, n: int, dim: str, where: str) -> None
 def _study_T(attrs: dict) -> int | None:
     """The training length T the store's config resolves to, or None if it does not resolve
     (or names a plugin module: resolving would import it, and a store must not choose
-    what code runs; see :func:`stabilitylab.models.registry.check_trusted`)."""
+    what code runs; see :func:`stabilitylab.core.registry.untrusted`)."""
     try:
         from stabilitylab.config import config_from_dict, validate
-        from stabilitylab.models.registry import check_trusted
 
         config = json.loads(attrs["config"])
         check_trusted(config, "store")
-        return int(validate(config_from_dict(config)).total_steps)
+        with untrusted("store"):
+            return int(validate(config_from_dict(config)).total_steps)
     except Exception:  # noqa: BLE001 - a config of another version / damaged: checked elsewhere
         return None
 
@@ -458,10 +460,10 @@ def check_contents(group: zarr.Group, where: str, attrs: dict, sizes: dict[str, 
             more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
             raise StoreError(f"{where}: {missing[0].text}{more}")
 
-    planned = int((status != S.STATUS_ABSENT).sum())
-    done = int(np.isin(status, S.DONE).sum())
-    diverged = int((status == S.STATUS_DIVERGED).sum())
-    if attrs["complete"] and (done < planned or dense not in S.DONE):
+    planned = int((status != K.STATUS_ABSENT).sum())
+    done = int(np.isin(status, K.DONE).sum())
+    diverged = int((status == K.STATUS_DIVERGED).sum())
+    if attrs["complete"] and (done < planned or dense not in K.DONE):
         raise StoreError(f"{where}: marked complete but {planned - done} planned runs are unfinished")
     consolidated = group.metadata.consolidated_metadata is not None
     notes = [
@@ -573,7 +575,7 @@ def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> lis
         first = {r: int(np.searchsorted(steps, k)) // c for r, k in enumerate(coord["rewind"])}
         last = (n_steps - 1) // c
     masks_seen: set = set()
-    for idx in zip(*np.nonzero(status == S.STATUS_COMPLETE)):
+    for idx in zip(*np.nonzero(status == K.STATUS_COMPLETE)):
         idx = tuple(int(i) for i in idx)
         if n_steps:
             for j in range(first[idx[2]], last + 1):
@@ -597,7 +599,7 @@ def missing_chunks(group: zarr.Group, attrs: dict, sizes: dict[str, int]) -> lis
                     out.append(Missing(name, chunk, idx, f"{label(idx)} is marked complete but "
                                        f"array {name!r} lacks its chunk {list(chunk)}"))
                     break
-    if dense == S.STATUS_COMPLETE:
+    if dense == K.STATUS_COMPLETE:
         names = ["dense_weights"] if n_steps else []
         names += [n for n in arrays if n.startswith(S.STATE_PREFIX)
                   and (marker or n == S.STATE_PREFIX + "weights")]

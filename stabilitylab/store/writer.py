@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core import keys as K
+from stabilitylab.core.errors import StoreError
+from stabilitylab.core.keys import RunKey
 from stabilitylab.store import schema as S
-from stabilitylab.store.create import _index, build_store, check_key
-from stabilitylab.store.schema import RunKey
+from stabilitylab.store.create import build_store, check_key, run_index
 
 _DENSE = "dense"  # buffer key of the dense pretraining run
 
@@ -220,14 +221,14 @@ class StudyWriter:
         rewinds = {i: k for k, i in self._rewind_idx.items()}
         return {
             RunKey(self.kinds[k], levels[l], rewinds[r], int(p))
-            for k, l, r, p in zip(*np.nonzero(np.isin(status, S.DONE)))
+            for k, l, r, p in zip(*np.nonzero(np.isin(status, K.DONE)))
         }
 
     def dense_complete(self) -> bool:
         self._check()
         self._worker.barrier()
         with S.reading(self._where):
-            return int(self._a["dense_status"][0]) in S.DONE
+            return int(self._a["dense_status"][0]) in K.DONE
 
     # -- trajectories ------------------------------------------------------------
 
@@ -384,7 +385,7 @@ class StudyWriter:
         self._check()
         idx = self._idx(run)
         code = _status_code(status)
-        if code == S.STATUS_COMPLETE and self.steps and self._last.get(idx) != len(self.steps) - 1:
+        if code == K.STATUS_COMPLETE and self.steps and self._last.get(idx) != len(self.steps) - 1:
             raise ValueError(f"finish_run: run {run} marked complete but step {self.steps[-1]} "
                              "was never recorded")
         if idx in self._bufs:
@@ -398,7 +399,7 @@ class StudyWriter:
         """Flush the dense run, then write its diverged step and (last) its status."""
         self._check()
         code = _status_code(status)
-        if code == S.STATUS_COMPLETE and self.steps and self._last.get(_DENSE) != len(self.steps) - 1:
+        if code == K.STATUS_COMPLETE and self.steps and self._last.get(_DENSE) != len(self.steps) - 1:
             raise ValueError(f"finish_dense: marked complete but step {self.steps[-1]} was never recorded")
         if _DENSE in self._bufs:
             self._submit_buf(_DENSE, self._bufs.pop(_DENSE))
@@ -415,7 +416,7 @@ class StudyWriter:
         self._bufs.pop(idx, None)
         self._last.pop(idx, None)
         a = self._a
-        self._submit(a["status"], idx, np.int8(S.STATUS_INCOMPLETE))  # first: never 'complete' on stale data
+        self._submit(a["status"], idx, np.int8(K.STATUS_INCOMPLETE))  # first: never 'complete' on stale data
         self._submit(a["diverged_step"], idx, np.int64(-1))
         for m in S.FINAL_METRICS:
             self._submit(a[f"final_{m}"], idx, np.float32(np.nan))
@@ -453,8 +454,8 @@ class StudyWriter:
             with S.reading(self._where):
                 status = self._a["status"][...]
                 dense = int(self._a["dense_status"][0])
-            planned = status != S.STATUS_ABSENT
-            complete = bool(np.isin(status[planned], S.DONE).all()) and dense in S.DONE
+            planned = status != K.STATUS_ABSENT
+            complete = bool(np.isin(status[planned], K.DONE).all()) and dense in K.DONE
             try:
                 self._g.attrs.update({"complete": complete})
                 with S.quiet():
@@ -512,7 +513,7 @@ class StudyWriter:
 
     def _idx(self, run: RunKey) -> tuple[int, int, int, int]:
         check_key(run, self._level_idx, self._rewind_idx, self.n_replicas, self.kinds)
-        return _index(run, self._level_idx, self._rewind_idx, self.kinds)
+        return run_index(run, self._level_idx, self._rewind_idx, self.kinds)
 
     def _state(self, name: str):
         arr = self._a.get(S.STATE_PREFIX + str(name))
@@ -567,20 +568,20 @@ def _mark_for_retraining(group: zarr.Group, where: str, missing: list) -> None:
     before = status.copy()
     for m in missing:
         if m.run is None:  # the dense run (W_k, optimizer states, its trajectory): everything
-            dense = S.STATUS_INCOMPLETE
-            status[np.isin(status, S.DONE)] = S.STATUS_INCOMPLETE
+            dense = K.STATUS_INCOMPLETE
+            status[np.isin(status, K.DONE)] = K.STATUS_INCOMPLETE
             continue
         k, lv, r, p = m.index
         if p is None:  # masks / density of (kind, level, rewind): all its replicas
-            status[k, lv, r][np.isin(status[k, lv, r], S.DONE)] = S.STATUS_INCOMPLETE
+            status[k, lv, r][np.isin(status[k, lv, r], K.DONE)] = K.STATUS_INCOMPLETE
             continue
-        status[k, lv, r, p] = S.STATUS_INCOMPLETE
+        status[k, lv, r, p] = K.STATUS_INCOMPLETE
         if kinds[k] == "imp" and p == 0:  # later levels' masks come from its final weights
             later = status[:, lv + 1:, r]
-            later[np.isin(later, S.DONE)] = S.STATUS_INCOMPLETE
-    n = int((np.isin(before, S.DONE) & ~np.isin(status, S.DONE)).sum())
+            later[np.isin(later, K.DONE)] = K.STATUS_INCOMPLETE
+    n = int((np.isin(before, K.DONE) & ~np.isin(status, K.DONE)).sum())
     what = f"{n} run{'' if n == 1 else 's'}"
-    if dense == S.STATUS_INCOMPLETE and int(group["dense_status"][0]) in S.DONE:
+    if dense == K.STATUS_INCOMPLETE and int(group["dense_status"][0]) in K.DONE:
         what += " and the dense run"
     more = f" ({len(missing) - 1} more missing chunks)" if len(missing) > 1 else ""
     log.warning("%s: %s%s; retraining %s", where, missing[0].text, more, what)
@@ -597,4 +598,4 @@ def _stop(worker: _Worker, lock) -> None:
 def _status_code(status: str) -> int:
     if status not in ("complete", "diverged", "incomplete"):
         raise ValueError(f"status must be complete, diverged or incomplete, got {status!r}")
-    return S.STATUS_CODES[status]
+    return K.STATUS_CODES[status]

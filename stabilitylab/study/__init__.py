@@ -7,4 +7,7 @@
 - :mod:`~stabilitylab.study.runner`: ``record`` in this process;
 - :mod:`~stabilitylab.study.cluster`: ``record`` on a Dask cluster;
 - :mod:`~stabilitylab.study.estimate`: sizes and limits, from the config alone.
+
+``record --probe`` (the LMC rule on short copies) measures barriers, so it lives one layer
+up, in :mod:`stabilitylab.analysis.lmc_probe`.
 """

@@ -27,7 +27,7 @@ import logging
 import threading
 import uuid
 
-from stabilitylab.errors import ConfigError, StabilityLabError
+from stabilitylab.core.errors import ConfigError, StabilityLabError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def record_distributed(cfg, out, *, scheduler, resume: bool = False, device: str
         token = f"stabilitylab-{study_id(cfg)}-{uuid.uuid4().hex[:8]}"
         # Build the task context on a worker first: a missing dataset or a bad pruning.ignore
         # stops us there, before anything is written.
-        spec = client.submit(probe_task, cfg_dict, dev, key=f"{token}-probe", pure=False,
+        spec = client.submit(store_spec_task, cfg_dict, dev, key=f"{token}-store-spec", pure=False,
                              resources=resources).result()
         if resume and not half:
             writer = StudyWriter.resume(url, resolved, study_id=study_id(cfg),
@@ -128,7 +128,7 @@ def _task_url(out) -> str:
 
 
 def _refuse_existing(url: str, storage_options: dict | None) -> None:
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
     from stabilitylab.store.schema import creation_state
 
     try:
@@ -204,7 +204,7 @@ def _connect(scheduler, device: str):
             raise ConfigError(f"--scheduler {text}: need local:N with N >= 1 worker processes")
         from distributed import LocalCluster
 
-        from stabilitylab.train.engine import resolve_device
+        from stabilitylab.core.device import resolve_device
 
         resources = {GPU: 1} if resolve_device(device).type == "cuda" else None
         try:
@@ -244,7 +244,7 @@ def open_task_writer(url, cfg, *, storage_options: dict | None = None):
     """A writer on an existing store for one task: no attribute writes, no structure checks
     (the driver did those), so concurrent tasks touch only their own chunks."""
     from stabilitylab.config import study_id
-    from stabilitylab.errors import StoreError
+    from stabilitylab.core.errors import StoreError
     from stabilitylab.store import StudyWriter
     from stabilitylab.store import schema as S
 
@@ -283,7 +283,7 @@ def train_task(url, cfg_dict: dict, level: int | None, rewinds=(), *, device: st
     return {"task": task.name, "statuses": {"/".join(map(str, r)): s for r, s in statuses.items()}}
 
 
-def probe_task(cfg_dict: dict, device: str | None = None) -> dict:
+def store_spec_task(cfg_dict: dict, device: str | None = None) -> dict:
     """Build the study's context where tasks will run (data, model, device) and return what
     a new store is created with: ``StudyWriter.create`` keyword arguments."""
     from stabilitylab.study.context import context_for

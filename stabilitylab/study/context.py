@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from stabilitylab.config import config_from_dict, config_to_dict, study_id, validate
+from stabilitylab.core.device import resolve_device
+from stabilitylab.core.seeds import generator
 from stabilitylab.study.plan import Seeds, all_runs
-from stabilitylab.train.engine import resolve_device
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.optim import state_names
-from stabilitylab.train.seeds import generator
 
 
 @dataclass
@@ -94,7 +94,7 @@ class TaskContext:
             unknown = ignored - set(stacked.param_names) - {
                 n.rsplit(".", 1)[0] for n in stacked.param_names}
             if unknown:
-                from stabilitylab.errors import ConfigError
+                from stabilitylab.core.errors import ConfigError
 
                 raise ConfigError(f"pruning.ignore: no layer named {min(unknown)!r}; layers: "
                                   + ", ".join(stacked.prunable_names))
@@ -167,7 +167,7 @@ def provenance(device: torch.device, cfg) -> dict:
     import xarray
     import zarr
 
-    import stabilitylab
+    from stabilitylab.core.version import __version__
 
     name = str(device)
     if device.type == "cuda":
@@ -175,7 +175,7 @@ def provenance(device: torch.device, cfg) -> dict:
     return {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
-            "stabilitylab": stabilitylab.__version__, "torch": torch.__version__,
+            "stabilitylab": __version__, "torch": torch.__version__,
             "zarr": zarr.__version__, "xarray": xarray.__version__, "numpy": np.__version__,
             "python": platform.python_version(),
         },

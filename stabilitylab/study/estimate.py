@@ -20,15 +20,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import ResourceError
 from stabilitylab.study.kinds import kinds_at
 
 DEFAULT_MAX_STORE_GB = 100.0
 GB = 1e9
-
-
-class ResourceError(StabilityLabError):
-    """A study that does not fit the machine or the user's caps."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +51,7 @@ def _model_size(cfg, info) -> tuple[int, int, int]:
 
     from stabilitylab.models import build_model
 
-    try:
-        model = build_model(cfg.model, info.input_shape, info.num_classes, device="meta")
-    except (RuntimeError, OverflowError, MemoryError) as e:
-        raise ResourceError(f"model {cfg.model.name!r} is too large to build: "
-                            f"{' '.join(str(e).split())[:120]}") from None
+    model = build_model(cfg.model, info.input_shape, info.num_classes, device="meta")
     P = sum(p.numel() for p in model.parameters())
     Q = sum(b.numel() for b in model.buffers() if b.is_floating_point())
     acts = [0]

@@ -24,13 +24,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import generator
 from stabilitylab.prune import density, prune
-from stabilitylab.store.schema import RunKey
 from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
 from stabilitylab.study.plan import DENSE, DENSE_TASK, Task, task_seed
 from stabilitylab.train.engine import GroupPlan, train_group
-from stabilitylab.train.seeds import generator
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
         for k in task.rewinds:
             m = run_masks[(name, k)]
             writer.write_mask(name, level, k, ctx.mask_flat(m), density(m))
-    plan = _group_plan(ctx, task, runs, points, run_masks)
+    plan = group_plan(ctx, task, runs, points, run_masks)
     for run in runs:
         if run in done:
             writer.reset_run(run)
@@ -180,7 +180,7 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
     return statuses
 
 
-def _group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
+def group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
     """Each run's start (its kind's start rule), mask and data order, stacked."""
     starts: list[kinds.Start] = []
     masks, seeds, rewinds = [], [], []

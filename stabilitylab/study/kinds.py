@@ -90,7 +90,7 @@ class StartInputs:
 
     def generator(self) -> torch.Generator:
         """A generator seeded for (kind, level, k, replica): per-replica randomness."""
-        from stabilitylab.train.seeds import generator
+        from stabilitylab.core.seeds import generator
 
         return generator(self.ctx.seeds.kind(self.kind, self.level, self.rewind, self.replica))
 

@@ -1,6 +1,6 @@
 """What a study trains: run keys, tasks and their dependencies, and the seeds each run uses.
 
-A run key is a :class:`~stabilitylab.store.schema.RunKey` ``(kind, level, rewind,
+A run key is a :class:`~stabilitylab.core.keys.RunKey` ``(kind, level, rewind,
 replica)``; see docs/store-schema.md. A study is trained as a fixed sequence of tasks
 (:func:`plan_tasks`):
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stabilitylab.store.schema import RunKey
-from stabilitylab.train.seeds import derive_seed
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import derive_seed
 
 DENSE = RunKey("dense", 0, 0, 0)  # the pretraining run's key
 
@@ -125,7 +125,7 @@ def check_rewinds_per_task(value) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        from stabilitylab.errors import ConfigError
+        from stabilitylab.core.errors import ConfigError
 
         raise ConfigError(f"rewinds_per_task: need an integer >= 0 (0 = one task per level), "
                           f"got {value!r}")

@@ -44,12 +44,8 @@ class StudyRunner:
                                storage_options=storage_options,
                                rewinds_per_task=self.rewinds_per_task, max_store_gb=max_store_gb)
         self.ctx = TaskContext(cfg, device)
-        self.cfg = cfg
         self.resolved = self.ctx.resolved
         self.device = self.ctx.device
-        self.seeds = self.ctx.seeds
-        self.stacked = self.ctx.stacked
-        self.prunable = self.ctx.prunable
         self.runs = all_runs(self.resolved)
         if resume and not half:
             self.writer = StudyWriter.resume(out, self.resolved, study_id=study_id(cfg),
@@ -130,7 +126,7 @@ def check_resources(cfg, out, *, resume: bool, device=None, storage_options=None
 def nothing_to_resume(cfg, out, *, storage_options=None) -> bool:
     """Whether ``out`` already holds this study, complete and valid: ``--resume`` has
     nothing to do. False for anything else (resume then says what is wrong, or repairs)."""
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
     from stabilitylab.store import schema as S
     from stabilitylab.store import validate
 

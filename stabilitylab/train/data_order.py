@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from stabilitylab.train.seeds import derive_seed
+from stabilitylab.core.seeds import derive_seed
 
 
 class DataOrders:

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stabilitylab.core.seeds import derive_seed
 from stabilitylab.data.augment import replica_keys
 from stabilitylab.train.data_order import DataOrders
 from stabilitylab.train.functional import StackedModel
 from stabilitylab.train.optim import StackedOptimizer, step_scalars
 from stabilitylab.train.schedule import schedule_for
-from stabilitylab.train.seeds import derive_seed
 
 
 class Recorder(Protocol):
@@ -72,16 +72,6 @@ class GroupResult:
     def final(self, name: str) -> np.ndarray:
         """The value at T (last eval step) of an eval metric, per replica."""
         return getattr(self, name)[:, -1]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from stabilitylab.errors import ConfigError
-
-        raise ConfigError("study.device: cuda requested but torch sees no CUDA device")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -215,7 +205,7 @@ def channels_last_stacked(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def use_channels_last(device: torch.device, example_shape: tuple, setting: bool | None = None) -> bool:
+def use_channels_last(setting: bool | None = None) -> bool:
     """Whether to feed conv2d models channels-last: ``setting`` if given, else off.
 
     Off by default: on an H200 with torch 2.11, vmapped BatchNorm over a channels-last
@@ -383,7 +373,7 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
     lr_at = schedule_for(resolved)
     has_dropout = resolved.config.model.dropout > 0
     names = list(params)
-    to_channels_last = use_channels_last(device, tuple(data.train_x.shape[1:]), channels_last)
+    to_channels_last = use_channels_last(channels_last)
     test_x = channels_last_stacked(data.test_x) if to_channels_last else data.test_x
     train_eval_x = data.train_x[: resolved.config.data.train_eval_size]
     train_eval_y = data.train_y[: resolved.config.data.train_eval_size]

@@ -19,13 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-
-def materialize(model: nn.Module, device) -> nn.Module:
-    """``model.to_empty(device=device)`` (uninitialized storage, same sizes and strides),
-    without ``empty_like`` of meta tensors: that goes through torch's Python reference
-    implementations and imports ``torch.fx.experimental.symbolic_shapes`` (~0.6 s)."""
-    return model._apply(lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype,
-                                                      device=device))
+from stabilitylab.models.common import is_prunable, materialize
 
 
 @dataclass(frozen=True)
@@ -41,11 +35,6 @@ class TensorSlot:
     def as_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "offset": self.offset,
                 "size": self.size, "prunable": self.prunable}
-
-
-def is_prunable(module: nn.Module, param_name: str) -> bool:
-    """Only conv and linear *weights* are prunable; never biases or norm parameters."""
-    return param_name == "weight" and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
 
 
 class StackedModel:

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.prune.pai import check_masks
 
 __all__ = ["DEFAULT_EPSILON", "bit_flip", "bit_flip_site", "perturb", "relative_gaussian"]

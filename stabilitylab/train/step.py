@@ -31,7 +31,6 @@ from stabilitylab.train.optim import fused_update
 
 log = logging.getLogger(__name__)
 
-from stabilitylab.config.validate import COMPILE_CHOICES  # noqa: F401 (re-exported)
 
 # ``auto`` compiles a group when its work is large enough to repay the compilation: a
 # new graph per replica count R costs 9-22 s on an idle 2-core AMD EPYC the first time

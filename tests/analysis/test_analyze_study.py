@@ -9,7 +9,7 @@ import zarr
 
 import stabilitylab
 from stabilitylab.analysis.run import analyze_store
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 
 def test_analysis_group_has_the_documented_variables(tiny_analyzed):

@@ -13,7 +13,7 @@ import stabilitylab
 from stabilitylab.analysis import registry
 from stabilitylab.analysis.barriers import LMC_THRESHOLD
 from stabilitylab.analysis.run import analyze_store
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysis-schema.md"
 

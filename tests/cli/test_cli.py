@@ -80,7 +80,7 @@ def test_unknown_option_points_to_the_subcommand_help(capsys):
 
 def test_measures_accept_measure_and_group_names():
     from stabilitylab.analysis.run import measure_groups
-    from stabilitylab.errors import StabilityLabError
+    from stabilitylab.core.errors import StabilityLabError
 
     assert measure_groups(["instability", "rhat"]) == ("interpolation", "replica")
     assert measure_groups(["trajectory", "sign_flips"]) == ("trajectory",)

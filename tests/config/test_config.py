@@ -14,7 +14,7 @@ from stabilitylab.config import (
     study_id,
     validate,
 )
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 
 def test_presets_load_and_validate():
@@ -99,6 +99,19 @@ def test_toml_file_round_trip(tmp_path):
     f.write_text('[training]\nlr = 0.05\nsteps = "200it"\n[study]\nrewinds = ["0it", "50it"]\n')
     cfg = load_config(f)
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_a_study_from_a_config_file_is_named_after_the_file(tmp_path):
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[model]\nname = "mlp"\n')
+    cfg = load_config(mine)
+    assert cfg.study.name == "mine" and cfg.model.name == "mlp"
+    assert load_config(mine, ["study.name='other'"]).study.name == "other"
+    assert study_id(cfg) == study_id(load_config(None, ["model.name='mlp'"]))  # a label only
+    named = tmp_path / "named.toml"
+    named.write_text('[study]\nname = "kept"\n')
+    assert load_config(named).study.name == "kept"
+    assert load_config("mnist1d_default").study.name == "mnist1d-default"  # presets: theirs
 
 
 def test_study_id_is_stable_and_pinned():

@@ -14,8 +14,8 @@ import pytest
 from test_data_vision import write_fake_cifar10, write_fake_mnist
 
 from stabilitylab.config.schema import DataConfig
+from stabilitylab.core.errors import ConfigError, DataMissingError
 from stabilitylab.data import DATA_ENV, data_root, default_data_root, download, load_dataset, vision
-from stabilitylab.errors import ConfigError, DataMissingError
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from stabilitylab.config.schema import DataConfig
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.data import Dataset, load_dataset
 from stabilitylab.data import mnist1d as m1d
 from stabilitylab.data.registry import DATASETS
-from stabilitylab.errors import ConfigError
 
 N = 100  # tiny: generation is a Python loop per example
 

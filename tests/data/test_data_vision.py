@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from stabilitylab.config.schema import DataConfig
+from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import load_dataset, vision
-from stabilitylab.errors import DataMissingError
 
 # -- fake files -------------------------------------------------------------------------------
 

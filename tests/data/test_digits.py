@@ -10,6 +10,7 @@ from conftest import tiny_config
 
 import stabilitylab
 from stabilitylab.config.schema import DataConfig
+from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import load_dataset
 from stabilitylab.data.digits import (
     INSTALL_HINT,
@@ -19,7 +20,6 @@ from stabilitylab.data.digits import (
     stratified_split,
 )
 from stabilitylab.data.registry import dataset_info
-from stabilitylab.errors import DataMissingError
 
 needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
                                    reason='needs scikit-learn (pip install "stabilitylab[digits]")')

@@ -11,7 +11,7 @@ import zarr
 from _helpers import assert_same_store as same_store
 from conftest import tiny_config
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.store import validate
 from stabilitylab.study.cluster import record_distributed
 

@@ -19,7 +19,7 @@ import xarray as xr
 from _helpers import free_port, stop
 
 import stabilitylab
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 
 aiohttp = pytest.importorskip("aiohttp", reason="fsspec's HTTP filesystem needs aiohttp")
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from stabilitylab.config.schema import ModelConfig
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.models import (
     MODEL_NAMES,
     build_model,

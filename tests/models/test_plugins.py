@@ -14,7 +14,7 @@ from stabilitylab.cli.main import main
 
 import stabilitylab
 from stabilitylab.config import load_config, study_id
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 
 PLUGIN = '''
 import torch
@@ -249,13 +249,13 @@ def test_a_zero_argument_factory_is_a_model_too(tmp_path):
 
 
 def test_entry_points_are_listed_and_resolved(monkeypatch, capsys):
-    from stabilitylab.models import registry as models_registry
+    from stabilitylab.core import registry as core_registry
 
     def fake(group):
         return {"stabilitylab.models": {"ln-mlp": "slab_plugin_mod:ln_mlp"},
                 "stabilitylab.datasets": {"blobs": "slab_plugin_mod:blobs"}}.get(group, {})
 
-    monkeypatch.setattr(models_registry, "entry_points", fake)
+    monkeypatch.setattr(core_registry, "entry_points", fake)
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "ln-mlp" in text and "slab_plugin_mod:ln_mlp" in text and "conv1d" in text

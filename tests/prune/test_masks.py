@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from stabilitylab.prune import density, global_magnitude_masks, layerwise_magnitude_masks, prune
-from stabilitylab.prune import random_masks_like
+from stabilitylab.prune import (
+    density,
+    global_magnitude_masks,
+    layerwise_magnitude_masks,
+    prune,
+    random_masks_like,
+)
 
 
 def weights(seed=0):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.models.common import BatchNorm2d
 from stabilitylab.models.mlp import MLP
 from stabilitylab.prune import global_magnitude_masks

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from _studies import DIVERGED_STEP, study_and_analysis
 
-import stabilitylab
-from stabilitylab.errors import StoreError
+import stabilitylab.store
+from stabilitylab.core.errors import StoreError
 from stabilitylab.report import document as D
 from stabilitylab.report import prediction_table, provenance_rows, write_report, write_report_from
 
@@ -174,8 +174,8 @@ def test_atomic_replacement(data, tmp_path, monkeypatch, cheap_figures):
 def test_write_report_opens_the_store(data, tmp_path, monkeypatch, cheap_figures):
     study, analysis = data
     opened = []
-    monkeypatch.setattr(stabilitylab, "open_study", lambda url: opened.append(url) or study)
-    monkeypatch.setattr(stabilitylab, "open_analysis", lambda url: analysis)
+    monkeypatch.setattr(stabilitylab.store, "open_study", lambda url: opened.append(url) or study)
+    monkeypatch.setattr(stabilitylab.store, "open_analysis", lambda url: analysis)
     monkeypatch.chdir(tmp_path)
     out = write_report("runs/x.zarr")
     assert opened == ["runs/x.zarr"]
@@ -185,6 +185,6 @@ def test_write_report_opens_the_store(data, tmp_path, monkeypatch, cheap_figures
     def missing(url):
         raise StoreError("no analysis group")
 
-    monkeypatch.setattr(stabilitylab, "open_analysis", missing)
+    monkeypatch.setattr(stabilitylab.store, "open_analysis", missing)
     out = write_report("runs/x.zarr", out=tmp_path / "only-study")
     assert (out / "report.md").exists()

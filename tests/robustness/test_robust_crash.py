@@ -39,7 +39,7 @@ import pytest
 import zarr
 from _tiny import TINY
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import validate
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import zarr.storage._local as zarr_local
 from _tiny import TINY
 from stabilitylab.cli.main import main
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import validate
 
 LEVEL1_WEIGHTS = re.compile(r"/weights/c/\d+/1/\d+/\d+/\d+/\d+$")

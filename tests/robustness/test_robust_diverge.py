@@ -12,8 +12,8 @@ from _tiny import TINY as ROBUST_TINY
 from stabilitylab.cli.main import main
 
 import stabilitylab
+from stabilitylab.core.keys import RunKey
 from stabilitylab.store import validate
-from stabilitylab.store.schema import RunKey
 
 TINY = [*ROBUST_TINY, "training.lr=1e4"]
 

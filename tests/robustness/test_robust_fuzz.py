@@ -1,7 +1,7 @@
 """Fuzzing the config parser and the store opener with hypothesis.
 
 Whatever the input, the only exceptions allowed out are our documented ones
-(:class:`~stabilitylab.errors.StabilityLabError` subclasses), each with a non-empty
+(:class:`~stabilitylab.core.errors.StabilityLabError` subclasses), each with a non-empty
 one-line message. Example counts are fixed (``max_examples``) so the run time is
 bounded: 300 for each config entry point, 100 for the store.
 """
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from stabilitylab.config import available_presets, config_from_dict, config_to_dict, load_config
 from stabilitylab.config.schema import SECTIONS, Config
-from stabilitylab.errors import StabilityLabError
+from stabilitylab.core.errors import StabilityLabError
 from stabilitylab.store import open_study, validate
 from stabilitylab.store.testing import make_fake_store
 

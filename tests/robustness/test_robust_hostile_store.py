@@ -20,7 +20,7 @@ from _tiny import TINY
 from stabilitylab.cli.main import main
 
 import stabilitylab
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import validate
 from stabilitylab.store.testing import make_fake_store
 

@@ -22,7 +22,7 @@ from stabilitylab.cli.main import main
 from zarr.abc.codec import ArrayBytesCodec
 
 import stabilitylab
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import open_analysis, open_study, validate
 from stabilitylab.store.testing import make_fake_store
 

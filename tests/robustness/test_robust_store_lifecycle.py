@@ -25,7 +25,7 @@ import zarr
 from _tiny import TINY
 from stabilitylab.cli.main import main
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import StudyWriter, validate
 from stabilitylab.store.lock import LOCK_NAME
 from stabilitylab.store.testing import fake_resolved, make_fake_store

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 from zarr.storage import LocalStore, WrapperStore
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import open_analysis, open_study, validate, write_analysis
 from stabilitylab.store.testing import make_fake_store
 

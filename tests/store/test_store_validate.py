@@ -6,7 +6,7 @@ import shutil
 import pytest
 import zarr
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import open_study, validate
 from stabilitylab.store.testing import make_fake_store
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import StudyWriter, open_study
 from stabilitylab.store.testing import fake_layout, fake_resolved, make_fake_store, planned_runs
 

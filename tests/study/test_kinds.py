@@ -6,15 +6,15 @@ from conftest import tiny_config
 
 import stabilitylab
 from stabilitylab.config import validate
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.keys import RunKey
+from stabilitylab.core.seeds import generator
 from stabilitylab.prune import prune
 from stabilitylab.store import schema as S
-from stabilitylab.store.schema import RunKey
 from stabilitylab.study import kinds
 from stabilitylab.study.context import RewindPoint, TaskContext
-from stabilitylab.study.execution import _group_plan
+from stabilitylab.study.execution import group_plan
 from stabilitylab.study.plan import Task, all_runs, level_runs
-from stabilitylab.train.seeds import generator
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_registered_noise_kind_plugs_into_the_group_plan(ctx, monkeypatch):
     imp = _imp(ctx, point)
     runs = [RunKey("imp", 1, 10, 0), RunKey("imp", 1, 10, 1),
             RunKey("noise", 1, 10, 0), RunKey("noise", 1, 10, 1)]
-    plan = _group_plan(ctx, Task(1, (10,)), runs, {10: point},
+    plan = group_plan(ctx, Task(1, (10,)), runs, {10: point},
                        {("imp", 10): imp, ("noise", 10): imp})
     assert plan.data_seeds[2] == plan.data_seeds[3] == plan.data_seeds[0] != plan.data_seeds[1]
     name = ctx.stacked.param_names[0]
@@ -115,7 +115,7 @@ def test_reinit_starts_from_one_fresh_init_with_a_fresh_optimizer(ctx):
     point = _point(ctx, scale=2.0)
     imp = _imp(ctx, point)
     runs = [RunKey("reinit", 1, 10, 0), RunKey("reinit", 1, 10, 1)]
-    plan = _group_plan(ctx, Task(1, (10,)), runs, {10: point}, {("reinit", 10): imp})
+    plan = group_plan(ctx, Task(1, (10,)), runs, {10: point}, {("reinit", 10): imp})
     name = ctx.stacked.param_names[0]
     fresh = ctx.model_weights(ctx.seeds.reinit)[0][name]
     assert torch.equal(plan.params[name][0], fresh) and torch.equal(plan.params[name][1], fresh)

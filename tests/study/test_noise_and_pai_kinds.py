@@ -6,7 +6,8 @@ from conftest import tiny_config
 
 import stabilitylab
 from stabilitylab.config import validate
-from stabilitylab.errors import ConfigError
+from stabilitylab.core import keys as K
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.store import schema as S
 from stabilitylab.study.plan import all_runs, level_runs
 
@@ -24,7 +25,7 @@ def study(tmp_path_factory):
 
 def test_the_store_lists_the_kinds_it_trains_after_the_three_it_always_has(study):
     assert tuple(study.kind.values) == S.KINDS + S.EXTRA_KINDS
-    done = (study.status == S.STATUS_COMPLETE)
+    done = (study.status == K.STATUS_COMPLETE)
     assert bool(done.sel(kind="perturb", level=0).all())
     assert not bool(done.sel(kind="perturb", level=[1, 2]).any())  # noise_levels = [0]
     for kind in S.PAI_KINDS:

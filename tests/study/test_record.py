@@ -8,7 +8,7 @@ import zarr
 from conftest import tiny_config
 
 import stabilitylab
-from stabilitylab.errors import StoreError
+from stabilitylab.core.errors import StoreError
 from stabilitylab.store import validate
 
 

@@ -119,7 +119,7 @@ def test_auto_compiles_only_large_groups():
 
 
 def test_compile_setting_is_validated_and_not_part_of_the_study_id():
-    from stabilitylab.errors import ConfigError
+    from stabilitylab.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="training.compile"):
         validate(load_config(None, ["training.compile='fast'"]))

@@ -12,9 +12,10 @@ from engine_helpers import make_data
 from torch import nn
 
 from stabilitylab.config import load_config, validate
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.device import resolve_device
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.train import engine
-from stabilitylab.train.engine import GroupPlan, resolve_device, train_group
+from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,12 +191,9 @@ def test_recorded_weights_equal_flattened_params():
 # -- channels last ----------------------------------------------------------------------------
 
 def test_use_channels_last_decision():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not engine.use_channels_last(cpu, (3, 32, 32))
-    assert not engine.use_channels_last(cuda, (3, 32, 32))  # off by default: NYI under vmap+BN
-    assert not engine.use_channels_last(cuda, (1, 40))
-    assert engine.use_channels_last(cpu, (3, 32, 32), True)
-    assert not engine.use_channels_last(cuda, (3, 32, 32), False)
+    assert not engine.use_channels_last()  # off by default: NYI under vmap+BN
+    assert engine.use_channels_last(True)
+    assert not engine.use_channels_last(False)
 
 
 def test_channels_last_stacked_layout_and_values():

@@ -7,7 +7,7 @@ from engine_helpers import OPTIMIZER_CASES, data, tiny_mlp  # noqa: F401 (fixtur
 from test_engine import resolved_for, run_both
 
 from stabilitylab.config import load_config
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.train import optim
 from stabilitylab.train.reference import make_torch_optimizer
 

@@ -1,4 +1,4 @@
-"""``record --probe``: the stability point from copies trained only Δ steps past each k.
+"""``record --probe`` (the LMC probe): the stability point from copies trained only Δ steps past each k.
 
 The LMC rule (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery Ticket
 Hypothesis", ICML) trains R copies from every rewind point k to T and calls k stable when
@@ -25,8 +25,12 @@ import torch
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, alpha_grid, instability
 from stabilitylab.analysis.divergence_measures import BARRIER_ALPHAS
 from stabilitylab.analysis.interpolate import evaluate_interpolation
-from stabilitylab.errors import ConfigError
-from stabilitylab.store.schema import RunKey
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.core.keys import RunKey
+from stabilitylab.study.context import RewindPoint, TaskContext
+from stabilitylab.study.execution import all_kept, dense_plan, group_plan, keep_snapshots
+from stabilitylab.study.plan import Task
+from stabilitylab.train.engine import train_group
 
 DEFAULT_DELTA = 50  # the probe of the findings' Q6 (LMC rule at k + 50)
 
@@ -47,10 +51,6 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     of the same copies trained to T (level 0) for comparison.
     """
     from stabilitylab.config import validate
-    from stabilitylab.study.context import RewindPoint, TaskContext
-    from stabilitylab.study.execution import _group_plan, all_kept, dense_plan, keep_snapshots
-    from stabilitylab.study.plan import Task
-    from stabilitylab.train.engine import train_group
 
     if isinstance(delta, bool) or not isinstance(delta, int) or delta < 1:
         raise ConfigError(f"--probe-steps: must be an integer >= 1, got {delta!r}")
@@ -84,7 +84,7 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
     for i, k in enumerate(ks):
         end = min(k + delta, T)
         runs = [RunKey("imp", 0, k, r) for r in range(R)]
-        group = _group_plan(ctx, Task(0, (k,)), runs, {k: points[k]}, {("imp", k): ones})
+        group = group_plan(ctx, Task(0, (k,)), runs, {k: points[k]}, {("imp", k): ones})
         result = train_group(ctx.stacked, group, ctx.data, _truncated(ctx.resolved, end),
                              on_progress=tick, augment=ctx.augment)
         steps += R * (end - k)

@@ -6,8 +6,8 @@ from conftest import tiny_config
 from stabilitylab.cli.main import main
 
 import stabilitylab
-from stabilitylab.errors import ConfigError
-from stabilitylab.study.probe import probe_lines, probe_rewinds
+from stabilitylab.analysis.lmc_probe import probe_lines, probe_rewinds
+from stabilitylab.core.errors import ConfigError
 
 LEVEL0 = ("pruning.levels=0", "study.controls=[]")
 

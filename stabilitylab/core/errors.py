@@ -23,3 +23,7 @@ class StoreError(StabilityLabError):
 class CheckpointError(StabilityLabError):
     """A checkpoint file (compare, import) that is missing, unreadable, unsafe, or does not
     fit the model."""
+
+
+class ResourceError(StabilityLabError):
+    """A study that does not fit the machine or the user's caps."""

@@ -24,7 +24,9 @@ import json
 import torch
 from torch import nn
 
-from stabilitylab.errors import ConfigError
+from stabilitylab.core.errors import ConfigError
+from stabilitylab.models import build_model
+from stabilitylab.train.functional import StackedModel
 
 _CACHE: dict[str, str | None] = {}
 
@@ -86,8 +88,6 @@ def _buffer_mutations(model: nn.Module, x: torch.Tensor) -> str | None:
 
 def batched_problem(model: nn.Module, input_shape: tuple, num_classes: int) -> str | None:
     """Why ``model`` cannot train under ``vmap(functional_call)``, or None when it can."""
-    from stabilitylab.train.functional import StackedModel
-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 2, *input_shape, generator=g)
     y = torch.randint(0, num_classes, (2, 2), generator=g)
@@ -127,8 +127,6 @@ def check_batched(cfg, input_shape: tuple, num_classes: int) -> None:
 
     Cached per (name, options, input shape, classes) for the process.
     """
-    from stabilitylab.models import build_model
-
     key = json.dumps([cfg.name, cfg.options, cfg.dropout, list(input_shape), num_classes],
                      sort_keys=True, default=list)
     if key not in _CACHE:
