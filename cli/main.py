@@ -2,7 +2,7 @@
 
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
     stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report] [--profile]
-    stabilitylab report STORE [--out DIR]
+    stabilitylab report STORE [--out DIR] [--pdf]
     stabilitylab validate STORE [--deep]
     stabilitylab data download mnist|cifar10 [--data-root DIR]
     stabilitylab presets
@@ -87,6 +87,17 @@ class _LazyHelp(str):
         return self._build() % params
 
 
+# stabilitylab.data.download.DOWNLOADABLE (not imported: the data package imports torch;
+# tests/data/test_data_download.py checks that the two agree)
+DOWNLOADABLE = ("mnist", "cifar10")
+
+
+def _downloadable(name: str) -> str:
+    if name == "mnist1d":
+        raise argparse.ArgumentTypeError("mnist1d needs no download: it is generated offline")
+    return name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="stabilitylab", description=DESCRIPTION,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_LazyHelp(_measures_help))
     ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                      help="where to compute: auto (default: cuda if available), cpu or cuda")
-    ana.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    ana.add_argument("--alphas", type=int, default=30,
+                     help="interpolation points incl. endpoints (default: %(default)s)")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--profile", action="store_true",
                      help="print the seconds of each phase (reading the store is its own row)")
@@ -147,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the HTML/Markdown report of an analyzed store")
     rep.add_argument("store", help="path or fsspec URL of an analyzed store")
     rep.add_argument("--out", default=None, help="report folder (default: reports/<name>)")
+    rep.add_argument("--pdf", action="store_true",
+                     help="also write report.pdf (summary, table and figures; for email)")
     rep.add_argument("--trust-plugins", action="store_true",
                      help="import the package.module:function model or dataset the store names "
                           "(runs that module's code; only for stores you trust)")
@@ -161,8 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: download MNIST or CIFAR-10")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="download a torchvision dataset (md5-checked)")
-    dl.add_argument("dataset", choices=["mnist", "cifar10", "mnist1d"],
-                    help="mnist or cifar10 (mnist1d is generated offline)")
+    dl.add_argument("dataset", choices=DOWNLOADABLE, type=_downloadable,
+                    help=" or ".join(DOWNLOADABLE) + " (mnist1d needs no download: it is "
+                                                    "generated offline)")
     dl.add_argument("--data-root", default=None, metavar="DIR", help=DATA_ROOT_HELP)
     dl.add_argument("--mirror", default=None, metavar="URL",
                     help="base URL of a mirror serving the same files (default: torchvision's)")
@@ -185,7 +200,8 @@ def _add_plugin_commands(sub) -> None:
                      help="dataset name, package.module:function or entry point (its test set is used)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="further settings, e.g. --set model.options.width=2 --set data.root=DIR")
-    cmp.add_argument("--alphas", type=int, default=30, help="interpolation points incl. endpoints")
+    cmp.add_argument("--alphas", type=int, default=30,
+                     help="interpolation points incl. endpoints (default: %(default)s)")
     cmp.add_argument("--bn-recompute", action="store_true",
                      help="recompute BatchNorm statistics at every alpha on the train subset "
                           "(default: interpolate the files' statistics)")
@@ -302,12 +318,15 @@ def _named_for_overrides(study, config_arg, overrides):
 def _record(args) -> int:
     import dataclasses
 
-    from stabilitylab.study.resolve import load_study
+    from stabilitylab.config import load_config
+
+    # the config first: a typo in a plain value is reported before torch and the study
+    # machinery import; then the one resolution of this command (every step takes the Study)
+    cfg = load_config(args.config, args.overrides)
+    from stabilitylab.study.resolve import resolve_study
     from stabilitylab.study.runner import record_study
 
-    # The one resolution of this command: every step below takes the Study.
-    study = _named_for_overrides(load_study(args.config, args.overrides), args.config,
-                                 args.overrides)
+    study = _named_for_overrides(resolve_study(cfg), args.config, args.overrides)
     if args.data_root is not None:  # the user's flag; data.root is not part of the study id
         cfg = study.config
         study = dataclasses.replace(study, config=dataclasses.replace(
@@ -404,7 +423,9 @@ def _report(args) -> int:
 
     validate(args.store)
 
-    print(f"report: {write_report(args.store, out=args.out, trust_plugins=args.trust_plugins)}")
+    where = write_report(args.store, out=args.out, pdf=args.pdf,
+                         trust_plugins=args.trust_plugins)
+    print(f"report: {where}" + (f" (and {where / 'report.pdf'})" if args.pdf else ""))
     return 0
 
 

@@ -66,22 +66,26 @@ ax.set(xlabel="training step (iterations)", ylabel="L2 distance ‖W_0 − W_1�
 curve = an.interp_test_error.sel(kind="imp", level=level, rewind=rewind)
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-curve.plot.line(ax=ax, x="alpha", hue="pair")
-ax.set(xlabel="α", ylabel="test error", title="error along the linear path");"""),
+(100 * curve).plot.line(ax=ax, x="alpha", hue="pair")  # the store keeps fractions; show %
+ax.set(xlabel="α", ylabel="test error (%)", title="error along the linear path");"""),
     ("code", """# the same, as the report draws it (returns a Figure; no pyplot inside)
 from stabilitylab.report import plot_interpolation
 
 plot_interpolation(an, level=level, rewind=rewind)"""),
-    ("md", "## Instability next to final accuracy"),
+    ("md", """## Instability next to final accuracy
+
+The store keeps fractions (0.208); people read percent. The table shows accuracy and
+density in percent (%) and instability, a difference of error rates, in percentage
+points (pp), as the report and the command line do."""),
     ("code", """# mean over pairs / complete replicas, then one row per (kind, level, rewind)
-final_acc = ds.final_test_acc.where(ds.status == 2).mean("replica").rename("final_acc")
-summary = xr.merge([an.instability.mean("pair"), final_acc, ds.density],
-                   join="outer", compat="no_conflicts")
-table = summary.to_dataframe().dropna(subset=["instability"]).reset_index()
-table"""),
+final_acc = ds.final_test_acc.where(ds.status == 2).mean("replica")
+summary = xr.Dataset({"instability (pp)": 100 * an.instability.mean("pair"),
+                      "final acc. (%)": 100 * final_acc, "density (%)": 100 * ds.density})
+table = summary.to_dataframe().dropna(subset=["instability (pp)"]).reset_index()
+table.round(2)"""),
     ("code", """# does instability track accuracy across rewind points? (IMP only)
 imp = table[table.kind == "imp"]
-imp[["level", "rewind", "instability", "final_acc"]].corr(method="spearman")"""),
+imp[["level", "rewind", "instability (pp)", "final acc. (%)"]].corr(method="spearman")"""),
     ("md", """## Your own model and data: the Python API
 
 `record_study` takes a model builder `(cfg, input_shape, num_classes) -> nn.Module` and the
@@ -110,7 +114,8 @@ stabilitylab.record_study(config, mine, model=small_mlp, progress=False,
 mine_an = stabilitylab.analyze_study(mine, model=small_mlp, progress=False, n_boot=100,
                                      data=(mnist1d.train_x, mnist1d.train_y,
                                            mnist1d.test_x, mnist1d.test_y))
-mine_an.instability.sel(kind="imp").mean("pair").to_pandas()"""),
+# instability in percentage points, one row per level, one column per rewind point k
+(100 * mine_an.instability.sel(kind="imp").mean("pair")).round(2).to_pandas()"""),
 ]
 
 

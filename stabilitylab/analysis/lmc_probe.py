@@ -100,16 +100,32 @@ def probe_rewinds(cfg, *, delta: int = DEFAULT_DELTA, device=None, progress=None
         mean = np.nanmean(barrier, axis=1)
     stable = [k for k, m in zip(ks, mean) if np.isfinite(m) and m < LMC_THRESHOLD]
     full = R * sum(T - k for k in ks)
-    head = (f"probe: {R} data-order copies from each k, trained {delta} steps (to k + {delta}); "
-            f"LMC error barrier between them at k + {delta}:")
-    lines = [head]
-    lines += [f"  k={k}: {100 * m:.2f}%" + ("" if m < LMC_THRESHOLD else " (unstable)")
-              for k, m in zip(ks, mean)]
-    lines.append(
-        (f"stable from k≈{stable[0]}" if stable else
-         f"no rewind point is stable at k + {delta}; try later k")
-        + f" (barrier < {100 * LMC_THRESHOLD:g}% at k + {delta}); cost {steps:,} replica-steps, "
-        f"{100 * steps / full:.1f}% of the same copies trained to T ({full:,}), plus the dense "
-        f"run to k={last}")
+    lines = probe_lines(ks, mean, delta=delta, replicas=R)
+    lines.append(f"cost: {steps:,} replica-steps, {100 * steps / full:.1f}% of the same copies "
+                 f"trained to T ({full:,}), plus the dense run to k={last}")
     return {"rewinds": ks, "barrier": barrier, "weights": np.stack(weights), "stable_from": stable[0] if stable else None,
             "replica_steps": steps, "full_replica_steps": full, "lines": lines}
+
+
+def probe_lines(rewinds, mean, *, delta: int, replicas: int,
+                threshold: float = LMC_THRESHOLD) -> list[str]:
+    """The probe's report: the barrier per k (percentage points), then the answer, the rule
+    that produced it and why a later k above the threshold does not change it."""
+    thr = 100 * threshold
+    lines = [(f"probe: {replicas} data-order copies from each k, trained {delta} steps (to "
+             f"k + {delta}); mean test-error barrier between them at k + {delta}:")]
+    lines += [f"  k={k}: {100 * m:.2f} pp" + ("" if m < threshold else f" (≥ {thr:g} pp)")
+              for k, m in zip(rewinds, mean)]
+    stable = [k for k, m in zip(rewinds, mean) if np.isfinite(m) and m < threshold]
+    rule = (f"rule: the LMC rule (Frankle et al., ICML 2020), the earliest k whose barrier is "
+            f"below {thr:g} pp")
+    if not stable:
+        return lines + [f"no rewind point is stable at k + {delta}; try later k ({rule})"]
+    later = [k for k, m in zip(rewinds, mean) if k > stable[0] and not m < threshold]
+    lines.append(f"stable from k≈{stable[0]} ({rule})")
+    if later:
+        lines.append(
+            f"  later k above {thr:g} pp ({', '.join(f'k={k}' for k in later)}) do not change "
+            "it: the rule takes the earliest stable k, as in the paper (if a later k matters, "
+            f"rerun with more than {replicas} replicas, study.replicas, to see whether it holds)")
+    return lines

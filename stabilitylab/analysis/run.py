@@ -88,8 +88,16 @@ def _percent(value: float, digits: int) -> str:
     return f"{100 * value:.{digits}f}%" if np.isfinite(value) else "unknown"
 
 
+def _pp(value: float) -> str:
+    """A fraction in percentage points, or 'unknown' (NaN)."""
+    return f"{100 * value:.2f} pp" if np.isfinite(value) else "unknown"
+
+
 def _lines(ctx, analysis: xr.Dataset) -> list[str]:
-    lines = [f"dense test accuracy: {float(analysis.dense_test_acc):.4f}"]
+    """The summary analyze prints: accuracies in percent, barriers and gaps in percentage
+    points (pp), densities in percent, rewind points in iterations."""
+    lines = [f"dense test accuracy: {100 * float(analysis.dense_test_acc):.2f}%"]
+    threshold = 100 * analysis.attrs["threshold"]
     noise = (analysis.attrs.get("pair_noise") or {}).get("imp", "data_order")
     if len(ctx.replicas) < 2:
         lines.append("one replica: no pairs, so the pair measures (barriers, distances "
@@ -107,17 +115,18 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
         d = analysis.density.sel(kind="imp", level=level).values
         density = float(np.nanmean(d)) if np.isfinite(d).any() else float("nan")
         values = ", ".join(
-            f"k={k}: {_percent(float(inst.sel(kind='imp', level=level, rewind=k)), 2)}"
+            f"k={k}: {_pp(float(inst.sel(kind='imp', level=level, rewind=k)))}"
             for k in ctx.rewinds)
         if len(ctx.replicas) < 2:
             acc = float(analysis.final_test_acc.sel(kind="imp", level=level).mean())
-            lines.append(f"level {level} (density {_percent(density, 1)}) test accuracy {acc:.4f}")
+            lines.append(f"level {level} (density {_percent(density, 1)}) test accuracy "
+                         f"{_percent(acc, 2)}")
             continue
         lines.append(f"level {level} (density {_percent(density, 1)}) {barrier_name(noise)}: "
                      f"{values}")
         if aligned is not None and np.isfinite(aligned.sel(kind="imp", level=level).values).any():
             lines.append("  after weight matching: " + ", ".join(
-                f"k={k}: {_percent(float(aligned.sel(kind='imp', level=level, rewind=k)), 2)}"
+                f"k={k}: {_pp(float(aligned.sel(kind='imp', level=level, rewind=k)))}"
                 for k in ctx.rewinds))
         if noise == "init":  # the LMC rule reads data-order instability; these pairs are not
             lines.append("  LMC rule: not applicable (different-init pairs)")
@@ -125,9 +134,10 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=level))
         ok = int(analysis.oracle_rewind.sel(level=level))
         gap = float(analysis.gap_lmc.sel(level=level))
-        lines.append(f"  LMC rule (<{100 * analysis.attrs['threshold']:g}%): k={'none' if pk < 0 else pk}; "
-                     f"oracle k={'none' if ok < 0 else ok}; accuracy gap "
-                     + (f"{100 * gap:.2f} points" if np.isfinite(gap) else "unknown"))
+        gap_text = _pp(gap)
+        lines.append(f"  LMC rule (earliest k with instability < {threshold:g} pp): "
+                     f"k={'none' if pk < 0 else pk}; oracle (best accuracy) "
+                     f"k={'none' if ok < 0 else ok}; accuracy gap {gap_text}")
     if ctx.levels == [0]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=0))
         lines.append("recommended rewind point (dense copies only): "

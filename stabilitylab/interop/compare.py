@@ -177,31 +177,33 @@ def _repaired(stacked, wa, wb, other, grid, ds, n_train) -> dict:
 
 
 def summary_lines(result: dict) -> list[str]:
-    """The human-readable report of :func:`compare_checkpoints`."""
+    """The human-readable report of :func:`compare_checkpoints`: errors in percent, barriers
+    and disagreement (differences and shares of error) in percentage points, losses in nats."""
     pct = 100.0
     lines = [
         (f"A: {result['a']}  (test error {pct * result['test_error_a']:.2f}%, "
-         f"loss {result['test_loss_a']:.4f})"),
+         f"loss {result['test_loss_a']:.4f} nats)"),
         (f"B: {result['b']}  (test error {pct * result['test_error_b']:.2f}%, "
-         f"loss {result['test_loss_b']:.4f})"),
-        f"error barrier (instability, Frankle et al. 2020): {pct * result['error_barrier']:.2f}%",
-        f"loss barrier: {result['loss_barrier']:.4f}",
+         f"loss {result['test_loss_b']:.4f} nats)"),
+        (f"error barrier (instability, Frankle et al. 2020): "
+         f"{pct * result['error_barrier']:.2f} pp"),
+        f"loss barrier: {result['loss_barrier']:.4f} nats",
         (f"above-the-line barrier (Entezari et al. 2022): error "
-         f"{pct * result['above_line_error_barrier']:.2f}%, "
-         f"loss {result['above_line_loss_barrier']:.4f}"),
+         f"{pct * result['above_line_error_barrier']:.2f} pp, "
+         f"loss {result['above_line_loss_barrier']:.4f} nats"),
         f"L2 distance: {result['l2_distance']:.4f}; angle: {result['angle']:.4f} rad",
-        f"prediction disagreement: {pct * result['disagreement']:.2f}%",
+        f"prediction disagreement: {pct * result['disagreement']:.2f}% of test examples",
         f"({result['alphas']} interpolation points; BatchNorm statistics: {result['bn_mode']})",
     ]
     if "aligned_error_barrier" in result:
         lines.append(f"error barrier after {result['align']} matching (Git Re-Basin): "
-                     f"{pct * result['aligned_error_barrier']:.2f}%")
+                     f"{pct * result['aligned_error_barrier']:.2f} pp")
     if "repaired_error_barrier" in result:
         lines.append(f"error barrier after REPAIR (Jordan et al. 2023): "
-                     f"{pct * result['repaired_error_barrier']:.2f}%")
+                     f"{pct * result['repaired_error_barrier']:.2f} pp")
     if "aligned_repaired_error_barrier" in result:
         lines.append(f"error barrier after {result['align']} matching + REPAIR: "
-                     f"{pct * result['aligned_repaired_error_barrier']:.2f}%")
+                     f"{pct * result['aligned_repaired_error_barrier']:.2f} pp")
     if "curves" in result:
         from stabilitylab.interop.compare_curve import curve_lines
 

@@ -6,6 +6,7 @@ Plot functions take xarray data first and keyword-only options, and return a
 ``matplotlib.figure.Figure`` (no pyplot; Agg when saved).
 """
 
+from stabilitylab.report.correlations import plot_measure_correlations
 from stabilitylab.report.document import (
     prediction_table,
     provenance_rows,
@@ -18,7 +19,6 @@ from stabilitylab.report.figures import (
     plot_distances,
     plot_instability,
     plot_interpolation,
-    plot_measure_correlations,
 )
 
 __all__ = ["plot_accuracy_vs_density", "plot_distances", "plot_instability", "plot_interpolation",

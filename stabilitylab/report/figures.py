@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
-from stabilitylab.report import glossary as G
+from stabilitylab.report import intervals as I
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ KIND_COLORS = {"imp": "#0072B2", "random_prune": "#D55E00", "reinit": "#009E73"}
 KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random reinit",
                "init": "different-init pairs"}
 KIND_STYLES = {"imp": "-", "random_prune": "--", "reinit": ":"}
-STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8,
-         "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.grid": True, "grid.alpha": 0.3}
-MIN_PAIRS_FOR_CI = 3  # below this a bootstrap interval is meaningless: show min–max instead
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
+         "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3,
+         "lines.markersize": 6, "pdf.fonttype": 42}
+FIGSIZE = (8.0, 5.0)  # inches: 1200 × 750 px at the report's 150 dpi, a page width in a PDF
 
 
 def _styled(fn):
@@ -47,13 +48,18 @@ def _styled(fn):
     return wrapper
 
 
-def _figure(nrows: int = 1, ncols: int = 1, *, figsize=(6.4, 4.2)):
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize=FIGSIZE):
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
 
 
 def _ordered_colors(n: int) -> list:
+    """Colors for n ordered values (levels, rewind points): up to 7 the Okabe–Ito colors,
+    which stay apart where neighbours of a sequential map (k = 50, 100, 200) blur; more:
+    viridis."""
+    if n <= len(OKABE_ITO):
+        return list(OKABE_ITO[:n])
     cmap = matplotlib.colormaps["viridis"]
     return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))][:n]
 
@@ -94,55 +100,31 @@ def density_label(ds: xr.Dataset, level, kind: str = "imp") -> str:
     return f"level {level}"
 
 
-BOOTSTRAP = 2000  # resamples for the percentile intervals
-
-
-def interval(values: np.ndarray, axis: int = -1, *, n_boot: int = BOOTSTRAP, seed: int = 0):
-    """Mean and a 95% interval over ``axis`` that respects the data's range.
-
-    With ≥ 3 finite values: the bootstrap percentile interval of the mean (Efron &
-    Tibshirani, *An Introduction to the Bootstrap*, 1993, §13.3: the 2.5th and 97.5th
-    percentiles of the means of ``n_boot`` resamples with replacement). It always lies
-    within [min, max] of the values, so a barrier's band never goes below zero. With
-    fewer values: min–max. Resampling is seeded, so a report is reproducible.
-
-    Returns ``(mean, low, high, method)``; ``method`` is ``"95% bootstrap"`` or
-    ``"min–max"`` (the one used where the most values were finite), for the legend.
-    """
-    v = np.moveaxis(np.asarray(values, dtype=float), axis, -1)
-    lead = v.shape[:-1]
-    flat = v.reshape(-1, v.shape[-1]) if v.size else v.reshape(0, max(v.shape[-1], 0))
-    mean = np.full(flat.shape[0], np.nan)
-    low, high = mean.copy(), mean.copy()
-    rng = np.random.default_rng(seed)
-    most = 0
-    for i, row in enumerate(flat):
-        x = row[np.isfinite(row)]
-        most = max(most, x.size)
-        if not x.size:
-            continue
-        mean[i] = x.mean()
-        if x.size >= MIN_PAIRS_FOR_CI:
-            means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
-            low[i], high[i] = np.percentile(means, [2.5, 97.5])
-        else:
-            low[i], high[i] = x.min(), x.max()
-    method = "95% bootstrap" if most >= MIN_PAIRS_FOR_CI else "min–max"
-    return mean.reshape(lead), low.reshape(lead), high.reshape(lead), method
-
-
 def _step_axis(ax, ticks, label: str, *, fixed: bool = True) -> None:
     """Symlog x axis (k includes 0), linear below the smallest positive tick; ``fixed``
-    puts the ticks at the given values (rewind points)."""
+    puts the ticks at the given values (rewind points), else at 0 and the decades from 10
+    (a "1" next to "0" would collide). The limits leave room for the end markers."""
     ticks = np.asarray(sorted(set(np.asarray(ticks).tolist())))
     positive = ticks[ticks > 0]
     linthresh = float(positive.min()) if positive.size else 1.0
-    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5 if fixed else 0.4)
     ax.set_xlabel(label)
     if fixed and 0 < ticks.size <= 12:
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        shown = ticks
+    else:
+        top = float(ticks.max()) if ticks.size else 1.0
+        decades = [10.0 ** e for e in range(1, int(np.floor(np.log10(max(top, 1.0)))) + 1)]
+        shown = np.array(([0.0] if ticks.size and ticks.min() <= 0 else []) + decades
+                         if decades else ticks)
+    if shown.size:
+        ax.xaxis.set_major_locator(FixedLocator(shown))
+        ax.set_xticklabels([f"{t:g}" for t in shown])
         ax.xaxis.set_minor_locator(NullLocator())
+    if ticks.size > 1:  # pad 3% of the axis in display space on both sides
+        tr = ax.xaxis.get_transform()
+        lo, hi = tr.transform([ticks.min(), ticks.max()])
+        pad = 0.03 * (hi - lo)
+        ax.set_xlim(*tr.inverted().transform([lo - pad, hi + pad]))
 
 
 @_styled
@@ -150,10 +132,10 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
                      variable: str = "instability") -> Figure:
     """Error barrier (Frankle et al. 2020, eq. 1) vs rewind step k, one line per level.
 
-    Line: mean over replica pairs; band: the 95% bootstrap percentile interval of that mean
-    over pairs (:func:`interval`; never outside the pairs' range, so never below 0), or
-    min–max with fewer than 3 pairs (the legend title says which). Percentage points. ``threshold`` defaults to
-    ``analysis.attrs["threshold"]``. ``variable`` may be any barrier with dims
+    Line: mean over replica pairs; band: :func:`stabilitylab.report.intervals.pair_interval`,
+    the 95% CI from resampling replicas (not pairs) with enough replicas, else the range
+    over pairs; the legend title says which, with n. Percentage points. ``threshold``
+    defaults to ``analysis.attrs["threshold"]``. ``variable`` may be any barrier with dims
     (kind, level, rewind, pair), e.g. ``instability_train`` or ``aligned_instability``.
     """
     threshold = float(analysis.attrs.get("threshold", LMC_THRESHOLD) if threshold is None else threshold)
@@ -163,23 +145,24 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     rewinds = analysis["rewind"].values if "rewind" in analysis.coords else []
     levels = da["level"].values if da is not None and "level" in da.dims else []
     colors = _ordered_colors(len(levels))
-    methods, n_pairs, drawn = set(), 0, 0
+    pair_a, pair_b = I.pair_labels(analysis) if da is not None else (None, None)
+    shown, drawn = None, 0
     for color, level in zip(colors, levels):
-        vals = da.sel(level=level).transpose("rewind", ...).values.reshape(len(rewinds), -1)
+        vals = da.sel(level=level).transpose("rewind", "pair").values
         if not np.isfinite(vals).any():
             continue
-        mean, low, high, method = interval(vals)
-        methods.add(method)
-        n_pairs = max(n_pairs, vals.shape[1])
+        ivs = I.pair_intervals(vals, pair_a, pair_b)
+        mean, low, high = (np.array([getattr(iv, f) for iv in ivs]) for f in ("mean", "low", "high"))
+        shown = max((iv for iv in ivs if iv.finite), key=lambda iv: iv.n, default=shown)
         ok = np.isfinite(mean)
-        ax.plot(rewinds[ok], 100 * mean[ok], "o-", color=color,
+        ax.plot(rewinds[ok], 100 * mean[ok], "o-", color=color, clip_on=False, zorder=3,
                 label=density_label(analysis, level, kind))
-        ax.fill_between(rewinds[ok], 100 * low[ok], 100 * high[ok], color=color, alpha=0.2, lw=0)
+        ax.fill_between(rewinds[ok], 100 * low[ok], 100 * high[ok], color=color, alpha=0.18, lw=0)
         drawn += 1
     ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g} pp")
     _step_axis(ax, rewinds, "rewind step k (iterations)")
     what = variable.replace("_", " ")
-    init_pairs = (analysis.attrs.get("pair_noise") or {}).get(kind) == "init"
+    init_pairs = kind == "init" or (analysis.attrs.get("pair_noise") or {}).get(kind) == "init"
     if init_pairs and variable == "instability":  # not data-order instability
         what = "barrier between different-init pairs"
     ax.set_ylabel(f"{what}: error barrier (percentage points)" if "loss" not in variable
@@ -187,9 +170,9 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     ax.set_title(f"{what.capitalize()} of {KIND_LABELS.get(kind, kind)} vs rewind point")
     if not drawn:
         _no_data(ax, f"{variable} for kind={kind}")
-    band = " / ".join(sorted(methods)) or "none"
+    band = "none" if shown is None else (f"{shown.method}, {shown.n_text()}")
     pairs = "different-init pairs" if init_pairs else "pairs"
-    ax.legend(title=f"mean over {n_pairs} {pairs}; band: {band}", loc="upper right")
+    ax.legend(title=f"mean over {pairs}; band: {band}", loc="best", framealpha=0.9)
     return fig
 
 
@@ -356,59 +339,4 @@ def plot_accuracy_vs_density(study_or_analysis: xr.Dataset, *, rewind=None,
                  study_or_analysis["final_test_acc"].dims else " (mean ± sd over replicas)"))
     if xs or np.isfinite(dense):
         ax.legend(loc="lower left")
-    return fig
-
-
-@_styled
-def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
-                              measures: Sequence[str] | None = None, ncols: int = 4) -> Figure:
-    """Small multiples: each stability measure vs IMP final test accuracy across rewind points.
-
-    Panel titles give Spearman ρ and its bootstrap 95% CI (``spearman_low/high``). Values
-    are in the units of :mod:`stabilitylab.report.glossary` (barriers and fractions in
-    percentage points), named on each x axis.
-    ``level=None`` uses the last level with any finite measure. Measures that are
-    all NaN at that level (e.g. ``aligned_instability`` unsupported) are left out.
-    """
-    values = _get(analysis, "measure_value")
-    acc = _get(analysis, "final_test_acc", kind="imp")
-    if values is not None and level is None:
-        finite = [lv for lv in values["level"].values if _finite(values.sel(level=lv))]
-        level = finite[-1] if finite else None
-    names = [] if values is None or level is None else [
-        str(m) for m in (values["measure"].values if measures is None else measures)
-        if m in values["measure"] and _finite(values.sel(measure=m, level=level))]
-    if not names or acc is None:
-        fig, axes = _figure()
-        _no_data(axes[0, 0], "measure_value / final_test_acc")
-        axes[0, 0].set_xlabel("measure value")
-        axes[0, 0].set_ylabel("final test accuracy (%)")
-        return fig
-    ncols = min(ncols, len(names))
-    nrows = -(-len(names) // ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(2.9 * ncols, 2.5 * nrows + 0.5))
-    rewinds = values["rewind"].values
-    colors = _ordered_colors(len(rewinds))
-    y = 100 * acc.sel(level=level).sel(rewind=rewinds).values
-    for ax, name in zip(axes.flat, names):
-        x = G.scale(name) * values.sel(measure=name, level=level).values  # the report's unit
-        ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok], y[ok], c=[colors[i] for i in np.flatnonzero(ok)], s=28, zorder=3)
-        for i in np.flatnonzero(ok):
-            ax.annotate(f"{rewinds[i]:g}", (x[i], y[i]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points", color="0.3")
-        title = name.replace("_", " ")
-        rho = _get(analysis, "spearman", measure=name, level=level)
-        if _finite(rho):
-            lo = _get(analysis, "spearman_low", measure=name, level=level)
-            hi = _get(analysis, "spearman_high", measure=name, level=level)
-            ci = f" [{float(lo):.2f}, {float(hi):.2f}]" if _finite(lo) and _finite(hi) else ""
-            title += f"\nρ = {float(rho):.2f}{ci}"
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(G.axis_label(name))
-        ax.set_ylabel("final test acc. (%)")
-    for ax in list(axes.flat)[len(names):]:
-        ax.remove()
-    fig.suptitle(f"Stability measures vs final test accuracy, IMP {density_label(analysis, level)}"
-                 " (points: rewind k; ρ: Spearman, 95% bootstrap CI)", fontsize=10)
     return fig

@@ -212,7 +212,8 @@ def plan_lines(resolved, est: Estimate, rewinds_per_task: int | None = 0) -> lis
     lines = [
         f"study {cfg.study.name}: T={resolved.total_steps} steps, rewind points k = {shown}, "
         f"{cfg.study.replicas} replicas, levels 0..{resolved.levels[-1]}"
-        + (f", controls {', '.join(cfg.study.controls)} at levels "
+        + (f", controls {', '.join(cfg.study.controls)} at level"
+           f"{'s' if len(resolved.control_levels) > 1 else ''} "
            f"{', '.join(map(str, resolved.control_levels))}" if resolved.control_levels else ""),
         (f"groups: {est.n_tasks} tasks (dense pretraining, then {len(resolved.levels)} levels x "
         f"{math.ceil(K / per_task)} groups of up to {per_task} rewind points); the widest trains "

@@ -136,6 +136,18 @@ def test_cli_data_download_uses_env_root(tmp_path, server, monkeypatch, capsys):
     assert "generated offline" in capsys.readouterr().err
 
 
+def test_cli_lists_only_downloadable_datasets(capsys):
+    """`data download --help` offers exactly what download() can fetch (issue 27)."""
+    from stabilitylab.cli import main as cli
+
+    from stabilitylab.data.download import DOWNLOADABLE
+
+    assert cli.DOWNLOADABLE == DOWNLOADABLE
+    with pytest.raises(SystemExit):
+        cli.main(["data", "download", "--help"])
+    assert "{mnist,cifar10}" in capsys.readouterr().out
+
+
 def test_data_root_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(DATA_ENV, str(tmp_path / "env"))
     assert data_root() == tmp_path / "env"

@@ -8,6 +8,7 @@ import pytest
 from _studies import study_and_analysis
 from matplotlib.figure import Figure
 
+from stabilitylab.report import correlations as C
 from stabilitylab.report import figures as F
 
 
@@ -56,16 +57,17 @@ def test_instability(analysis):
     assert ax.get_xscale() == "symlog"
     labels = legend_labels(ax)
     assert any(density_label(analysis, 2) in lab for lab in labels) and "threshold 2 pp" in labels
-    assert "95% bootstrap" in ax.get_legend().get_title().get_text()
+    title = ax.get_legend().get_title().get_text()  # 3 replicas: too few for a 95% interval
+    assert "range, n = 3 replicas (3 pairs)" in title
     # the level lines are pair means, in percentage points
     line = next(ln for ln in ax.lines if ln.get_label().startswith("level 2"))
     want = 100 * analysis.instability.sel(kind="imp", level=2).mean("pair").values
     np.testing.assert_allclose(line.get_ydata(), want)
 
 
-def test_instability_min_max_band_with_one_pair(small):
+def test_instability_range_band_with_one_pair(small):
     ax = F.plot_instability(small).axes[0]
-    assert "min–max" in ax.get_legend().get_title().get_text()
+    assert "range, n = 2 replicas (1 pair)" in ax.get_legend().get_title().get_text()
 
 
 def test_instability_all_nan_or_missing_does_not_crash(analysis):
@@ -160,7 +162,7 @@ def test_accuracy_vs_density_uses_complete_runs_only(full):
 
 
 def test_measure_correlations(analysis, small):
-    fig = F.plot_measure_correlations(analysis)
+    fig = C.plot_measure_correlations(analysis)
     assert len(fig.axes) == analysis.sizes["measure"]
     ax = fig.axes[0]
     assert ax.get_xlabel() == "instability (pp)" and ax.get_ylabel() == "final test acc. (%)"
@@ -175,33 +177,21 @@ def test_measure_correlations(analysis, small):
     small = small.copy()
     small["measure_value"] = small.measure_value.where(
         (small.measure != "mask_jaccard") | (small.level != 0))
-    fig = F.plot_measure_correlations(small, level=0)
+    fig = C.plot_measure_correlations(small, level=0)
     names = [a.get_xlabel().split(" (")[0] for a in fig.axes]
     assert "aligned_instability" not in names and "mask_jaccard" not in names
     assert "instability" in names and "sign_flips" in names
 
 
 def test_measure_correlations_without_measures(analysis):
-    fig = F.plot_measure_correlations(analysis.drop_vars("measure_value"))
+    fig = C.plot_measure_correlations(analysis.drop_vars("measure_value"))
     assert "no data" in texts(fig.axes[0])
-
-
-def test_interval_bootstrap_respects_the_range():
-    values = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0], [0.0, 0.0, 0.3]])
-    mean, lo, hi, method = F.interval(values)
-    np.testing.assert_allclose(mean, [2.0, 2.0, 0.1])
-    assert 1.0 <= lo[0] < 2.0 < hi[0] <= 3.0  # percentiles of resampled means
-    np.testing.assert_allclose([lo[1], hi[1]], [1.0, 3.0])  # two values: min–max
-    assert lo[2] >= 0.0 and hi[2] <= 0.3  # a barrier's band never goes below zero
-    assert method == "95% bootstrap"
-    again = F.interval(values)  # seeded: the same report twice
-    np.testing.assert_array_equal(lo, again[1])
 
 
 def test_report_never_uses_pyplot():
     """Figures are plain ``Figure`` objects: no pyplot state, no windows, no plt.show()."""
     from stabilitylab.report import document
 
-    for module in (F, document):
+    for module in (F, C, document):
         source = inspect.getsource(module)
         assert "import matplotlib.pyplot" not in source and "plt." not in source

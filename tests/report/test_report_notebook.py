@@ -37,6 +37,9 @@ def check(nb):
     assert not outputs(nb, "error")
     tables = [o for o in outputs(nb, "execute_result") if "instability" in o.data.get("text/plain", "")]
     assert tables, "the joined instability/accuracy table is missing"
+    # a person reads percent / percentage points, and the columns say so (issue 27)
+    assert "instability (pp)" in tables[0].data["text/plain"]
+    assert "final acc. (%)" in tables[0].data["text/plain"]
 
 
 def test_notebook_as_shipped_finds_the_default_store_from_reports(tiny_analyzed, tmp_path,

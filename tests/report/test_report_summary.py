@@ -63,13 +63,20 @@ def _pct(text: str) -> float:
     return float(text.rstrip("%"))
 
 
+def _bounds(cell: str) -> tuple[float, float]:
+    """(low, high) of ``"range [0.20, 1.55], n = 3 replicas (3 pairs)"``; the n is required."""
+    assert cell.startswith(("range [", "95% CI [")) and ", n = " in cell, cell
+    lo, hi = cell[cell.index("[") + 1:cell.index("]")].split(",")
+    return float(lo), float(hi)
+
+
 def test_summary_table_matches_summary_csv(parsed):
     parser, csv_rows = parsed
     table = next(t for t in parser.tables if t["id"] == "summary")
     head = table["head"]
     col = {name: head.index(name) for name in head}
-    for want in ("density", "final test acc. (%)", "acc. 95% interval (%)", "instability (pp)",
-                 "instability 95% interval (pp)", "stable", "matching"):
+    for want in ("density", "final test acc. (%)", "acc. interval (%), n", "instability (pp)",
+                 "instability interval (pp), n", "stable", "matching"):
         assert want in col, head
     shown = {(r[col["kind"]], int(r[col["level"]]), int(r[col["k"]])): r for r in table["rows"]}
     checked = 0
@@ -84,10 +91,9 @@ def test_summary_table_matches_summary_csv(parsed):
         assert _pct(cells[col["density"]]) == pytest.approx(100 * float(row["density"]), rel=2e-3)
         inst = float(row["instability"])
         assert float(cells[col["instability (pp)"]]) == pytest.approx(100 * inst, abs=0.006)
-        lo, hi = (float(x) for x in cells[col["instability 95% interval (pp)"]].strip("[]")
-                  .split(","))
+        lo, hi = _bounds(cells[col["instability interval (pp), n"]])
         assert 0 <= lo <= 100 * inst + 0.006 and 100 * inst - 0.006 <= hi  # range-respecting
-        lo, hi = (float(x) for x in cells[col["acc. 95% interval (%)"]].strip("[]").split(","))
+        lo, hi = _bounds(cells[col["acc. interval (%), n"]])
         assert lo - 0.006 <= 100 * acc <= hi + 0.006 and 0 <= lo and hi <= 100
         for flag in ("stable", "matching"):
             assert cells[col[flag]] == ("yes" if row[flag] == "True" else "no"), (key, flag)
@@ -97,7 +103,7 @@ def test_summary_table_matches_summary_csv(parsed):
 
 def test_summary_comes_first_and_glossary_lists_every_measure(parsed):
     parser, _ = parsed
-    assert parser.order[0] == ("table", "summary")  # before the first figure
+    assert parser.order[0] == ("table", "summary")  # the first table, before any figure
     assert ("figure", None) in parser.order
     glossary = next(t for t in parser.tables if t["head"][:1] == ["measure"])
     assert [r[0] for r in glossary["rows"]] == list(MEASURES)
