@@ -55,6 +55,13 @@ class StudyContext:
         return list(itertools.combinations(range(len(self.replicas)), 2))
 
     @property
+    def pair_sides(self) -> tuple[np.ndarray, np.ndarray]:
+        """The replica positions of each pair's two sides, two (pair,) int64 arrays (empty
+        with one replica)."""
+        return (np.array([p[0] for p in self.pairs], np.int64),
+                np.array([p[1] for p in self.pairs], np.int64))
+
+    @property
     def pair_labels(self) -> list[str]:
         return [f"{a}-{b}" for a, b in self.pairs]
 
@@ -118,8 +125,7 @@ class StudyContext:
     def pair_completed(self) -> xr.DataArray:
         """(kind, level, rewind, pair) bool: both replicas of the pair are complete."""
         c = self.completed.values
-        a = np.array([p[0] for p in self.pairs], np.int64)
-        b = np.array([p[1] for p in self.pairs], np.int64)
+        a, b = self.pair_sides
         return xr.DataArray(c[..., a] & c[..., b], dims=("kind", "level", "rewind", "pair"),
                             coords={"kind": self.kinds, "level": self.levels,
                                     "rewind": self.rewinds, "pair": self.pair_labels})

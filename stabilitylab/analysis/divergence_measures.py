@@ -127,7 +127,7 @@ def _barriers(ctx, at_step: np.ndarray, deltas: list[int]) -> xr.DataArray:
     (w,) = ctx.timed_compute(lazy.transpose("cell", "delta", "replica", "param"))
     w = w.values  # (cell, delta, replica, P)
     complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]
-    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    a, b = ctx.pair_sides
     finite = np.isfinite(w).all(-1)  # (cell, delta, replica)
     ok = ((complete[:, None, a] & complete[:, None, b]) & finite[..., a] & finite[..., b]
           & (rows >= 0)[..., None])  # (cell, delta, pair)

@@ -140,7 +140,7 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
                     cells.coord("level").values[c], cells.coord("rewind").values[c],
                     ctx.replicas[r])
     ok = complete & finite
-    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    a, b = ctx.pair_sides
     cell_i, pair_i = np.nonzero(ok[:, a] & ok[:, b])  # the pairs to evaluate, (n,)
     end_a, end_b = (cell_i, a[pair_i]), (cell_i, b[pair_i])
     wa = torch.from_numpy(w[end_a]).to(ctx.device)
@@ -248,7 +248,7 @@ def replica_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     cells = Cells.of(ctx)
     complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]  # (cell, replica)
     pairs_ok = ctx.pair_completed().values[cells.kind, cells.level, cells.rewind]
-    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    a, b = ctx.pair_sides
     logits = _final_test_logits(ctx, cells)  # (cell, replica, example, class)
     agree = disagreement(logits[:, a], logits[:, b])  # (cell, pair)
     out = {"disagreement": cells.scatter(ctx, "disagreement",

@@ -183,6 +183,11 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
                              None if buffers is None else buffers[i:i + block], bn_recompute_x,
                              batch_size, bn_batch_size, return_logits)
              for i in range(0, n_points, block)]
+    if not parts:  # no points (e.g. every pair of a cell incomplete): empty results
+        out = {"error": np.zeros(0), "loss": np.zeros(0), "bn_mode": mode}
+        if return_logits:
+            out["logits"] = torch.zeros(0, len(y), 0)
+        return out
     out = {"error": np.concatenate([p["error"] for p in parts]),
            "loss": np.concatenate([p["loss"] for p in parts]), "bn_mode": mode}
     if return_logits:

@@ -145,10 +145,12 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
         flips = sign_flips(start.values, final.values, surv)
     out["sign_flips"] = np.where(complete, flips, np.nan)
     result = {name: cells.scatter(ctx, name, v) for name, v in out.items()}
+    if not ctx.pairs:  # one replica: no pairs, so no mask overlap (listed absent)
+        return result
     # Mask overlap: the masks IMP would draw from each replica's final weights.
     imp = (cells.coord("kind") == "imp").values
     drawn = magnitude_mask(final.values[imp], next_density, surv[imp])  # (imp cell, R, P)
-    a, b = (np.array(side, np.int64) for side in zip(*ctx.pairs))
+    a, b = ctx.pair_sides
     with np.errstate(invalid="ignore", divide="ignore"):
         jac = mask_jaccard(drawn[:, a], drawn[:, b])  # (imp cell, pair)
     imp_cells = cells.subset(imp)

@@ -18,7 +18,7 @@ import torch
 
 from stabilitylab.core.errors import CheckpointError
 
-__all__ = ["CheckpointError", "fit_state_dict", "load_state_dict"]
+__all__ = ["CheckpointError", "fit_state_dict", "load_state_dict", "strip_prefix"]
 
 
 def load_state_dict(path) -> dict[str, torch.Tensor]:
@@ -105,3 +105,23 @@ def check_finite(tensor: torch.Tensor, name: str, label: str) -> None:
         bad = int((~torch.isfinite(tensor)).sum())
         raise CheckpointError(f"{label}: tensor {name!r} holds {bad} non-finite value"
                               f"{'' if bad == 1 else 's'} (NaN or inf)")
+
+
+def strip_prefix(state: dict, prefix: str | None, names: list[str], label: str) -> dict:
+    """``state`` with ``prefix`` removed from its keys (only the keys with it are kept);
+    without ``prefix``, one is detected when the model's names appear under a common
+    prefix (e.g. Lightning's ``model.`` for a LightningModule's ``self.model``)."""
+    if prefix:
+        kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not kept:
+            raise CheckpointError(f"{label}: no key starts with prefix {prefix!r}")
+        return kept
+    if all(n in state for n in names):
+        return state
+    first = names[0]
+    for key in state:
+        if key.endswith("." + first):
+            cand = key[:-len(first)]
+            if all(cand + n in state for n in names):
+                return {k[len(cand):]: v for k, v in state.items() if k.startswith(cand)}
+    return state  # fit_state_dict names the first missing key

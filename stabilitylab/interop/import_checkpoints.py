@@ -24,26 +24,6 @@ from stabilitylab.interop.checkpoint_spec import read_spec
 log = logging.getLogger(__name__)
 
 
-def strip_prefix(state: dict, prefix: str | None, names: list[str], label: str) -> dict:
-    """``state`` with ``prefix`` removed from its keys (only the keys with it are kept);
-    without ``prefix``, one is detected when the model's names appear under a common
-    prefix (e.g. Lightning's ``model.`` for a LightningModule's ``self.model``)."""
-    if prefix:
-        kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not kept:
-            raise CheckpointError(f"{label}: no key starts with prefix {prefix!r}")
-        return kept
-    if all(n in state for n in names):
-        return state
-    first = names[0]
-    for key in state:
-        if key.endswith("." + first):
-            cand = key[:-len(first)]
-            if all(cand + n in state for n in names):
-                return {k[len(cand):]: v for k, v in state.items() if k.startswith(cand)}
-    return state  # fit_state_dict names the first missing key
-
-
 def _plan(spec) -> dict:
     """Check the copies against each other; the study settings of the store."""
     groups: dict[tuple, dict[int, object]] = {}
@@ -94,7 +74,7 @@ def _plan(spec) -> dict:
 
 
 def _load(path, prefix, stacked, names):
-    from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
+    from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict, strip_prefix
 
     state = strip_prefix(load_state_dict(path), prefix, names, str(path))
     return state, fit_state_dict(state, stacked, str(path))
@@ -103,7 +83,7 @@ def _load(path, prefix, stacked, names):
 def _mask_of(run, spec, state, stacked, names) -> dict | None:
     source = run.mask or (spec.masks if spec.masks not in (None, "zeros") else None)
     if source is not None:
-        from stabilitylab.interop.checkpoints import load_state_dict
+        from stabilitylab.interop.checkpoints import load_state_dict, strip_prefix
 
         m = strip_prefix(load_state_dict(source), spec.prefix, [s.name for s in stacked.param_slots
                                                                  if s.prunable], str(source))
@@ -144,9 +124,9 @@ def _final_accuracy(spec, cfg, stacked, names) -> dict:
 def import_checkpoints(spec_path, out, *, model: str | None = None, data: str | None = None,
                        overrides=(), progress=None, storage_options=None) -> dict:
     """Build the store ``out`` from the checkpoints the spec names; a summary dict."""
-    from stabilitylab.study.resolve import resolve_study
     from stabilitylab.interop.recorder import Recorder, recorder_config, stacked_model
     from stabilitylab.progress import Progress
+    from stabilitylab.study.resolve import resolve_study
 
     spec = read_spec(spec_path, model=model, data=data)
     settings = _plan(spec)
@@ -201,4 +181,4 @@ def _lit(value) -> str:
     return setting_literal(value)
 
 
-__all__ = ["import_checkpoints", "strip_prefix"]
+__all__ = ["import_checkpoints"]

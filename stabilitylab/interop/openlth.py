@@ -66,10 +66,10 @@ from stabilitylab.interop.checkpoints import fit_state_dict, load_state_dict
 from stabilitylab.interop.openlth_hparams import (  # noqa: F401 - MAX_* re-exported
     MAX_HPARAMS_BYTES,
     MAX_LOGGER_BYTES,
-    read_capped,
     iterations_per_epoch,
     model_mapping,
     parse_hparams,
+    read_capped,
     sections_by_role,
     steps,
 )

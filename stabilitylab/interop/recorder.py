@@ -108,11 +108,11 @@ class Recorder:
 
     def __init__(self, out, model=None, *, study=None, resume: bool = False,
                  storage_options: dict | None = None):
-        from stabilitylab.study.resolve import resolve_study, study_id
         from stabilitylab.store import StudyWriter
         from stabilitylab.store.schema import local_path
         from stabilitylab.study.context import provenance
         from stabilitylab.study.plan import all_runs
+        from stabilitylab.study.resolve import resolve_study, study_id
         from stabilitylab.train.optim import state_names
 
         cfg = recorder_config(study)
@@ -134,7 +134,7 @@ class Recorder:
             self.writer = StudyWriter.create(
                 out, self.resolved, param_layout=self.stacked.layout(),
                 buffer_layout=self.stacked.buffer_layout(),
-                provenance=provenance(torch.device("cpu"), cfg), runs=all_runs(self.resolved),
+                provenance=provenance(torch.device("cpu"), self.resolved), runs=all_runs(self.resolved),
                 optimizer_state_names=self._states, storage_options=storage_options)
         self.completed = self.writer.completed_runs()
         self._dense_done = self.writer.dense_complete()
@@ -150,8 +150,7 @@ class Recorder:
     # -- logging ---------------------------------------------------------------------------
 
     def _flat(self, state, label, prefix=None) -> tuple[torch.Tensor, torch.Tensor]:
-        from stabilitylab.interop.checkpoints import fit_state_dict
-        from stabilitylab.interop.import_checkpoints import strip_prefix
+        from stabilitylab.interop.checkpoints import fit_state_dict, strip_prefix
 
         names = [s.name for s in (*self.stacked.param_slots, *self.stacked.buffer_slots)]
         return fit_state_dict(strip_prefix(state, prefix, names, label), self.stacked, label)

@@ -33,6 +33,7 @@ from stabilitylab.report.tables import (  # noqa: F401 - STATUS, study_name: pub
     STATUS,
     SUMMARY_COLUMNS,
     _num,
+    cell_text,
     pair_labels,
     prediction_table,
     provenance_rows,
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 MAX_PNG_BYTES = 200_000
 DPI = 150  # with the figures' sizes: ~1200 px wide, sharp on a laptop screen
-PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
-           "instability", "cross_level"}  # fractions shown as % / percentage points
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
 figure{margin:1.5em 0}img{max-width:min(100%,880px);height:auto;display:block}figcaption{color:#555;font-size:.9em}
@@ -88,6 +87,27 @@ def _png(fig, dpi: int) -> bytes:
         dpi = int(dpi * 0.85)
 
 
+def _with_n(caption: str, n: str) -> str:
+    """``caption`` with the replicas behind it named (kept as it is when it names them)."""
+    return caption if "n = " in caption else f"{caption.rstrip('.')}; {n}."
+
+
+#: What each Geometry figure is made of, for its caption's n.
+GEOMETRY_N = {"trajectory_map.png": "one path per copy, n = {R} replicas",
+              "layerwise_barrier.png": "mean over {P} pairs of n = {R} replicas"}
+
+
+def _geometry_specs(study, analysis) -> list[tuple[str, str, object]]:
+    """The Geometry section's figures, each caption naming the copies it shows."""
+    R, P = _counts(study, analysis)
+    out = []
+    for file, caption, build in G.geometry_specs(study, analysis):
+        n = GEOMETRY_N.get(file, "n = 1 pair: the first two complete of {R} replicas" if file.startswith(
+            "planes") else "n = {R} replicas ({P} pairs)").format(R=R, P=P)
+        out.append((file, _with_n(caption, n), build))
+    return out
+
+
 def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
     """(file name, caption, builder) for every figure the data supports; every caption
     names the replicas and pairs behind it."""
@@ -114,10 +134,10 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
         if "init" in analysis["kind"].values and F._finite(
                 F._get(analysis, "instability", kind="init")):
             specs.append(("instability_init.png",
-                          "Barrier between different-init pairs (percentage points): dense copies "
-                          "from independently seeded W_0, each under its own data order (the "
-                          "baseline of Entezari et al. 2022; not data-order instability); "
-                          f"{n} per point.",
+                          ("Barrier between different-init pairs (percentage points): dense "
+                           "copies from independently seeded W_0, each under its own data order "
+                           "(the baseline of Entezari et al. 2022; not data-order instability); "
+                           f"{n} per point."),
                           lambda: F.plot_instability(analysis, kind="init")))
         if len(rewinds):
             ks = sorted({rewinds[0], rewinds[-1]})
@@ -127,7 +147,8 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
                           lambda: F.plot_interpolation(analysis, level=last, rewind=ks)))
         from stabilitylab.report.curves import curve_specs  # mode-connecting curves, if any
 
-        specs += curve_specs(analysis)
+        specs += [(f, _with_n(c, f"thin lines: {P} pairs of n = {R} replicas"), b)
+                  for f, c, b in curve_specs(analysis)]
         specs.append(("distances_data_order.png",
                       (f"L2 distance between data-order replicas at level {last}, mean over pairs "
                       f"({n} per line); solid: IMP, dashed: random pruning."),
@@ -156,21 +177,6 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
 
 
 # ----------------------------------------------------------------------------- writers
-def _fmt(key: str, v) -> str:
-    if isinstance(v, I.Interval):
-        return v.text()
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    v = _num(v) if isinstance(v, (float, np.floating, np.integer)) else v
-    if v is None:
-        return "unknown" if key == "density" else "–"
-    if key in PERCENT and isinstance(v, float):
-        return f"{100 * v:.2f}"
-    if key == "density" and isinstance(v, float):
-        return f"{100 * v:.3g}%"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 PREDICTION_COLUMNS = {"level": "level", "density": "density", "rule": "rule",
                       "predicted_rewind": "predicted k", "oracle_rewind": "oracle k",
                       "accuracy_predicted": "acc. at predicted (%)",
@@ -179,7 +185,8 @@ PREDICTION_COLUMNS = {"level": "level", "density": "density", "rule": "rule",
 
 def _html_table(rows, columns: dict, *, table_id: str | None = None) -> str:
     head = "".join(f"<th>{html.escape(t)}</th>" for t in columns.values())
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(k, r.get(k)))}</td>" for k in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell_text(k, r.get(k)))}</td>"
+                                    for k in columns)
                    + "</tr>" for r in rows)
     ident = f" id='{table_id}'" if table_id else ""
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -190,7 +197,7 @@ def _md_table(rows, columns: dict) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(_fmt(k, r.get(k))) for k in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(cell_text(k, r.get(k))) for k in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -350,7 +357,7 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     out = Path(out)
     images, geometry, notes, figures = [], [], [], []
     for target, specs in ((images, _figure_specs(study, analysis)),
-                          (geometry, G.geometry_specs(study, analysis))):
+                          (geometry, _geometry_specs(study, analysis))):
         for name, caption, build in specs:
             try:
                 fig = build()

@@ -140,10 +140,10 @@ def _recommendation(study, analysis, points) -> str | None:
 
 
 def _total_steps(study) -> int:
-    from stabilitylab.config import config_from_dict, validate
+    from stabilitylab.study.resolve import study_from_dict
 
     try:
-        return int(validate(config_from_dict(T._config(study.attrs))).total_steps)
+        return int(study_from_dict(T._config(study.attrs)).total_steps)
     except Exception:  # noqa: BLE001 - a foreign config: the cost is left out
         return 0
 

@@ -64,12 +64,11 @@ def write_pdf(path, title: str, meta: str, head, figures, summary=(), note: str 
     """Write the PDF at ``path``: ``head`` the (label, text) summary lines, ``figures`` the
     (caption, Figure) pairs (each Figure gets its caption as a bottom label), ``summary``
     the summary-table rows."""
-    from stabilitylab.report.document import _fmt
-    from stabilitylab.report.tables import SUMMARY_COLUMNS
+    from stabilitylab.report.tables import SUMMARY_COLUMNS, cell_text
 
     with PdfPages(path, metadata={"Title": title, "Creator": "stabilitylab"}) as pdf:
         pdf.savefig(_text_page(title, meta, head, note))
-        for page in _table_pages(list(summary), SUMMARY_COLUMNS, _fmt):
+        for page in _table_pages(list(summary), SUMMARY_COLUMNS, cell_text):
             pdf.savefig(page)
         for caption, fig in figures:
             width = max(60, int(fig.get_figwidth() * 13))

@@ -44,6 +44,27 @@ def _num(v):
     return v
 
 
+PERCENT = {"accuracy_predicted", "accuracy_oracle", "gap", "accuracy",
+           "instability", "cross_level"}  # fractions shown as % / percentage points
+
+
+def cell_text(key: str, v) -> str:
+    """One table cell as text: intervals as written, fractions in PERCENT as %, unknowns as
+    a dash (density: 'unknown')."""
+    if isinstance(v, I.Interval):
+        return v.text()
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    v = _num(v) if isinstance(v, (float, np.floating, np.integer)) else v
+    if v is None:
+        return "unknown" if key == "density" else "–"
+    if key in PERCENT and isinstance(v, float):
+        return f"{100 * v:.2f}"
+    if key == "density" and isinstance(v, float):
+        return f"{100 * v:.3g}%"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _accuracy_at(analysis: xr.Dataset, level, rewind):
     if rewind is None or "final_test_acc" not in analysis:
         return None

@@ -171,7 +171,8 @@ def test_two_concurrent_analyzes_one_refuses_and_the_analysis_is_whole(tiny_anal
             "--no-report", "--device", "cpu", "--measures", "interpolation"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([*argv, "--alphas", str(a)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for a in (5, 9)]
+                              stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+             for a in (5, 9)]
     outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     codes = sorted(rc for rc, _, _ in outs)
     assert codes in ([0, 2], [0, 0]), outs  # [0, 0]: the second started after the first ended

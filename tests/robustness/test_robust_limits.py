@@ -142,9 +142,9 @@ def test_empty_out_dotdot_through_a_missing_folder_and_infinite_lr(work, capsys)
 
 def test_plan_names_one_control_level_in_the_singular():
     """Issue 27: the plan said "controls ... at levels 2"."""
-    from stabilitylab.config import load_config, validate
     from stabilitylab.study.estimate import estimate, plan_lines
+    from stabilitylab.study.resolve import load_study
 
     for extra, want in (([], "at level 2"), (["study.control_levels=[1, 2]"], "at levels 1, 2")):
-        r = validate(load_config(None, extra))
+        r = load_study(None, extra)
         assert plan_lines(r, estimate(r, 0), 0)[0].endswith(want)

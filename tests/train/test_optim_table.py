@@ -66,7 +66,7 @@ def test_the_report_lists_the_fields_an_optimizer_declares(monkeypatch):
     import dataclasses
 
     from stabilitylab.config import config_to_dict
-    from stabilitylab.report.document import config_rows
+    from stabilitylab.report.tables import config_rows
 
     def keys(*sets):
         return {r["key"] for r in config_rows(config_to_dict(load_study(None, list(sets)).config))}
