@@ -13,6 +13,7 @@ between the hybrid's error and W_b's (:func:`~stabilitylab.analysis.barriers.ins
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import xarray as xr
 
@@ -20,7 +21,7 @@ from stabilitylab.analysis.barriers import alpha_grid, instability
 from stabilitylab.analysis.layerwise import evaluate_in_chunks, layer_selectors, layerwise_points
 from stabilitylab.analysis.registry import Variable, allocate, group
 
-LAYERWISE_ALPHAS = 11  # 0, 0.1, ..., 1
+LAYERWISE_ALPHAS = 7  # 0, 1/6, ..., 1 (0.5 included); analyze's time budget, issue #20
 LAYERWISE_KINDS = ("imp",)
 _DIMS = ("kind", "level", "rewind", "pair", "layer")
 _ADILOVA = "Adilova et al., ICLR 2024"
@@ -60,13 +61,20 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
         pairs = [(p, a, b) for p, (a, b) in enumerate(ctx.pairs)
                  if a in reps and b in reps and torch.isfinite(finals[[a, b]]).all()]
         if pairs:
-            pts = torch.cat([layerwise_points(finals[a], finals[b], alphas, selectors[name])
-                             for _, a, b in pairs for name in layers])
+            # α = 0 is W_b for every layer: evaluated once per pair, then the α > 0 points
+            pts = torch.cat([finals[[b for _, _, b in pairs]]]
+                            + [layerwise_points(finals[a], finals[b], alphas[1:], selectors[name])
+                               for _, a, b in pairs for name in layers])
             res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
                                      bn_recompute_x=bn_x)
-            shape = (len(pairs), len(layers), len(alphas))
-            curves = res["error"].reshape(shape)
-            e, lo = instability(curves), instability(res["loss"].reshape(shape))
+            n, shape = len(pairs), (len(pairs), len(layers), len(alphas) - 1)
+
+            def paths(v):  # (pair, layer, alpha): W_b's value, then each layer's α > 0
+                start = np.broadcast_to(v[:n, None, None], (n, len(layers), 1))
+                return np.concatenate([start, v[n:].reshape(shape)], axis=-1)
+
+            curves = paths(res["error"])
+            e, lo = instability(curves), instability(paths(res["loss"]))
             at = {"kind": kind, "level": level, "rewind": k}
             for i, (p, _, _) in enumerate(pairs):
                 err.loc[{**at, "pair": ctx.pair_labels[p]}] = e[i]

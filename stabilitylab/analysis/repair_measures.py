@@ -43,7 +43,7 @@ def _aligner(ctx):
     return lambda ref, other: align_flat(ctx.stacked, ref, other, spec=spec)[0]
 
 
-@group("repair", reads="function", phase="REPAIR", rank=35,
+@group("repair", reads="function", phase="REPAIR", rank=35, default=False,
        variables=(
            Variable("repaired_test_error", _CURVE, "test error along the path after REPAIR "
                     "(per-channel statistics reset to the endpoints' interpolation)",

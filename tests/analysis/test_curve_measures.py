@@ -26,15 +26,20 @@ def test_curve_group_writes_its_variables(curved):
     assert a.curve_test_error.dims == ("kind", "level", "rewind", "pair", "curve", "alpha")
     assert list(a.curve.values) == ["bezier", "polychain"]
     # the tiny study has two rewind points (first = last k's two ends): all get curves
-    has_pair = np.isfinite(a.instability).broadcast_like(a.curve_barrier)
+    # ... for IMP and the noise kinds; the controls get none (analyze's time budget)
+    from stabilitylab.study.kinds import control_names
+
+    control = a.kind.isin(list(control_names()))
+    assert control.any() and not control.all()
+    has_pair = (np.isfinite(a.instability) & ~control).broadcast_like(a.curve_barrier)
     assert has_pair.sum() > 0
     np.testing.assert_array_equal(np.isfinite(a.curve_barrier), has_pair)
     assert (a.curve_length.where(has_pair, 1.0) > 0).all()
     # t = 0 and t = 1 are the pair's own networks, bit for bit the linear path's ends
     for t in (0, -1):
         np.testing.assert_array_equal(
-            a.curve_test_error.isel(alpha=t).sel(curve="bezier").values,
-            a.interp_test_error.isel(alpha=t).values)
+            a.curve_test_error.isel(alpha=t).sel(curve="bezier").where(~control).values,
+            a.interp_test_error.isel(alpha=t).where(~control).values)
     diff = a.instability - a.curve_barrier
     np.testing.assert_allclose(a.linear_minus_curve.values,
                                diff.transpose(*a.linear_minus_curve.dims).values)
