@@ -324,9 +324,10 @@ def _record(args) -> int:
     # machinery import; then the one resolution of this command (every step takes the Study)
     cfg = load_config(args.config, args.overrides)
     from stabilitylab.study.resolve import resolve_study
-    from stabilitylab.study.runner import record_study
 
     study = _named_for_overrides(resolve_study(cfg), args.config, args.overrides)
+    from stabilitylab.study.runner import record_study  # torch: once the study is known good
+
     if args.data_root is not None:  # the user's flag; data.root is not part of the study id
         cfg = study.config
         study = dataclasses.replace(study, config=dataclasses.replace(

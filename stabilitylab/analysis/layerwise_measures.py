@@ -67,14 +67,10 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
                                for _, a, b in pairs for name in layers])
             res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
                                      bn_recompute_x=bn_x)
-            n, shape = len(pairs), (len(pairs), len(layers), len(alphas) - 1)
+            shape = (len(pairs), len(layers), len(alphas) - 1)
 
-            def paths(v):  # (pair, layer, alpha): W_b's value, then each layer's α > 0
-                start = np.broadcast_to(v[:n, None, None], (n, len(layers), 1))
-                return np.concatenate([start, v[n:].reshape(shape)], axis=-1)
-
-            curves = paths(res["error"])
-            e, lo = instability(curves), instability(paths(res["loss"]))
+            curves = _paths(res["error"], shape)
+            e, lo = instability(curves), instability(_paths(res["loss"], shape))
             at = {"kind": kind, "level": level, "rewind": k}
             for i, (p, _, _) in enumerate(pairs):
                 err.loc[{**at, "pair": ctx.pair_labels[p]}] = e[i]
@@ -84,3 +80,11 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
             progress(1)
     return {"layerwise_barrier": err, "layerwise_loss_barrier": loss,
             "layerwise_hybrid_error": hybrid}
+
+
+def _paths(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(pair, layer, alpha) paths from one evaluation: the first ``pair`` values are each
+    pair's W_b (α = 0 for every layer), the rest each layer's α > 0 points."""
+    n, layers = shape[0], shape[1]
+    start = np.broadcast_to(values[:n, None, None], (n, layers, 1))
+    return np.concatenate([start, values[n:].reshape(shape)], axis=-1)

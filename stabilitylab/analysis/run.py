@@ -142,7 +142,36 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
         pk = int(analysis.predicted_rewind_lmc.sel(level=0))
         lines.append("recommended rewind point (dense copies only): "
                      + ("none is stable; try later k" if pk < 0 else f"k={pk}"))
-    return lines + ctx.skipped
+    return lines + _noise_kind_lines(analysis) + ctx.skipped
+
+
+def _noise_kind_lines(analysis: xr.Dataset) -> list[str]:
+    """One line per (noise kind, level) with pairs: its barrier per k, labelled by what its
+    pairs are (e.g. different-init pairs), and after weight matching when computed."""
+    from stabilitylab.store.schema import NOISE_KINDS
+
+    pair_noise = analysis.attrs.get("pair_noise") or {}
+    lines = []
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for kind in analysis["kind"].values:
+            if kind not in NOISE_KINDS:
+                continue
+            for level in analysis["level"].values:
+                at = {"kind": kind, "level": level}
+                inst = analysis.instability.sel(at).mean("pair", skipna=True)
+                if not np.isfinite(inst.values).any():
+                    continue
+                lines.append(f"{kind} copies ({pair_label(pair_noise.get(kind, kind))}), level "
+                             f"{level}, barrier: " + ", ".join(
+                                 f"k={int(k)}: {_pp(float(v))}"
+                                 for k, v in zip(inst["rewind"].values, inst.values)))
+                if "aligned_instability" in analysis:
+                    al = analysis.aligned_instability.sel(at).mean("pair", skipna=True)
+                    lines.append("  after weight matching: " + ", ".join(
+                        f"k={int(k)}: {_pp(float(v))}"
+                        for k, v in zip(al["rewind"].values, al.values)))
+    return lines
 
 
 def _absent_trajectory_measures(ctx, results: dict) -> list[str]:

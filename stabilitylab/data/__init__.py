@@ -28,10 +28,12 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from stabilitylab.data.registry import DATASETS, DatasetInfo
+
+if TYPE_CHECKING:  # annotations only: importing the package (and its registry) needs no torch
+    import torch
 
 DATA_ENV = "STABILITYLAB_DATA"
 """The environment variable that overrides the default data root."""

@@ -27,11 +27,7 @@ from stabilitylab.config.schedule import schedule
 from stabilitylab.core.errors import StabilityLabError
 from stabilitylab.core.options import builder_options, canonical, effective_options
 from stabilitylab.data.registry import DATASETS, dataset_info, plugin_target
-from stabilitylab.models import build_model
 from stabilitylab.models.registry import MODEL_BUILDERS, resolve_builder
-from stabilitylab.store.schema import store_kinds
-from stabilitylab.study.kinds import control_names
-from stabilitylab.train.optim import OPTIMIZERS
 
 
 def resolve_study(cfg: Config | Study, *, min_replicas: int = 2) -> Study:
@@ -61,6 +57,14 @@ def study_from_dict(raw: dict, *, min_replicas: int = 1) -> Study:
 
 def _resolved(cfg: Config) -> Study:
     cfg = _drop_unused_legacy(cfg)
+    if cfg.model.name not in MODEL_BUILDERS:  # mistyped model and dataset names: said
+        resolve_builder(cfg.model.name)       # before torch (a shipped builder is not imported)
+    info = dataset_info(cfg.data)  # a plugin dataset without stated sizes is loaded here, once
+    # torch (run kinds, optimizer table) and xarray (store schema) only once the names are known
+    from stabilitylab.store.schema import store_kinds
+    from stabilitylab.study.kinds import control_names
+    from stabilitylab.train.optim import OPTIMIZERS
+
     t, s = cfg.training, cfg.study
     need(t.optimizer in OPTIMIZERS,
           f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
@@ -68,7 +72,6 @@ def _resolved(cfg: Config) -> Study:
     bad_controls = [c for c in s.controls if c not in controls]
     need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from "
           f"{', '.join(controls)}")
-    info = dataset_info(cfg.data)  # a plugin dataset without stated sizes is loaded here, once
     _check_model(cfg.model, info)
     return schedule(cfg, info.train_size(cfg.data), kinds_of=store_kinds,
                     study_id=study_id(cfg), info=info)
@@ -77,6 +80,8 @@ def _resolved(cfg: Config) -> Study:
 def _check_model(m, info) -> None:
     """Build the model on the meta device (names, options, input rank); a model the
     package does not ship must also pass the batched-engine check."""
+    from stabilitylab.models import build_model  # torch-backed
+
     build_model(m, info.input_shape, info.num_classes, device="meta")
     if m.name not in MODEL_BUILDERS:
         from stabilitylab.train.check import check_batched  # builds a StackedModel: torch

@@ -133,3 +133,23 @@ def test_endpoint_stores_list_the_maps_as_absent(tmp_path):
         assert name in an.attrs["absent"] and an[name].isnull().all()
     assert np.isfinite(an.layerwise_barrier.sel(kind="imp")).all()  # endpoint measure: kept
     assert any(line.startswith("absent") for line in result["lines"])
+
+
+def test_a_layerwise_barrier_equals_its_path_evaluated_directly(geometry):
+    """The group evaluates W_b once per pair and only the α > 0 points of each layer; the
+    barrier must be that of the whole path evaluated on its own."""
+    from stabilitylab.analysis.barriers import instability
+    from stabilitylab.analysis.interpolate import evaluate_points
+    from stabilitylab.analysis.layerwise import layer_selectors, layerwise_points
+    from stabilitylab.analysis.layerwise_measures import LAYERWISE_ALPHAS
+
+    _, an, ctx = geometry
+    level, k = 1, int(ctx.rewinds[0])
+    finals = torch.from_numpy(ctx.final_weights("imp", level, k))
+    a, b = ctx.pairs[0]
+    for layer, sel in layer_selectors(ctx.stacked).items():
+        pts = layerwise_points(finals[a], finals[b], alpha_grid(LAYERWISE_ALPHAS), sel)
+        err = evaluate_points(ctx.stacked, pts, ctx.data.test_x, ctx.data.test_y)["error"]
+        got = float(an.layerwise_barrier.sel(kind="imp", level=level, rewind=k,
+                                             pair=ctx.pair_labels[0], layer=layer))
+        assert got == pytest.approx(float(instability(err[None])[0]), abs=1e-12), layer

@@ -22,6 +22,8 @@ sys.exit(code)
     ("training.lr=-1", "training.lr: must be > 0"),
     ("pruning.fraction=1.5", "pruning.fraction: must be in (0, 1)"),
     ("study.replicas=1", "study.replicas"),
+    ("model.name='resnet21'", "model.name: unknown model 'resnet21'"),  # registry names too
+    ("data.name='mnist2'", "data.name: unknown dataset 'mnist2'"),
 ])
 def test_record_rejects_a_typo_without_importing_torch(override, message, tmp_path):
     run = subprocess.run([sys.executable, "-c", PROBE, "record", "--set", override],

@@ -38,8 +38,15 @@ def test_init_copies_start_from_their_own_w0_and_are_dense(store):
 
 
 def test_init_pairs_are_analyzed_and_labelled_init(store, tmp_path):
-    analysis = analyze_store(str(store), measures=["interpolation", "aligned", "repair"],
-                             alphas=5, progress=False)["analysis"]
+    result = analyze_store(str(store), measures=["interpolation", "aligned", "repair"],
+                           alphas=5, progress=False)
+    analysis = result["analysis"]
+    # the summary names them for what they are, with their barrier in pp and aligned
+    line = next(i for i, t in enumerate(result["lines"]) if t.startswith("init copies"))
+    assert result["lines"][line].startswith("init copies (different-init pairs), level 0, "
+                                            "barrier: k=0: ")
+    assert result["lines"][line].endswith(" pp")
+    assert result["lines"][line + 1].startswith("  after weight matching: k=0: ")
     inst = analysis.instability.sel(kind="init", level=0)
     assert np.isfinite(inst.values).all()
     assert np.isfinite(analysis.repaired_instability.sel(kind="init", level=0).values).all()
