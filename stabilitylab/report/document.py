@@ -271,11 +271,22 @@ def _headline_md(items) -> list[str]:
     return md + [""]
 
 
-def _glossary_rows() -> list[dict]:
+def _glossary_rows(present=None) -> list[dict]:
+    """The glossary entries, only those of ``present`` (the analysis's measures and
+    variables) when given: an opt-in group not computed is not explained."""
     from stabilitylab.report.glossary import MEASURES
 
     return [{"measure": name, "what": info.description, "unit": info.unit,
-             "stable": info.stable} for name, info in MEASURES.items()]
+             "stable": info.stable} for name, info in MEASURES.items()
+            if present is None or name in present]
+
+
+def _present(analysis) -> set[str] | None:
+    """The measures and variables an analysis holds (None: no analysis)."""
+    if analysis is None:
+        return None
+    measures = analysis["measure"].values if "measure" in analysis.coords else []
+    return {str(m) for m in measures} | {str(v) for v in analysis.data_vars}
 
 
 GLOSSARY_COLUMNS = {"measure": "measure", "what": "what it is", "unit": "unit in this report",
@@ -283,7 +294,8 @@ GLOSSARY_COLUMNS = {"measure": "measure", "what": "what it is", "unit": "unit in
 
 
 def _write_documents(folder: Path, title: str, meta: str, images, predictions, provenance,
-                     summary=(), summary_note: str = "", head=(), geometry=()) -> None:
+                     summary=(), summary_note: str = "", head=(), geometry=(),
+                     present=None) -> None:
     kv = {"key": "key", "value": "value"}
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -315,7 +327,7 @@ def _write_documents(folder: Path, title: str, meta: str, images, predictions, p
         h.append("<h2>Rewind-point prediction</h2>" + _html_table(predictions, PREDICTION_COLUMNS))
         md += ["## Rewind-point prediction", "", _md_table(predictions, PREDICTION_COLUMNS), ""]
     if summary or predictions:
-        glossary = _glossary_rows()
+        glossary = _glossary_rows(present)
         h.append("<h2>Glossary of measures</h2>" + _html_table(glossary, GLOSSARY_COLUMNS))
         md += ["## Glossary of measures", "", _md_table(glossary, GLOSSARY_COLUMNS), ""]
     for section, rows in _sections(provenance).items():
@@ -387,7 +399,7 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
         for file, _, data in images + geometry:
             (folder / file).write_bytes(data)
         _write_documents(folder, title, meta, images, predictions, provenance, summary,
-                         _summary_note(analysis), head, geometry)
+                         _summary_note(analysis), head, geometry, _present(analysis))
         if pdf:
             from stabilitylab.report.pdf import write_pdf
 

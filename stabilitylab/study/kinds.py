@@ -32,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:  # (the context imports this module's users, not the other way round)
+    import torch
+
     from stabilitylab.study.context import RewindPoint, TaskContext
 
-Masks = dict[str, torch.Tensor]  # prunable parameter name -> bool mask (unstacked)
+Masks = dict[str, "torch.Tensor"]  # prunable parameter name -> bool mask (unstacked)
 
 
 @dataclass
@@ -178,6 +178,8 @@ def perturbed_rewind(s: StartInputs) -> Start:
 
 def dense_mask(m: MaskInputs) -> Masks:
     """Nothing pruned, at every level."""
+    import torch  # the registry itself (names, controls) loads without torch
+
     return {n: torch.ones_like(t, dtype=torch.bool) for n, t in m.imp.items()}
 
 
@@ -205,6 +207,8 @@ def _pai_rule(name: str):
             params, buffers = ctx.init_weights, {n: t[0] for n, t in ctx.init_buffers.items()}
         else:
             params, buffers = m.point.params, m.point.buffers
+        import torch
+
         eligible = {n: torch.ones_like(t, dtype=torch.bool) for n, t in m.imp.items()}
         masks = PAI_RULES[name](ctx.stacked.template, params, buffers, m.batches(1)[0],
                                 density(m.imp), eligible, generator=m.generator)

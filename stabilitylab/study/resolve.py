@@ -60,19 +60,21 @@ def _resolved(cfg: Config) -> Study:
     if cfg.model.name not in MODEL_BUILDERS:  # mistyped model and dataset names: said
         resolve_builder(cfg.model.name)       # before torch (a shipped builder is not imported)
     info = dataset_info(cfg.data)  # a plugin dataset without stated sizes is loaded here, once
-    # torch (run kinds, optimizer table) and xarray (store schema) only once the names are known
-    from stabilitylab.store.schema import store_kinds
-    from stabilitylab.study.kinds import control_names
-    from stabilitylab.train.optim import OPTIMIZERS
+    from stabilitylab.study.kinds import control_names  # the kind registry: no torch
 
     t, s = cfg.training, cfg.study
-    need(t.optimizer in OPTIMIZERS,
-          f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     controls = control_names()
     bad_controls = [c for c in s.controls if c not in controls]
     need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from "
           f"{', '.join(controls)}")
+    # torch (the optimizer table) and xarray (store schema) only once needed
+    from stabilitylab.train.optim import OPTIMIZERS
+
+    need(t.optimizer in OPTIMIZERS,
+          f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     _check_model(cfg.model, info)
+    from stabilitylab.store.schema import store_kinds
+
     return schedule(cfg, info.train_size(cfg.data), kinds_of=store_kinds,
                     study_id=study_id(cfg), info=info)
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+import stabilitylab
 from stabilitylab.report import write_report
 from stabilitylab.report.glossary import MEASURES
 
@@ -101,12 +102,17 @@ def test_summary_table_matches_summary_csv(parsed):
     assert checked == len(table["rows"]) and checked >= 10
 
 
-def test_summary_comes_first_and_glossary_lists_every_measure(parsed):
+def test_summary_comes_first_and_glossary_lists_every_measure(parsed, tiny_analyzed):
     parser, _ = parsed
     assert parser.order[0] == ("table", "summary")  # the first table, before any figure
     assert ("figure", None) in parser.order
     glossary = next(t for t in parser.tables if t["head"][:1] == ["measure"])
-    assert [r[0] for r in glossary["rows"]] == list(MEASURES)
+    # every measure the analysis holds, and none of an opt-in group it did not compute
+    an = stabilitylab.open_analysis(tiny_analyzed[0])
+    held = set(an.measure.values) | set(an.data_vars)
+    assert [r[0] for r in glossary["rows"]] == [m for m in MEASURES if m in held]
+    assert "repaired_instability" in MEASURES and "repaired_instability" not in held
+    assert len(glossary["rows"]) >= 15
     units = {r[0]: r[2] for r in glossary["rows"]}
     assert units["instability"] == units["disagreement"] == "percentage points"
     assert all(r[3] for r in glossary["rows"])  # which way is more stable, for each
