@@ -215,3 +215,17 @@ def align_flat(model, reference_flat, other_flat, *, spec: PermutationSpec | Non
     parts = [aligned[s.name].reshape(-1) for s in stacked.param_slots]
     out = torch.cat(parts) if isinstance(other_flat, torch.Tensor) else np.concatenate(parts)
     return out, perm
+
+
+def flat_aligner(stacked, what: str = "aligned barrier"):
+    """``align(reference_flat, other_flat) -> aligned other_flat``: weight matching for the
+    architecture of ``stacked``, or None when it has no permutation spec (the reason is
+    logged once as "<what> skipped: ...")."""
+    import logging
+
+    try:
+        spec = permutation_spec(stacked.template)
+    except NotImplementedError as exc:  # AlignmentError, one line
+        logging.getLogger(__name__).info("%s skipped: %s", what, exc)
+        return None
+    return lambda ref, other: align_flat(stacked, ref, other, spec=spec)[0]

@@ -98,18 +98,6 @@ register(Group(
 ))
 
 
-def _aligner(ctx):
-    """Weight matching for this architecture, or None (with the reason logged)."""
-    from stabilitylab.analysis.align import align_flat, permutation_spec
-
-    try:
-        spec = permutation_spec(ctx.stacked.template)
-    except NotImplementedError as exc:
-        log.info("aligned barrier skipped: %s", exc)
-        return None
-    return lambda ref, other: align_flat(ctx.stacked, ref, other, spec=spec)[0]
-
-
 @group("interpolation", reads="function", variables=INTERPOLATION_VARIABLES,
        measures=INTERPOLATION_MEASURES, phase="interpolation", rank=20)
 def compute_interpolation(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
@@ -155,7 +143,9 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
                 [ends[q][end_b][:, None], res[q], ends[q][end_a][:, None]], 1)
         if progress is not None:
             progress(len(cells) // 3)
-    align = _aligner(ctx) if aligned else None
+    from stabilitylab.analysis.align import flat_aligner  # scipy.optimize: when aligning
+
+    align = flat_aligner(ctx.stacked, "aligned barrier") if aligned else None
     aligned_curve = np.full((len(cell_i), len(alphas)), np.nan)
     if align is not None and len(cell_i):
         wa_np, wb_np = wa.cpu().numpy(), wb.cpu().numpy()

@@ -31,18 +31,6 @@ _PAIR = ("kind", "level", "rewind", "pair")
 _JORDAN = "Jordan et al., ICLR 2023, §4"
 
 
-def _aligner(ctx):
-    from stabilitylab.analysis.align import align_flat, permutation_spec
-    from stabilitylab.analysis.permutation_spec import AlignmentError
-
-    try:
-        spec = permutation_spec(ctx.stacked.template)
-    except AlignmentError as exc:
-        log.info("aligned repaired barrier skipped: %s", exc)
-        return None
-    return lambda ref, other: align_flat(ctx.stacked, ref, other, spec=spec)[0]
-
-
 @group("repair", reads="function", phase="REPAIR", rank=35, default=False,
        variables=(
            Variable("repaired_test_error", _CURVE, "test error along the path after REPAIR "
@@ -81,7 +69,9 @@ def repair_measures(ctx, *, n_alphas: int = 30, progress=None) -> dict[str, xr.D
     repair_x = ctx.data.train_x[:n_train].to(ctx.device)
     bn_x = repair_x if ctx.stacked.buffer_slots else None
     repaired = RepairedModel(ctx.stacked)
-    align = _aligner(ctx)
+    from stabilitylab.analysis.align import flat_aligner  # scipy.optimize: when aligning
+
+    align = flat_aligner(ctx.stacked, "aligned repaired barrier")
     x, y = ctx.data.test_x, ctx.data.test_y
     for kind, level, k in list(ctx.combos()):
         reps = ctx.complete_replicas(kind, level, k)

@@ -97,7 +97,12 @@ def test_a_randomly_permuted_copy_computes_the_same_function(arch, seed):
     assert moved or all((p == np.arange(len(p))).all() for p in perm.values())
     x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(seed % 997))
     with torch.no_grad():
-        torch.testing.assert_close(_loaded(model, permuted)(x), model(x), rtol=1e-4, atol=1e-5)
+        want = model(x)
+        # float32 reassociation alone moved one ResNet-20 logit of 58.5 by 0.021 (3.6e-4
+        # relative): the tolerance scales with the outputs; a wrong permutation is O(1) off
+        scale = float(want.abs().max().clamp(min=1.0))
+        torch.testing.assert_close(_loaded(model, permuted)(x), want, rtol=2e-3,
+                                   atol=1e-4 * scale)
 
 
 def test_resnet_spec_shares_one_permutation_per_stream_and_matches_the_derived_one():
