@@ -19,6 +19,20 @@ TINY = [
 ]
 
 
+#: A plugin module's source: ``images`` (40 train / 20 test 3×8×8 examples) and ``bn_net``
+#: (conv, BatchNorm, linear); tests write it to a file and import it as a plugin.
+BN_PLUGIN = (
+    "import torch\n"
+    "from torch import nn\n"
+    "def images(cfg):\n"
+    "    g = torch.Generator().manual_seed(0)\n"
+    "    return (torch.randn(40, 3, 8, 8, generator=g), torch.arange(40) % 10,\n"
+    "            torch.randn(20, 3, 8, 8, generator=g), torch.arange(20) % 10)\n"
+    "def bn_net(cfg, input_shape, num_classes):\n"
+    "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
+    "                         nn.Flatten(), nn.Linear(4 * 36, num_classes))\n")
+
+
 def tiny_config(*extra):
     return stabilitylab.load_config(None, TINY + list(extra))
 

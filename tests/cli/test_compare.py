@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import BN_PLUGIN
 from stabilitylab.cli.main import main
 
 from stabilitylab.config import ModelConfig
@@ -87,16 +88,7 @@ def test_safetensors_files_compare_like_torch_files(files, tmp_path, capsys):
 
 def test_batchnorm_statistics_interpolated_or_recomputed(tmp_path, capsys, monkeypatch):
     plugin = tmp_path / "slab_tiny_bn.py"
-    plugin.write_text(
-        "import torch\n"
-        "from torch import nn\n"
-        "def images(cfg):\n"
-        "    g = torch.Generator().manual_seed(0)\n"
-        "    return (torch.randn(40, 3, 8, 8, generator=g), torch.arange(40) % 10,\n"
-        "            torch.randn(20, 3, 8, 8, generator=g), torch.arange(20) % 10)\n"
-        "def bn_net(cfg, input_shape, num_classes):\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
-        "                         nn.Flatten(), nn.Linear(4 * 36, num_classes))\n")
+    plugin.write_text(BN_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     from stabilitylab.config import load_config
 

@@ -15,20 +15,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import BN_PLUGIN
 from stabilitylab.cli.main import main
 
 from stabilitylab.core.errors import CheckpointError
 
-PLUGIN = (
-    "import torch\n"
-    "from torch import nn\n"
-    "def images(cfg):\n"
-    "    g = torch.Generator().manual_seed(0)\n"
-    "    return (torch.randn(40, 3, 8, 8, generator=g), torch.arange(40) % 10,\n"
-    "            torch.randn(20, 3, 8, 8, generator=g), torch.arange(20) % 10)\n"
-    "def bn_net(cfg, input_shape, num_classes):\n"
-    "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),\n"
-    "                         nn.Flatten(), nn.Linear(4 * 36, num_classes))\n")
+PLUGIN = BN_PLUGIN
 SETS = ["data.train_eval_size=40", "training.batch_size=10"]
 
 
