@@ -77,6 +77,15 @@ def plain_loop(models: list[nn.Module], data, steps: int, batch: int, lr=0.1, mo
             opt.step()
 
 
+def ratio_row(row: str, ours: str, baseline: str, ratio: float,
+              target: float | None = None) -> dict:
+    """One :func:`print_table` row: ``ratio`` is baseline time / ours; with a ``target``
+    (at least that ratio) the row says whether it was met, else that it is reported."""
+    return {"row": row, "ours": ours, "baseline": baseline, "ratio": f"{ratio:.2f}x",
+            "target": f">= {target:g}x" if target is not None else "reported",
+            "met": ("yes" if ratio >= target else "no") if target is not None else "—"}
+
+
 def print_table(rows: list[dict]) -> None:
     cols = ["row", "ours", "baseline", "ratio", "target", "met"]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
