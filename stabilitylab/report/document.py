@@ -394,7 +394,8 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
         meta = ("PARTIAL analysis: made while runs were unfinished, so their rows are missing "
                 "or unknown" + ("; the study has finished since: run `stabilitylab analyze` "
                                 "again" if attrs.get("complete") is True else "") + ". " + meta)
-    head = headline(study, analysis) if (study is not None or analysis is not None) else []
+    head = (headline(study, analysis, resolved=resolved)
+            if (study is not None or analysis is not None) else [])
     with _atomic_folder(out) as folder:
         for file, _, data in images + geometry:
             (folder / file).write_bytes(data)

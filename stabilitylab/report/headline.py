@@ -33,8 +33,10 @@ def _density(analysis, level) -> str:
     return f"{100 * float(np.nanmean(np.asarray(d, float))):.3g}%" if F._finite(d) else "?"
 
 
-def study_line(study: xr.Dataset | None, analysis: xr.Dataset | None) -> str:
-    """``"mnist1d-default: conv1d on mnist1d, sgd lr 0.1, T = 1500 iterations, ..."``."""
+def study_line(study: xr.Dataset | None, analysis: xr.Dataset | None,
+               total: int | None = None) -> str:
+    """``"mnist1d-default: conv1d on mnist1d, sgd lr 0.1, T = 1500 iterations, ..."``
+    (``total``: T if the caller has it, else resolved from the study's config)."""
     cfg = T._config(study.attrs) if study is not None else {}
     data, model = cfg.get("data", {}), cfg.get("model", {})
     train, prune, st = cfg.get("training", {}), cfg.get("pruning", {}), cfg.get("study", {})
@@ -42,7 +44,8 @@ def study_line(study: xr.Dataset | None, analysis: xr.Dataset | None) -> str:
     rewinds = [int(k) for k in source["rewind"].values] if "rewind" in source.coords else []
     levels = [int(v) for v in source["level"].values] if "level" in source.coords else []
     replicas = int(source.sizes["replica"]) if "replica" in source.sizes else st.get("replicas")
-    total = _total_steps(study) if study is not None else 0
+    if total is None:
+        total = _total_steps(study) if study is not None else 0
     steps = f"{total:,} iterations" if total else train.get("steps", "?")
     parts = [f"{model.get('name', '?')} on {data.get('name', '?')}",
              f"{str(train.get('optimizer', '?')).upper()}, lr {train.get('lr', '?')}, T = {steps}",
@@ -104,7 +107,7 @@ def _replica_steps(study: xr.Dataset | None, total: int) -> int | None:
     return int((present * per_run).sum()) + total
 
 
-def _recommendation(study, analysis, points) -> str | None:
+def _recommendation(study, analysis, points, total: int) -> str | None:
     if not points:
         return None
     level = max(points)
@@ -126,9 +129,6 @@ def _recommendation(study, analysis, points) -> str | None:
         elif best is not None:
             text += (f" is {100 * (best - acc):.2f} pp below the best k (k = {int(oracle)}, "
                      f"{100 * best:.2f}%, the highest mean accuracy)")
-    total = int(study.attrs.get("total_steps", 0)) if study is not None else 0
-    if not total and study is not None:
-        total = _total_steps(study)
     rewinds = [int(k) for k in analysis["rewind"].values]
     copies = point.n * sum(total - k for k in rewinds) if total else None
     study_steps = _replica_steps(study, total)
@@ -139,7 +139,12 @@ def _recommendation(study, analysis, points) -> str | None:
     return text + "."
 
 
-def _total_steps(study) -> int:
+def _total_steps(study, resolved=None) -> int:
+    """T in iterations: the store's own record, else the resolved study's (0 if unknown)."""
+    if int(study.attrs.get("total_steps", 0) or 0):
+        return int(study.attrs["total_steps"])
+    if resolved is not None:
+        return int(resolved.total_steps)
     from stabilitylab.study.resolve import study_from_dict
 
     try:
@@ -219,10 +224,13 @@ def _runs(study, analysis) -> str:
             + ". They are left out of every number in this report.")
 
 
-def headline(study: xr.Dataset | None, analysis: xr.Dataset | None) -> list[tuple[str, object]]:
+def headline(study: xr.Dataset | None, analysis: xr.Dataset | None, *,
+             resolved=None) -> list[tuple[str, object]]:
     """(label, text) pairs for the top of the report: ``text`` a sentence, or a list of
-    them (the stability point, one per level)."""
-    items = [("Study", study_line(study, analysis))] if (study is not None
+    them (the stability point, one per level). ``resolved``: the study's Study, if the
+    caller has it (else the stored config is resolved once here)."""
+    total = _total_steps(study, resolved) if study is not None else 0
+    items = [("Study", study_line(study, analysis, total))] if (study is not None
                                                          or analysis is not None) else []
     if analysis is None:
         return items + [("Runs", _runs(study, analysis))]
@@ -235,7 +243,7 @@ def headline(study: xr.Dataset | None, analysis: xr.Dataset | None) -> list[tupl
                      for lv, p in points.items()]
         items.append((f"Stability point (earliest k with instability < {threshold:g} pp)",
                       per_level))
-    rec = _recommendation(study, analysis, points)
+    rec = _recommendation(study, analysis, points, total)
     if rec:
         items.append(("Recommended rewind point", rec))
     last = points.get(max(points)) if points else None
