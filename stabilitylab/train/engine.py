@@ -14,10 +14,8 @@ snapshotted then, and the few iterations it computes after T are discarded.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,13 +25,11 @@ from stabilitylab.core.seeds import derive_seed
 from stabilitylab.data.augment import replica_keys
 from stabilitylab.train.data_order import DataOrders
 from stabilitylab.train.functional import StackedModel
+from stabilitylab.train.host_records import HostRecords, Recorder
 from stabilitylab.train.layout import channels_last_stacked
 from stabilitylab.train.optim import StackedOptimizer, step_scalars
 from stabilitylab.train.schedule import schedule_for
-
-
-class Recorder(Protocol):
-    def record(self, runs: list, step: int, weights: np.ndarray) -> None: ...
+from stabilitylab.train.step import fused_step, use_compile
 
 
 @dataclass
@@ -103,89 +99,6 @@ def _subset(tensors: dict, index) -> dict:
     return {n: t[index] for n, t in tensors.items()}
 
 
-# -- CUDA paths (each falls back to the plain CPU behaviour) ------------------------------
-
-def _pinned_empty(shape, dtype) -> torch.Tensor:
-    """A page-locked host tensor when CUDA can pin memory, else an ordinary one.
-
-    Pinning needs a CUDA driver; without one ``pin_memory=True`` raises, and we fall back.
-    """
-    if torch.cuda.is_available():
-        try:
-            return torch.empty(shape, dtype=dtype, pin_memory=True)
-        except RuntimeError:
-            pass
-    return torch.empty(shape, dtype=dtype)
-
-
-def _host_copy(t: torch.Tensor):
-    """Start copying ``t`` to host memory: ``(host_tensor, event)``.
-
-    CUDA tensor and pinned memory available: an asynchronous copy into a fresh pinned
-    buffer (``non_blocking=True``) and a CUDA event recorded after it on the current
-    stream; ``host_tensor`` is valid once ``event`` has completed. Otherwise (CPU tensor,
-    or no pinned memory): a plain synchronous copy and ``event`` None. A CPU tensor is
-    returned as is (no copy), so pass a tensor nobody will modify afterwards.
-
-    Fresh pinned buffers are cheap after warm-up: PyTorch's caching host allocator
-    reuses a pinned block only after its tensor is freed and the copies recorded on it
-    are done, so a recorder may keep the arrays it is handed.
-    """
-    t = t.detach()
-    if t.device.type != "cuda":
-        return t.cpu(), None
-    host = _pinned_empty(t.shape, t.dtype)
-    if not host.is_pinned():  # a non_blocking copy into pageable memory is synchronous anyway
-        return t.cpu(), None
-    host.copy_(t, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record(torch.cuda.current_stream(t.device))
-    return host, event
-
-
-class _HostRecords:
-    """Hands recorded weights to a recorder, in order, without stalling the device.
-
-    ``push`` starts a device-to-host copy (:func:`_host_copy`). A copy that needs no
-    event (CPU) is delivered at once, which is the direct path. Otherwise it waits in a
-    queue of at most ``depth`` copies in flight (a ring of pinned buffers); completed
-    copies are delivered at the next ``push``, the oldest is waited for when the queue
-    is full, and ``flush`` delivers the rest. Delivery order is push order.
-    """
-
-    def __init__(self, recorder: Recorder, depth: int = 4, copy=_host_copy):
-        self.recorder = recorder
-        self.depth = max(1, int(depth))
-        self.copy = copy
-        self.pending: deque = deque()
-
-    def push(self, runs: list, step: int, flat: torch.Tensor) -> None:
-        host, event = self.copy(flat)
-        if event is None and not self.pending:
-            self.recorder.record(runs, step, host.numpy())
-            return
-        self.pending.append((runs, step, host, event, flat))  # keep ``flat`` alive until copied
-        self._deliver(block=False)
-        while len(self.pending) > self.depth:
-            self._deliver_one()
-
-    def flush(self) -> None:
-        self._deliver(block=True)
-
-    def _deliver(self, block: bool) -> None:
-        while self.pending:
-            event = self.pending[0][3]
-            if not block and event is not None and not event.query():
-                return
-            self._deliver_one()
-
-    def _deliver_one(self) -> None:
-        runs, step, host, event, _ = self.pending.popleft()
-        if event is not None and not event.query():
-            event.synchronize()
-        self.recorder.record(runs, step, host.numpy())
-
-
 def use_channels_last(setting: bool | None = None) -> bool:
     """Whether to feed conv2d models channels-last: ``setting`` if given, else off.
 
@@ -242,52 +155,166 @@ BLOCK = 256  # iterations whose indices and scalars are prepared at once
 PROGRESS_EVERY = 16  # iterations between progress calls (a Python call, never a sync)
 
 
-def _make_update(stacked, cfg, params, buffers, masks, optimizer, data, sched, *, augment,
-                 aug_keys, to_channels_last, device, R: int, compiled: bool):
-    """``(update, fused)``: ``update(i, idx, lrs_row, scal_row, aug_steps) -> (loss, acc)``
-    makes one update of every replica at iteration i, in place (``acc`` only at log
-    iterations of the eager step); ``fused`` is the compiled
-    :class:`~stabilitylab.train.step.FusedStep` behind it, or None for the eager step."""
-    from stabilitylab.train.step import fused_step
+class _Group:
+    """One group on the training device: weights, masks, optimizer state, the inputs of
+    the next ``BLOCK`` iterations, and :meth:`step`, one update of every replica (the
+    compiled :class:`~stabilitylab.train.step.FusedStep` or the eager step; both end in
+    :func:`~stabilitylab.train.optim.apply_update`)."""
 
-    names = list(params)
-    if compiled:
-        fused = fused_step(stacked, cfg, augment=augment, channels_last=to_channels_last,
-                           device=device, compiled=True)
-        step_masks = {n: masks[n] for n in stacked.prunable_names if n in masks}
+    def __init__(self, stacked, plan: GroupPlan, data, resolved, *, augment, channels_last,
+                 compile):
+        cfg = self.cfg = resolved.config.training
+        device = self.device = data.train_x.device
+        self.stacked, self.plan, self.data, self.augment = stacked, plan, data, augment
+        self.R = plan.size
+        self.starts = list(plan.start_steps)
+        self.sched = _Schedule(resolved, self.starts, plan.snapshot_steps)
+        params = self.params = {n: t.to(device).clone() for n, t in plan.params.items()}
+        self.buffers = {n: t.to(device).clone() for n, t in plan.buffers.items()}
+        masks = {n: m.to(device=device, dtype=params[n].dtype) for n, m in plan.masks.items()}
+        # A mask with nothing pruned (level 0) multiplies by one: the same bits, but a read
+        # of R x the tensor's size at every step. Dropped here, once (one host sync).
+        self.masks = masks = {n: m for n, m in masks.items() if not bool(m.all())}
+        state = None
+        if plan.opt_state is not None:
+            state = {s: {n: t.to(device) for n, t in d.items()}
+                     for s, d in plan.opt_state.items()}
+        self.opt_steps0 = list(plan.opt_steps or [0] * self.R)
+        self.optimizer = StackedOptimizer(params, masks, cfg, self.opt_steps0, state)
+        with torch.no_grad():
+            for n, m in masks.items():
+                params[n].mul_(m)
+        self.orders = DataOrders(plan.data_seeds, data.train_x.shape[0], cfg.batch_size, device)
+        self.lr_at = schedule_for(resolved)
+        self.has_dropout = resolved.config.model.dropout > 0
+        self.names = list(params)
+        self.channels_last = use_channels_last(channels_last)
+        self.test_x = channels_last_stacked(data.test_x) if self.channels_last else data.test_x
+        size = resolved.config.data.train_eval_size
+        self.train_eval_x, self.train_eval_y = data.train_x[:size], data.train_y[:size]
+        if self.channels_last:
+            self.train_eval_x = channels_last_stacked(self.train_eval_x)
+        self.aug_keys = replica_keys(plan.data_seeds, device) if augment is not None else None
+        self.starts_t = torch.tensor(self.starts, dtype=torch.long, device=device)
+        self.fused = None
+        if use_compile(compile or getattr(cfg, "compile", "off"), device, self.R,
+                       self.sched.n_iter):
+            self.fused = fused_step(stacked, cfg, augment=augment,
+                                    channels_last=self.channels_last, device=device,
+                                    compiled=True)
+            self.step_masks = {n: masks[n] for n in stacked.prunable_names if n in masks}
+        else:
+            for p in params.values():
+                p.requires_grad_(True)
+        self.compile_before = self.fused.compile_seconds if self.fused is not None else 0.0
 
-        def update(i, idx, lrs_row, scal_row, aug_steps):
-            loss, acc = fused(params, buffers, optimizer.state, step_masks, data.train_x,
-                              data.train_y, idx, scal_row, aug_steps, aug_keys)
-            optimizer.steps += 1
+    def detached(self) -> dict:
+        return {n: self.params[n].detach() for n in self.names}
+
+    def _prepare(self, i: int) -> None:
+        """Example indices, shared learning rates, scalar rows and augmentation steps of
+        iterations i .. i + BLOCK - 1, on the device."""
+        count = min(BLOCK, self.sched.n_iter - i)
+        self.idx = self.orders.block(self.starts, i, count)
+        lrs = np.array([[self.lr_at(k + i + q) for k in self.starts] for q in range(count)],
+                       dtype=np.float64)
+        lrs32 = lrs.astype(np.float32)
+        self.same_lr = [float(r[0]) if (r == r[0]).all() else None for r in lrs32]
+        steps0 = [s + i for s in self.opt_steps0]
+        self.rows = torch.from_numpy(step_scalars(self.cfg, lrs, steps0)).to(self.device)
+        self.aug_steps = (self.starts_t[None, :] + i
+                          + torch.arange(count, device=self.device)[:, None])
+
+    def step(self, i: int):
+        """One update of every replica at iteration i, in place: ``(loss, acc)``, (R,)
+        device tensors (the eager step computes ``acc`` only at log iterations)."""
+        j = i % BLOCK
+        if j == 0:
+            self._prepare(i)
+        if self.has_dropout:
+            torch.manual_seed(derive_seed(self.plan.seed, "dropout", i))
+        data, idx, row = self.data, self.idx[j], self.rows[j]
+        if self.fused is not None:
+            loss, acc = self.fused(self.params, self.buffers, self.optimizer.state,
+                                   self.step_masks, data.train_x, data.train_y, idx, row,
+                                   self.aug_steps[j], self.aug_keys)
+            self.optimizer.steps += 1
             return loss, acc
-
-        return update, fused
-    for p in params.values():
-        p.requires_grad_(True)
-    plist = [params[n] for n in names]
-
-    def update(i, idx, lrs_row, scal_row, aug_steps):
-        xb = data.train_x[idx]
-        yb = data.train_y[idx]
-        if augment is not None:
-            xb = augment(xb, aug_keys, aug_steps)
-        if to_channels_last:
+        xb, yb = data.train_x[idx], data.train_y[idx]
+        if self.augment is not None:
+            xb = self.augment(xb, self.aug_keys, self.aug_steps[j])
+        if self.channels_last:
             xb = channels_last_stacked(xb)
-        with autocast(device, cfg.precision):
-            logits = stacked.forward(params, buffers, xb, train=True)
+        with autocast(self.device, self.cfg.precision):
+            logits = self.stacked.forward(self.params, self.buffers, xb, train=True)
         logits = logits.float()
         losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(),
-                                 reduction="none").view(R, -1).mean(1)
-        grads = torch.autograd.grad(losses.sum(), plist)
-        optimizer.step(dict(zip(names, grads)), lrs_row)
+                                 reduction="none").view(self.R, -1).mean(1)
+        grads = torch.autograd.grad(losses.sum(), [self.params[n] for n in self.names])
+        self.optimizer.step(dict(zip(self.names, grads)), row=row, same_lr=self.same_lr[j])
         acc = None
-        if i in sched.logs:
+        if i in self.sched.logs:
             with torch.no_grad():
                 acc = (logits.argmax(-1) == yb).float().mean(1)
         return losses.detach(), acc
 
-    return update, None
+
+class _Outputs:
+    """What a group leaves behind, on the device until the end: recorded weights (to the
+    recorder), the evaluations, the logged training loss and accuracy, the final state."""
+
+    def __init__(self, group: _Group, resolved, recorder: Recorder | None):
+        self.group, self.resolved = group, resolved
+        R, device = group.R, group.device
+        n_log, n_eval = len(resolved.log_steps), len(resolved.eval_steps)
+        self.train_loss = torch.full((R, n_log), float("nan"), device=device)
+        self.train_acc = torch.full((R, n_log), float("nan"), device=device)
+        self.evals = torch.full((4, R, n_eval), float("nan"), device=device)
+        self.final_params = {n: torch.empty_like(p, requires_grad=False)
+                             for n, p in group.params.items()}
+        self.final_buffers = {n: torch.empty_like(b) for n, b in group.buffers.items()}
+        self.records = HostRecords(recorder) if recorder is not None else None
+
+    def at(self, i: int) -> None:
+        """The bookkeeping at iteration i (the state after ``start + i`` updates): record,
+        evaluate, snapshot the replicas that reach T."""
+        g, sched, precision = self.group, self.group.sched, self.group.cfg.precision
+        if i in sched.record and self.records is not None:
+            for step, rs in sched.record[i].items():
+                with torch.no_grad():
+                    flat = g.stacked.flatten(_subset(g.detached(), rs))
+                self.records.push([g.plan.runs[r] for r in rs], step, flat.float())
+        if i in sched.evals:
+            ev = [r for r, _ in sched.evals[i]]
+            cols = [c for _, c in sched.evals[i]]
+            sub_p, sub_b = _subset(g.detached(), ev), _subset(g.buffers, ev)
+            tl, ta = evaluate(g.stacked, sub_p, sub_b, g.test_x, g.data.test_y,
+                              precision=precision)
+            el, ea = evaluate(g.stacked, sub_p, sub_b, g.train_eval_x, g.train_eval_y,
+                              precision=precision)
+            self.evals[:, ev, cols] = torch.stack([tl, ta, el, ea]).float()
+        if i in sched.final:
+            with torch.no_grad():
+                for r in sched.final[i]:
+                    for n in g.names:
+                        self.final_params[n][r] = g.params[n][r]
+                    for n in g.buffers:
+                        self.final_buffers[n][r] = g.buffers[n][r]
+
+    def log(self, i: int, loss, acc) -> None:
+        if i in self.group.sched.logs:
+            rows, cols = self.group.sched.logs[i]
+            self.train_loss[rows, cols] = loss[rows].float()
+            self.train_acc[rows, cols] = acc[rows].float()
+
+    def result(self) -> GroupResult:
+        if self.records is not None:
+            self.records.flush()
+        fused = self.group.fused
+        return _result(self.resolved, self.group.sched, self.final_params, self.final_buffers,
+                       self.train_loss, self.train_acc, self.evals, compiled=fused is not None,
+                       compile_seconds=(fused.compile_seconds - self.group.compile_before)
+                       if fused is not None else 0.0)
 
 
 def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
@@ -315,135 +342,35 @@ def train_group(stacked: StackedModel, plan: GroupPlan, data, resolved, *,
         batches only); None or False: the default layout. :func:`use_channels_last` makes
         no automatic choice (vmapped BatchNorm rejects channels-last inputs).
     compile : ``auto`` / ``on`` / ``off`` (default: ``training.compile``): take the
-        compiled :class:`~stabilitylab.train.step.FusedStep` or the eager reference
-        step (:func:`~stabilitylab.train.step.use_compile` decides ``auto``).
+        compiled :class:`~stabilitylab.train.step.FusedStep` or the eager step
+        (:func:`~stabilitylab.train.step.use_compile` decides ``auto``).
 
-    The parts: the state (weights, masks, :class:`StackedOptimizer`), the update
-    (:func:`_make_update`: the compiled fused step or the eager one), the loop, and the
-    results (:func:`_result`). The loop, per iteration: the bookkeeping of
-    :class:`_Schedule` (record, evaluate, final snapshot, rewind snapshot), then one
-    update of every replica. Indices, learning
-    rates and optimizer scalars are prepared on the device for ``BLOCK`` iterations at a
-    time; losses stay on the device and reach the host once, at the end. On CUDA,
-    recorded weights go to the recorder through pinned host buffers and asynchronous
-    copies (:class:`_HostRecords`), all delivered before this returns.
+    The loop walks the iterations of :class:`_Schedule`: at each, the bookkeeping of
+    :class:`_Outputs` (record, evaluate, final snapshot), the rewind snapshot, then one
+    update of every replica (:meth:`_Group.step`). Indices, learning rates and optimizer
+    scalars are prepared on the device ``BLOCK`` iterations at a time; losses stay on the
+    device and reach the host once, at the end. On CUDA, recorded weights go to the
+    recorder through pinned host buffers and asynchronous copies
+    (:class:`~stabilitylab.train.host_records.HostRecords`), all delivered before this
+    returns.
     """
-    cfg = resolved.config.training
-    device = data.train_x.device
-    R = plan.size
-    starts = list(plan.start_steps)
-    sched = _Schedule(resolved, starts, plan.snapshot_steps)
-    n_iter = sched.n_iter
-
-    # -- state ----------------------------------------------------------------------------
-    params = {n: t.to(device).clone() for n, t in plan.params.items()}
-    buffers = {n: t.to(device).clone() for n, t in plan.buffers.items()}
-    masks = {n: m.to(device=device, dtype=params[n].dtype) for n, m in plan.masks.items()}
-    # A mask with nothing pruned (level 0) multiplies by one: the same bits, but a read of R x
-    # the tensor's size at every step. Dropped here, once (one host sync per group).
-    masks = {n: m for n, m in masks.items() if not bool(m.all())}
-    state = None
-    if plan.opt_state is not None:
-        state = {s: {n: t.to(device) for n, t in d.items()} for s, d in plan.opt_state.items()}
-    opt_steps0 = list(plan.opt_steps or [0] * R)
-    optimizer = StackedOptimizer(params, masks, cfg, opt_steps0, state)
-    with torch.no_grad():
-        for n, m in masks.items():
-            params[n].mul_(m)
-    orders = DataOrders(plan.data_seeds, data.train_x.shape[0], cfg.batch_size, device)
-    lr_at = schedule_for(resolved)
-    has_dropout = resolved.config.model.dropout > 0
-    names = list(params)
-    to_channels_last = use_channels_last(channels_last)
-    test_x = channels_last_stacked(data.test_x) if to_channels_last else data.test_x
-    train_eval_x = data.train_x[: resolved.config.data.train_eval_size]
-    train_eval_y = data.train_y[: resolved.config.data.train_eval_size]
-    if to_channels_last:
-        train_eval_x = channels_last_stacked(train_eval_x)
-    aug_keys = replica_keys(plan.data_seeds, device) if augment is not None else None
-    starts_t = torch.tensor(starts, dtype=torch.long, device=device)
-
-    # -- the update ---------------------------------------------------------------------
-    from stabilitylab.train.step import use_compile
-
-    update, fused = _make_update(stacked, cfg, params, buffers, masks, optimizer, data, sched,
-                                 augment=augment, aug_keys=aug_keys,
-                                 to_channels_last=to_channels_last, device=device, R=R,
-                                 compiled=use_compile(compile or getattr(cfg, "compile", "off"),
-                                                      device, R, n_iter))
-    compiled = fused is not None
-    compile_before = fused.compile_seconds if compiled else 0.0
-
-    # -- results, on the device until the end --------------------------------------------
-    n_log, n_eval = len(resolved.log_steps), len(resolved.eval_steps)
-    train_loss = torch.full((R, n_log), float("nan"), device=device)
-    train_acc = torch.full((R, n_log), float("nan"), device=device)
-    evals = torch.full((4, R, n_eval), float("nan"), device=device)
-    final_params = {n: torch.empty_like(p, requires_grad=False) for n, p in params.items()}
-    final_buffers = {n: torch.empty_like(b) for n, b in buffers.items()}
-    host_records = _HostRecords(recorder) if recorder is not None else None
-
-    def detached():
-        return {n: params[n].detach() for n in names}
-
-    idx_block = scal_block = lrs_block = steps_block = None
+    group = _Group(stacked, plan, data, resolved, augment=augment,
+                   channels_last=channels_last, compile=compile)
+    out = _Outputs(group, resolved, recorder)
+    sched, n_iter = group.sched, group.sched.n_iter
     for i in range(n_iter + 1):
-        # -- bookkeeping at the state "after `step` updates" -----------------------------
-        if i in sched.record and host_records is not None:
-            for step, rs in sched.record[i].items():
-                with torch.no_grad():
-                    flat = stacked.flatten(_subset(detached(), rs))
-                host_records.push([plan.runs[r] for r in rs], step, flat.float())
-        if i in sched.evals:
-            ev = [r for r, _ in sched.evals[i]]
-            cols = [c for _, c in sched.evals[i]]
-            sub_p, sub_b = _subset(detached(), ev), _subset(buffers, ev)
-            tl, ta = evaluate(stacked, sub_p, sub_b, test_x, data.test_y, precision=cfg.precision)
-            el, ea = evaluate(stacked, sub_p, sub_b, train_eval_x, train_eval_y,
-                              precision=cfg.precision)
-            evals[:, ev, cols] = torch.stack([tl, ta, el, ea]).float()
-        if i in sched.final:
-            with torch.no_grad():
-                for r in sched.final[i]:
-                    for n in names:
-                        final_params[n][r] = params[n][r]
-                    for n in buffers:
-                        final_buffers[n][r] = buffers[n][r]
+        out.at(i)
         if on_snapshot is not None and i in sched.snapshot:
-            on_snapshot(starts[0] + i, detached(), buffers, optimizer)
+            on_snapshot(group.starts[0] + i, group.detached(), group.buffers, group.optimizer)
         if i == n_iter:
             break
-        # -- update: one step of every replica (inputs prepared BLOCK iterations ahead) ----
-        j = i % BLOCK
-        if j == 0:
-            count = min(BLOCK, n_iter - i)
-            idx_block = orders.block(starts, i, count)
-            lrs_np = np.array([[lr_at(k + i + q) for k in starts] for q in range(count)],
-                              dtype=np.float64)
-            lrs_block = torch.from_numpy(lrs_np.astype(np.float32)).to(device)
-            if compiled:
-                steps0 = [s + i for s in opt_steps0]
-                scal_block = torch.from_numpy(step_scalars(cfg, lrs_np, steps0)).to(device)
-            steps_block = starts_t[None, :] + i + torch.arange(count, device=device)[:, None]
         if on_progress is not None and i % PROGRESS_EVERY == 0 and i > 0:
             on_progress(sched.updates(i - PROGRESS_EVERY, PROGRESS_EVERY))
-        if has_dropout:
-            torch.manual_seed(derive_seed(plan.seed, "dropout", i))
-        loss, acc = update(i, idx_block[j], lrs_block[j],
-                           scal_block[j] if compiled else None, steps_block[j])
-        if i in sched.logs:
-            rows, cols = sched.logs[i]
-            train_loss[rows, cols] = loss[rows].float()
-            train_acc[rows, cols] = acc[rows].float()
+        out.log(i, *group.step(i))
     if on_progress is not None and n_iter > 0:
         last = (n_iter - 1) // PROGRESS_EVERY * PROGRESS_EVERY
         on_progress(sched.updates(last, n_iter - last))
-
-    if host_records is not None:
-        host_records.flush()
-    return _result(resolved, sched, final_params, final_buffers, train_loss, train_acc, evals,
-                   compiled=compiled,
-                   compile_seconds=(fused.compile_seconds - compile_before) if compiled else 0.0)
+    return out.result()
 
 
 def _result(resolved, sched, final_params, final_buffers, train_loss, train_acc, evals, *,

@@ -3,7 +3,7 @@
 :class:`FusedStep` is forward, loss, backward and the masked optimizer update of all R
 replicas as a single function of the stacked tensors::
 
-    gather the batch -> [augment] -> vmap(grad_and_value(loss)) -> fused_update
+    gather the batch -> [augment] -> vmap(grad_and_value(loss)) -> apply_update
 
 It mutates the parameters, BatchNorm buffers and optimizer state in place and returns
 the per-replica loss and accuracy as device tensors, so nothing in it waits on the host.
@@ -13,8 +13,9 @@ count R compiles, later calls with the same R reuse the graph (R is part of the 
 so a group of another size compiles once more).
 
 The eager engine path (``autograd.grad`` over the vmapped forward, then
-:class:`~stabilitylab.train.optim.StackedOptimizer`) stays the reference; both
-compute the same update rules and agree to float rounding (tests/train/test_compiled.py).
+:class:`~stabilitylab.train.optim.StackedOptimizer`) runs the same
+:func:`~stabilitylab.train.optim.apply_update` uncompiled; the two agree to float rounding
+(tests/train/test_compiled.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
-from stabilitylab.train.optim import fused_update
+from stabilitylab.train.layout import channels_last_stacked
+from stabilitylab.train.optim import apply_update
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,8 @@ class FusedStep:
         self._untracked = [(n, tuple(b.shape), b.dtype) for n, b in self.template.named_buffers()
                            if n not in set(stacked.buffer_names)]
         self._scratch: dict[int, dict] = {}
-        update = fused_update(training)
         template = self.template
         bf16 = training.precision == "bf16" and self.device.type == "cuda"
-        from stabilitylab.train.layout import channels_last_stacked
 
         def loss_fn(p, b, x, y):
             if bf16:
@@ -117,7 +117,7 @@ class FusedStep:
                 x = channels_last_stacked(x)
             grads, (loss, logits) = grad_fn(params, buffers, x, y)
             acc = (logits.argmax(-1) == y).float().mean(1)
-            update(params, grads, state, masks, row)
+            apply_update(training, params, grads, state, masks, row)
             return loss, acc
 
         if compiled:

@@ -15,7 +15,7 @@ from stabilitylab.config import load_config
 from stabilitylab.core.device import resolve_device
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.study.resolve import resolve_study
-from stabilitylab.train import engine
+from stabilitylab.train import engine, host_records
 from stabilitylab.train.engine import GroupPlan, train_group
 from stabilitylab.train.functional import StackedModel
 
@@ -101,7 +101,7 @@ def test_bf16_on_cpu_trains_exactly_like_fp32():
 
 def test_pinned_empty_falls_back_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    buf = engine._pinned_empty((3, 4), torch.float32)
+    buf = host_records.pinned_empty((3, 4), torch.float32)
     assert buf.shape == (3, 4) and buf.dtype == torch.float32 and not buf.is_pinned()
 
 
@@ -116,20 +116,20 @@ def test_pinned_empty_falls_back_when_pinning_fails(monkeypatch):
         return real_empty(*args, **kw)
 
     monkeypatch.setattr(torch, "empty", empty)
-    buf = engine._pinned_empty((2,), torch.float32)
+    buf = host_records.pinned_empty((2,), torch.float32)
     assert buf.shape == (2,) and not buf.is_pinned()
 
 
 def test_host_copy_on_cpu_is_plain_and_equal():
     t = torch.randn(3, 7)
-    host, event = engine._host_copy(t)
+    host, event = host_records.host_copy(t)
     assert event is None and host.device.type == "cpu"
     np.testing.assert_array_equal(host.numpy(), t.numpy())
 
 
 def test_host_records_direct_on_cpu():
     rec = _ListRecorder()
-    hr = engine._HostRecords(rec)
+    hr = host_records.HostRecords(rec)
     w = torch.randn(2, 5)
     hr.push(["a", "b"], 3, w)
     assert len(rec.calls) == 1  # delivered at once, no queue
@@ -159,7 +159,7 @@ def test_host_records_ring_order_depth_and_flush():
         events.append(_FakeEvent())
         return t.clone(), events[-1]
 
-    hr = engine._HostRecords(rec, depth=2, copy=fake_copy)
+    hr = host_records.HostRecords(rec, depth=2, copy=fake_copy)
     ws = [torch.full((1, 3), float(i)) for i in range(6)]
     hr.push([0], 0, ws[0])
     hr.push([0], 1, ws[1])

@@ -1,5 +1,6 @@
-"""The optimizer table: every entry is tested against its torch reference, config validation
-reads it, and an entry with only a fused rule trains on the eager path too."""
+"""The optimizer registry: every entry is tested against its torch reference, config
+validation reads it, each is one self-registering file, and a registration is all the
+engine needs."""
 
 import pytest
 import torch
@@ -44,20 +45,39 @@ def test_state_names_come_from_the_table():
                              .config.training) == ("exp_avg", "exp_avg_sq", "slow")
 
 
-@pytest.mark.parametrize("case", [["training.optimizer='adam'", "training.weight_decay=0.001"],
-                                  ["training.optimizer='radam'"]])
-def test_entry_without_an_eager_rule_matches_torch(case, data, monkeypatch):  # noqa: F811
-    """A new optimizer needs only its fused rule: the eager path then applies it with a per-step
-    row of step_scalars, and still matches torch.optim."""
-    name = case[0].split("=")[1].strip("'")
-    entry = optim.OPTIMIZERS[name]
-    monkeypatch.setitem(optim.OPTIMIZERS, name, optim.Optimizer(
-        entry.state, entry.fused, entry.reference, eager=None, scalars=entry.scalars))
-    resolved = resolved_for(*case, "training.lr=0.01", "training.compile='off'")
-    _, result, refs = run_both(tiny_mlp(), data, resolved, seeds=[3, 4])
+def test_one_file_per_optimizer_registers_itself():
+    """Each module of stabilitylab.train.optimizers (but base) registers the optimizer it is
+    named after, and the package imports every module (adding a file adds an optimizer)."""
+    import pkgutil
+
+    from stabilitylab.train import optimizers
+
+    files = {m.name for m in pkgutil.iter_modules(optimizers.__path__)} - {"base"}
+    assert files == set(optim.OPTIMIZERS)
+    for name, entry in optim.OPTIMIZERS.items():
+        assert entry.name == name
+        assert entry.update.__module__ == f"stabilitylab.train.optimizers.{name}"
+
+
+def test_a_registered_optimizer_trains_on_the_eager_path(data, monkeypatch):  # noqa: F811
+    """A registration is all the engine needs: a new name with SGD's rule and torch
+    reference passes config validation and the eager engine reproduces torch.optim.SGD."""
+    import dataclasses
+
+    entry = dataclasses.replace(optim.OPTIMIZERS["sgd"], name="heavyball")
+    monkeypatch.delitem(optim.OPTIMIZERS, "heavyball", raising=False)
+    optim.register(entry)
+    try:
+        resolved = resolved_for("training.optimizer='heavyball'", "training.lr=0.01",
+                                "training.weight_decay=0.001", "training.compile='off'")
+        _, result, refs = run_both(tiny_mlp(), data, resolved, seeds=[3, 4])
+    finally:
+        optim.OPTIMIZERS.pop("heavyball", None)
     for r, ref in enumerate(refs):
         for n, p in ref.named_parameters():
             torch.testing.assert_close(result.params[n][r], p.detach(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="already registered"):
+        optim.register(optim.OPTIMIZERS["sgd"])
 
 
 def test_the_report_lists_the_fields_an_optimizer_declares(monkeypatch):
