@@ -4,9 +4,9 @@
     stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report] [--profile]
     stabilitylab report STORE [--out DIR] [--pdf]
     stabilitylab validate STORE [--deep]
-    stabilitylab data download mnist|cifar10 [--data-root DIR]
+    stabilitylab data download NAME [--data-root DIR]     # stabilitylab data download --help
     stabilitylab presets
-    stabilitylab models | datasets
+    stabilitylab models | datasets | kinds
     stabilitylab compare A B --model SPEC --data SPEC [--alphas 30] [--bn-recompute]
         [--align weight|activation] [--repair] [--json]
     stabilitylab import openlth RUN_DIR --out STORE
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from stabilitylab.core.errors import StabilityLabError
+from stabilitylab.data.registry import downloadable, offline_notes
 
 DESCRIPTION = """\
 Measure the weight-space stability of lottery tickets: train iterative magnitude pruning
@@ -87,15 +88,31 @@ class _LazyHelp(str):
         return self._build() % params
 
 
-# stabilitylab.data.download.DOWNLOADABLE (not imported: the data package imports torch;
-# tests/data/test_data_download.py checks that the two agree)
-DOWNLOADABLE = ("mnist", "cifar10")
+# The datasets `data download` can fetch, and why the others need none: read from the
+# datasets' declarations without importing them (the data modules import torch).
+DOWNLOADABLE = downloadable()
 
 
 def _downloadable(name: str) -> str:
-    if name == "mnist1d":
-        raise argparse.ArgumentTypeError("mnist1d needs no download: it is generated offline")
+    note = offline_notes().get(name)
+    if note is not None:
+        raise argparse.ArgumentTypeError(f"{name} needs no download: it is {note}")
     return name
+
+
+def _download_help() -> str:
+    notes = "; ".join(f"{n} needs no download: it is {why}" for n, why in offline_notes().items())
+    return " or ".join(DOWNLOADABLE) + (f" ({notes})" if notes else "")
+
+
+def _alphas_arg(text: str):
+    """``--alphas``: a number of grid points, or ``adaptive``."""
+    if text == "adaptive":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of points or 'adaptive', got {text!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,8 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--measures", nargs="*", default=None, metavar="NAME", help=_LazyHelp(_measures_help))
     ana.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                      help="where to compute: auto (default: cuda if available), cpu or cuda")
-    ana.add_argument("--alphas", type=int, default=30,
-                     help="interpolation points incl. endpoints (default: %(default)s)")
+    ana.add_argument("--alphas", type=_alphas_arg, default=30,
+                     help="interpolation points incl. endpoints (default: %(default)s, the grid "
+                          "of Frankle et al.), or 'adaptive': a coarse grid, then refinement "
+                          "around each barrier's maximum (its resolution is stored as "
+                          "attrs['alpha_resolution'])")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--profile", action="store_true",
                      help="print the seconds of each phase (reading the store is its own row)")
@@ -172,12 +192,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the shipped presets")
 
-    data = sub.add_parser("data", help="datasets: download MNIST or CIFAR-10")
+    data = sub.add_parser("data", help="datasets: download " + " or ".join(DOWNLOADABLE))
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dl = data_sub.add_parser("download", help="download a torchvision dataset (md5-checked)")
-    dl.add_argument("dataset", choices=DOWNLOADABLE, type=_downloadable,
-                    help=" or ".join(DOWNLOADABLE) + " (mnist1d needs no download: it is "
-                                                    "generated offline)")
+    dl.add_argument("dataset", choices=DOWNLOADABLE, type=_downloadable, help=_download_help())
     dl.add_argument("--data-root", default=None, metavar="DIR", help=DATA_ROOT_HELP)
     dl.add_argument("--mirror", default=None, metavar="URL",
                     help="base URL of a mirror serving the same files (default: torchvision's)")
@@ -190,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
 def _add_plugin_commands(sub) -> None:
     sub.add_parser("models", help="list the model names a config can use (shipped and entry points)")
     sub.add_parser("datasets", help="list the dataset names a config can use (shipped and entry points)")
+    sub.add_parser("kinds", help="list the run kinds: controls (study.controls) and noise kinds "
+                   "(study.noise)")
 
     cmp = sub.add_parser("compare", help="barriers, distance and disagreement between two checkpoints")
     cmp.add_argument("a", help="state_dict file (.pt/.pth via torch.load(weights_only=True), or .safetensors)")
@@ -239,10 +259,11 @@ def _add_plugin_commands(sub) -> None:
 
 
 def _models(args) -> int:
-    from stabilitylab.models.registry import available_models
+    from stabilitylab.models.registry import available_models, model_help
 
+    helps = model_help()
     for name, target in available_models().items():
-        print(f"{name}\t{target}")
+        print(f"{name}\t{target}" + (f"\t{helps[name]}" if helps.get(name) else ""))
     print("(or any package.module:function builder)")
     return 0
 
@@ -253,6 +274,16 @@ def _datasets(args) -> int:
     for name, target in available_datasets().items():
         print(f"{name}\t{target}")
     print("(or any package.module:function loader)")
+    return 0
+
+
+def _kinds(args) -> int:
+    from stabilitylab.study import kinds
+
+    for name, kind in kinds.REGISTRY.items():
+        role = "control" if kind.control else "noise" if kind.noise else "always"
+        print(f"{name}\t{role}\t{kind.meaning}")
+    print("(study.controls lists control kinds; study.noise: data_order and the noise kinds)")
     return 0
 
 
@@ -287,7 +318,7 @@ def _import(args) -> int:
     return 0
 
 
-_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "compare": _compare,
+_PLUGIN_HANDLERS = {"models": _models, "datasets": _datasets, "kinds": _kinds, "compare": _compare,
                     "import": _import}
 
 

@@ -39,6 +39,8 @@ class Study:
     control_levels: tuple[int, ...]
     noise_levels: tuple[int, ...] = ()  # levels with the noise kinds beyond data_order
     kinds: tuple[str, ...] = ("imp", "random_prune", "reinit")  # the store's kind coordinate
+    # the trained kinds whose copies each have their own masks (the store keeps replica_masks)
+    own_mask_kinds: tuple[str, ...] = ()
     id: str = ""  # the study id (stabilitylab.study.resolve.study_id)
     # the dataset's stabilitylab.data.registry.DatasetInfo (None: built without a lookup)
     info: object = field(default=None, compare=False, repr=False)

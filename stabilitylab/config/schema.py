@@ -21,10 +21,12 @@ def _f(default, help: str):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _f("mnist1d", "dataset: mnist1d (generated offline), mnist or cifar10")
+    name: str = _f("mnist1d", "dataset: a shipped name (`stabilitylab datasets` lists them),"
+                   " package.module:function or an entry point")
     root: str = _f("", "record only: data root for torchvision sets and the mnist1d cache "
                    "('' = $STABILITYLAB_DATA or ~/.cache/stabilitylab/datasets)")
-    num_samples: int = _f(5000, "mnist1d only: examples generated in all (80% train, 20% test)")
+    num_samples: int = _f(5000, "examples generated in all, for a dataset that reads it (mnist1d:"
+                           " 80% train, 20% test)")
     train_eval_size: int = _f(1000, "size of the fixed train subset used for train-set error")
     augment: bool = _f(False, "random flip + crop-with-padding-4 (CIFAR recipes), batched on device")
     options: dict = field(default_factory=dict, metadata={
@@ -33,12 +35,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("conv1d", "model: mlp, lenet_300_100, conv1d, resnet20/32/56, vgg11/13/16/19,"
-                   " package.module:function or an entry point (`stabilitylab models`)")
+    name: str = _f("conv1d", "model: a shipped name (`stabilitylab models` lists them),"
+                   " package.module:function or an entry point")
     dropout: float = _f(0.0, "dropout probability before each hidden linear layer (0 = off)")
     options: dict = field(default_factory=dict, metadata={
-        "help": "keyword arguments of the model's builder (a free table): mlp hidden=[300, 100]"
-                " ([] = softmax regression), conv1d channels=25, resnet/vgg width=1"})
+        "help": "keyword arguments of the model's builder (a free table; `stabilitylab models`"
+                " gives each builder's options)"})
 
 
 @dataclass(frozen=True)
@@ -92,22 +94,31 @@ class StudyConfig:
     seed: int = _f(0, "master seed: init, masks and data orders all derive from it")
     controls: tuple[str, ...] = _f(
         ("random_prune", "reinit"),
-        "controls trained beside IMP: random_prune, reinit, and the pruning-at-init masks"
-        " magnitude_init, snip, grasp, synflow, shuffle (the IMP mask shuffled within layers)",
+        "control kinds trained beside IMP at the control levels (`stabilitylab kinds` lists"
+        " them)",
     )
     control_levels: tuple[int, ...] = _f((), "levels with controls (empty = the last level)")
     noise: tuple[str, ...] = _f(
         ("data_order",),
-        "what differs between copies: data_order (each copy its own data order), perturb"
-        " (replica 0's data order from W_k moved by a seeded perturbation), data_order+perturb,"
-        " init (dense copies from independently seeded W_0: different-init pairs);"
-        " each noise kind beyond data_order trains its own copies",
+        "what differs between copies: data_order (each copy its own data order) and the"
+        " noise kinds (`stabilitylab kinds` lists them); each noise kind beyond data_order"
+        " trains its own copies",
     )
     noise_levels: tuple[int, ...] = _f((), "levels with the noise copies beyond data_order"
                                      " (empty = every level)")
-    perturbation: str = _f("gaussian", "perturb copies: 'gaussian' (relative size epsilon) or"
-                           " 'bit_flip' (one ulp of one weight)")
-    epsilon: float = _f(1e-6, "relative size ‖δ‖/‖W_k‖ of the gaussian perturbation")
+    perturbation: str = _f("gaussian", "perturb copies: 'gaussian' (‖δ‖ = epsilon·‖W_k‖),"
+                           " 'bit_flip' (one ulp of one weight), 'init_scale' (per weight"
+                           " epsilon·σ_layer·N(0,1), σ_layer its layer's init std),"
+                           " 'single_weight' (one weight ± epsilon·σ_layer) or 'batch' (a step"
+                           " along one batch's gradient, as large as init_scale noise)")
+    epsilon: float = _f(1e-6, "size of the perturbation: ‖δ‖/‖W_k‖ (gaussian), or relative to"
+                        " each layer's init scale (init_scale, single_weight, batch)")
+    perturb_fraction: float = _f(1.0, "init_scale and batch: perturb a seeded random fraction"
+                                 " of the surviving weights (1 = all)")
+    perturb_modules: tuple[str, ...] = _f((), "perturb only these modules or parameters"
+                                          " (e.g. 'conv1', 'fc.bias'); empty = all")
+    perturb_reference: bool = _f(False, "replica 0 of the perturbed kinds starts at W_k itself,"
+                                 " so pairs (0, j) compare a perturbed copy with the unperturbed")
     record: str = _f(
         "dense_early",
         "recorded steps: 'dense_early', 'every:N', 'list:0,10,...' or 'endpoints'"

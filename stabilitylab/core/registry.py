@@ -22,7 +22,7 @@ import contextvars
 import importlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 
 from stabilitylab.core.errors import ConfigError, StoreError
@@ -125,12 +125,31 @@ class Registry:
     """
 
     def __init__(self, what: str, field: str, group: str,
-                 shipped: dict[str, object] | None = None, session_missing: str = ""):
+                 shipped: dict[str, object] | None = None, session_missing: str = "",
+                 discover: Callable[[], dict[str, object]] | None = None):
         self.what, self.field, self.group = what, field, group
         self.session_missing = session_missing or ("was passed to record_study in another "
                                                    "Python session")
-        self.shipped: dict[str, object] = shipped if shipped is not None else {}
+        self._shipped: dict[str, object] = shipped if shipped is not None else {}
+        self._find = discover  # finds more shipped names (a package's declarations)
+        self._discover = discover  # not run yet: runs on first use
         self.session: dict[str, object] = {}
+
+    @property
+    def shipped(self) -> dict[str, object]:
+        """The shipped names and their targets (those ``discover`` finds, then those added)."""
+        if self._discover is not None:
+            found, self._discover = self._discover(), None
+            for name in found:
+                if name in self._shipped:
+                    raise ValueError(f"{self.what} {name!r} is already registered")
+            self._shipped = {**found, **self._shipped}
+        return self._shipped
+
+    def rediscover(self) -> None:
+        """Find the shipped names again on next use (after the package's path changed);
+        names added with :meth:`add` are dropped."""
+        self._discover, self._shipped = self._find, {}
 
     def add(self, name: str, target: object) -> None:
         """Register a shipped name (a ``"module:attr"`` target or the object)."""

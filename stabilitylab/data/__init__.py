@@ -5,9 +5,10 @@ and int64 labels; training indexes those tensors directly (no per-example PIL
 path, no DataLoader). Augmentation, when on, is batched on the device
 (:func:`stabilitylab.data.augment.random_flip_crop`).
 
-``load_dataset(cfg)`` dispatches through :data:`stabilitylab.data.registry.DATASETS`;
-each entry's ``loader`` is a ``"module:function"`` with signature
-``(cfg: DataConfig, root: Path) -> Dataset``.
+A dataset is one module of this package whose loader ``(cfg: DataConfig, root: Path) ->
+Dataset`` is declared with ``@dataset("name", input_shape=..., num_classes=...,
+train_size=..., test_size=...)`` (:mod:`stabilitylab.data.registry`); ``load_dataset(cfg)``
+dispatches through that registry.
 
 Where datasets live (:func:`data_root`), first match wins:
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stabilitylab.data.registry import DATASETS, DatasetInfo
+from stabilitylab.data.registry import DatasetInfo, dataset
 
 if TYPE_CHECKING:  # annotations only: importing the package (and its registry) needs no torch
     import torch
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # annotations only: importing the package (and its registry) 
 DATA_ENV = "STABILITYLAB_DATA"
 """The environment variable that overrides the default data root."""
 
-__all__ = ["DATASETS", "DATA_ENV", "Dataset", "DatasetInfo", "data_root", "default_data_root",
+__all__ = ["DATA_ENV", "Dataset", "DatasetInfo", "data_root", "dataset", "default_data_root",
            "load_dataset"]
 
 
@@ -122,7 +123,10 @@ def load_dataset(cfg, device="cpu", *, root: str | os.PathLike | None = None,
     if info is None:
         info = dataset_info(cfg)  # plugins: see stabilitylab.data.registry
     where = data_root(root) if root is not None else data_root(cfg.root)
-    ds = load_plugin(info, cfg) if info.plugin else _resolve(info.loader)(cfg, where)
+    if info.plugin:
+        ds = load_plugin(info, cfg)
+    else:
+        ds = (info.loader if callable(info.loader) else _resolve(info.loader))(cfg, where)
     if ds.input_shape != info.input_shape:  # a loader bug, not user input
         raise AssertionError(f"{cfg.name}: loader returned inputs of shape {ds.input_shape}, "
                              f"registry says {info.input_shape}")

@@ -27,6 +27,7 @@ import torch
 
 from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import Dataset
+from stabilitylab.data.registry import dataset
 
 NUM_IMAGES = 1797
 TEST_SIZE = 359  # round(0.2 * 1797)
@@ -84,6 +85,8 @@ def digits_arrays() -> dict[str, np.ndarray]:
             "y_test": labels[test_idx], "mean": np.float64(mean), "std": np.float64(std)}
 
 
+@dataset("digits", input_shape=INPUT_SHAPE, num_classes=10, train_size=TRAIN_SIZE,
+         test_size=TEST_SIZE, offline="shipped inside scikit-learn")
 def load_digits(cfg, root=None) -> Dataset:
     """Loader for ``data.name = "digits"`` (``root`` is unused: the data ship with
     scikit-learn)."""

@@ -26,6 +26,7 @@ import torch
 
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.data import Dataset
+from stabilitylab.data.registry import dataset
 
 _ARG_EXCLUDE = ("url",)  # irrelevant to the generated values
 
@@ -157,6 +158,25 @@ def load_arrays(num_samples: int, root: Path | None) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _train_size(cfg) -> int:
+    return int(cfg.num_samples * 0.8)
+
+
+def _test_size(cfg) -> int:
+    return cfg.num_samples - int(cfg.num_samples * 0.8)
+
+
+def check_num_samples(cfg) -> None:
+    """``data.num_samples``: mnist1d makes N/10 examples per class, N >= 50."""
+    n = cfg.num_samples
+    if not (n >= 50 and n % 10 == 0):
+        raise ConfigError(f"data.num_samples: must be a multiple of 10 (mnist1d makes N/10 per "
+                          f"class) and >= 50, got {n}")
+
+
+@dataset("mnist1d", input_shape=(1, 40), num_classes=10, train_size=_train_size,
+         test_size=_test_size, offline="generated offline", fields=("num_samples",),
+         check=check_num_samples)
 def load_mnist1d(cfg, root: Path) -> Dataset:
     """Loader for ``data.name = "mnist1d"``: ``cfg.num_samples`` examples, 80% train."""
     n = int(cfg.num_samples)

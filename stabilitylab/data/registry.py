@@ -5,7 +5,8 @@ can be validated (``2ep`` turned into iterations) before any data is touched.
 
 ``data.name`` may be
 
-- a shipped name (:data:`DATASETS`);
+- a shipped name: a loader in a module of this package declared with ``@dataset(...)``
+  (:func:`dataset`);
 - ``"package.module:function"``, a plugin loader ``(cfg, **options)`` returning a
   :class:`~stabilitylab.data.Dataset` (or a mapping / 4-tuple of train_x, train_y,
   test_x, test_y, see :func:`as_dataset`); ``options`` is the free ``data.options``
@@ -25,11 +26,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stabilitylab.core.declared import declared
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.core.options import check_options
 from stabilitylab.core.registry import SESSION_PREFIX, Registry
 
 ENTRY_POINT_GROUP = "stabilitylab.datasets"
+PACKAGE = "stabilitylab.data"
 
 
 @dataclass(frozen=True)
@@ -39,46 +42,91 @@ class DatasetInfo:
     num_classes: int
     train_size: Callable[[object], int]  # DataConfig -> number of train examples
     test_size: Callable[[object], int]
-    # "module:function" ``(cfg, root) -> Dataset`` imported lazily (shipped loaders), or a
-    # plugin callable ``(cfg, **options) -> Dataset``.
+    # the shipped loader ``(cfg, root) -> Dataset``, or a plugin callable
+    # ``(cfg, **options) -> Dataset`` (or its "module:function")
     loader: str | Callable
     plugin: bool = False
+    download: Callable | None = None  # ``(root, into, mirror) -> folder``: fetches the files
+    offline: str = ""  # why nothing needs downloading, e.g. "generated offline"
+    fields: tuple[str, ...] = ()  # the data.* fields only this dataset reads
+    check: Callable | None = None  # ``(cfg) -> None``: raises ConfigError on a bad field
 
 
-def _mnist1d_train(cfg) -> int:
-    return int(cfg.num_samples * 0.8)
+def _size(value) -> Callable[[object], int]:
+    return value if callable(value) else (lambda cfg: int(value))
 
 
-def _mnist1d_test(cfg) -> int:
-    return cfg.num_samples - int(cfg.num_samples * 0.8)
+def dataset(name: str, *, input_shape: tuple[int, ...], num_classes: int, train_size,
+            test_size, download: Callable | None = None, offline: str = "",
+            fields: tuple[str, ...] = (), check: Callable | None = None):
+    """Declare the decorated loader ``(cfg, root) -> Dataset`` as the shipped dataset ``name``.
+
+    Used on a module-level function of a module of :mod:`stabilitylab.data`; the package
+    finds the declarations in the modules' source (:func:`stabilitylab.core.declared.declared`)
+    without importing them, so the name is written once. ``train_size`` / ``test_size``: an
+    int or ``(cfg) -> int``; ``download``: a function fetching the files (``stabilitylab
+    data download NAME``), ``offline``: why none is needed; ``fields``: the ``data.*``
+    fields only this dataset reads (``num_samples``), ``check(cfg)``: their checks."""
+
+    def mark(loader: Callable) -> Callable:
+        target = f"{loader.__module__}:{loader.__qualname__}"
+        if DATASET_NAMES.shipped.get(name) != target:
+            raise ValueError(f"@dataset({name!r}) on {target}: a shipped dataset is a "
+                             f"module-level function of {PACKAGE} declared with a literal name")
+        loader.dataset_info = DatasetInfo(name, tuple(input_shape), int(num_classes),
+                                          _size(train_size), _size(test_size), loader,
+                                          download=download, offline=offline,
+                                          fields=tuple(fields), check=check)
+        return loader
+
+    return mark
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist1d": DatasetInfo(
-        "mnist1d", (1, 40), 10, _mnist1d_train, _mnist1d_test,
-        "stabilitylab.data.mnist1d:load_mnist1d",
-    ),
-    "mnist": DatasetInfo(
-        "mnist", (1, 28, 28), 10, lambda cfg: 60000, lambda cfg: 10000,
-        "stabilitylab.data.vision:load_mnist",
-    ),
-    "cifar10": DatasetInfo(
-        "cifar10", (3, 32, 32), 10, lambda cfg: 50000, lambda cfg: 10000,
-        "stabilitylab.data.vision:load_cifar10",
-    ),
-    # scikit-learn's bundled 8x8 digits (optional extra); sizes: stabilitylab.data.digits
-    "digits": DatasetInfo(
-        "digits", (1, 8, 8), 10, lambda cfg: 1438, lambda cfg: 359,
-        "stabilitylab.data.digits:load_digits",
-    ),
-}
+def _discover() -> dict[str, str]:
+    return {n: d.target for n, d in declared(PACKAGE, "dataset").items()}
 
-# name -> its DatasetInfo (shipped), or a plugin's loader / DatasetInfo; python:... -> Dataset
-DATASET_NAMES = Registry("dataset", "data.name", ENTRY_POINT_GROUP, DATASETS,
+
+# name -> its loader's "module:function" (shipped), or a plugin's loader / DatasetInfo;
+# python:... -> Dataset
+DATASET_NAMES = Registry("dataset", "data.name", ENTRY_POINT_GROUP, discover=_discover,
                          session_missing="was data passed to record_study in another Python "
                          "session; pass data= again (analyze_study(out, data=...))")
 _SESSION = DATASET_NAMES.session  # python:... -> Dataset
 _LOADED: dict[str, object] = {}  # plugin key -> Dataset (one entry: the study in use)
+
+
+def is_shipped(name: str) -> bool:
+    """Whether ``name`` is a dataset this package ships (nothing is imported)."""
+    return name in DATASET_NAMES.shipped
+
+
+def shipped_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of the shipped dataset ``name`` (imports its module)."""
+    return DATASET_NAMES.resolve(name).dataset_info
+
+
+def declared_facts(name: str) -> dict:
+    """The literal facts of a shipped dataset's declaration (``offline``, ``fields``, ...;
+    a ``download`` function as its name), read without importing it; {} for other names."""
+    entry = declared(PACKAGE, "dataset").get(name)
+    return dict(entry.facts) if entry is not None else {}
+
+
+def downloadable() -> tuple[str, ...]:
+    """The shipped datasets ``stabilitylab data download`` can fetch (nothing is imported)."""
+    return tuple(n for n, d in declared(PACKAGE, "dataset").items() if d.facts.get("download"))
+
+
+def offline_notes() -> dict[str, str]:
+    """``{name: why it needs no download}`` of the shipped datasets that say so."""
+    return {n: d.facts["offline"] for n, d in declared(PACKAGE, "dataset").items()
+            if d.facts.get("offline")}
+
+
+def __getattr__(name: str):
+    if name == "DATASETS":  # every shipped DatasetInfo (imports their modules)
+        return {n: shipped_info(n) for n in DATASET_NAMES.shipped}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_datasets() -> dict[str, str]:
@@ -178,10 +226,13 @@ def dataset_info(cfg) -> DatasetInfo:
     sizes is loaded here, once per (name, options) in this process."""
     name = cfg.name
     options = dict(getattr(cfg, "options", {}) or {})
-    if name in DATASETS:
+    if is_shipped(name):
         if options:
             raise ConfigError(f"data.options.{min(options)}: dataset {name} takes no options")
-        return DATASETS[name]
+        info = shipped_info(name)
+        if info.check is not None:
+            info.check(cfg)
+        return info
     if name.startswith(SESSION_PREFIX):
         if name not in _SESSION:
             raise ConfigError(f"data.name: {name!r} was data passed to record_study in another "

@@ -40,6 +40,8 @@ import torch
 
 from stabilitylab.core.errors import DataMissingError
 from stabilitylab.data import Dataset
+from stabilitylab.data.download import fetch_cifar10, fetch_mnist
+from stabilitylab.data.registry import dataset
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -111,6 +113,8 @@ def _normalize_uint8(x: torch.Tensor, mean, std) -> torch.Tensor:
     return out
 
 
+@dataset("mnist", input_shape=(1, 28, 28), num_classes=10, train_size=60000, test_size=10000,
+         download=fetch_mnist)
 def load_mnist(cfg, root: Path) -> Dataset:
     """Loader for ``data.name = "mnist"``: (N, 1, 28, 28) normalized with 0.1307 / 0.3081."""
     import torchvision
@@ -206,6 +210,8 @@ def _cifar10_missing_message(folder: Path) -> str:
             f"--data-root {folder.parent.absolute()}` or place the files there")
 
 
+@dataset("cifar10", input_shape=(3, 32, 32), num_classes=10, train_size=50000,
+         test_size=10000, download=fetch_cifar10)
 def load_cifar10(cfg, root: Path, *, verify_md5: bool | None = None) -> Dataset:
     """Loader for ``data.name = "cifar10"``: (N, 3, 32, 32) normalized per channel.
 

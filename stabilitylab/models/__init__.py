@@ -15,19 +15,15 @@ state alone (and the global RNG is neither read nor advanced when one is given).
 The output layer is always named ``fc``; :func:`output_layer_name` finds it as the
 last ``nn.Linear`` registered.
 
-Importing this package is cheap (no torch): the registry is plain Python and the builders
-load on first use, so a config is checked without torch's import (``record`` rejects a
+A model is one module of this package whose builder is declared with
+``@model("name")`` (:mod:`stabilitylab.models.registry`). Importing this package is cheap (no
+torch): the names are read from the modules' source and the builders load on first use, so a config is checked without torch's import (``record`` rejects a
 typo in well under a second).
 """
 
 from __future__ import annotations
 
-from stabilitylab.models.registry import (
-    MODEL_BUILDERS,
-    MODEL_NAMES,
-    available_models,
-    resolve_builder,
-)
+from stabilitylab.models.registry import available_models, model, resolve_builder, shipped_models
 
 __all__ = [
     "MODEL_BUILDERS",
@@ -36,8 +32,10 @@ __all__ = [
     "build_model",
     "count_parameters",
     "init_model",
+    "model",
     "output_layer_name",
     "resolve_builder",
+    "shipped_models",
 ]
 _LAZY = ("build_model", "count_parameters", "init_model", "output_layer_name")
 
@@ -47,4 +45,8 @@ def __getattr__(name: str):
         from stabilitylab.models import build
 
         return getattr(build, name)
+    if name in ("MODEL_BUILDERS", "MODEL_NAMES"):  # derived from the declarations
+        from stabilitylab.models import registry
+
+        return getattr(registry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,10 +9,7 @@ from torch import nn
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.core.options import check_options
 from stabilitylab.models.common import materialize
-from stabilitylab.models.registry import (
-    MODEL_BUILDERS,
-    resolve_builder,
-)
+from stabilitylab.models.registry import MODELS, resolve_builder
 
 __all__ = ["build_model", "count_parameters", "init_model", "output_layer_name"]
 
@@ -109,7 +106,7 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
     init_device = generator.device if generator is not None else torch.device("cpu")
     model = materialize(model, init_device)
     reference = None
-    if cfg.name not in MODEL_BUILDERS and any(True for _ in model.buffers()):
+    if cfg.name not in MODELS.shipped and any(True for _ in model.buffers()):
         # A plugin's own buffers (constants) keep the values its builder gives them, built
         # once on the CPU with the global RNG forked and seeded (deterministic).
         with torch.random.fork_rng(devices=[]):
@@ -118,7 +115,7 @@ def build_model(cfg, input_shape: tuple, num_classes: int,
     try:
         init_model(model, generator, buffers_from=reference)
     except TypeError as exc:
-        if cfg.name in MODEL_BUILDERS:
+        if cfg.name in MODELS.shipped:
             raise
         raise ConfigError(f"model {cfg.name}: {exc} (only conv, linear and norm layers have an "
                           "initialization rule)") from None

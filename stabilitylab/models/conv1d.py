@@ -47,6 +47,7 @@ class MatmulConv1d(nn.Conv1d):
         return out.view(batch, out_len, self.out_channels)
 
 from stabilitylab.models.common import check_dropout, check_positive, require_rank
+from stabilitylab.models.registry import model
 
 
 def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
@@ -73,6 +74,7 @@ class Conv1dNet(nn.Module):
         return self.fc(x)
 
 
+@model("conv1d")
 def build_conv1d(cfg, input_shape: tuple, num_classes: int, channels: int = 25) -> Conv1dNet:
     """The 1-D conv net; option ``channels`` (of each conv layer)."""
     require_rank("conv1d", input_shape, 2, "1-D (C, L)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from stabilitylab.models.common import check_dropout
+from stabilitylab.models.registry import model
 
 
 class MLP(nn.Module):
@@ -36,6 +37,7 @@ class MLP(nn.Module):
         return self.fc(x)
 
 
+@model("mlp")
 def build_mlp(cfg, input_shape: tuple, num_classes: int, hidden=(300, 100)) -> MLP:
     """An MLP with hidden widths ``hidden`` (option ``model.options.hidden``).
 
@@ -51,6 +53,7 @@ def build_mlp(cfg, input_shape: tuple, num_classes: int, hidden=(300, 100)) -> M
     return MLP(math.prod(input_shape), tuple(int(h) for h in hidden), num_classes, check_dropout(cfg))
 
 
+@model("lenet_300_100")
 def build_lenet_300_100(cfg, input_shape: tuple, num_classes: int) -> MLP:
     """LeNet-300-100 (OpenLTH's mnist_lenet_300_100): an MLP with hidden (300, 100)."""
     return MLP(math.prod(input_shape), (300, 100), num_classes, check_dropout(cfg))

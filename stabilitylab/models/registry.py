@@ -9,7 +9,8 @@ initialization never matters.
 
 ``model.name`` may be
 
-- a shipped name (:data:`MODEL_BUILDERS`);
+- a shipped name: a builder in a module of this package declared with ``@model("name")``
+  (:func:`model`, :func:`shipped_models`);
 - ``"package.module:function"``, any importable builder (a plugin);
 - a name an installed package registers in the entry-point group ``stabilitylab.models``;
 - ``"python:..."``, a builder handed to :func:`stabilitylab.record_study` in this
@@ -24,42 +25,58 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from stabilitylab.core.declared import declared
 from stabilitylab.core.errors import ConfigError
 from stabilitylab.core.registry import SESSION_PREFIX, Registry
 
 ENTRY_POINT_GROUP = "stabilitylab.models"
+PACKAGE = "stabilitylab.models"
 
-MODEL_NAMES: tuple[str, ...] = (
-    "mlp",
-    "lenet_300_100",
-    "conv1d",
-    "resnet20",
-    "resnet32",
-    "resnet56",
-    "vgg11",
-    "vgg13",
-    "vgg16",
-    "vgg19",
-)
 
-# name -> "module:function" building an *uninitialized* module.
-MODEL_BUILDERS: dict[str, str] = {
-    "mlp": "stabilitylab.models.mlp:build_mlp",
-    "lenet_300_100": "stabilitylab.models.mlp:build_lenet_300_100",
-    "conv1d": "stabilitylab.models.conv1d:build_conv1d",
-    "resnet20": "stabilitylab.models.resnet:build_resnet20",
-    "resnet32": "stabilitylab.models.resnet:build_resnet32",
-    "resnet56": "stabilitylab.models.resnet:build_resnet56",
-    "vgg11": "stabilitylab.models.vgg:build_vgg11",
-    "vgg13": "stabilitylab.models.vgg:build_vgg13",
-    "vgg16": "stabilitylab.models.vgg:build_vgg16",
-    "vgg19": "stabilitylab.models.vgg:build_vgg19",
-}
-assert tuple(MODEL_BUILDERS) == MODEL_NAMES
+def model(name: str):
+    """Declare the decorated builder as the shipped model ``name``.
 
-MODELS = Registry("model", "model.name", ENTRY_POINT_GROUP, MODEL_BUILDERS,
+    Used on a module-level function of a module of :mod:`stabilitylab.models`; the package
+    finds the declarations in the modules' source (:func:`stabilitylab.core.declared.declared`)
+    without importing them, so this one line is the only place the name is written. The
+    first paragraph of the builder's docstring is its help text (``stabilitylab models``)."""
+
+    def mark(builder: Callable) -> Callable:
+        target = f"{builder.__module__}:{builder.__qualname__}"
+        if MODELS.shipped.get(name) != target:
+            raise ValueError(f"@model({name!r}) on {target}: a shipped model is a module-level "
+                             f"function of {PACKAGE} declared with a literal name")
+        builder.model_name = name
+        return builder
+
+    return mark
+
+
+def _discover() -> dict[str, str]:
+    return {n: d.target for n, d in declared(PACKAGE, "model").items()}
+
+
+MODELS = Registry("model", "model.name", ENTRY_POINT_GROUP, discover=_discover,
                   session_missing="was a builder passed to record_study in another Python "
                   "session; pass model= again (analyze_study(out, model=...))")
+
+
+def shipped_models() -> dict[str, str]:
+    """``{name: "module:function"}`` of the models this package ships."""
+    return dict(MODELS.shipped)
+
+
+def model_help() -> dict[str, str]:
+    """``{name: first paragraph of its builder's docstring}`` of the shipped models."""
+    return {n: d.doc for n, d in declared(PACKAGE, "model").items()}
+
+
+def __getattr__(name: str):
+    if name == "MODEL_BUILDERS":  # derived from the declarations (the names are not listed)
+        return shipped_models()
+    if name == "MODEL_NAMES":
+        return tuple(MODELS.shipped)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_models() -> dict[str, str]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from stabilitylab.models.common import BatchNorm2d, check_dropout, check_positive, require_rank
+from stabilitylab.models.registry import model
 
 
 class Block(nn.Module):
@@ -99,16 +100,25 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def _builder(depth: int):
-    def build(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarResNet:
-        require_rank(f"resnet{depth}", input_shape, 3, "image (C, H, W)")
-        return CifarResNet(depth, input_shape[0], num_classes, check_positive("width", width),
-                           check_dropout(cfg))
-    build.__name__ = f"build_resnet{depth}"
-    build.__doc__ = f"ResNet-{depth} for CIFAR (OpenLTH cifar_resnet_{depth})."
-    return build
+def _build(depth: int, cfg, input_shape: tuple, num_classes: int, width: int) -> CifarResNet:
+    require_rank(f"resnet{depth}", input_shape, 3, "image (C, H, W)")
+    return CifarResNet(depth, input_shape[0], num_classes, check_positive("width", width),
+                       check_dropout(cfg))
 
 
-build_resnet20 = _builder(20)
-build_resnet32 = _builder(32)
-build_resnet56 = _builder(56)
+@model("resnet20")
+def build_resnet20(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarResNet:
+    """ResNet-20 for CIFAR (OpenLTH cifar_resnet_20); option ``width`` (channel multiplier)."""
+    return _build(20, cfg, input_shape, num_classes, width)
+
+
+@model("resnet32")
+def build_resnet32(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarResNet:
+    """ResNet-32 for CIFAR (OpenLTH cifar_resnet_32); option ``width`` (channel multiplier)."""
+    return _build(32, cfg, input_shape, num_classes, width)
+
+
+@model("resnet56")
+def build_resnet56(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarResNet:
+    """ResNet-56 for CIFAR (OpenLTH cifar_resnet_56); option ``width`` (channel multiplier)."""
+    return _build(56, cfg, input_shape, num_classes, width)

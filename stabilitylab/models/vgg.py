@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from stabilitylab.models.common import BatchNorm2d, check_dropout, check_positive, require_rank
+from stabilitylab.models.registry import model
 
 PLANS: dict[int, list] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
@@ -58,17 +59,31 @@ class CifarVGG(nn.Module):
         return self.fc(x)
 
 
-def _builder(depth: int):
-    def build(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
-        require_rank(f"vgg{depth}", input_shape, 3, "image (C, H, W)")
-        return CifarVGG(depth, input_shape[0], num_classes, check_positive("width", width),
-                        check_dropout(cfg))
-    build.__name__ = f"build_vgg{depth}"
-    build.__doc__ = f"VGG-{depth} with BatchNorm for CIFAR (OpenLTH cifar_vgg_{depth})."
-    return build
+def _build(depth: int, cfg, input_shape: tuple, num_classes: int, width: int) -> CifarVGG:
+    require_rank(f"vgg{depth}", input_shape, 3, "image (C, H, W)")
+    return CifarVGG(depth, input_shape[0], num_classes, check_positive("width", width),
+                    check_dropout(cfg))
 
 
-build_vgg11 = _builder(11)
-build_vgg13 = _builder(13)
-build_vgg16 = _builder(16)
-build_vgg19 = _builder(19)
+@model("vgg11")
+def build_vgg11(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
+    """VGG-11 with BatchNorm for CIFAR (OpenLTH cifar_vgg_11); option ``width`` (channel multiplier)."""
+    return _build(11, cfg, input_shape, num_classes, width)
+
+
+@model("vgg13")
+def build_vgg13(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
+    """VGG-13 with BatchNorm for CIFAR (OpenLTH cifar_vgg_13); option ``width`` (channel multiplier)."""
+    return _build(13, cfg, input_shape, num_classes, width)
+
+
+@model("vgg16")
+def build_vgg16(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
+    """VGG-16 with BatchNorm for CIFAR (OpenLTH cifar_vgg_16); option ``width`` (channel multiplier)."""
+    return _build(16, cfg, input_shape, num_classes, width)
+
+
+@model("vgg19")
+def build_vgg19(cfg, input_shape: tuple, num_classes: int, width: int = 1) -> CifarVGG:
+    """VGG-19 with BatchNorm for CIFAR (OpenLTH cifar_vgg_19); option ``width`` (channel multiplier)."""
+    return _build(19, cfg, input_shape, num_classes, width)

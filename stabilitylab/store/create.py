@@ -40,7 +40,7 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
     levels, rewinds = tuple(resolved.levels), tuple(resolved.rewinds)
     R = int(cfg.study.replicas)
     level_idx, rewind_idx = _positions(levels), _positions(rewinds)
-    kinds = S.store_kinds(getattr(resolved, "kinds", S.KINDS))
+    kinds = S.check_kinds(getattr(resolved, "kinds", S.KINDS))
     for run in runs:
         check_key(run, level_idx, rewind_idx, R, kinds)
     if step_chunk is not None and int(step_chunk) < 1:
@@ -106,6 +106,8 @@ def build_store(url, resolved, *, param_layout: list[dict], buffer_layout: list[
                 if len(values):
                     arr[:] = values
             for spec in S.array_specs(list(optimizer_state_names)):
+                if spec.name == "replica_masks" and not getattr(resolved, "own_mask_kinds", ()):
+                    continue  # only a study with own-mask kinds has per-run masks
                 shape = tuple(sizes[d] for d in spec.dims)
                 group.create_array(
                     spec.name, shape=shape, chunks=S.chunks_for(spec.dims, shape, c),

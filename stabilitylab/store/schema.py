@@ -26,26 +26,23 @@ SCHEMA = "stabilitylab.study"
 SCHEMA_VERSION = 1
 CREATION_LIBRARY = "stabilitylab"
 
-# The run kinds, in the order of the store's ``kind`` coordinate. What each kind trains is
-# declared in stabilitylab.study.kinds (whose registry lists these names, in this order).
-# Every store has the first three (KINDS); a study that trains the noise kinds or the
-# pruning-at-init controls appends those it trains, in the order of EXTRA_KINDS, so a
-# store written before they existed is still valid and means the same.
+# The run kinds. Every store's ``kind`` coordinate begins with these three; a study that
+# trains further kinds (the noise kinds, the pruning-at-init controls, ...) appends those it
+# trains in the order of the run-kind registry (stabilitylab.study.kinds, where each kind is
+# declared), so a store written before a kind existed is still valid and means the same.
 KINDS: tuple[str, ...] = ("imp", "random_prune", "reinit")
-NOISE_KINDS: tuple[str, ...] = ("perturb", "data_order+perturb", "init")
-PAI_KINDS: tuple[str, ...] = ("magnitude_init", "snip", "grasp", "synflow", "shuffle")
-EXTRA_KINDS: tuple[str, ...] = NOISE_KINDS + PAI_KINDS
-ALL_KINDS: tuple[str, ...] = KINDS + EXTRA_KINDS
 
 
-def store_kinds(used) -> tuple[str, ...]:
-    """The ``kind`` coordinate of a store whose study trains the kinds ``used``: KINDS, then
-    the extra kinds it trains, in the order of EXTRA_KINDS."""
-    used = set(used)
-    unknown = sorted(used - set(ALL_KINDS))
-    if unknown:
-        raise ValueError(f"unknown run kinds {unknown}; known: {', '.join(ALL_KINDS)}")
-    return KINDS + tuple(k for k in EXTRA_KINDS if k in used)
+def check_kinds(kinds) -> tuple[str, ...]:
+    """``kinds`` as a store's ``kind`` coordinate: :data:`KINDS`, then distinct further
+    names; ValueError otherwise."""
+    kinds = tuple(str(k) for k in kinds)
+    if kinds[:len(KINDS)] != KINDS or len(set(kinds)) != len(kinds) or not all(kinds):
+        raise ValueError(f"kind coordinate {list(kinds)[:12]}: expected {list(KINDS)} followed "
+                         "by distinct further kinds")
+    return kinds
+
+
 RUN_DIMS: tuple[str, ...] = ("kind", "level", "rewind", "replica")
 
 REQUIRED_ATTRS = (
@@ -86,6 +83,7 @@ def array_specs(state_names: tuple[str, ...] | list[str] = ()) -> list[ArraySpec
     specs = [
         ArraySpec("weights", _RUN + ("step", "param"), f32, 0.0),
         ArraySpec("masks", ("kind", "level", "rewind", "param"), "bool", False),
+        ArraySpec("replica_masks", _RUN + ("param",), "bool", False),
         ArraySpec("final_buffers", _RUN + ("buffer",), f32, 0.0),
         ArraySpec("status", _RUN, "int8", 0),
         ArraySpec("diverged_step", _RUN, "int64", -1),
@@ -112,7 +110,11 @@ def array_specs(state_names: tuple[str, ...] | list[str] = ()) -> list[ArraySpec
 
 # Arrays added to schema 1 after its first release. A store written before then lacks
 # them and is still valid; readers treat the array as all fill values.
-LATER_ARRAYS = frozenset({"dense_diverged_step"})
+# ``replica_masks`` (each run's own mask) exists only in a store whose study trains a kind
+# with per-copy masks (``Study.own_mask_kinds``); there ``masks`` holds the union of the
+# copies' masks and ``density`` replica 0's density.
+LATER_ARRAYS = frozenset({"dense_diverged_step", "replica_masks"})
+
 
 
 def state_list(names) -> list[str]:

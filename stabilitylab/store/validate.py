@@ -217,17 +217,10 @@ def _check_structure(group: zarr.Group, where: str, attrs: dict) -> dict[str, in
         if arr.shape[0] > _MAX_COORD:
             raise StoreError(f"{where}: coordinate {dim!r} has implausible length {arr.shape[0]}")
         sizes[dim] = int(arr.shape[0])
-    if not len(S.KINDS) <= sizes["kind"] <= len(S.ALL_KINDS):
-        raise StoreError(f"{where}: kind coordinate has {sizes['kind']} entries, expected "
-                         f"{len(S.KINDS)} to {len(S.ALL_KINDS)}")
-    kinds = tuple(str(k) for k in arrays["kind"][:])
     try:
-        expected = S.store_kinds(kinds)
-    except ValueError:
-        expected = None
-    if kinds != expected:
-        raise StoreError(f"{where}: kind coordinate is {list(kinds)[:12]}, expected "
-                         f"{list(S.KINDS)} followed by any of {list(S.EXTRA_KINDS)} in that order")
+        S.check_kinds(arrays["kind"][:])
+    except ValueError as exc:
+        raise StoreError(f"{where}: {exc}") from None
     states = sorted(n[len(S.STATE_PREFIX):] for n in arrays if n.startswith(S.STATE_PREFIX))
     for spec in S.array_specs(states):
         arr = arrays.get(spec.name)

@@ -316,6 +316,18 @@ class StudyWriter:
         self._submit(self._a["masks"], idx + (slice(None),), m.copy())
         self._submit(self._a["density"], idx, np.float32(density))
 
+    def write_replica_mask(self, run: RunKey, mask: np.ndarray) -> None:
+        """The mask of one run of an own-mask kind (``replica_masks``)."""
+        self._check()
+        if "replica_masks" not in self._a:
+            raise ValueError(f"write_replica_mask: this store has no replica_masks (its study "
+                             f"trains no kind with per-copy masks; kinds {self.kinds})")
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (self.n_params,):
+            raise ValueError(f"write_replica_mask: mask shape {m.shape}, expected "
+                             f"({self.n_params},)")
+        self._submit(self._a["replica_masks"], self._idx(run) + (slice(None),), m.copy())
+
     def write_final(self, run: RunKey, *, buffers, test_acc, test_loss, train_eval_acc,
                     train_eval_loss) -> None:
         self._check()

@@ -126,31 +126,35 @@ def read_rewind(ctx: TaskContext, writer, rewind: int) -> RewindPoint:
 
 
 def parent_problem(ctx: TaskContext, writer, level: int, rewind: int,
-                   start: RewindPoint) -> str | None:
+                   start: RewindPoint, kind: str = "imp", replica: int = 0) -> str | None:
     """Why the runs of (``level``, ``rewind``) must not be trained, or None: their start
-    W_k is not finite (the dense run diverged before k), or the IMP replica-0 run of an
-    earlier level, whose final weights give their masks, diverged (or was itself never
-    trained for that reason). A NaN weight sorts last in a magnitude ranking, so a mask
-    taken from it would prune by position, not by magnitude."""
+    W_k is not finite (the dense run diverged before k), or the replica-0 IMP run (for an
+    own-mask kind: the same kind and ``replica``) of an earlier level, whose final weights
+    give their masks, diverged (or was itself never trained for that reason). A NaN weight
+    sorts last in a magnitude ranking, so a mask taken from it would prune by position,
+    not by magnitude."""
     for n, t in {**start.params, **start.buffers}.items():
         if not torch.isfinite(t).all():
             return f"its start W_{rewind} is not finite ({n}: the dense run diverged)"
     for previous in [lv for lv in ctx.resolved.levels if lv < level]:
-        parent = RunKey("imp", previous, rewind, 0)
+        parent = RunKey(kind, previous, rewind, replica)
         if writer.status_of(parent) in ("diverged", "parent_diverged"):
-            return f"its mask's parent, imp level {previous} rewind {rewind} replica 0, diverged"
+            return (f"its mask's parent, {kind} level {previous} rewind {rewind} replica "
+                    f"{replica}, diverged")
     return None
 
 
-def imp_masks(ctx: TaskContext, writer, level: int, rewind: int) -> dict[str, torch.Tensor]:
+def imp_masks(ctx: TaskContext, writer, level: int, rewind: int, kind: str = "imp",
+              replica: int = 0) -> dict[str, torch.Tensor]:
     """The IMP masks of ``level`` at ``rewind``: everything kept at the first level, then
-    each level prunes the previous level's replica-0 final weights (read from the store)."""
+    each level prunes the previous level's final weights (read from the store) of IMP
+    replica 0, or, for an own-mask kind, of the same ``kind`` and ``replica``."""
     from stabilitylab.core.errors import StoreError
 
     T = ctx.resolved.total_steps
     masks = all_kept(ctx)
     for previous in [lv for lv in ctx.resolved.levels if lv < level]:
-        parent = RunKey("imp", previous, rewind, 0)
+        parent = RunKey(kind, previous, rewind, replica)
         final = torch.from_numpy(np.asarray(writer.read_weights(parent, T)))
         if not torch.isfinite(final).all():  # never a mask from NaN (parent_problem says why)
             raise StoreError(f"the final weights of {parent} are not finite; its status is "
@@ -158,6 +162,31 @@ def imp_masks(ctx: TaskContext, writer, level: int, rewind: int) -> dict[str, to
         weights = {n: t for n, t in ctx.unflat(final).items() if n in masks}
         masks = prune(weights, masks, ctx.cfg.pruning.fraction, ctx.cfg.pruning.strategy)
     return masks
+
+
+def _own_masks(ctx: TaskContext, writer, runs, level: int, k: int, name: str, imp, point,
+               run_masks: dict, orphan_runs: dict) -> None:
+    """The masks of each replica of own-mask kind ``name`` at (``level``, ``k``), into
+    ``run_masks``; a replica whose own parent diverged goes to ``orphan_runs`` instead.
+    The store keeps each copy's mask (``replica_masks``) and, under ``masks``, their union
+    (every weight some copy keeps) with replica 0's density (equal for all copies: each
+    level prunes the same count)."""
+    kind = kinds.get(name)
+    own = {}
+    for run in [r for r in runs if r.kind == name and r.rewind == k]:
+        why = parent_problem(ctx, writer, level, k, point, name, run.replica)
+        if why is not None:
+            orphan_runs[run] = why
+            continue
+        inputs = kinds.MaskInputs(ctx, name, level, k, imp, point,
+                                  generator(ctx.seeds.kind(name, level, k, run.replica)),
+                                  replica=run.replica,
+                                  own=imp_masks(ctx, writer, level, k, name, run.replica))
+        own[run.replica] = run_masks[(name, k, run.replica)] = kind.mask(inputs)
+        writer.write_replica_mask(run, ctx.mask_flat(own[run.replica]))
+    if own:
+        union = {n: torch.stack([m[n] for m in own.values()]).any(0) for n in ctx.prunable}
+        writer.write_mask(name, level, k, ctx.mask_flat(union), density(own[min(own)]))
 
 
 def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> dict:
@@ -170,9 +199,12 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
             run_done(run, "done")
         return {run: "done" for run in runs}
     kinds_here = [name for name in kinds.names() if any(run.kind == name for run in runs)]
-    run_masks: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # (kind, rewind) -> masks
+    # (kind, rewind) -> masks shared by the kind's replicas; (kind, rewind, replica) -> masks
+    # of one copy of an own-mask kind
+    run_masks: dict[tuple, dict[str, torch.Tensor]] = {}
     points: dict[int, RewindPoint] = {}
     orphaned: dict[int, str] = {}  # rewind -> why its runs are not trained
+    orphan_runs: dict[RunKey, str] = {}  # own-mask runs whose own parent diverged
     for k in task.rewinds:
         points[k] = read_rewind(ctx, writer, k)
         why = parent_problem(ctx, writer, level, k, points[k])
@@ -181,20 +213,20 @@ def _train_level(ctx: TaskContext, writer, task: Task, progress, run_done) -> di
             continue
         imp = imp_masks(ctx, writer, level, k)
         for name in kinds_here:
+            if kinds.get(name).own_masks:
+                _own_masks(ctx, writer, runs, level, k, name, imp, points[k], run_masks,
+                           orphan_runs)
+                continue
             g = generator(ctx.seeds.kind(name, level, k))
             inputs = kinds.MaskInputs(ctx, name, level, k, imp, points[k], g)
-            run_masks[(name, k)] = kinds.get(name).mask(inputs)
-    for name in kinds_here:
-        for k in task.rewinds:
-            if k in orphaned:
-                continue
-            m = run_masks[(name, k)]
+            m = run_masks[(name, k)] = kinds.get(name).mask(inputs)
             writer.write_mask(name, level, k, ctx.mask_flat(m), density(m))
     for run in runs:
         if run in done:
             writer.reset_run(run)
     statuses = _skip_orphans(ctx, writer, level, runs, orphaned, progress, run_done)
-    runs = [run for run in runs if run.rewind not in orphaned]
+    statuses.update(_skip_orphan_runs(ctx, writer, orphan_runs, progress, run_done))
+    runs = [run for run in runs if run.rewind not in orphaned and run not in orphan_runs]
     if not runs:
         return statuses
     plan = group_plan(ctx, task, runs, points, run_masks)
@@ -229,13 +261,28 @@ def _skip_orphans(ctx: TaskContext, writer, level: int, runs, orphaned: dict[int
     return statuses
 
 
+def _skip_orphan_runs(ctx: TaskContext, writer, orphan_runs: dict, progress, run_done) -> dict:
+    """Mark the own-mask runs in ``orphan_runs`` ``parent_diverged``, one warning each."""
+    statuses = {}
+    for run, why in orphan_runs.items():
+        log.warning("%s: not training it: %s", run, why)
+        writer.finish_run(run, "parent_diverged")
+        statuses[run] = "parent_diverged"
+        run_done(run, "parent_diverged")
+        progress(ctx.resolved.total_steps - run.rewind)
+    return statuses
+
+
 def group_plan(ctx: TaskContext, task: Task, runs: list[RunKey], points, run_masks) -> GroupPlan:
-    """Each run's start (its kind's start rule), mask and data order, stacked."""
+    """Each run's start (its kind's start rule), mask and data order, stacked. ``run_masks``:
+    ``{(kind, rewind): masks}`` shared by a kind's replicas, or ``{(kind, rewind, replica):
+    masks}`` for one copy of an own-mask kind."""
     starts: list[kinds.Start] = []
     masks, seeds, rewinds = [], [], []
     for run in runs:
         kind = kinds.get(run.kind)
-        m = run_masks[(run.kind, run.rewind)]
+        own = (run.kind, run.rewind, run.replica)
+        m = run_masks[own] if own in run_masks else run_masks[(run.kind, run.rewind)]
         starts.append(kind.start(kinds.StartInputs(ctx, run.kind, run.level, run.rewind,
                                                    run.replica, points[run.rewind], m)))
         masks.append(m)

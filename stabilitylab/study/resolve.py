@@ -26,8 +26,9 @@ from stabilitylab.config.checks import need
 from stabilitylab.config.schedule import schedule
 from stabilitylab.core.errors import StabilityLabError
 from stabilitylab.core.options import builder_options, canonical, effective_options
-from stabilitylab.data.registry import DATASETS, dataset_info, plugin_target
-from stabilitylab.models.registry import MODEL_BUILDERS, resolve_builder
+from stabilitylab.data.registry import dataset_info, is_shipped, plugin_target
+from stabilitylab.models.registry import MODELS, resolve_builder
+from stabilitylab.study.kinds import REGISTRY, control_names, noise_names, store_kinds
 
 
 def resolve_study(cfg: Config | Study, *, min_replicas: int = 2) -> Study:
@@ -57,26 +58,48 @@ def study_from_dict(raw: dict, *, min_replicas: int = 1) -> Study:
 
 def _resolved(cfg: Config) -> Study:
     cfg = _drop_unused_legacy(cfg)
-    if cfg.model.name not in MODEL_BUILDERS:  # mistyped model and dataset names: said
+    if cfg.model.name not in MODELS.shipped:  # mistyped model and dataset names: said
         resolve_builder(cfg.model.name)       # before torch (a shipped builder is not imported)
-    info = dataset_info(cfg.data)  # a plugin dataset without stated sizes is loaded here, once
-    from stabilitylab.study.kinds import control_names  # the kind registry: no torch
-
     t, s = cfg.training, cfg.study
     controls = control_names()
     bad_controls = [c for c in s.controls if c not in controls]
     need(not bad_controls, f"study.controls: unknown control {bad_controls[:1]}; choose from "
           f"{', '.join(controls)}")
-    # torch (the optimizer table) and xarray (store schema) only once needed
+    noise = ("data_order", *noise_names())
+    need(all(n in noise for n in s.noise),
+          f"study.noise: choose from {', '.join(noise)} (each once), got {list(s.noise)}")
+    info = dataset_info(cfg.data)  # a plugin dataset without stated sizes is loaded here, once
+    # torch (the optimizer table) only once needed
     from stabilitylab.train.optim import OPTIMIZERS
 
     need(t.optimizer in OPTIMIZERS,
           f"training.optimizer: unknown {t.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     _check_model(cfg.model, info)
-    from stabilitylab.store.schema import store_kinds
+    if s.perturb_modules:  # names the model has, said before anything trains
+        _check_perturb_modules(cfg, info)
+    study = schedule(cfg, info.train_size(cfg.data), kinds_of=store_kinds,
+                     study_id=study_id(cfg), info=info)
+    return _own_masks(study)
 
-    return schedule(cfg, info.train_size(cfg.data), kinds_of=store_kinds,
-                    study_id=study_id(cfg), info=info)
+
+def _own_masks(study: Study) -> Study:
+    """``study`` with its own-mask kinds named. Such a kind's level L prunes its own level
+    L-1 copies, so it needs every noise level from 0 up."""
+    own = tuple(k for k in study.kinds if k in REGISTRY and REGISTRY[k].own_masks)
+    levels = study.noise_levels
+    for name in own:
+        need(levels == tuple(range(levels[-1] + 1)),
+             f"study.noise_levels: {name} copies prune their own earlier levels, so they need "
+             f"every level from 0 to {levels[-1]}, got {list(levels)}")
+    return dataclasses.replace(study, own_mask_kinds=own) if own else study
+
+
+def _check_perturb_modules(cfg: Config, info) -> None:
+    from stabilitylab.models import build_model
+    from stabilitylab.train.perturb import in_modules
+
+    model = build_model(cfg.model, info.input_shape, info.num_classes, device="meta")
+    in_modules(dict(model.named_parameters()), cfg.study.perturb_modules)
 
 
 def _check_model(m, info) -> None:
@@ -85,7 +108,7 @@ def _check_model(m, info) -> None:
     from stabilitylab.models import build_model  # torch-backed
 
     build_model(m, info.input_shape, info.num_classes, device="meta")
-    if m.name not in MODEL_BUILDERS:
+    if m.name not in MODELS.shipped:
         from stabilitylab.train.check import check_batched  # builds a StackedModel: torch
 
         check_batched(m, info.input_shape, info.num_classes)
@@ -118,7 +141,7 @@ def _effective(cfg: Config, section: str) -> dict:
     try:
         if section == "model":
             builder = resolve_builder(cfg.model.name)
-        elif cfg.data.name not in DATASETS and not cfg.data.name.startswith("python:"):
+        elif not is_shipped(cfg.data.name) and not cfg.data.name.startswith("python:"):
             target = plugin_target(cfg.data.name)
             builder, positional = (target, 1) if callable(target) else (None, 1)
     except StabilityLabError:

@@ -34,10 +34,57 @@ def _imp(ctx, point):
     return prune({n: point.params[n] for n in ctx.prunable}, ones, 0.5, "global")
 
 
-def test_registry_lists_the_store_kinds_in_order():
-    assert kinds.names() == S.ALL_KINDS
-    assert kinds.control_names() == ("random_prune", "reinit", *S.PAI_KINDS)
+PAI_KINDS = ("magnitude_init", "snip", "grasp", "synflow", "shuffle")
+
+
+def test_registry_lists_the_kinds_in_store_order():
+    """The order of every store written so far (one file per kind; rank orders them)."""
+    assert kinds.names() == (*S.KINDS, "perturb", "data_order+perturb", "init", "init_imp",
+                             *PAI_KINDS)
+    assert kinds.control_names() == ("random_prune", "reinit", *PAI_KINDS)
+    assert kinds.noise_names() == ("perturb", "data_order+perturb", "init", "init_imp")
     assert not kinds.get("imp").control
+    assert tuple(n for n, k in kinds.REGISTRY.items() if k.in_every_store) == S.KINDS
+    assert kinds.store_kinds({"imp", "snip", "init"}) == (*S.KINDS, "init", "snip")
+    with pytest.raises(ValueError, match="unknown run kinds"):
+        kinds.store_kinds({"imp", "nope"})
+
+
+def test_a_kind_declares_how_it_is_shown_and_whether_it_starts_from_w_k():
+    from stabilitylab.analysis.pair_noise import barrier_name, label
+    from stabilitylab.report.figures import KIND_COLORS, KIND_LABELS, KIND_STYLES
+
+    assert KIND_LABELS["imp"] == "IMP" and KIND_LABELS["snip"] == "snip"  # default: the name
+    assert KIND_COLORS["random_prune"] == "#D55E00" and "snip" not in KIND_COLORS
+    assert KIND_STYLES["reinit"] == ":"
+    assert [n for n, k in kinds.REGISTRY.items() if not k.starts_at_rewind] == [
+        "reinit", "init", "init_imp"]
+    assert label("init") == "different-init pairs" and label("data_order") == "data-order pairs"
+    assert label("perturb") == "perturbed pairs" and label("other") == "other pairs"
+    from stabilitylab.analysis.pair_noise import pair_noise
+
+    assert pair_noise({}, ["imp", "init_imp"]) == {"imp": "data_order", "init_imp": "init"}
+    assert barrier_name("init") == "barrier between different-init pairs"
+    assert barrier_name("perturb") == barrier_name("data_order") == "instability"
+
+
+def test_a_registered_kind_reaches_the_figures_and_the_store_order():
+    from stabilitylab.report.figures import KIND_COLORS, KIND_LABELS
+
+    extra = kinds.RunKind("late", "a test kind", control=True, mask=kinds.imp_mask, rank=15,
+                          label="late kind", color="#000000")
+    saved = dict(kinds.REGISTRY)
+    try:
+        kinds.register(extra)
+        assert kinds.names().index("late") == kinds.names().index("init_imp") + 1  # by rank
+        assert KIND_LABELS["late"] == "late kind" and KIND_COLORS["late"] == "#000000"
+        assert "late" in kinds.control_names()
+        assert kinds.store_kinds({"imp", "late"}) == (*S.KINDS, "late")
+        with pytest.raises(ValueError, match="already registered"):
+            kinds.register(extra)
+    finally:
+        kinds.REGISTRY.clear()
+        kinds.REGISTRY.update(saved)
 
 
 def test_unknown_control_is_a_one_line_config_error():
