@@ -36,8 +36,13 @@ DEFAULT_NUM_ALPHAS = 30
 LMC_THRESHOLD = 0.02
 
 #: Frankle et al. (LMC, ICML 2020): a subnetwork is *matching* when its accuracy is within
-#: 0.2 percentage points of the dense network's (``attrs["matching_tolerance"]``).
+#: 0.2 percentage points of the dense network's (``attrs["matching_tolerance"]``); analyze
+#: takes max(this, one sd of the dense copies) as the margin of the paired test
+#: (:func:`stabilitylab.analysis.prediction.paired_matching`).
 MATCHING_TOLERANCE = 0.002
+
+#: The one-sided confidence of that paired test's lower bound (``attrs["matching_confidence"]``).
+MATCHING_CONFIDENCE = 0.95
 
 
 def alpha_grid(n: int = DEFAULT_NUM_ALPHAS) -> np.ndarray:
@@ -138,7 +143,8 @@ def is_matching(acc, dense_acc, tol: float = MATCHING_TOLERANCE) -> np.ndarray:
 
     Frankle et al. (LMC, ICML 2020) call a subnetwork *matching* when its accuracy
     is within 0.2 percentage points of the dense network (accuracies as fractions).
-    NaN → False.
+    NaN → False. This is the point comparison against one reference value; ``analyze``
+    uses the paired test :func:`stabilitylab.analysis.prediction.paired_matching`.
     """
     a, d = _curve(acc), _curve(dense_acc)
     with np.errstate(invalid="ignore"):

@@ -17,6 +17,8 @@ import torch
 import xarray as xr
 
 from stabilitylab.analysis.barriers import alpha_grid, instability
+from stabilitylab.analysis.cells import Cells
+from stabilitylab.analysis.endpoints import finals
 from stabilitylab.analysis.interpolate import interpolate_flat
 from stabilitylab.analysis.layerwise import evaluate_in_chunks
 from stabilitylab.analysis.registry import Variable, allocate, group
@@ -40,34 +42,38 @@ def _work(ctx) -> int:
            Variable("cross_level_loss_barrier", _DIMS, "the same on test loss", "nats"),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
-    """One stacked evaluation per (level ≥ 1, k): every replica's path."""
-    err, loss = allocate(ctx, "cross_level_barrier"), allocate(ctx, "cross_level_loss_barrier")
+    """Every (imp cell at level ≥ 1, replica) path of the study in one stacked evaluation
+    (chunked by :func:`~stabilitylab.analysis.layerwise.evaluate_in_chunks`)."""
+    names = ("cross_level_barrier", "cross_level_loss_barrier")
+    if "imp" not in ctx.kinds or len(ctx.levels) < 2:
+        return {name: allocate(ctx, name) for name in names}
     alphas = alpha_grid(CROSS_LEVEL_ALPHAS)
     data = ctx.data
     bn_x = data.train_x[:ctx.cfg.data.train_eval_size] if ctx.stacked.buffer_slots else None
-    if "imp" not in ctx.kinds:
-        return {"cross_level_barrier": err, "cross_level_loss_barrier": loss}
-    for parent, level in zip(ctx.levels, ctx.levels[1:]):
-        for k in ctx.rewinds:
-            reps = ctx.complete_replicas("imp", level, k)
-            if not reps:
-                continue
-            both = [r for r in reps if ctx.complete("imp", parent, k, r)]
-            child = torch.from_numpy(ctx.final_weights("imp", level, k)).to(ctx.device)
-            older = torch.from_numpy(ctx.final_weights("imp", parent, k)).to(ctx.device)
-            both = [r for r in both if torch.isfinite(child[r]).all()
-                    and torch.isfinite(older[r]).all()]
-            if both:
-                pts = torch.cat([interpolate_flat(child[r], older[r], alphas) for r in both])
-                res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
-                                         bn_recompute_x=bn_x)
-                shape = (len(both), len(alphas))
-                at = {"level": level, "rewind": k, "replica": [ctx.replicas[r] for r in both]}
-                err.loc[at] = instability(res["error"].reshape(shape))
-                loss.loc[at] = instability(res["loss"].reshape(shape))
-            if progress is not None:
-                progress(1)
-    return {"cross_level_barrier": err, "cross_level_loss_barrier": loss}
+    where = np.zeros(ctx.cells().shape, bool)
+    where[ctx.kinds.index("imp"), 1:] = True  # level L ≥ 1; its parent is the level before
+    cells = Cells.of(ctx, where=where)
+    parents = Cells(cells.kind, cells.level - 1, cells.rewind, cells.labels)
+    child, older = finals(ctx, cells), finals(ctx, parents)  # (cell, replica, P)
+    complete = ctx.completed.values
+    both = (complete[cells.kind, cells.level, cells.rewind]
+            & complete[parents.kind, parents.level, parents.rewind]
+            & np.isfinite(child).all(-1) & np.isfinite(older).all(-1))
+    cell_i, rep_i = np.nonzero(both)
+    values = {name: np.full(both.shape, np.nan) for name in names}
+    if len(cell_i):
+        pts = torch.cat([interpolate_flat(torch.from_numpy(child[c, r]).to(ctx.device),
+                                          torch.from_numpy(older[c, r]).to(ctx.device), alphas)
+                         for c, r in zip(cell_i, rep_i)])
+        res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
+                                 bn_recompute_x=bn_x)
+        shape = (len(cell_i), len(alphas))
+        values["cross_level_barrier"][cell_i, rep_i] = instability(res["error"].reshape(shape))
+        values["cross_level_loss_barrier"][cell_i, rep_i] = instability(
+            res["loss"].reshape(shape))
+    if progress is not None:
+        progress(len(cells))
+    return {name: cells.scatter(ctx, name, v, drop="kind") for name, v in values.items()}
 
 
 def cross_level_mean(analysis: xr.Dataset) -> xr.DataArray | None:

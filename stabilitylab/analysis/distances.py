@@ -154,10 +154,32 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
     x = np.moveaxis(x, (ra, pa), (-2, -1))
     r = x.shape[-2]
     pairs = np.array(list(combinations(range(r), 2)), dtype=np.int64).reshape(-1, 2)
-    values = [fn(x[..., i, :], x[..., j, :], None if mask is None else
-                 mask[..., i, :] & mask[..., j, :]) for i, j in pairs]
+    if mask is None or mask.strides[-2] == 0:  # one mask for every replica: prepare each once
+        values = _shared_mask_pairs(x, None if mask is None else mask[..., 0, :], pairs, metric)
+    else:
+        values = [fn(x[..., i, :], x[..., j, :], mask[..., i, :] & mask[..., j, :])
+                  for i, j in pairs]
     out = np.stack(values, axis=-1) if values else np.empty(x.shape[:-2] + (0,))
     return pairs, out
+
+
+def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> list:
+    """:func:`pairwise_distance` when every replica has the same mask (or none): each
+    replica is masked (and, for the angle, scaled to unit norm) once, not once per pair.
+    Every value is computed by the same operations on the same rows as :func:`l2_distance`
+    and :func:`angle` on the pair, so the results are the same to the bit."""
+    x = _masked(x, None if mask is None else mask[..., None, :])
+    if metric == "l2":
+        out = []
+        for i, j in pairs:
+            diff = x[..., i, :] - x[..., j, :]
+            out.append(np.sqrt(np.sum(diff * diff, axis=-1)))
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = [x[..., i, :] / np.linalg.norm(x[..., i, :], axis=-1, keepdims=True)
+                for i in range(x.shape[-2])]
+        return [2.0 * np.arctan2(np.linalg.norm(unit[i] - unit[j], axis=-1),
+                                 np.linalg.norm(unit[i] + unit[j], axis=-1)) for i, j in pairs]
 
 
 def pruning_noise_distance(dense, sub, mask, *, metric: str = "l2", axis: int = -1) -> np.ndarray:

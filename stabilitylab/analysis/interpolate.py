@@ -147,7 +147,9 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
     these N flat weight vectors". The N points are the replicas of one vmapped forward per
     chunk of examples, in blocks of :data:`POINT_EXAMPLES` // ``batch_size`` points on the
     CPU (64 times more on a GPU), so memory is ~ one block × ``batch_size`` activations
-    however large N is; a caller may pass every point of many paths at once.
+    however large N is; a caller may pass every point of many paths at once. On a CPU with
+    T > 1 torch threads, T workers take a contiguous share of the blocks each, one thread
+    apiece (:func:`_map_blocks`; same bits as one thread).
 
     Parameters
     ----------
@@ -179,10 +181,13 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
     # the default conv1d net evaluated 300 points in 4-5 s at 30-100 points × 30-100
     # examples per forward, and in 10-12 s at 300 × 100 (shared machine, same run).
     block = max(1, POINT_EXAMPLES // batch_size) * (64 if points.device.type == "cuda" else 1)
-    parts = [_evaluate_block(stacked, points[i:i + block], x, y, mode,
-                             None if buffers is None else buffers[i:i + block], bn_recompute_x,
-                             batch_size, bn_batch_size, return_logits)
-             for i in range(0, n_points, block)]
+
+    def run(model, i):
+        return _evaluate_block(model, points[i:i + block], x, y, mode,
+                               None if buffers is None else buffers[i:i + block], bn_recompute_x,
+                               batch_size, bn_batch_size, return_logits)
+
+    parts = _map_blocks(run, stacked, range(0, n_points, block), points.device)
     if not parts:  # no points (e.g. every pair of a cell incomplete): empty results
         out = {"error": np.zeros(0), "loss": np.zeros(0), "bn_mode": mode}
         if return_logits:
@@ -197,6 +202,37 @@ def evaluate_points(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor
 
 #: Points × examples per stacked forward in :func:`evaluate_points` (see there).
 POINT_EXAMPLES = 3000
+
+
+def _map_blocks(run, stacked: StackedModel, starts, device) -> list:
+    """``[run(stacked, i) for i in starts]``. On the CPU with T > 1 torch threads the blocks
+    are split into T contiguous shares, each run on a thread of its own with one torch
+    thread and its own copy of ``stacked`` (``functional_call`` swaps a module's tensors, so
+    a module is never shared between threads). The small per-block operations (loss,
+    argmax, the last layer) fall below torch's per-op parallel grain and would leave a core
+    idle otherwise. A block's numbers do not depend on the thread that runs it or on the
+    thread count (checked bit for bit in tests/analysis/test_interpolate.py).
+    """
+    starts = list(starts)
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or len(starts) < 2:
+        return [run(stacked, i) for i in starts]
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = min(threads, len(starts))
+    shares = [starts[j * len(starts) // n:(j + 1) * len(starts) // n] for j in range(n)]
+    models = [stacked] + [StackedModel(stacked.template) for _ in range(n - 1)]
+
+    def share(j):
+        torch.set_num_threads(1)  # this worker's part of the cores
+        with torch.no_grad():  # grad mode is per thread
+            return [run(models[j], i) for i in shares[j]]
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            return [part for done in pool.map(share, range(n)) for part in done]
+    finally:
+        torch.set_num_threads(threads)  # a worker's setting may be process-wide (MKL)
 
 
 def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_size,

@@ -18,8 +18,10 @@ import torch
 import xarray as xr
 
 from stabilitylab.analysis.barriers import alpha_grid, instability
+from stabilitylab.analysis.cells import Cells
+from stabilitylab.analysis.endpoints import POINTS_BUDGET_BYTES, finals
 from stabilitylab.analysis.layerwise import evaluate_in_chunks, layer_selectors, layerwise_points
-from stabilitylab.analysis.registry import Variable, allocate, group
+from stabilitylab.analysis.registry import Variable, group
 
 LAYERWISE_ALPHAS = 7  # 0, 1/6, ..., 1 (0.5 included); analyze's time budget, issue #20
 LAYERWISE_KINDS = ("imp",)
@@ -44,42 +46,51 @@ def _work(ctx) -> int:
                     "with W_a's layer", "fraction"),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
-    """One stacked evaluation per (imp, level, k): every pair × layer × α point."""
+    """Every (imp cell, pair) × layer × α point of the study in stacked evaluations (blocks
+    of at most :data:`~stabilitylab.analysis.endpoints.POINTS_BUDGET_BYTES` of weights);
+    each point's error and loss do not depend on what it is stacked with."""
     selectors = layer_selectors(ctx.stacked)
     layers = list(selectors)
-    err = allocate(ctx, "layerwise_barrier", layer=layers)
-    loss = allocate(ctx, "layerwise_loss_barrier", layer=layers)
-    hybrid = allocate(ctx, "layerwise_hybrid_error", layer=layers)
     alphas = alpha_grid(LAYERWISE_ALPHAS)
     data = ctx.data
     bn_x = data.train_x[:ctx.cfg.data.train_eval_size] if ctx.stacked.buffer_slots else None
-    for kind, level, k in list(ctx.combos()):
-        if kind not in LAYERWISE_KINDS:
-            continue
-        reps = ctx.complete_replicas(kind, level, k)
-        finals = torch.from_numpy(ctx.final_weights(kind, level, k)).to(ctx.device)
-        pairs = [(p, a, b) for p, (a, b) in enumerate(ctx.pairs)
-                 if a in reps and b in reps and torch.isfinite(finals[[a, b]]).all()]
-        if pairs:
-            # α = 0 is W_b for every layer: evaluated once per pair, then the α > 0 points
-            pts = torch.cat([finals[[b for _, _, b in pairs]]]
-                            + [layerwise_points(finals[a], finals[b], alphas[1:], selectors[name])
-                               for _, a, b in pairs for name in layers])
-            res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
-                                     bn_recompute_x=bn_x)
-            shape = (len(pairs), len(layers), len(alphas) - 1)
+    chosen = np.isin(np.asarray(ctx.kinds), LAYERWISE_KINDS)[:, None, None]
+    cells = Cells.of(ctx, where=np.broadcast_to(chosen, ctx.cells().shape))
+    w = finals(ctx, cells)  # (cell, replica, P)
+    ok = ctx.completed.values[cells.kind, cells.level, cells.rewind] & np.isfinite(w).all(-1)
+    a, b = ctx.pair_sides
+    cell_i, pair_i = np.nonzero(ok[:, a] & ok[:, b])  # the (cell, pair) rows to evaluate
+    per_row = (1 + len(layers) * (len(alphas) - 1)) * w.shape[-1] * w.itemsize
+    block = max(1, POINTS_BUDGET_BYTES // per_row)
+    shape = (len(cells), len(ctx.pairs), len(layers))
+    out = {name: np.full(shape, np.nan) for name in _NAMES}
+    reported = 0
+    for r0 in range(0, len(cell_i), block):
+        rows = slice(r0, r0 + block)
+        wa = torch.from_numpy(w[cell_i[rows], a[pair_i[rows]]]).to(ctx.device)
+        wb = torch.from_numpy(w[cell_i[rows], b[pair_i[rows]]]).to(ctx.device)
+        # α = 0 is W_b for every layer: evaluated once per pair, then the α > 0 points
+        pts = torch.cat([wb] + [layerwise_points(wa[i], wb[i], alphas[1:], selectors[name])
+                                for i in range(len(wa)) for name in layers])
+        res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
+                                 bn_recompute_x=bn_x)
+        paths = (len(wa), len(layers), len(alphas) - 1)
+        curves = _paths(res["error"], paths)
+        at = (cell_i[rows], pair_i[rows])
+        out["layerwise_barrier"][at] = instability(curves)
+        out["layerwise_loss_barrier"][at] = instability(_paths(res["loss"], paths))
+        out["layerwise_hybrid_error"][at] = curves[:, :, -1]
+        if progress is not None:  # the cells before the next block's first row are done
+            stop = r0 + block
+            finished = int(cell_i[stop]) if stop < len(cell_i) else len(cells)
+            progress(finished - reported)
+            reported = finished
+    if progress is not None and reported < len(cells):
+        progress(len(cells) - reported)
+    return {name: cells.scatter(ctx, name, values, layer=layers) for name, values in out.items()}
 
-            curves = _paths(res["error"], shape)
-            e, lo = instability(curves), instability(_paths(res["loss"], shape))
-            at = {"kind": kind, "level": level, "rewind": k}
-            for i, (p, _, _) in enumerate(pairs):
-                err.loc[{**at, "pair": ctx.pair_labels[p]}] = e[i]
-                loss.loc[{**at, "pair": ctx.pair_labels[p]}] = lo[i]
-                hybrid.loc[{**at, "pair": ctx.pair_labels[p]}] = curves[i, :, -1]
-        if progress is not None:
-            progress(1)
-    return {"layerwise_barrier": err, "layerwise_loss_barrier": loss,
-            "layerwise_hybrid_error": hybrid}
+
+_NAMES = ("layerwise_barrier", "layerwise_loss_barrier", "layerwise_hybrid_error")
 
 
 def _paths(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

@@ -102,15 +102,22 @@ def sign_flips(w_k, w_T, mask=None, axis: int = -1) -> np.ndarray:
         return np.sum(s & m, axis=axis) / np.sum(m, axis=axis)
 
 
+def _magnitudes(w) -> np.ndarray:
+    """|w| as float32 when ``w`` is float32 (|·| and every comparison of the mask are exact
+    in it, so the mask is the same as in float64 at half the memory traffic), else float64."""
+    w = _np(w)
+    return np.abs(w if w.dtype in (np.float32, np.float64) else w.astype(np.float64))
+
+
 def magnitude_mask(w, density: float, prunable_mask=None, axis: int = -1) -> np.ndarray:
     """Global magnitude mask: keep the round(density·n) largest |w| among eligible weights.
 
     ``prunable_mask`` (True = eligible) broadcasts against ``w``; ineligible entries
     are False in the result. Ties are broken by position (the earlier kept, as a stable
     sort would). Cost O(P log P) per row: a value sort for the threshold (rows holding
-    NaN: a stable argsort, several times slower).
+    NaN: a stable argsort, several times slower); float32 weights are sorted as float32.
     """
-    w = np.moveaxis(np.abs(_np(w, np.float64)), axis, -1)
+    w = np.moveaxis(_magnitudes(w), axis, -1)
     elig = np.ones(w.shape, bool) if prunable_mask is None else np.moveaxis(
         np.broadcast_to(_np(prunable_mask, bool), np.moveaxis(w, -1, axis).shape), axis, -1)
     n_elig = elig.sum(-1, keepdims=True)
@@ -187,7 +194,7 @@ def early_bird_distance(traj, density: float, prunable_mask=None, delta: int = 1
     numpy.ndarray
         (..., S − Δ) distances in [0, 1]; entry t compares step t with t + Δ.
     """
-    x = np.moveaxis(_np(traj, np.float64), axis_step, -2)
+    x = np.moveaxis(_np(traj), axis_step, -2)  # float32 stays (magnitude_mask: exact)
     elig = None if prunable_mask is None else np.broadcast_to(
         _np(prunable_mask, bool), x.shape[:-2] + x.shape[-1:])[..., None, :]
     masks = magnitude_mask(x, density, elig)

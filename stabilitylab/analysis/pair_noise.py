@@ -5,7 +5,8 @@ in. In a recorded study the copies of a (kind, level, k) start at the same W_k a
 differ in data order (Frankle et al. 2020, "Linear Mode Connectivity and the Lottery
 Ticket Hypothesis", Sec. 2: the instability of a network to SGD noise), or, for the
 noise kinds, in a perturbation as well. Copies that were initialised independently
-(OpenLTH replicates: their own init, data order and masks; the ``init`` noise kind)
+(OpenLTH replicates: their own init, data order and masks; the ``init`` and ``init_imp``
+noise kinds)
 are **different-init pairs**: their barrier is the barrier between independently
 trained networks, not the data-order instability of copies of one W_k.
 
@@ -21,36 +22,42 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-#: noise value -> how pairs with that noise are shown to people
-LABELS = {"data_order": "data-order pairs", "perturb": "perturbed pairs",
-          "data_order+perturb": "data-order + perturbed pairs", "init": "different-init pairs"}
-INIT = "init"
+DATA_ORDER = "data_order"  # the noise of every kind that is not a noise kind
 
 
 def pair_noise(attrs: dict, kinds) -> dict[str, str]:
     """``{kind: noise}`` for the store with attributes ``attrs`` and kind coordinate ``kinds``."""
-    from stabilitylab.store.schema import NOISE_KINDS
+    from stabilitylab.study.kinds import REGISTRY
 
     stored = attrs.get("pair_noise") or {}
     out = {}
     for kind in (str(k) for k in kinds):
         if kind in stored:
             out[kind] = str(stored[kind])
-        elif kind in NOISE_KINDS or kind == INIT:
-            out[kind] = kind
+        elif kind in REGISTRY and REGISTRY[kind].noise:
+            out[kind] = REGISTRY[kind].pair_noise or kind
         else:
-            out[kind] = "data_order"
+            out[kind] = DATA_ORDER
     return out
 
 
 def label(noise: str) -> str:
-    """The human label of pairs whose copies differ by ``noise``."""
-    return LABELS.get(noise, f"{noise} pairs")
+    """The human label of pairs whose copies differ by ``noise``: the noise kind's
+    ``pair_label`` (:mod:`stabilitylab.study.kinds`)."""
+    from stabilitylab.study.kinds import REGISTRY
+
+    if noise == DATA_ORDER:
+        return "data-order pairs"
+    kind = REGISTRY.get(noise)
+    return kind.pair_label if kind is not None and kind.pair_label else f"{noise} pairs"
 
 
 def barrier_name(noise: str) -> str:
     """What the error barrier of such pairs is called in summaries."""
-    return "instability" if noise != INIT else "barrier between different-init pairs"
+    from stabilitylab.study.kinds import REGISTRY
+
+    kind = REGISTRY.get(noise)
+    return "instability" if kind is None or kind.starts_at_rewind else f"barrier between {label(noise)}"
 
 
 def absent_pair_measures(ctx, results: dict) -> list[str]:

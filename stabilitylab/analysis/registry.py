@@ -88,7 +88,8 @@ class Options:
     """What ``analyze`` was asked for, passed to every group's compute function."""
 
     groups: tuple[str, ...]  # the selected groups
-    alphas: int  # interpolation points
+    alphas: int  # interpolation points of the fixed grids
+    adaptive: bool = False  # interpolation/aligned barriers by the adaptive α search
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class Group:
     needs: tuple[str, ...] = ()
     rank: int = 1000
     default: bool = True  # False: computed only when --measures names it (opt-in)
+    #: Modules ``compute`` imports on first use, imported while ``analyze`` loads (its
+    #: ``loading`` row) so that a group's row is its own work, e.g. ``torch._dynamo``, which
+    #: ``torch.func.grad`` imports (about 1.7 s of CPU, once per process).
+    preload: tuple[str, ...] = ()
 
     def units(self, ctx) -> int:
         """Work units of this group on ``ctx`` (``work(ctx)``, or one per combination)."""
@@ -169,13 +174,14 @@ def _replace(obj, **changes):
 
 
 def group(name: str, *, reads: str, variables, measures=(), phase: str = "", work=None,
-          needs=(), rank: int = 1000, default: bool = True):
+          needs=(), rank: int = 1000, default: bool = True, preload=()):
     """Decorator: register the decorated function as group ``name``'s compute function."""
 
     def deco(fn):
         register(Group(name=name, reads=reads, compute=fn, variables=tuple(variables),
                        measures=tuple(measures), phase=phase or name, work=work,
-                       needs=tuple(needs), rank=rank, default=default))
+                       needs=tuple(needs), rank=rank, default=default,
+                       preload=tuple(preload)))
         return fn
 
     return deco
@@ -278,11 +284,22 @@ for _v in (
              "runs only)", "fraction"),
     Variable("final_test_acc_std", _KLR, "its standard deviation over replicas", "fraction"),
     Variable("density", _KLR, "kept fraction of prunable weights", "fraction"),
-    Variable("dense_test_acc", (), "the dense pretraining run's final test accuracy", "fraction"),
+    Variable("dense_test_acc", (), "the dense pretraining run's final test accuracy (one run: "
+             "information only; matching compares with the dense copies)", "fraction"),
     Variable("stable", _KLR, "mean instability (pair mean) < `attrs[\"threshold\"]`",
              dtype="bool"),
-    Variable("matching", _KLR, "final_test_acc ≥ dense_test_acc − "
-             "`attrs[\"matching_tolerance\"]`", dtype="bool"),
+    Variable("matching", _KLR, "`matching_low` ≥ −`matching_margin`: the subnetwork's accuracy "
+             "is within the margin of the dense copies' at the same k, paired by data order "
+             "(Frankle et al., ICML 2020, Sec. 4 and 4.4, made a one-sided test); False where "
+             "`matching_low` is undefined", dtype="bool"),
+    Variable("matching_difference", _KLR, "mean over replicas j of final test accuracy minus "
+             "that of the level-0 `imp` copy j at the same k (same data order)", "fraction"),
+    Variable("matching_low", _KLR, "its one-sided `attrs[\"matching_confidence\"]` lower "
+             "bound, Student's t with n − 1 dof; NaN with fewer than 2 pairs", "fraction"),
+    Variable("matching_pairs", _KLR, "the number n of replica pairs behind it", "pairs",
+             dtype="int64"),
+    Variable("matching_margin", ("rewind",), "max(`attrs[\"matching_tolerance\"]`, sd over "
+             "replicas of the level-0 `imp` copies' final test accuracy)", "fraction"),
     Variable("measure_value", ("measure", "level", "rewind"), "each scalar measure, reduced "
              "as the measures table says, for the `imp` kind", "the measure's"),
     Variable("spearman", _ML, "Spearman ρ of the measure vs final test accuracy across "

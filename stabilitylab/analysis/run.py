@@ -18,7 +18,11 @@ import numpy as np
 import xarray as xr
 
 from stabilitylab.analysis import registry
-from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
+from stabilitylab.analysis.barriers import (
+    LMC_THRESHOLD,
+    MATCHING_CONFIDENCE,
+    MATCHING_TOLERANCE,
+)
 from stabilitylab.analysis.context import load_context
 from stabilitylab.analysis.pair_noise import (
     absent_pair_measures,
@@ -33,6 +37,8 @@ from stabilitylab.core.keys import STATUS_ABSENT, STATUS_COMPLETE
 
 log = logging.getLogger(__name__)
 
+#: ``--alphas adaptive``: coarse grid, then refinement around each maximum (opt-in).
+ADAPTIVE = "adaptive"
 MAX_ALPHAS = 10_000  # interpolation points: beyond this a value is a typo (memory, hours)
 #: The measure groups in the order they are computed (from the registry).
 MEASURE_GROUPS = registry.groups()
@@ -63,7 +69,8 @@ def write_csv(url: str, analysis: xr.Dataset, storage_options=None) -> str:
     base = _csv_base(url)
     fs, path = fsspec.core.url_to_fs(base, **(storage_options or {}))
     fs.makedirs(path, exist_ok=True)
-    summary_vars = ["density", "final_test_acc", "final_test_acc_std", "stable", "matching"]
+    summary_vars = ["density", "final_test_acc", "final_test_acc_std", "stable", "matching",
+                    "matching_difference", "matching_low", "matching_pairs"]
     frame = analysis[summary_vars].to_dataframe()
     for name, m in registry.measures().items():  # per-kind measures, pair/replica mean
         if m.source in analysis and "kind" in analysis[m.source].dims:
@@ -101,7 +108,8 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
     noise = (analysis.attrs.get("pair_noise") or {}).get("imp", "data_order")
     if len(ctx.replicas) < 2:
         lines.append("one replica: no pairs, so the pair measures (barriers, distances "
-                     "between copies) are absent")
+                     "between copies) are absent, and matching is undefined (its paired "
+                     "bound needs at least 2 replicas)")
     elif noise != "data_order":
         lines.append(f"the replicas of kind imp are {pair_label(noise)}: their barrier is "
                      + ("not the data-order instability of copies of one W_k"
@@ -148,14 +156,14 @@ def _lines(ctx, analysis: xr.Dataset) -> list[str]:
 def _noise_kind_lines(analysis: xr.Dataset) -> list[str]:
     """One line per (noise kind, level) with pairs: its barrier per k, labelled by what its
     pairs are (e.g. different-init pairs), and after weight matching when computed."""
-    from stabilitylab.store.schema import NOISE_KINDS
+    from stabilitylab.study.kinds import noise_names
 
     pair_noise = analysis.attrs.get("pair_noise") or {}
     lines = []
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for kind in analysis["kind"].values:
-            if kind not in NOISE_KINDS:
+            if kind not in noise_names():
                 continue
             for level in analysis["level"].values:
                 at = {"kind": kind, "level": level}
@@ -249,17 +257,26 @@ def profile_table(profile: dict[str, float]) -> list[str]:
     return rows + [f"| total | {total:.2f} | 100% |"]
 
 
-def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress=None,
+def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None,
                   trust_plugins: bool = False) -> dict:
     """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path,
     "study": the store's resolved Study, "profile": {phase: seconds}}`` (:func:`profile_table`
     formats the profile).
 
+    ``alphas``: points of the evenly spaced α grid (endpoints included), or ``"adaptive"``:
+    the interpolation and aligned barriers by :mod:`~stabilitylab.analysis.adaptive_alphas`
+    (its resolution is ``attrs["alpha_resolution"]``; the other groups keep 30 points).
+
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
     """
     groups = measure_groups(measures)
+    adaptive = alphas == ADAPTIVE
+    if adaptive:
+        alphas = 30
+    elif isinstance(alphas, str) or not isinstance(alphas, (int, np.integer)):
+        raise StabilityLabError(f"--alphas: a number of points or {ADAPTIVE!r}, got {alphas!r}")
     if alphas < 2:
         raise StabilityLabError(f"--alphas: need at least 2 points (the endpoints), got {alphas}")
     if alphas > MAX_ALPHAS:
@@ -272,6 +289,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
                                                                   ANALYSIS_LOCK_NAME)
     try:
         return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
+                        adaptive=adaptive,
                         progress=progress, storage_options=storage_options, n_boot=n_boot,
                         data_root=data_root, trust_plugins=trust_plugins)
     finally:
@@ -279,8 +297,8 @@ def analyze_store(url, *, measures=None, device=None, alphas: int = 30, progress
             lock.release()
 
 
-def _analyze(url, groups, *, measures, device, alphas, progress, storage_options, n_boot,
-             data_root, trust_plugins) -> dict:
+def _analyze(url, groups, *, measures, device, alphas, adaptive, progress, storage_options,
+             n_boot, data_root, trust_plugins) -> dict:
     from stabilitylab.progress import Progress
 
     started = time.perf_counter()
@@ -292,6 +310,11 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     from stabilitylab.analysis.context import VIEWS
 
     ctx.prefetch(*VIEWS)  # the shared reads, in one pass over their chunks
+    passes = _passes(groups)
+    import importlib
+
+    for module in dict.fromkeys(m for g in passes for m in registry.GROUPS[g].preload):
+        importlib.import_module(module)  # a group's first-use imports: loading, not the group
     phases = _Phases()
     phases.add("loading", time.perf_counter() - started)  # store, model, data, shared views
     partial = _partial_note(ctx, url)
@@ -303,10 +326,9 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
     from stabilitylab.store.schema import check_writable
 
     check_writable(url, storage_options=storage_options)  # before minutes of work, not after
-    passes = _passes(groups)
     bar = Progress(sum(registry.GROUPS[g].units(ctx) for g in passes), desc="analyze",
                    unit="tasks", enabled=progress)
-    options = registry.Options(groups=groups, alphas=alphas)
+    options = registry.Options(groups=groups, alphas=alphas, adaptive=adaptive)
     results: dict[str, xr.DataArray] = {}
     for name in passes:
         g = registry.GROUPS[name]
@@ -334,7 +356,8 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
         if "dense_final_test_acc" in ctx.ds else float("nan")
     results["dense_test_acc"] = xr.DataArray(dense_acc)
     if "instability" in results:
-        results.update(flags(results, accuracy, dense_acc, threshold=LMC_THRESHOLD,
+        per_replica = ctx.ds.final_test_acc.where(ctx.ds.status == STATUS_COMPLETE).compute()
+        results.update(flags(results, per_replica, threshold=LMC_THRESHOLD,
                              tolerance=MATCHING_TOLERANCE))
         results.update(predictions(ctx, results, accuracy, threshold=LMC_THRESHOLD,
                                    n_boot=n_boot))
@@ -349,12 +372,18 @@ def _analyze(url, groups, *, measures, device, alphas, progress, storage_options
             pair_a=("pair", np.array([ctx.replicas[a] for a, _ in ctx.pairs], np.int64)),
             pair_b=("pair", np.array([ctx.replicas[b] for _, b in ctx.pairs], np.int64)))
     analysis.attrs.update({
-        "threshold": LMC_THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE, "alphas": alphas,
+        "threshold": LMC_THRESHOLD, "matching_tolerance": MATCHING_TOLERANCE,
+        "matching_confidence": MATCHING_CONFIDENCE, "alphas": alphas,
         "bn_recompute": bool(ctx.stacked.buffer_slots), "measures": list(groups),
         "skipped": list(ctx.skipped), "absent": absent + orphans + damaged, "partial": bool(partial),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "analysis_seconds": round(time.perf_counter() - started, 2),
     })
+    if adaptive:  # only then: the default analysis keeps its attrs
+        from stabilitylab.analysis.adaptive_alphas import COARSE_ALPHAS, resolution
+
+        analysis.attrs.update({"alphas": ADAPTIVE, "alpha_coarse": COARSE_ALPHAS,
+                               "alpha_resolution": resolution()})
     from stabilitylab.store.writer import write_analysis
 
     phases.add("accuracy, flags, correlations", time.perf_counter() - finishing)

@@ -23,8 +23,9 @@ import logging
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis.pca import path_pca
-from stabilitylab.analysis.registry import Variable, allocate, group
+from stabilitylab.analysis.cells import Cells
+from stabilitylab.analysis.pca import BLOCK_VALUES, GRAM_MAX_POINTS, path_pca
+from stabilitylab.analysis.registry import Variable, group
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
     steps = np.nonzero(np.asarray(ctx.steps) >= k)[0]
     w = ctx.ds.weights.sel(kind=kind, level=level, rewind=k).data  # dask (R, S, P)
     x = da.concatenate([w[r][steps] for r in reps], axis=0)
+    n, p = x.shape
+    if n <= GRAM_MAX_POINTS and p <= BLOCK_VALUES // max(n, 1):
+        # path_pca holds these points whole (one Gram block): read them once, as loading
+        (x,) = ctx.timed_compute(x)
     return path_pca(x, n_components), reps, steps
 
 
@@ -61,28 +66,32 @@ def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
                     "weight L2 norm", needs_trajectory=True),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
-    """One PCA per (kind, level, k) of the study's complete replicas."""
+    """One PCA per (kind, level, k) cell of the study's complete replicas (each cell its own
+    eigenproblem), written back in one assignment per variable."""
     comps = list(range(1, MAP_COMPONENTS + 1))
-    path = allocate(ctx, "trajectory_map_path", component=comps)
-    explained = allocate(ctx, "trajectory_map_explained", component=comps)
-    start = allocate(ctx, "trajectory_map_start", component=comps)
-    for kind, level, k in list(ctx.combos()):
-        at = {"kind": kind, "level": level, "rewind": k}
+    cells = Cells.of(ctx)
+    n = len(cells)
+    path = np.full((n, len(ctx.replicas), len(ctx.steps), len(comps)), np.nan)
+    explained = np.full((n, len(comps)), np.nan)
+    start = np.full((n, len(comps)), np.nan)
+    labels = zip(*(cells.coord(d).values for d in ("kind", "level", "rewind")))
+    for i, (kind, level, k) in enumerate(labels):
         try:
-            found = map_pca(ctx, kind, level, k)
+            found = map_pca(ctx, str(kind), int(level), int(k))
         except ValueError as exc:  # non-finite weights: NaN, one line
             log.warning("trajectory map of (%s, %s, %s) left NaN: %s", kind, level, k, exc)
             found = None
         if found is not None:
             res, reps, steps = found
             scores = res.scores.reshape(len(reps), len(steps), -1)
-            block = np.full((len(ctx.replicas), len(ctx.steps), len(comps)), np.nan)
-            block[np.ix_(reps, steps)] = scores
-            path.loc[at] = block
-            explained.loc[at] = res.explained
-            start.loc[at] = scores[0, 0]
+            path[i][np.ix_(reps, steps)] = scores
+            explained[i] = res.explained
+            start[i] = scores[0, 0]
         if progress is not None:
             progress(1)
-    path.attrs["pca"] = "exact through the Gram matrix (dask); randomized above 4096 points"
-    return {"trajectory_map_path": path, "trajectory_map_explained": explained,
-            "trajectory_map_start": start}
+    out = {name: cells.scatter(ctx, name, values, component=comps) for name, values in (
+        ("trajectory_map_path", path), ("trajectory_map_explained", explained),
+        ("trajectory_map_start", start))}
+    out["trajectory_map_path"].attrs["pca"] = ("exact through the Gram matrix (dask); "
+                                               "randomized above 4096 points")
+    return out

@@ -28,6 +28,7 @@ from stabilitylab.analysis.measures import (
     sign_flips,
 )
 from stabilitylab.analysis.registry import Measure, Variable, group
+from stabilitylab.study import kinds
 
 EARLY_WINDOW = 10  # recorded intervals after k averaged into the scalar early-bird measure
 
@@ -119,11 +120,14 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     complete = cells.take(ctx.completed).values  # (cell, replica)
     pairs_ok = cells.take(ctx.pair_completed()).values  # (cell, pair)
     # Pruning noise: replica 0 of a pruned run vs the dense copy from W_k under u_0
-    # (Frankle et al. 2019, arXiv 1903.01611). Not for reinit: it does not start from W_k, so
-    # the dense copy is not its counterpart and the distance would mix the re-initialization
-    # into the pruning noise; it stays NaN.
+    # (Frankle et al. 2019, arXiv 1903.01611). Not for a kind whose copies do not start from
+    # W_k (starts_at_rewind=False: reinit, init, init_imp): the dense copy is not their
+    # counterpart and the distance would mix the re-initialization into the pruning noise;
+    # it stays NaN.
     dense_ok = ctx.completed.sel(kind="imp", level=0, replica=0, drop=True)
-    noise_ok = ((cells.coord("kind") != "reinit").values & (cells.coord("level") > 0).values
+    compared = [k not in kinds.REGISTRY or kinds.REGISTRY[k].starts_at_rewind
+                for k in map(str, cells.coord("kind").values)]
+    noise_ok = (np.array(compared, bool) & (cells.coord("level") > 0).values
                 & complete[:, 0] & dense_ok.sel(rewind=cells.coord("rewind")).values)
     curves = _curves(ctx, cells, masks, survivors, next_density, noise_ok, progress)
     out = {}
@@ -166,8 +170,6 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     """The curves over step, block by block: data-order L2 and angle (cell, pair, step),
     pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
     distance (cell, replica, step)."""
-    import dask
-
     weights = ctx.ds.weights
     traj = cells.take(weights)  # (cell, replica, step, param), lazy
     dense = weights.sel(kind="imp", level=0, replica=0, drop=True)
@@ -187,7 +189,7 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     done = 0
     for c0, c1, s0, s1 in blocks:
         lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
-        part, dpart = dask.compute(
+        part, dpart = ctx.timed_compute(  # reading the store: counted as loading
             traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).astype(np.float32),
             dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
         # Steps before k are not recorded (NaN): zero them. Every value they reach is set to

@@ -106,3 +106,19 @@ def test_named_distances_and_ratio():
     assert d.random_imp_ratio(58.6, 20.7) == pytest.approx(2.83, abs=0.01)
     assert np.isnan(d.random_imp_ratio(1.0, 0.0))
     assert d.random_imp_ratio([2.0, 4.0], [1.0, 1.0], axis=0) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("metric", ["l2", "angle"])
+def test_pairwise_shared_mask_is_the_per_pair_result_to_the_bit(metric):
+    """One mask for every replica (the trajectory group's case) takes a path that masks each
+    replica once; it must give exactly what the pair-by-pair computation gives."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 3, 257)).astype(np.float32)  # (cell, replica, step, param)
+    mask = rng.random((2, 1, 1, 257)) < 0.6  # broadcast over replica and step
+    pairs, got = d.pairwise_distance(x, 1, metric=metric, mask=mask)
+    fn = {"l2": d.l2_distance, "angle": d.angle}[metric]
+    m = np.broadcast_to(mask, x.shape)
+    want = np.stack([fn(x[:, i], x[:, j], m[:, i] & m[:, j]) for i, j in pairs], -1)
+    np.testing.assert_array_equal(got, want)
+    own = m.copy()  # a mask per replica: the general path, same values here
+    np.testing.assert_array_equal(d.pairwise_distance(x, 1, metric=metric, mask=own)[1], want)

@@ -104,6 +104,31 @@ def test_evaluate_points_is_the_alpha_path_and_returns_logits():
     np.testing.assert_array_equal(errors, pts["error"])
 
 
+@pytest.mark.parametrize("make", [_mlp, _bn_conv])
+def test_blocks_on_threads_give_the_one_thread_bits(make):
+    """Several blocks of points run on worker threads (one torch thread each, their own
+    model copy) give exactly what one thread gives, logits, error and loss."""
+    stacked, w1, w2, _ = _endpoints(make, seed=7)
+    g = torch.Generator().manual_seed(6)
+    shape = (6,) if make is _mlp else (1, 15)
+    x, y = torch.randn(25, *shape, generator=g), torch.randint(0, 3, (25,), generator=g)
+    xt = torch.randn(20, *shape, generator=g) if stacked.buffer_slots else None
+    pts = interpolate_flat(w1, w2, alpha_grid(23))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = evaluate_points(stacked, pts, x, y, bn_recompute_x=xt, batch_size=1000,
+                              return_logits=True)
+        torch.set_num_threads(2)  # POINT_EXAMPLES // 1000 = 3 points a block: 8 blocks
+        two = evaluate_points(stacked, pts, x, y, bn_recompute_x=xt, batch_size=1000,
+                              return_logits=True)
+        assert torch.get_num_threads() == 2  # restored after the workers
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one["logits"], two["logits"])
+    assert np.array_equal(one["error"], two["error"]) and np.array_equal(one["loss"], two["loss"])
+
+
 def test_bn_recompute_does_not_touch_template_mode():
     stacked, w1, w2, _ = _endpoints(_bn_conv)
     x, y = torch.randn(8, 1, 15), torch.randint(0, 3, (8,))

@@ -174,3 +174,15 @@ def test_hessian_max_eigenvalue_softmax_regression():
     lam = ms.hessian_max_eigenvalue(stacked, flat, None, x, y, n_iter=500, tol=1e-10,
                                     generator=torch.Generator().manual_seed(0))
     assert lam == pytest.approx(top, rel=1e-4)
+
+
+def test_magnitude_mask_float32_is_the_float64_mask():
+    """float32 weights are sorted as float32: |w| and every comparison are exact, so the
+    mask (ties included) is the float64 one."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 300)).astype(np.float32)
+    w[:, 10:20] = w[:, :10]  # ties across positions
+    w[1, 7] = np.nan
+    elig = rng.random(300) < 0.8
+    np.testing.assert_array_equal(ms.magnitude_mask(w, 0.3, elig),
+                                  ms.magnitude_mask(w.astype(np.float64), 0.3, elig))
