@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
+from stabilitylab.analysis.barriers import LMC_THRESHOLD
 from stabilitylab.report import correlations as C
 from stabilitylab.report import figures as F
 from stabilitylab.report import geometry as G
 from stabilitylab.report import intervals as I
+from stabilitylab.report import matching as M
 from stabilitylab.report.headline import headline
 from stabilitylab.report.tables import (  # noqa: F401 - STATUS, study_name: public names here too
     STATUS,
@@ -131,14 +132,16 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
                               (f"Instability of the {F.KIND_LABELS[kind]} control (percentage "
                               f"points); line: mean over pairs, {n} per point; band: {_band(R)}."),
                               lambda kind=kind: F.plot_instability(analysis, kind=kind)))
-        if "init" in analysis["kind"].values and F._finite(
-                F._get(analysis, "instability", kind="init")):
-            specs.append(("instability_init.png",
-                          ("Barrier between different-init pairs (percentage points): dense "
-                           "copies from independently seeded W_0, each under its own data order "
-                           "(the baseline of Entezari et al. 2022; not data-order instability); "
-                           f"{n} per point."),
-                          lambda: F.plot_instability(analysis, kind="init")))
+        for kind, what in (("init", "dense copies"),
+                           ("init_imp", "copies pruned by IMP on their own runs (own masks)")):
+            if kind in analysis["kind"].values and F._finite(
+                    F._get(analysis, "instability", kind=kind)):
+                specs.append((f"instability_{kind}.png",
+                              (f"Barrier between different-init pairs (percentage points): {what} "
+                               "from independently seeded W_0, each under its own data order (the "
+                               "baseline of Entezari et al. 2022; not data-order instability); "
+                               f"{n} per point."),
+                              lambda kind=kind: F.plot_instability(analysis, kind=kind)))
         if len(rewinds):
             ks = sorted({rewinds[0], rewinds[-1]})
             specs.append(("interpolation.png",
@@ -162,8 +165,9 @@ def _figure_specs(study, analysis) -> list[tuple[str, str, object]]:
     if source is not None and "final_test_acc" in source and "density" in source:
         specs.append(("accuracy_density.png",
                       (f"Final test accuracy vs density (latest rewind point; error bars: sd over "
-                       f"n = {R} replicas); grey band: dense accuracy ± the matching tolerance "
-                       "(not an sd)."),
+                       f"n = {R} replicas); grey band: the single dense run ± 0.2 pp, "
+                       "information only (matching compares with the dense copies, see the "
+                       "summary)."),
                       lambda: F.plot_accuracy_vs_density(source)))
     if analysis is not None and "measure_value" in analysis:
         K = len(analysis["rewind"]) if "rewind" in analysis.coords else 0
@@ -215,7 +219,6 @@ SECTION_TITLES = {"provenance": "Provenance", "runs": "Runs", "issues": "Skipped
 def _summary_note(analysis) -> str:
     attrs = analysis.attrs if analysis is not None else {}
     thr = 100 * float(attrs.get("threshold", LMC_THRESHOLD))
-    tol = 100 * float(attrs.get("matching_tolerance", MATCHING_TOLERANCE))
     dense = _num(analysis["dense_test_acc"]) if analysis is not None and \
         "dense_test_acc" in analysis else None
     dense_text = f"{100 * dense:.2f}%" if dense is not None else "unknown"
@@ -225,9 +228,12 @@ def _summary_note(analysis) -> str:
             f"{I.MIN_REPLICAS} replicas, the 95% CI (bootstrap percentile interval) of the mean "
             "from resampling replicas, not pairs (pairs share replicas, so they are not "
             "independent); with fewer, the min–max over the values, labelled \"range\". n "
-            f"counts the independent replicas. Stable: instability < {thr:g} pp "
-            f"(Frankle et al., ICML 2020). Matching: accuracy within the matching tolerance of "
-            f"{tol:g} pp of the dense accuracy (at least dense − {tol:g} pp)."
+            f"counts the independent replicas. "
+            + ("Train-loss barrier: the same barrier on the cross-entropy of the fixed train "
+               "subset, in nats, mean over pairs (the headline barrier of Kwok et al., ICML "
+               "2025). " if analysis is not None and "loss_barrier_train" in analysis else "")
+            + f"Stable: instability < {thr:g} pp "
+            "(Frankle et al., ICML 2020). " + M.rule_note(analysis)
             + (" " + G.CROSS_LEVEL_NOTE if analysis is not None
                and "cross_level_barrier" in analysis else "")
             + _pair_noise_note(attrs))
@@ -357,6 +363,21 @@ def _atomic_folder(out: Path):
         raise
 
 
+def _in_memory(ds: xr.Dataset | None, skip: frozenset = frozenset()) -> xr.Dataset | None:
+    """``ds`` with every variable the report may read loaded once, in one dask compute (the
+    figures and tables select from them hundreds of times): all but those along a dim in
+    ``skip``, which stay lazy."""
+    if ds is None:
+        return None
+    small = [n for n, v in ds.data_vars.items() if not skip & set(v.dims)]
+    return ds.assign(ds[small].load().data_vars)
+
+
+#: Study variables the report never reads: the weights and buffers, and the per-step
+#: metric curves (it reads the final metrics, statuses and densities).
+STUDY_LAZY_DIMS = frozenset({"param", "buffer", "step", "log_step", "eval_step"})
+
+
 def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out,
                       *, dpi: int = DPI, pdf: bool = False, resolved=None) -> Path:
     """Write the report for in-memory Datasets into folder ``out`` (replaced atomically).
@@ -367,6 +388,7 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     ``report.pdf`` (:mod:`stabilitylab.report.pdf`, vector figures). Returns ``out``.
     """
     out = Path(out)
+    study, analysis = _in_memory(study, STUDY_LAZY_DIMS), _in_memory(analysis)
     images, geometry, notes, figures = [], [], [], []
     for target, specs in ((images, _figure_specs(study, analysis)),
                           (geometry, _geometry_specs(study, analysis))):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -24,15 +24,39 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from stabilitylab.analysis.barriers import LMC_THRESHOLD, MATCHING_TOLERANCE
+from stabilitylab.analysis.pair_noise import barrier_name, pair_noise
+from stabilitylab.analysis.pair_noise import label as pair_label
 from stabilitylab.report import intervals as I
+from stabilitylab.study.kinds import REGISTRY
 
 log = logging.getLogger(__name__)
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
-KIND_COLORS = {"imp": "#0072B2", "random_prune": "#D55E00", "reinit": "#009E73"}
-KIND_LABELS = {"imp": "IMP", "random_prune": "random pruning", "reinit": "random reinit",
-               "init": "different-init pairs"}
-KIND_STYLES = {"imp": "-", "random_prune": "--", "reinit": ":"}
+
+
+class _KindAttr(Mapping):
+    """``{kind: its attribute}`` read live from the run-kind registry (kinds whose attribute
+    is None are left out): each kind declares its label, colour and line style."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def _items(self) -> dict:
+        return {n: v for n, k in REGISTRY.items() if (v := getattr(k, self.attr)) is not None}
+
+    def __getitem__(self, kind):
+        return self._items()[kind]
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __len__(self):
+        return len(self._items())
+
+
+KIND_COLORS = _KindAttr("color")
+KIND_LABELS = _KindAttr("label")
+KIND_STYLES = _KindAttr("line")
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9.5,
          "xtick.labelsize": 10, "ytick.labelsize": 10, "axes.grid": True, "grid.alpha": 0.3,
          "lines.markersize": 6, "pdf.fonttype": 42}
@@ -162,16 +186,17 @@ def plot_instability(analysis: xr.Dataset, *, kind: str = "imp", threshold: floa
     ax.axhline(100 * threshold, color="0.2", ls="--", lw=1, label=f"threshold {100 * threshold:g} pp")
     _step_axis(ax, rewinds, "rewind step k (iterations)")
     what = variable.replace("_", " ")
-    init_pairs = kind == "init" or (analysis.attrs.get("pair_noise") or {}).get(kind) == "init"
+    noise = pair_noise(analysis.attrs, [kind])[kind]
+    init_pairs = barrier_name(noise) != "instability"  # e.g. different-init pairs
     if init_pairs and variable == "instability":  # not data-order instability
-        what = "barrier between different-init pairs"
+        what = barrier_name(noise)
     ax.set_ylabel(f"{what}: error barrier (percentage points)" if "loss" not in variable
                   else f"{what} (nats)")
     ax.set_title(f"{what.capitalize()} of {KIND_LABELS.get(kind, kind)} vs rewind point")
     if not drawn:
         _no_data(ax, f"{variable} for kind={kind}")
     band = "none" if shown is None else (f"{shown.method}, {shown.n_text()}")
-    pairs = "different-init pairs" if init_pairs else "pairs"
+    pairs = pair_label(noise) if init_pairs else "pairs"
     ax.legend(title=f"mean over {pairs}; band: {band}", loc="best", framealpha=0.9)
     return fig
 

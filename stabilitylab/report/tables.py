@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -26,9 +27,11 @@ from stabilitylab.core.keys import (
     STATUS_INCOMPLETE,
     STATUS_PARENT_DIVERGED,
 )
+from stabilitylab.data.registry import declared_facts
 from stabilitylab.report import figures as F
 from stabilitylab.report import geometry as G
 from stabilitylab.report import intervals as I
+from stabilitylab.report import matching as M
 from stabilitylab.report.intervals import pair_labels
 
 STATUS = {code: name for name, code in STATUS_CODES.items()}
@@ -173,10 +176,16 @@ def summary_table(study: xr.Dataset | None, analysis: xr.Dataset) -> list[dict]:
                         row["instability_interval"] = iv
                 if noise.get(str(kind), "data_order") != "data_order":
                     row["pairs"] = pair_label(noise[str(kind)])  # e.g. different-init pairs
-                for flag in ("stable", "matching"):
-                    if flag in analysis:
-                        v = _num(analysis[flag].sel(**at))
-                        row[flag] = None if v is None else ("yes" if v else "no")
+                if "stable" in analysis:
+                    v = _num(analysis["stable"].sel(**at))
+                    row["stable"] = None if v is None else ("yes" if v else "no")
+                row["matching"] = M.flag_text(analysis, at)
+                row[M.COLUMN[0]] = M.difference_text(analysis, at)
+                if "loss_barrier_train" in analysis:  # Kwok et al. 2025's headline barrier
+                    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)  # no pairs: NaN
+                        row["loss_barrier_train"] = _num(np.nanmean(
+                            analysis["loss_barrier_train"].sel(**at).values))
                 row["cross_level"] = G.cross_level_value(analysis, kind, level, k)
                 rows.append(row)
     order = {"imp": 0, "random_prune": 1, "reinit": 2}
@@ -189,7 +198,8 @@ SUMMARY_COLUMNS = {"level": "level", "kind": "kind", "rewind": "k", "density": "
                    "accuracy_interval": "acc. interval (%), n",
                    "instability": "instability (pp)",
                    "instability_interval": "instability interval (pp), n",
-                   "stable": "stable", "matching": "matching",
+                   "loss_barrier_train": "train-loss barrier (nats)",
+                   "stable": "stable", "matching": "matching", M.COLUMN[0]: M.COLUMN[1],
                    G.CROSS_LEVEL_COLUMN[0]: G.CROSS_LEVEL_COLUMN[1]}
 
 
@@ -215,7 +225,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def _applies(key: str, cfg) -> bool:
     """Whether config field ``key`` affects a study with config ``cfg``."""
-    from stabilitylab.train.optim import OPTIMIZERS
+    from stabilitylab.train.optimizers import OPTIMIZERS  # each declares its ``fields``
 
     t = cfg.training
     own = {f"training.{f}" for o in OPTIMIZERS.values() for f in o.fields}  # one optimizer's
@@ -223,7 +233,7 @@ def _applies(key: str, cfg) -> bool:
         return key.split(".", 1)[1] in OPTIMIZERS[t.optimizer].fields
     rules = {
         "data.root": False,  # where record read the data; placement, not part of the study
-        "data.num_samples": cfg.data.name == "mnist1d",
+        "data.num_samples": "num_samples" in declared_facts(cfg.data.name).get("fields", ()),
         "training.lookahead_steps": t.lookahead, "training.lookahead_alpha": t.lookahead,
         "training.gamma": bool(t.milestones),
         "pruning.strategy": cfg.pruning.levels > 0, "pruning.fraction": cfg.pruning.levels > 0,
@@ -257,8 +267,10 @@ def analysis_settings(attrs: dict) -> list[dict]:
     rows = []
     for key, show in (("threshold", lambda v: f"{100 * float(v):g} pp (stable: instability "
                                               "below it)"),
-                      ("matching_tolerance", lambda v: f"{100 * float(v):g} pp below the dense "
-                                                       "accuracy"),
+                      ("matching_tolerance", lambda v: f"{100 * float(v):g} pp (the least "
+                                                       "matching margin below the dense copies)"),
+                      ("matching_confidence", lambda v: f"{100 * float(v):g}% (one-sided, "
+                                                        "paired t bound of matching)"),
                       ("bn_recompute", plain_value), ("created_at", str),
                       ("analysis_seconds", lambda v: f"{float(v):.1f} s")):
         if key in attrs:

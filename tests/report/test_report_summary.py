@@ -80,7 +80,7 @@ def test_summary_table_matches_summary_csv(parsed):
                  "instability interval (pp), n", "stable", "matching"):
         assert want in col, head
     shown = {(r[col["kind"]], int(r[col["level"]]), int(r[col["k"]])): r for r in table["rows"]}
-    checked = 0
+    checked = matched = 0
     for row in csv_rows:
         acc = float(row["final_test_acc"]) if row["final_test_acc"] else math.nan
         key = (row["kind"], int(row["level"]), int(row["rewind"]))
@@ -96,10 +96,23 @@ def test_summary_table_matches_summary_csv(parsed):
         assert 0 <= lo <= 100 * inst + 0.006 and 100 * inst - 0.006 <= hi  # range-respecting
         lo, hi = _bounds(cells[col["acc. interval (%), n"]])
         assert lo - 0.006 <= 100 * acc <= hi + 0.006 and 0 <= lo and hi <= 100
-        for flag in ("stable", "matching"):
-            assert cells[col[flag]] == ("yes" if row[flag] == "True" else "no"), (key, flag)
+        assert cells[col["stable"]] == ("yes" if row["stable"] == "True" else "no"), key
+        want = ("yes" if row["matching"] == "True" else "no") if row["matching_low"] \
+            else "undefined (fewer than 2 replicas)"
+        assert cells[col["matching"]] == want, key
+        diff = cells[col["acc. − dense copies (pp), one-sided 95% bound"]]
+        assert diff.startswith(f"{100 * float(row['matching_difference']):+.2f} ("), (key, diff)
+        if row["matching_low"]:
+            assert f"≥ {100 * float(row['matching_low']):+.2f})" in diff
+        assert diff.endswith(f"n = {row['matching_pairs']}")
+        matched += row["matching"] == "True"
+        shown_barrier = cells[col["train-loss barrier (nats)"]]
+        if row["loss_barrier_train"]:
+            assert float(shown_barrier) == pytest.approx(float(row["loss_barrier_train"]),
+                                                         rel=1e-3, abs=1e-9), key
         checked += 1
     assert checked == len(table["rows"]) and checked >= 10
+    assert matched >= 3  # at least the dense copies match themselves (level 0, every k)
 
 
 def test_summary_comes_first_and_glossary_lists_every_measure(parsed, tiny_analyzed):
