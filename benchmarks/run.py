@@ -1,6 +1,6 @@
 """The benchmark suite: one command, one table.
 
-    python benchmarks/run.py [--quick] [--rows replicas,efficiency,recording,barrier,interpolation,scaling,end_to_end,cuda]
+    python benchmarks/run.py [--quick] [--rows replicas,efficiency,recording,barrier,interpolation,scaling,report,end_to_end,cuda]
 
 Each row measures both sides in this process (end_to_end: in subprocesses), after a
 warm-up, on the same work, and prints the ratio next to its target. ``--quick`` cuts
@@ -27,7 +27,7 @@ import torch
 from common import machine, print_table
 
 ROWS = ("replicas", "which_k", "conv", "efficiency", "recording", "barrier", "interpolation",
-        "scaling", "group_bounds", "plane", "pca", "curve", "end_to_end", "cuda")
+        "scaling", "group_bounds", "report", "plane", "pca", "curve", "end_to_end", "cuda")
 
 
 def _replicas(quick: bool) -> list[dict]:

@@ -61,7 +61,9 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
         return fig
     ncols = min(ncols, len(names))
     nrows = -(-len(names) // ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows + 0.7))
+    # one y axis (the same accuracies in every panel): labelled once per row, which also
+    # spares the layout engine most of the tick labels
+    fig, axes = _figure(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows + 0.7), sharey=True)
     rewinds = values["rewind"].values
     colors = _ordered_colors(len(rewinds))
     y = 100 * acc.sel(level=level).sel(rewind=rewinds).values
@@ -87,7 +89,8 @@ def plot_measure_correlations(analysis: xr.Dataset, *, level=None,
         ax.xaxis.set_major_locator(MaxNLocator(4))  # few, short tick labels: no collisions
         ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))  # no "1e-12+7.5e-1"
         ax.set_xlabel(G.axis_label(name), fontsize=10)
-        ax.set_ylabel("final test acc. (%)", fontsize=10)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("final test acc. (%)", fontsize=10)
     for ax in list(axes.flat)[len(names):]:
         ax.remove()
     fig.suptitle(f"Stability measures vs final test accuracy, IMP {density_label(analysis, level)}"

@@ -72,9 +72,9 @@ def _styled(fn):
     return wrapper
 
 
-def _figure(nrows: int = 1, ncols: int = 1, *, figsize=FIGSIZE):
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize=FIGSIZE, sharey=False):
     fig = Figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
     return fig, axes
 
 

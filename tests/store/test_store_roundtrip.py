@@ -141,3 +141,21 @@ def test_open_analysis(fake, tmp_path):
     assert "analysis group present" in validate(fake2.url)
     with pytest.raises(StoreError, match="no stabilitylab store"):
         write_analysis(tmp_path / "nope.zarr", an)
+
+
+def test_per_run_arrays_are_read_whole_and_still_guarded(fake, tmp_path):
+    """The small per-run arrays (one store chunk per run) are one dask chunk, read by one zarr
+    call; the weights keep their per-run chunks; a damaged chunk still raises StoreError."""
+    import shutil
+    from pathlib import Path
+
+    ds = open_study(fake.url)
+    for name in ("status", "final_test_acc", "diverged_step", "density"):
+        assert isinstance(ds[name].data, da.Array) and ds[name].data.npartitions == 1, name
+    assert ds.weights.data.npartitions > 1
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(Path(fake.url.removeprefix("file://")), copy)
+    chunk = next(p for p in (copy / "status" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"\x00not a chunk\xff" * 3)
+    with pytest.raises(StoreError):
+        open_study(str(copy)).status.values
