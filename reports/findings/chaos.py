@@ -358,7 +358,8 @@ def lines(n: dict, notes: dict) -> list[str]:
       f"{q['level']}), trained from W_0 (pruning at init) and from W_100 (rewinding). The pruning-at-"
       "init masks are scored once at W_0 (Lee et al. 2019, SNIP; Wang et al. 2020, GraSP; Tanaka et al. "
       "2020, SynFlow, 100 iterations; magnitude of W_0); *shuffled* is IMP's mask permuted at random "
-      "within each layer (Frankle et al. 2021). Accuracy in %, and the paired difference to IMP "
+      "within each layer (Frankle et al. 2021), which draws from the same distribution as *random*: "
+      "the two rows are two draws of one control. Accuracy in %, and the paired difference to IMP "
       "(points, 95% t-interval over seeds).")
     w("")
     w("![Q7 pruning at init](figures/q7_pai.png)")

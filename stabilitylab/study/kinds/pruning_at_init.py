@@ -37,7 +37,9 @@ def _pai_rule(name: str):
 def shuffled_mask(m: MaskInputs) -> Masks:
     """The IMP mask with its kept positions permuted at random within each layer (per-layer
     density kept): the layerwise-shuffle ablation of Frankle et al. 2021, "Pruning Neural
-    Networks at Initialization: Why are We Missing the Mark?" (ICLR), Sec. 5."""
+    Networks at Initialization: Why are We Missing the Mark?" (ICLR), Sec. 5. Applied to
+    IMP's mask it is distributed exactly as the ``random_prune`` control (a uniformly random
+    set of each layer's kept count): a second draw of that control, not a different one."""
     from stabilitylab.prune.pai import layerwise_shuffle
 
     return layerwise_shuffle(m.imp, m.generator) if m.level > 0 else m.imp
