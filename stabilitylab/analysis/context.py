@@ -105,6 +105,27 @@ class StudyContext:
             self.cache[name] = value
         self.load_seconds += time.perf_counter() - started
 
+    def read_ahead(self, items):
+        """``dask.compute(*item)`` for each tuple of lazy arrays in ``items``, in order, each
+        read on a background thread while the caller works on the one before (double
+        buffering: at most two items in memory). Only the time the caller waits for a read
+        counts as loading; the values are those of reading each item alone."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import dask
+
+        items = iter(items)
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+            item = next(items, None)
+            pending = None if item is None else pool.submit(dask.compute, *item)
+            while pending is not None:
+                started = time.perf_counter()
+                value = pending.result()
+                self.load_seconds += time.perf_counter() - started
+                item = next(items, None)
+                pending = None if item is None else pool.submit(dask.compute, *item)
+                yield value
+
     def timed_compute(self, *lazy):
         """``dask.compute(*lazy)``, the seconds counted as loading (a group's own read of
         the weights at a few steps, e.g. R-hat's last steps)."""

@@ -107,7 +107,8 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     The (kind, level, rewind) cells with a complete run become one ``cell`` dim of the
     dask-backed weights. The curves over step are computed block by block: the store's
     step chunks, for as many cells as :data:`BLOCK_BYTES` holds, each block read once
-    (plus one step of overlap for the early-bird distance) and passed whole through the
+    (plus one step of overlap for the early-bird distance; the next block is read while
+    this one is computed, :meth:`StudyContext.read_ahead`) and passed whole through the
     :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of a block, however many
     steps are recorded. The endpoint measures use the context's shared final and start
     weights.
@@ -187,11 +188,11 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     blocks = [(c0, min(c0 + group, n_cell), s0, s1)
               for c0 in range(0, n_cell, group) for s0, s1 in itertools.pairwise(bounds)]
     done = 0
-    for c0, c1, s0, s1 in blocks:
+    reads = ((traj.isel(cell=slice(c0, c1), step=slice(max(s0 - 1, 0), s1)).astype(np.float32),
+              dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
+             for c0, c1, s0, s1 in blocks)  # the next block is read while this one is computed
+    for (c0, c1, s0, s1), (part, dpart) in zip(blocks, ctx.read_ahead(reads)):
         lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
-        part, dpart = ctx.timed_compute(  # reading the store: counted as loading
-            traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).astype(np.float32),
-            dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
         # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
         # NaN below, and NaN rows would send the early-bird masks to a slow sort.
         before = ctx.steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)

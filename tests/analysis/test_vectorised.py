@@ -174,3 +174,19 @@ def test_analyze_profile_prints_the_phase_table(tiny_study, tmp_path, capsys):
     assert "| loading |" in out and "| trajectory measures |" in out
     total = float(out.split("| total |")[1].split("|")[0])
     assert total > 0
+
+
+def test_read_ahead_yields_each_read_in_order(conv_store):
+    import dask.array as da
+
+    from stabilitylab.analysis.context import load_context
+
+    ctx = load_context(str(conv_store[0]))
+    parts = [da.from_array(np.arange(12.0).reshape(3, 4) * i, chunks=(1, 4)) for i in range(5)]
+    before = ctx.load_seconds
+    got = list(ctx.read_ahead((p, p + 1) for p in parts))
+    assert len(got) == 5 and ctx.load_seconds >= before
+    for p, (a, b) in zip(parts, got):
+        np.testing.assert_array_equal(a, p.compute())
+        np.testing.assert_array_equal(b, p.compute() + 1)
+    assert list(ctx.read_ahead(iter(()))) == []

@@ -158,4 +158,4 @@ def test_per_run_arrays_are_read_whole_and_still_guarded(fake, tmp_path):
     chunk = next(p for p in (copy / "status" / "c").rglob("*") if p.is_file())
     chunk.write_bytes(b"\x00not a chunk\xff" * 3)
     with pytest.raises(StoreError):
-        open_study(str(copy)).status.values
+        _ = open_study(str(copy)).status.values
