@@ -167,19 +167,21 @@ def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> l
     """:func:`pairwise_distance` when every replica has the same mask (or none): each
     replica is masked (and, for the angle, scaled to unit norm) once, not once per pair.
     Every value is computed by the same operations on the same rows as :func:`l2_distance`
-    and :func:`angle` on the pair, so the results are the same to the bit."""
+    and :func:`angle` on the pair, so the results are the same to the bit; the differences,
+    sums and squares go through one scratch buffer instead of a new array each."""
     x = _masked(x, None if mask is None else mask[..., None, :])
+    buf = np.empty(x.shape[:-2] + x.shape[-1:])
+
+    def norm(v):  # np.linalg.norm(v, axis=-1) of a real v: sqrt(add.reduce(v * v)), in buf
+        np.multiply(v, v, out=buf)
+        return np.sqrt(np.add.reduce(buf, axis=-1))
+
     if metric == "l2":
-        out = []
-        for i, j in pairs:
-            diff = x[..., i, :] - x[..., j, :]
-            out.append(np.sqrt(np.sum(diff * diff, axis=-1)))
-        return out
+        return [norm(np.subtract(x[..., i, :], x[..., j, :], out=buf)) for i, j in pairs]
     with np.errstate(invalid="ignore", divide="ignore"):
-        unit = [x[..., i, :] / np.linalg.norm(x[..., i, :], axis=-1, keepdims=True)
-                for i in range(x.shape[-2])]
-        return [2.0 * np.arctan2(np.linalg.norm(unit[i] - unit[j], axis=-1),
-                                 np.linalg.norm(unit[i] + unit[j], axis=-1)) for i, j in pairs]
+        unit = [x[..., i, :] / norm(x[..., i, :])[..., None] for i in range(x.shape[-2])]
+        return [2.0 * np.arctan2(norm(np.subtract(unit[i], unit[j], out=buf)),
+                                 norm(np.add(unit[i], unit[j], out=buf))) for i, j in pairs]
 
 
 def pruning_noise_distance(dense, sub, mask, *, metric: str = "l2", axis: int = -1) -> np.ndarray:

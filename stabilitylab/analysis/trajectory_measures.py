@@ -200,10 +200,15 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
         here = part.isel(step=slice(s0 - lo, None))
         m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
         with np.errstate(invalid="ignore", divide="ignore"):
+            # widened to float64 and masked once for both metrics (what pairwise does to
+            # its input on every call), param kept the innermost axis
+            here = here.transpose(..., "param")
+            wide = here.copy(data=np.where(m.transpose("cell", "param").values[:, None, None, :],
+                                           here.values, np.float64(0.0)))  # float32 -> 64: exact
             for metric in ("l2", "angle"):
                 out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
-                    here, "replica", metric=metric, mask=m).transpose(
-                    "cell", "pair", "step").values
+                    wide, "replica", metric=metric).transpose("cell", "pair", "step").values
+            del wide
             rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
             if len(rows):
                 first = here.isel(replica=0, drop=True).isel(cell=rows)
