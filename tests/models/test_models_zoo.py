@@ -100,6 +100,28 @@ def test_matmul_conv1d_equals_nn_conv1d():
         torch.testing.assert_close(ours(x.transpose(1, 2)).transpose(1, 2), ref(x))
 
 
+@pytest.mark.parametrize("length,k,s,p", [(40, 5, 2, 2), (20, 3, 2, 1), (10, 3, 2, 1),
+                                          (17, 4, 3, 1), (9, 3, 1, 1), (8, 2, 2, 0),
+                                          (11, 5, 1, 0), (12, 7, 2, 3), (5, 5, 1, 0)])
+def test_matmul_conv1d_evaluation_and_training_paths_give_the_same_bits(length, k, s, p):
+    """The no-grad path (one unfold) and the autograd path (slices + cat) build the same
+    im2col matrix, so the forward is bit-identical with and without autograd."""
+    from stabilitylab.models.conv1d import MatmulConv1d, _im2col_cat, _im2col_unfold
+
+    torch.manual_seed(1)
+    conv = MatmulConv1d(3, 4, k, stride=s, padding=p)
+    x = torch.randn(6, length, 3)
+    out_len = (length + 2 * p - k) // s + 1
+    assert torch.equal(_im2col_unfold(x, k, s, p, out_len).reshape(6, out_len, -1),
+                       _im2col_cat(x, k, s, p, out_len))
+    with torch.no_grad():
+        evaluated = conv(x)
+    trained = conv(x)
+    assert trained.requires_grad and torch.equal(evaluated, trained.detach())
+    ref = nn.functional.conv1d(x.transpose(1, 2), conv.weight, conv.bias, stride=s, padding=p)
+    torch.testing.assert_close(evaluated, ref.transpose(1, 2).detach())
+
+
 def test_resnet_structure():
     m = build_model(ModelConfig(name="resnet20", options={"width": 2}), IMAGE, 10, device="meta")
     assert len(m.blocks) == 9
