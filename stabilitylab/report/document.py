@@ -30,6 +30,7 @@ from stabilitylab.report import geometry as G
 from stabilitylab.report import intervals as I
 from stabilitylab.report import matching as M
 from stabilitylab.report.headline import headline
+from stabilitylab.report.render import Render
 from stabilitylab.report.tables import (  # noqa: F401 - STATUS, study_name: public names here too
     STATUS,
     SUMMARY_COLUMNS,
@@ -384,19 +385,26 @@ def _atomic_folder(out: Path):
         raise
 
 
-def _in_memory(ds: xr.Dataset | None, skip: frozenset = frozenset()) -> xr.Dataset | None:
+def _in_memory(ds: xr.Dataset | None, skip: frozenset = frozenset(),
+               skip_names: frozenset = frozenset()) -> xr.Dataset | None:
     """``ds`` with every variable the report may read loaded once, in one dask compute (the
     figures and tables select from them hundreds of times): all but those along a dim in
-    ``skip``, which stay lazy."""
+    ``skip`` or named in ``skip_names``, which stay lazy."""
     if ds is None:
         return None
-    small = [n for n, v in ds.data_vars.items() if not skip & set(v.dims)]
+    small = [n for n, v in ds.data_vars.items()
+             if not skip & set(v.dims) and n not in skip_names]
     return ds.assign(ds[small].load().data_vars)
 
 
 #: Study variables the report never reads: the weights and buffers, and the per-step
 #: metric curves (it reads the final metrics, statuses and densities).
 STUDY_LAZY_DIMS = frozenset({"param", "buffer", "step", "log_step", "eval_step"})
+#: Per-run final metrics the report does not show (one store chunk per run each: on the
+#: default study, reading them took ~0.4 s of the report's ~1 s of small study arrays).
+#: They stay lazy, so a figure that wants one still reads it.
+STUDY_LAZY_NAMES = frozenset({"final_test_loss", "final_train_eval_acc",
+                              "final_train_eval_loss"})
 
 
 def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out,
@@ -409,22 +417,35 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
     ``report.pdf`` (:mod:`stabilitylab.report.pdf`, vector figures). Returns ``out``.
     """
     out = Path(out)
-    study, analysis = _in_memory(study, STUDY_LAZY_DIMS), _in_memory(analysis)
+    study, analysis = _in_memory(study, STUDY_LAZY_DIMS, STUDY_LAZY_NAMES), _in_memory(analysis)
     images, geometry, notes, figures = [], [], [], []
-    for target, specs in ((images, _figure_specs(study, analysis)),
-                          (geometry, _geometry_specs(study, analysis))):
-        for name, caption, build in specs:
+    specs = [(images, spec) for spec in _figure_specs(study, analysis)] + \
+            [(geometry, spec) for spec in _geometry_specs(study, analysis)]
+    # The figures are drawn on two processes where they can be (stabilitylab.report.render)
+    # while this process writes the tables; for a PDF, which draws the same Figure objects
+    # again, here and in order.
+    with Render([] if pdf else [build for _, (_, _, build) in specs],
+                lambda fig: _png(fig, dpi)) as drawing:
+        predictions = prediction_table(analysis) if analysis is not None else []
+        summary = summary_table(study, analysis) if analysis is not None else []
+        head = (headline(study, analysis, resolved=resolved)
+                if (study is not None or analysis is not None) else [])
+        made = drawing.collect()
+    if pdf:
+        for _, (_, caption, build) in specs:
             try:
                 fig = build()
-                target.append((name, caption, _png(fig, dpi)))
-                if pdf:
-                    figures.append((caption, fig))
-            except Exception as e:  # one broken figure must not lose the report
-                log.warning("report: figure %s failed: %s", name, e, exc_info=True)
-                notes.append({"section": "analysis", "key": f"figure {name}",
-                              "value": f"failed: {e}"})
-    predictions = prediction_table(analysis) if analysis is not None else []
-    summary = summary_table(study, analysis) if analysis is not None else []
+                made.append(_png(fig, dpi))
+                figures.append((caption, fig))
+            except Exception as e:  # noqa: BLE001 - logged below, the figure left out
+                made.append(e)
+    for (target, (name, caption, _)), data in zip(specs, made):
+        if isinstance(data, Exception):  # one broken figure must not lose the report
+            log.warning("report: figure %s failed: %s", name, data, exc_info=data)
+            notes.append({"section": "analysis", "key": f"figure {name}",
+                          "value": f"failed: {data}"})
+        else:
+            target.append((name, caption, data))
     provenance = (provenance_rows(study, analysis, resolved=resolved)
                   if study is not None else []) + notes
     attrs = study.attrs if study is not None else {}
@@ -437,8 +458,6 @@ def write_report_from(study: xr.Dataset | None, analysis: xr.Dataset | None, out
         meta = ("PARTIAL analysis: made while runs were unfinished, so their rows are missing "
                 "or unknown" + ("; the study has finished since: run `stabilitylab analyze` "
                                 "again" if attrs.get("complete") is True else "") + ". " + meta)
-    head = (headline(study, analysis, resolved=resolved)
-            if (study is not None or analysis is not None) else [])
     with _atomic_folder(out) as folder:
         for file, _, data in images + geometry:
             (folder / file).write_bytes(data)
