@@ -85,15 +85,29 @@ def rows(store: str = "runs/mnist1d-default.zarr", quick: bool = False) -> list[
 
     gemm_rate = 1e6 / gemm_bound(ctx, 10**6)[0]  # network-examples/s of the GEMMs alone
     gemm_total = network_examples(ctx)[1] / gemm_rate  # the interpolation group's
-    counted = {"n": 0}
-    forward = ctx.stacked.forward
+    import threading
 
-    def counting(params, buffers, x, *, train, shared_input=False):
-        out = forward(params, buffers, x, train=train, shared_input=shared_input)
-        counted["n"] += out.shape[0] * out.shape[1]  # networks x examples
+    from stabilitylab.train.functional import StackedModel
+
+    counted, lock = {"n": 0}, threading.Lock()
+    forward = StackedModel.forward
+
+    def counting(self, params, buffers, x, *, train, shared_input=False):
+        out = forward(self, params, buffers, x, train=train, shared_input=shared_input)
+        with lock:  # evaluate_points' workers each forward through their own StackedModel
+            counted["n"] += out.shape[0] * out.shape[1]  # networks x examples
         return out
 
-    ctx.stacked.forward = counting
+    StackedModel.forward = counting
+    try:
+        return _group_rows(ctx, groups, options, counted, rate, read, gemm_rate, gemm_total)
+    finally:
+        StackedModel.forward = forward
+
+
+def _group_rows(ctx, groups, options, counted, rate, read, gemm_rate, gemm_total):
+    from stabilitylab.analysis import registry
+
     results, out = {}, []
     for name in registry.groups():
         g = registry.GROUPS[name]
