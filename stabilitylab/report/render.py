@@ -63,9 +63,14 @@ class Render:
     traceback is the caller's to log).
     """
 
-    def __init__(self, builds: Sequence[Callable[[], object]], png: Callable[[object], bytes]):
+    def __init__(self, builds: Sequence[Callable[[], object]], png: Callable[[object], bytes],
+                 first: Sequence[int] = ()):
         self.builds, self.png, self.helper = list(builds), png, None
         self.counter = self.receive = None
+        # the claim order: ``first`` (the slowest figures: started early, they do not end
+        # the report alone), then the rest as given
+        rest = [i for i in range(len(self.builds)) if i not in set(first)]
+        self.order = [i for i in first if 0 <= i < len(self.builds)] + rest
         if not parallel_ok(len(self.builds)):
             return
         import multiprocessing as mp
@@ -73,7 +78,8 @@ class Render:
         ctx = mp.get_context("fork")
         self.counter = ctx.Value("i", 0)
         self.receive, send = ctx.Pipe(duplex=False)
-        self.helper = ctx.Process(target=_helper, args=(self.builds, png, self.counter, send),
+        self.helper = ctx.Process(target=_helper, args=(self.builds, self.order, png,
+                                                        self.counter, send),
                                   daemon=True, name="stabilitylab-report-figures")
         with warnings.catch_warnings():  # Python >= 3.12 warns on forking a threaded
             warnings.simplefilter("ignore", DeprecationWarning)  # process; the helper only draws
@@ -101,7 +107,7 @@ class Render:
             return [_one(build, png) for build in builds]
         results: dict[int, object] = {}
         try:
-            while (i := _claim(self.counter, len(builds))) is not None:
+            while (i := _claim(self.counter, self.order)) is not None:
                 results[i] = _one(builds[i], png)
             try:
                 theirs = self.receive.recv()
@@ -116,13 +122,14 @@ class Render:
         return [results[i] if i in results else _one(builds[i], png) for i in range(len(builds))]
 
 
-def _claim(counter, n: int) -> int | None:
+def _claim(counter, order: Sequence[int]) -> int | None:
+    """The next unclaimed figure of ``order``, or None when every one is claimed."""
     with counter.get_lock():
         i = counter.value
-        if i >= n:
+        if i >= len(order):
             return None
         counter.value = i + 1
-        return i
+        return order[i]
 
 
 def _one(build, png):
@@ -132,7 +139,7 @@ def _one(build, png):
         return e
 
 
-def _helper(builds, png, counter, send) -> None:
+def _helper(builds, order, png, counter, send) -> None:
     """The forked process: figures claimed from ``counter`` until none are left; sends
     {index: PNG bytes, or None where it failed (the parent makes that one again)}."""
     try:
@@ -142,7 +149,7 @@ def _helper(builds, png, counter, send) -> None:
     except ImportError:
         pass
     done: dict[int, bytes | None] = {}
-    while (i := _claim(counter, len(builds))) is not None:
+    while (i := _claim(counter, order)) is not None:
         data = _one(builds[i], png)
         done[i] = data if isinstance(data, bytes) else None
     send.send(done)

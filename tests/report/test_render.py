@@ -56,8 +56,9 @@ needs_fork = pytest.mark.skipif(not R.parallel_ok(2), reason="no fork or fewer t
 def test_two_processes_give_the_serial_bytes_in_order(monkeypatch):
     builds = [_line(i) for i in range(6)]
     expected = _serial(builds, monkeypatch)
-    with R.Render(builds, png) as drawing:
+    with R.Render(builds, png, first=[4]) as drawing:  # figure 4 claimed first
         assert drawing.helper is not None and drawing.helper.pid != PARENT
+        assert drawing.order == [4, 0, 1, 2, 3, 5]
         got = drawing.collect()
     assert all(isinstance(b, bytes) and b.startswith(b"\x89PNG") for b in got)
     assert got == expected
@@ -96,3 +97,14 @@ def test_one_figure_or_workers_1_draws_here(monkeypatch):
     assert not R.parallel_ok(5)
     got = R.Render([_line(0), _broken], png).collect()
     assert isinstance(got[0], bytes) and isinstance(got[1], ValueError)
+
+
+def test_figures_are_claimed_slowest_first_then_in_order(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setenv(R.WORKERS_ENV, "1")  # no helper: only the order is looked at
+    counter = mp.get_context().Value("i", 0)
+    order = R.Render([_line(i) for i in range(4)], png, first=[2, 9]).order
+    assert order == [2, 0, 1, 3]  # an index beyond the list is ignored
+    claimed = [R._claim(counter, order) for _ in range(5)]
+    assert claimed == [2, 0, 1, 3, None]
