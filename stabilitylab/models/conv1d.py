@@ -5,8 +5,7 @@ conv1 (k5, s2, p2) -> ReLU -> conv2 (k3, s2, p1) -> ReLU -> conv3 (k3, s2, p1) -
 Linear(channels * 5, classes); 25 channels give 5,210 parameters.
 
 Activations between the convs are kept length-major, (B, L, C), and each conv is
-one im2col copy plus one matmul (:class:`MatmulConv1d`: a concatenation of shifted views
-under autograd, one unfold without it). It computes exactly what
+one concatenation of shifted views plus one matmul (:class:`MatmulConv1d`). It computes exactly what
 ``nn.Conv1d`` computes, but under ``vmap`` with per-replica weights PyTorch turns a
 real convolution into a grouped one, and oneDNN's grouped kernels are slow for
 channels this small on CPU; the matmul becomes one batched GEMM. Measured
@@ -33,16 +32,10 @@ class MatmulConv1d(nn.Conv1d):
         (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
         batch, length, channels = x.shape
         out_len = (length + 2 * p - k) // s + 1
+        cols = (_im2col_cat if torch.is_grad_enabled() else _im2col_unfold)(x, k, s, p, out_len)
+        cols = cols.reshape(batch * out_len, k * channels)
         weight = self.weight.permute(0, 2, 1).reshape(self.out_channels, k * channels)
-        if torch.is_grad_enabled():
-            cols = _im2col_cat(x, k, s, p, out_len).reshape(batch * out_len, k * channels)
-            out = (cols @ weight.t() if self.bias is None
-                   else torch.addmm(self.bias, cols, weight.t()))
-        else:  # evaluation: one unfold copy, the bias added in place (the same bits)
-            cols = _im2col_unfold(x, k, s, p, out_len).reshape(batch * out_len, k * channels)
-            out = cols @ weight.t()
-            if self.bias is not None:
-                out.add_(self.bias)
+        out = cols @ weight.t() if self.bias is None else torch.addmm(self.bias, cols, weight.t())
         return out.view(batch, out_len, self.out_channels)
 
 
@@ -53,9 +46,8 @@ def _im2col_unfold(x: torch.Tensor, k: int, s: int, p: int, out_len: int) -> tor
     The evaluation path (no autograd): the same values as :func:`_im2col_cat`, so the same
     bits out of the GEMM, in 15-25% less time per stacked forward of the default net (30
     networks x 100 examples, one thread, Zen 3), where the copies and fills around the
-    GEMMs are most of the time; the in-place bias and ReLU of that path took ~14% more
-    off. Not used under autograd: vmap has no batching rule for unfold's backward and
-    falls back to a loop over replicas.
+    GEMMs are most of the time. Not used under autograd: vmap has no batching rule for
+    unfold's backward and falls back to a loop over replicas.
     """
     right = (out_len - 1) * s + k - x.shape[1] - p
     xp = F.pad(x, (0, 0, p, max(right, 0)))
@@ -96,11 +88,9 @@ class Conv1dNet(nn.Module):
         self.fc = nn.Linear(channels * out, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # in place without autograd (evaluation): no new tensor per activation, same bits
-        relu = torch.relu if torch.is_grad_enabled() else torch.relu_
-        x = relu(self.conv1(x.transpose(1, 2)))  # (B, C, L) -> length-major
-        x = relu(self.conv2(x))
-        x = relu(self.conv3(x))
+        x = torch.relu(self.conv1(x.transpose(1, 2)))  # (B, C, L) -> length-major
+        x = torch.relu(self.conv2(x))
+        x = torch.relu(self.conv3(x))
         x = x.transpose(1, 2).reshape(x.shape[0], -1)  # channel-major flatten, as nn.Conv1d
         if self.dropout is not None:
             x = self.dropout(x)
