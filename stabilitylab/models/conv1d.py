@@ -69,6 +69,7 @@ def _im2col_cat(x: torch.Tensor, k: int, s: int, p: int, out_len: int) -> torch.
     return torch.cat(parts, dim=-1)
 
 
+from stabilitylab.core.errors import ConfigError
 from stabilitylab.models.common import check_dropout, check_positive, require_rank
 from stabilitylab.models.registry import model
 
@@ -77,20 +78,40 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - kernel) // stride + 1
 
 
+NORMS = ("none", "layer")
+
+
 class Conv1dNet(nn.Module):
-    def __init__(self, in_channels: int, length: int, channels: int, num_classes: int, dropout: float = 0.0):
+    """Three stride-2 convs with ReLU, then ``fc``; with ``norm="layer"`` each conv is
+    followed by a LayerNorm over its channels at every position (before the ReLU)."""
+
+    def __init__(self, in_channels: int, length: int, channels: int, num_classes: int,
+                 dropout: float = 0.0, norm: str = "none"):
         super().__init__()
+        layer_norm = norm == "layer"
+        # registration order conv, norm, conv, norm: REPAIR takes a conv that a norm of its
+        # width follows (in this order) as normalised, and repairs the norm's output
         self.conv1 = MatmulConv1d(in_channels, channels, 5, stride=2, padding=2)
+        self.norm1 = nn.LayerNorm(channels) if layer_norm else None
         self.conv2 = MatmulConv1d(channels, channels, 3, stride=2, padding=1)
+        self.norm2 = nn.LayerNorm(channels) if layer_norm else None
         self.conv3 = MatmulConv1d(channels, channels, 3, stride=2, padding=1)
+        self.norm3 = nn.LayerNorm(channels) if layer_norm else None
         out = _out_len(_out_len(_out_len(length, 5, 2, 2), 3, 2, 1), 3, 2, 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.fc = nn.Linear(channels * out, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x.transpose(1, 2)))  # (B, C, L) -> length-major
-        x = torch.relu(self.conv2(x))
-        x = torch.relu(self.conv3(x))
+        x = self.conv1(x.transpose(1, 2))  # (B, C, L) -> length-major (B, L, C)
+        if self.norm1 is not None:
+            x = self.norm1(x)  # the channels are the last axis: LayerNorm over them
+        x = self.conv2(torch.relu(x))
+        if self.norm2 is not None:
+            x = self.norm2(x)
+        x = self.conv3(torch.relu(x))
+        if self.norm3 is not None:
+            x = self.norm3(x)
+        x = torch.relu(x)
         x = x.transpose(1, 2).reshape(x.shape[0], -1)  # channel-major flatten, as nn.Conv1d
         if self.dropout is not None:
             x = self.dropout(x)
@@ -98,8 +119,12 @@ class Conv1dNet(nn.Module):
 
 
 @model("conv1d")
-def build_conv1d(cfg, input_shape: tuple, num_classes: int, channels: int = 25) -> Conv1dNet:
-    """The 1-D conv net; option ``channels`` (of each conv layer)."""
+def build_conv1d(cfg, input_shape: tuple, num_classes: int, channels: int = 25,
+                 norm: str = "none") -> Conv1dNet:
+    """The 1-D conv net; options ``channels`` (of each conv layer) and ``norm`` ("none", or
+    "layer": a LayerNorm over the channels after each conv)."""
     require_rank("conv1d", input_shape, 2, "1-D (C, L)")
+    if norm not in NORMS:
+        raise ConfigError(f"model.options.norm: choose from {', '.join(NORMS)}, got {norm!r}")
     return Conv1dNet(input_shape[0], input_shape[1], check_positive("channels", channels),
-                     num_classes, check_dropout(cfg))
+                     num_classes, check_dropout(cfg), norm)

@@ -54,6 +54,7 @@ def _vgg():
 ARCHS = {
     "mlp": (lambda: MLP(12, (9, 7), 4), (1, 12)),
     "conv1d": (lambda: Conv1dNet(1, 16, 5, 4), (1, 16)),
+    "conv1d_layernorm": (lambda: Conv1dNet(1, 16, 5, 4, norm="layer"), (1, 16)),
     "vgg": (_vgg, (3, 8, 8)),
     "resnet20": (lambda: CifarResNet(20, 3, 4), (3, 8, 8)),
     "plugin": (NormPlugin, (2, 5, 5)),

@@ -16,6 +16,7 @@ from stabilitylab.train.functional import StackedModel
 
 NETS = {"mlp": (lambda: MLP(12, (9, 7), 4), (1, 12)),
         "conv1d": (lambda: Conv1dNet(1, 16, 5, 4), (1, 16)),
+        "conv1d_layernorm": (lambda: Conv1dNet(1, 16, 5, 4, norm="layer"), (1, 16)),
         "resnet20": (lambda: CifarResNet(20, 3, 4), (3, 8, 8))}
 
 
@@ -25,6 +26,7 @@ def test_sites_are_hidden_pre_activations_or_the_norm_layers_after_them():
     assert sites[:3] == ["bn", "blocks.0.bn1", "blocks.0.bn2"]
     assert "blocks.3.shortcut.1" in sites and not any("conv" in s for s in sites)
     assert "fc" not in sites
+    assert repair_sites(Conv1dNet(1, 16, 5, 4, norm="layer")) == ["norm1", "norm2", "norm3"]
 
 
 @pytest.mark.parametrize("net", sorted(NETS))

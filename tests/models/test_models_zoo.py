@@ -189,3 +189,25 @@ def test_dropout_placement():
 def test_config_errors(cfg, shape, match):
     with pytest.raises(ConfigError, match=match):
         build_model(cfg, shape, 10, device="meta")
+
+
+def test_conv1d_layer_norm_option_adds_a_layernorm_after_each_conv_and_refuses_other_norms():
+    plain = build_model(ModelConfig(name="conv1d", options={"channels": 25}), (1, 40), 10, _gen())
+    normed = build_model(ModelConfig(name="conv1d", options={"channels": 25, "norm": "layer"}),
+                         (1, 40), 10, _gen())
+    assert count_parameters(normed) == count_parameters(plain) + 3 * 2 * 25
+    assert [type(normed.get_submodule(f"norm{i}")) for i in (1, 2, 3)] == [nn.LayerNorm] * 3
+    assert plain.norm1 is None
+    # the plain net keeps its parameter names (stores and OpenLTH imports key on them)
+    assert [n for n, _ in plain.named_parameters()] == [
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "conv3.weight", "conv3.bias",
+        "fc.weight", "fc.bias"]
+    # the LayerNorm normalises each position's channels: scaling conv1's output changes nothing
+    x = torch.randn(6, 1, 40, generator=_gen())
+    ref = normed(x)
+    with torch.no_grad():
+        normed.conv1.weight.mul_(3.0)
+        normed.conv1.bias.mul_(3.0)
+    torch.testing.assert_close(normed(x), ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="model.options.norm: choose from none, layer"):
+        build_model(ModelConfig(name="conv1d", options={"norm": "batch"}), (1, 40), 10, _gen())
