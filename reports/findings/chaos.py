@@ -247,8 +247,8 @@ def figure_q7(n: dict, path: Path) -> None:
 
 def compute(plan: dict, results: Path, fig_dir: Path) -> dict | None:
     """Q5-Q7 numbers and figures; None when results.csv holds none of their conditions."""
-    by_q = {q: [c["name"] for c in plan["condition"] if q in c["questions"]]
-            for q in ("Q5", "Q6", "Q7")}
+    by_q = {q: [c["name"] for c in plan["condition"] if q in c["questions"] and "sweep" not in c]
+            for q in ("Q5", "Q6", "Q7")}  # the dose-response sweep has its own module (dose.py)
     names = {c for q in by_q.values() for c in q}
     res = Results(results, conditions=names)
     if not res.v:
@@ -310,6 +310,10 @@ def lines(n: dict, notes: dict) -> list[str]:
     w("")
     w("![Q5 distance growth](figures/q5_growth.png)")
     w("")
+    if n.get("dose"):
+        from dose import lines as dose_lines
+
+        L += dose_lines(n["dose"])
     w(notes.get("Q5", ""))
     w("")
     # Q6

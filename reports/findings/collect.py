@@ -30,11 +30,22 @@ PER_RUN_SET = {
     "divergence_time": "pair",
 }
 
+# Q5's dose-response (the ``dose`` sweep) and Q8-Q11, for their conditions only (the other conditions' rows stay
+# as they were): more barriers per (kind, level, rewind), pair means; ``curve`` and ``layer``
+# become quantity suffixes (curve_barrier:bezier, layerwise_barrier:conv2)
+GEOMETRY_SET = ("aligned_instability", "repaired_instability", "aligned_repaired_instability",
+                "loss_barrier", "loss_barrier_train", "disagreement", "curve_barrier",
+                "linear_minus_curve", "layerwise_barrier", "matching", "matching_difference",
+                "matching_low")
+# the dose-response's pairs apart: ``:ref`` the pairs with replica 0 (for the perturb kind of a
+# perturb_reference study, a perturbed copy against the unperturbed one), ``:pp`` the others
+DOSE_SET = ("instability", "loss_barrier_train", "data_order_l2_final", "disagreement")
+SUFFIX_DIMS = ("measure", "delta", "curve", "layer")
+
 
 def _rows_from(da: xr.DataArray, condition: str, seed: int, quantity: str) -> list[dict]:
     rows = []
-    dims = [d for d in ("kind", "level", "rewind", "alpha", "step", "measure", "delta")
-            if d in da.dims]
+    dims = [d for d in ("kind", "level", "rewind", "alpha", "step", *SUFFIX_DIMS) if d in da.dims]
     extra = set(da.dims) - set(dims)
     if extra:
         raise ValueError(f"{quantity}: unexpected dims {sorted(extra)}")
@@ -44,7 +55,7 @@ def _rows_from(da: xr.DataArray, condition: str, seed: int, quantity: str) -> li
         row = {"condition": condition, "seed": seed, "quantity": quantity}
         for d, i in zip(dims, index):
             v = da[d].values[i]
-            if d in ("measure", "delta"):
+            if d in SUFFIX_DIMS:
                 row["quantity"] = f"{row['quantity']}:{v}"
             else:
                 row[d] = str(v) if d == "kind" else (float(v) if d == "alpha" else int(v))
@@ -53,12 +64,20 @@ def _rows_from(da: xr.DataArray, condition: str, seed: int, quantity: str) -> li
     return rows
 
 
-def study_rows(store: Path, condition: str, seed: int) -> list[dict]:
+def _pair_mean(da: xr.DataArray) -> xr.DataArray:
+    if "pair" not in da.dims:
+        return da
+    with np.errstate(invalid="ignore"):
+        return da.mean("pair", skipna=True)
+
+
+def study_rows(store: Path, condition: str, seed: int, questions=(), sweep=None) -> list[dict]:
     study = stabilitylab.open_study(store)
     an = stabilitylab.open_analysis(store)
     rows = [{"condition": condition, "seed": seed, "quantity": "dense_test_acc",
              "value": float(an.dense_test_acc)}]
     status = study.status.load()
+    trained = (status != 0).any("replica")  # only (kind, level, rewind) cells that were trained
     for name, dim in PER_RUN_SET.items():
         if name not in an:
             continue
@@ -66,9 +85,26 @@ def study_rows(store: Path, condition: str, seed: int) -> list[dict]:
         if dim is not None:
             with np.errstate(invalid="ignore"):
                 da = da.mean(dim, skipna=True)
-        # only (kind, level, rewind) cells that were trained
-        da = da.where((status != 0).any("replica"))
+        da = da.where(trained)
         rows += [r for r in _rows_from(da, condition, seed, name) if np.isfinite(r["value"])]
+    if sweep == "dose" or {"Q8", "Q9", "Q10", "Q11"} & set(questions):
+        for name in GEOMETRY_SET:
+            if name in an:
+                da = _pair_mean(an[name].astype(float)).where(trained)
+                rows += _rows_from(da, condition, seed, name)
+        for name in ("cross_level_barrier", "cross_level_loss_barrier"):  # (level, rewind)
+            if name in an:
+                with np.errstate(invalid="ignore"):
+                    rows += _rows_from(an[name].mean("replica", skipna=True), condition, seed, name)
+        if "matching_margin" in an:
+            rows += _rows_from(an.matching_margin, condition, seed, "matching_margin")
+    if sweep == "dose":
+        ref = an.pair_a == 0
+        for name in DOSE_SET:
+            for tag, pairs in (("ref", ref), ("pp", ~ref)):
+                if name in an and bool(pairs.any()):
+                    da = _pair_mean(an[name].where(pairs)).where(trained)
+                    rows += _rows_from(da, condition, seed, f"{name}:{tag}")
     # the candidate measures (imp), as the analysis tabulates them
     rows += _rows_from(an.measure_value, condition, seed, "measure")
     rows += _rows_from(an.random_imp_ratio_data_order, condition, seed, "random_imp_ratio_data_order")
@@ -108,7 +144,7 @@ def collect(plan: dict, runs: Path, out: Path, only: list[str] | None = None) ->
             if not (store / "analysis").exists():
                 missing.append(store.name)
                 continue
-            rows += study_rows(store, cond["name"], seed)
+            rows += study_rows(store, cond["name"], seed, cond["questions"], cond.get("sweep"))
     if missing:
         raise SystemExit(f"error: {len(missing)} studies are not analysed yet ({', '.join(missing[:4])}...); "
                          "run the 'run' phase first")

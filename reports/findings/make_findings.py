@@ -45,14 +45,49 @@ sys.path.insert(0, str(HERE))  # common/collect/render/document sit beside this 
 from common import seeds_of, store_path
 
 
+def _sweep_conditions(sweep: dict, where: str) -> list[dict]:
+    """A ``[[sweep]]`` of findings.toml as plain conditions: one per combination of its axes'
+    values, named ``<name>-<tag>-<tag>...``, each with the sweep's ``set`` overrides plus its
+    values' own, ``sweep`` (the sweep's name) and ``axes`` (axis -> tag)."""
+    for key in ("name", "config", "label", "questions", "axes"):
+        if key not in sweep:
+            raise SystemExit(f"error: {where}: [[sweep]] needs {key!r}")
+    combos: list[tuple[dict, list[str]]] = [({}, list(sweep.get("set", [])))]
+    for axis, values in sweep["axes"].items():
+        if not isinstance(values, dict) or not values:
+            raise SystemExit(f"error: {where}: sweep {sweep['name']!r} axis {axis!r} must map "
+                             "tags to lists of overrides")
+        combos = [({**tags, axis: tag}, [*sets, *extra]) for tags, sets in combos
+                  for tag, extra in values.items()]
+    rest = {k: v for k, v in sweep.items() if k not in ("name", "config", "axes", "set")}
+    return [{**rest, "name": "-".join([sweep["name"], *tags.values()]), "study": sweep["config"],
+             "overrides": tuple(sets), "sweep": sweep["name"], "axes": tags}
+            for tags, sets in combos]
+
+
 def load_plan(path: Path = HERE / "findings.toml") -> dict:
+    """The plan: ``condition`` lists every condition, each sweep expanded into its own."""
     with open(path, "rb") as f:
         plan = tomllib.load(f)
+    for sweep in plan.get("sweep", []):
+        plan["condition"] += _sweep_conditions(sweep, path.name)
+    names = [c["name"] for c in plan["condition"]]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: {path.name}: two conditions are named alike")
     for c in plan["condition"]:
-        c["config"] = HERE / "studies" / f"{c['name']}.toml"
+        c["config"] = HERE / "studies" / f"{c.get('study', c['name'])}.toml"
+        c["overrides"] = tuple(c.get("overrides", ()))
         if not c["config"].is_file():
             raise SystemExit(f"error: {path.name}: condition {c['name']!r} has no {c['config']}")
     return plan
+
+
+def condition_config(cond: dict, seed: int | None = None):
+    """The resolved config of a condition (its TOML, its overrides, and the seed if given)."""
+    from stabilitylab.config import load_config
+
+    seed_set = [] if seed is None else [f"study.seed={seed}"]
+    return load_config(cond["config"], [*seed_set, *cond["overrides"]])
 
 
 def expected_id(config: Path, seed: int, overrides: tuple[str, ...] = ()) -> str:
@@ -114,16 +149,20 @@ def run_one(cond: dict, seed: int, runs: Path, threads: int) -> tuple[str, float
     store = store_path(runs, cond["name"], seed)
     log = store.with_suffix(".log")
     t0 = time.perf_counter()
-    state = _state(store, expected_id(cond["config"], seed))
+    state = _state(store, expected_id(cond["config"], seed, cond["overrides"]))
     if state == "stale":  # the condition's TOML changed since: the store no longer matches it
         print(f"  {store.name}: recorded from an older {cond['config'].name}; recording again", flush=True)
         _discard(store)
     if state in ("missing", "stale", "incomplete"):
         args = ["record", str(cond["config"]), "--out", str(store), "--set", f"study.seed={seed}",
                 "--no-progress"]
+        for o in cond["overrides"]:
+            args += ["--set", o]
         _cli(args + (["--resume"] if state == "incomplete" else []), _env(threads), log)
     if state != "analyzed":
-        _cli(["analyze", str(store), "--no-report", "--no-progress"], _env(threads), log)
+        measures = list(cond.get("measures", []))
+        _cli(["analyze", str(store), "--no-report", "--no-progress",
+              *(["--measures", *measures] if measures else [])], _env(threads), log)
     return state, time.perf_counter() - t0
 
 

@@ -306,6 +306,13 @@ def render(plan: dict, results: Path, out_dir: Path, tuning: Path | None = None)
 
     numbers = compute(plan, results, out_dir)
     numbers["q567"] = compute_q567(plan, results, out_dir / "figures")
+    if numbers["q567"] is not None:
+        from dose import compute as compute_dose
+
+        numbers["q567"]["dose"] = compute_dose(plan, results, out_dir / "figures")
+    from geometry import compute as compute_geometry
+
+    numbers["geometry"] = compute_geometry(plan, results, out_dir / "figures")
     numbers["tuning_table"], numbers["tuning_best"] = tuning_table(plan, tuning or out_dir / "tuning.csv")
     write_report(plan, numbers, out_dir / "README.md")
     print(f"report: {out_dir / 'README.md'}")
