@@ -82,12 +82,11 @@ def load_plan(path: Path = HERE / "findings.toml") -> dict:
     return plan
 
 
-def condition_config(cond: dict, seed: int | None = None):
-    """The resolved config of a condition (its TOML, its overrides, and the seed if given)."""
+def condition_config(cond: dict):
+    """The config of a condition: its TOML with its overrides."""
     from stabilitylab.config import load_config
 
-    seed_set = [] if seed is None else [f"study.seed={seed}"]
-    return load_config(cond["config"], [*seed_set, *cond["overrides"]])
+    return load_config(cond["config"], cond["overrides"])
 
 
 def expected_id(config: Path, seed: int, overrides: tuple[str, ...] = ()) -> str:
