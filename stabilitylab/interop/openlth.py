@@ -341,7 +341,7 @@ def import_openlth(run_dir, out, *, overrides=(), storage_options=None) -> dict:
     runs = all_runs(resolved)
     writer = StudyWriter.create(
         out, resolved, param_layout=stacked.layout(), buffer_layout=stacked.buffer_layout(),
-        provenance=provenance(torch.device("cpu"), resolved), runs=runs,
+        provenance=provenance(torch.device("cpu"), resolved, trained_here=False), runs=runs,
         optimizer_state_names=list(state_names(cfg.training)), storage_options=storage_options)
     densities = {}
     try:

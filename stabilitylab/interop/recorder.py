@@ -134,7 +134,8 @@ class Recorder:
             self.writer = StudyWriter.create(
                 out, self.resolved, param_layout=self.stacked.layout(),
                 buffer_layout=self.stacked.buffer_layout(),
-                provenance=provenance(torch.device("cpu"), self.resolved), runs=all_runs(self.resolved),
+                provenance=provenance(torch.device("cpu"), self.resolved, trained_here=False),
+                runs=all_runs(self.resolved),
                 optimizer_state_names=self._states, storage_options=storage_options)
         self.completed = self.writer.completed_runs()
         self._dense_done = self.writer.dense_complete()

@@ -99,6 +99,10 @@ def test_metrics_and_provenance(ds):
     for key in ("created_at", "versions", "device", "seed", "study_id", "config"):
         assert key in ds.attrs
     assert {"stabilitylab", "torch", "zarr", "xarray"} <= set(ds.attrs["versions"])
+    # the CPU that computed the weights: results differ between CPU models
+    from stabilitylab.study.context import cpu_description
+    assert ds.attrs["device"] == f"cpu ({cpu_description()})"
+    assert len(cpu_description()) > 3
 
 
 def test_refuses_to_write_into_another_study(tiny_study, tmp_path):
