@@ -1,7 +1,7 @@
 """The ``stabilitylab`` command line (argument parsing; the work is in the library).
 
     stabilitylab record [PRESET|CONFIG.toml] [--out PATH] [--set key=value ...] [--device D] [--resume]
-    stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--no-report] [--profile]
+    stabilitylab analyze STORE [--measures ...] [--device D] [--alphas N] [--compile auto|on|off] [--no-report] [--profile]
     stabilitylab report STORE [--out DIR] [--pdf]
     stabilitylab validate STORE [--deep]
     stabilitylab data download NAME [--data-root DIR]     # stabilitylab data download --help
@@ -163,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
                           "of Frankle et al.), or 'adaptive': a coarse grid, then refinement "
                           "around each barrier's maximum (its resolution is stored as "
                           "attrs['alpha_resolution'])")
+    ana.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                     help="torch.compile the CPU evaluation forward: auto (default: for an "
+                          "evaluation of at least 2M network-examples, e.g. the default "
+                          "study's barriers), on or off; used only where it gives the eager "
+                          "logits bit for bit")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--profile", action="store_true",
                      help="print the seconds of each phase (reading the store is its own row)")
@@ -429,7 +434,8 @@ def _analyze(args) -> int:
 
     summary = analyze_store(args.store, measures=args.measures, device=args.device,
                             alphas=args.alphas, progress=False if args.no_progress else None,
-                            data_root=args.data_root, trust_plugins=args.trust_plugins)
+                            data_root=args.data_root, trust_plugins=args.trust_plugins,
+                            compile=args.compile)
     for line in summary.get("lines", []):
         print(line)
     if not args.no_report:

@@ -257,9 +257,22 @@ def profile_table(profile: dict[str, float]) -> list[str]:
     return rows + [f"| total | {total:.2f} | 100% |"]
 
 
+def _resolve_compile(ctx, alphas: int) -> None:
+    """``--compile auto`` for this study: on where the barriers alone evaluate at least
+    :data:`~stabilitylab.analysis.interpolate.AUTO_COMPILE_EXAMPLES` network-examples
+    (pairs × cells × α × test examples; the default study's 2.7M), so the compilation,
+    done once, also serves the groups that run before the interpolation; off below."""
+    from stabilitylab.analysis.interpolate import AUTO_COMPILE_EXAMPLES, _COMPILE
+
+    if _COMPILE.get() != "auto":
+        return
+    work = len(ctx.pairs) * int(ctx.cells().sum()) * alphas * len(ctx.data.test_x)
+    _COMPILE.set("on" if work >= AUTO_COMPILE_EXAMPLES else "off")
+
+
 def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, progress=None,
                   storage_options=None, n_boot: int = 1000, data_root=None,
-                  trust_plugins: bool = False) -> dict:
+                  trust_plugins: bool = False, compile: str = "auto") -> dict:
     """Analyze the study at ``url``; returns ``{"analysis": Dataset, "lines": [...], "csv": path,
     "study": the store's resolved Study, "profile": {phase: seconds}}`` (:func:`profile_table`
     formats the profile).
@@ -270,7 +283,16 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
 
     ``data_root``: where the dataset is (default ``$STABILITYLAB_DATA`` or
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
+
+    ``compile``: "auto", "on" or "off", whether the evaluation forward of the CPU may be
+    ``torch.compile``d (:func:`~stabilitylab.analysis.interpolate.compile_policy`; used only
+    where it gives the eager logits bit for bit).
     """
+    from stabilitylab.analysis.interpolate import COMPILE_POLICIES, compile_policy
+
+    if compile not in COMPILE_POLICIES:
+        raise StabilityLabError(f"--compile: choose from {', '.join(COMPILE_POLICIES)}, "
+                                f"got {compile!r}")
     groups = measure_groups(measures)
     adaptive = alphas == ADAPTIVE
     if adaptive:
@@ -288,10 +310,11 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
     lock = None if path is None or not path.is_dir() else acquire(path, describe(url),
                                                                   ANALYSIS_LOCK_NAME)
     try:
-        return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
-                        adaptive=adaptive,
-                        progress=progress, storage_options=storage_options, n_boot=n_boot,
-                        data_root=data_root, trust_plugins=trust_plugins)
+        with compile_policy(compile):
+            return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
+                            adaptive=adaptive,
+                            progress=progress, storage_options=storage_options,
+                            n_boot=n_boot, data_root=data_root, trust_plugins=trust_plugins)
     finally:
         if lock is not None:
             lock.release()
@@ -310,6 +333,7 @@ def _analyze(url, groups, *, measures, device, alphas, adaptive, progress, stora
     from stabilitylab.analysis.context import VIEWS
 
     ctx.prefetch(*VIEWS)  # the shared reads, in one pass over their chunks
+    _resolve_compile(ctx, alphas)
     passes = _passes(groups)
     import importlib
 

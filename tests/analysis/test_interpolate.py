@@ -158,3 +158,31 @@ def test_same_weights_give_zero_barrier():
     out = evaluate_interpolation(stacked, w1, w1.clone(), alpha_grid(7), x, y)
     assert instability(out["error"]) == 0.0
     assert instability(out["loss"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_compiled_evaluation_gives_the_eager_bits():
+    """``compile_policy("on")``: the compiled forward (padded last block, eager last chunk)
+    gives the eager path's logits, errors and losses bit for bit, and is really used."""
+    from stabilitylab.analysis.interpolate import compile_policy
+    from stabilitylab.models.conv1d import Conv1dNet
+
+    torch.manual_seed(3)
+    m1, m2 = Conv1dNet(1, 40, 8, 10), Conv1dNet(1, 40, 8, 10)
+    stacked = StackedModel(m1)
+    flat = stacked.flatten(stacked.stack([m1, m2])[0])
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(120, 1, 40, generator=g), torch.randint(0, 10, (120,), generator=g)
+    pts = torch.cat([interpolate_flat(flat[0], flat[1], alpha_grid(35)),
+                     interpolate_flat(flat[1], flat[0], alpha_grid(35))])  # 70 points
+    with compile_policy("off"):
+        eager = evaluate_points(stacked, pts, x, y, batch_size=50, return_logits=True)
+    assert not stacked.__dict__.get("_compiled_eval")
+    with compile_policy("on"):  # blocks of 3000 // 50 = 60 points: 60 + 10 padded to 60
+        compiled = evaluate_points(stacked, pts, x, y, batch_size=50, return_logits=True)
+    assert any(callable(f) for f in stacked.__dict__["_compiled_eval"].values())
+    assert torch.equal(eager["logits"], compiled["logits"])
+    assert np.array_equal(eager["error"], compiled["error"])
+    assert np.array_equal(eager["loss"], compiled["loss"])
+    with pytest.raises(ValueError, match="--compile: choose from auto, on, off"):
+        with compile_policy("always"):
+            pass
