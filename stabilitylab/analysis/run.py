@@ -262,7 +262,7 @@ def _resolve_compile(ctx, alphas: int) -> None:
     :data:`~stabilitylab.analysis.interpolate.AUTO_COMPILE_EXAMPLES` network-examples
     (pairs × cells × α × test examples; the default study's 2.7M), so the compilation,
     done once, also serves the groups that run before the interpolation; off below."""
-    from stabilitylab.analysis.interpolate import AUTO_COMPILE_EXAMPLES, _COMPILE
+    from stabilitylab.analysis.interpolate import _COMPILE, AUTO_COMPILE_EXAMPLES
 
     if _COMPILE.get() != "auto":
         return
