@@ -260,8 +260,7 @@ def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_
     with copies of its last point, whose results are dropped; other chunks run eager)."""
     device = points.device
     keep = points.shape[0]
-    if keep < pad_to:
-        points = torch.cat([points, points[-1:].expand(pad_to - keep, -1)])
+    points = _pad_points(points, pad_to)
     params = stacked.unflatten(points)
     n_points = points.shape[0]
     if mode == "none":
@@ -305,13 +304,29 @@ COMPILE_POLICIES = ("auto", "on", "off")
 AUTO_COMPILE_EXAMPLES = 2_000_000
 
 
+def check_compile_policy(policy: str) -> None:
+    """A one-line :class:`~stabilitylab.core.errors.ConfigError` unless ``policy`` is one
+    of :data:`COMPILE_POLICIES`."""
+    if policy not in COMPILE_POLICIES:
+        from stabilitylab.core.errors import ConfigError
+
+        raise ConfigError(f"--compile: choose from {', '.join(COMPILE_POLICIES)}, got {policy!r}")
+
+
+def _pad_points(points: torch.Tensor, n: int) -> torch.Tensor:
+    """``points`` with copies of its last row appended up to ``n`` rows (as it is if it has
+    as many)."""
+    if len(points) >= n:
+        return points
+    return torch.cat([points, points[-1:].expand(n - len(points), -1)])
+
+
 @contextlib.contextmanager
 def compile_policy(policy: str):
     """Within the block, :func:`evaluate_points` compiles its forward by ``policy``:
     "auto" (the default: on the CPU, for a call of at least :data:`AUTO_COMPILE_EXAMPLES`
     network-examples), "on" (on the CPU, any size) or "off"."""
-    if policy not in COMPILE_POLICIES:
-        raise ValueError(f"--compile: choose from {', '.join(COMPILE_POLICIES)}, got {policy!r}")
+    check_compile_policy(policy)
     token = _COMPILE.set(policy)
     try:
         yield
@@ -348,9 +363,7 @@ def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: in
         return stacked.forward(params, {}, xb, train=False, shared_input=True)
 
     fn = torch.compile(forward, dynamic=False)
-    probe = points[:block]
-    if len(probe) < block:
-        probe = torch.cat([probe, probe[-1:].expand(block - len(probe), -1)])
+    probe = _pad_points(points[:block], block)
     params, xb = stacked.unflatten(probe), x[:batch_size]
     try:
         with torch.no_grad():

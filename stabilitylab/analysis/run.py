@@ -288,11 +288,9 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
     ``torch.compile``d (:func:`~stabilitylab.analysis.interpolate.compile_policy`; used only
     where it gives the eager logits bit for bit).
     """
-    from stabilitylab.analysis.interpolate import COMPILE_POLICIES, compile_policy
+    from stabilitylab.analysis.interpolate import check_compile_policy, compile_policy
 
-    if compile not in COMPILE_POLICIES:
-        raise StabilityLabError(f"--compile: choose from {', '.join(COMPILE_POLICIES)}, "
-                                f"got {compile!r}")
+    check_compile_policy(compile)  # before the lock and any reading
     groups = measure_groups(measures)
     adaptive = alphas == ADAPTIVE
     if adaptive:
