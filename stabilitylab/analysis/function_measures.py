@@ -29,6 +29,7 @@ from stabilitylab.analysis.endpoints import (
     finals,
     splits,
 )
+from stabilitylab.analysis.interpolate import evaluate_points
 from stabilitylab.analysis.measures import (
     disagreement,
     gradient_noise_scale,
@@ -238,29 +239,21 @@ def _above_line(curves: np.ndarray, alphas) -> np.ndarray:
 EXAMPLES_PER_FORWARD = 100
 
 
-@torch.no_grad()
-def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | None,
-                            points_per_block: int = 30):
-    """Test logits (N, example, class) and per-example losses (N, example) of N networks,
-    in blocks of ``points_per_block`` networks × :data:`EXAMPLES_PER_FORWARD` examples
-    (bounded memory)."""
+def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | None):
+    """Test logits (N, example, class) and per-example losses (N, example) of N networks:
+    the shared evaluation machinery (:func:`~stabilitylab.analysis.interpolate.evaluate_points`:
+    bounded memory, both cores, the compiled forward where ``analyze --compile`` allows it)
+    in chunks of :data:`EXAMPLES_PER_FORWARD` examples. ``buffers`` (N, Q): each network's
+    BatchNorm statistics, used as they are."""
     x, y = ctx.data.test_x, ctx.data.test_y
-    logits_out, losses_out = [], []
-    for p0 in range(0, flat.shape[0], points_per_block):
-        block = flat[p0:p0 + points_per_block]
-        params = ctx.stacked.unflatten(block)
-        bufs = {}
-        if buffers is not None and buffers.numel():
-            bufs = ctx.stacked.unflatten_buffers(buffers[p0:p0 + points_per_block])
-        step = EXAMPLES_PER_FORWARD
-        logits = torch.cat([ctx.stacked.forward(params, bufs, x[i:i + step], train=False,
-                                                shared_input=True)
-                            for i in range(0, len(x), step)], 1)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(block.shape[0]),
-                                 reduction="none").view(block.shape[0], -1)
-        logits_out.append(logits.float().cpu().numpy())
-        losses_out.append(losses.float().cpu().numpy())
-    return np.concatenate(logits_out), np.concatenate(losses_out)
+    res = evaluate_points(ctx.stacked, flat, x, y,
+                          buffers=buffers if buffers is not None and buffers.numel() else None,
+                          batch_size=EXAMPLES_PER_FORWARD, return_logits=True)
+    logits = res["logits"]  # (N, example, class) float32 on the CPU
+    with torch.no_grad():
+        losses = F.cross_entropy(logits.flatten(0, 1), y.cpu().repeat(logits.shape[0]),
+                                 reduction="none").view(logits.shape[0], -1)
+    return logits.float().numpy(), losses.float().numpy()
 
 
 @group("replica", reads="function", phase="replica measures", rank=40,
