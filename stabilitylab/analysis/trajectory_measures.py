@@ -15,8 +15,10 @@ for runs that are not complete stay NaN. The arithmetic runs through the wrapper
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 import xarray as xr
 
 from stabilitylab.analysis import xr as sxr
@@ -191,40 +193,61 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     reads = ((traj.isel(cell=slice(c0, c1), step=slice(max(s0 - 1, 0), s1)).astype(np.float32),
               dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
              for c0, c1, s0, s1 in blocks)  # the next block is read while this one is computed
-    for (c0, c1, s0, s1), (part, dpart) in zip(blocks, ctx.read_ahead(reads)):
-        lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
-        # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
-        # NaN below, and NaN rows would send the early-bird masks to a slow sort.
-        before = ctx.steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
-        part = part.where(~xr.DataArray(before, dims=("cell", "step")), np.float32(0))
-        here = part.isel(step=slice(s0 - lo, None))
-        m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # widened to float64 and masked once for both metrics (what pairwise does to
-            # its input on every call), param kept the innermost axis
-            here = here.transpose(..., "param")
-            wide = here.copy(data=np.where(m.transpose("cell", "param").values[:, None, None, :],
-                                           here.values, np.float64(0.0)))  # float32 -> 64: exact
-            for metric in ("l2", "angle"):
-                out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
-                    wide, "replica", metric=metric).transpose("cell", "pair", "step").values
-            del wide
-            rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
-            if len(rows):
-                first = here.isel(replica=0, drop=True).isel(cell=rows)
-                d, mm = dpart.isel(cell=rows), m.isel(cell=rows)
-                out["pruning_noise_l2"][c0 + rows, s0:s1] = sxr.l2_distance(
-                    d, first, mask=mm).transpose("cell", "step").values
-                out["pruning_noise_angle"][c0 + rows, s0:s1] = sxr.angle(
-                    d, first, mask=mm).transpose("cell", "step").values
-            eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
-            out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
-        if progress is not None:  # one unit per cell, as the blocks of its steps finish
-            finished = c0 + (c1 - c0) * (s1 == bounds[-1])
-            if finished > done:
-                progress(finished - done)
-                done = finished
+    threads = max(1, torch.get_num_threads())
+    with ThreadPoolExecutor(threads, thread_name_prefix="curves") as pool:
+        for (c0, c1, s0, s1), (part, dpart) in zip(blocks, ctx.read_ahead(reads)):
+            # the block's cells in one contiguous share per thread: every value is computed
+            # by the same operations on the same rows as on one thread (numpy releases the
+            # GIL in them), so the curves are the same to the bit
+            cuts = np.linspace(0, c1 - c0, min(threads, c1 - c0) + 1).astype(int)
+            shares = [pool.submit(_block_curves, out, part.isel(cell=slice(i, j)),
+                                  dpart.isel(cell=slice(i, j)), c0 + i, s0, ctx.steps, rewinds,
+                                  masks, survivors, noise_ok, density)
+                      for i, j in itertools.pairwise(cuts)]
+            for share in shares:
+                share.result()
+            if progress is not None:  # one unit per cell, as the blocks of its steps finish
+                finished = c0 + (c1 - c0) * (s1 == bounds[-1])
+                if finished > done:
+                    progress(finished - done)
+                    done = finished
     return out
+
+
+def _block_curves(out, part, dpart, c0, s0, steps, rewinds, masks, survivors, noise_ok,
+                  density) -> None:
+    """:func:`_curves` on one block: ``part`` the trajectories of cells ``c0`` on at the
+    block's steps (from one step before ``s0``), ``dpart`` the dense runs' at its steps;
+    written into ``out``."""
+    c1 = c0 + part.sizes["cell"]
+    s1 = s0 + dpart.sizes["step"]
+    lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
+    # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
+    # NaN by the caller, and NaN rows would send the early-bird masks to a slow sort.
+    before = steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
+    part = part.where(~xr.DataArray(before, dims=("cell", "step")), np.float32(0))
+    here = part.isel(step=slice(s0 - lo, None))
+    m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
+    with np.errstate(invalid="ignore", divide="ignore"):  # per thread: set here
+        # widened to float64 and masked once for both metrics (what pairwise does to
+        # its input on every call), param kept the innermost axis
+        here = here.transpose(..., "param")
+        wide = here.copy(data=np.where(m.transpose("cell", "param").values[:, None, None, :],
+                                       here.values, np.float64(0.0)))  # float32 -> 64: exact
+        for metric in ("l2", "angle"):
+            out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
+                wide, "replica", metric=metric).transpose("cell", "pair", "step").values
+        del wide
+        rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
+        if len(rows):
+            first = here.isel(replica=0, drop=True).isel(cell=rows)
+            d, mm = dpart.isel(cell=rows), m.isel(cell=rows)
+            out["pruning_noise_l2"][c0 + rows, s0:s1] = sxr.l2_distance(
+                d, first, mask=mm).transpose("cell", "step").values
+            out["pruning_noise_angle"][c0 + rows, s0:s1] = sxr.angle(
+                d, first, mask=mm).transpose("cell", "step").values
+        eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
+        out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
 
 
 def _first_mean(curve: np.ndarray, use: np.ndarray, n: int) -> np.ndarray:
