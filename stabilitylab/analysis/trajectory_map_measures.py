@@ -36,6 +36,18 @@ _LI = "Li et al., NeurIPS 2018, §7"
 def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
     """(PathPCA, replica indices, step indices) of the paths of (kind, level, k), or None
     when no replica is complete; raises ValueError on non-finite weights."""
+    found = _map_points(ctx, kind, level, k)
+    if found is None:
+        return None
+    x, reps, steps = found
+    if _held_whole(x):  # path_pca holds these points whole: read them once, as loading
+        (x,) = ctx.timed_compute(x)
+    return path_pca(x, n_components), reps, steps
+
+
+def _map_points(ctx, kind, level, k):
+    """(lazy (N, P) points, replica indices, step indices) of the paths of (kind, level, k):
+    each complete replica's recorded weights from k on; None with no complete replica."""
     import dask.array as da
 
     reps = ctx.complete_replicas(kind, level, k)
@@ -43,12 +55,13 @@ def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
         return None
     steps = np.nonzero(np.asarray(ctx.steps) >= k)[0]
     w = ctx.ds.weights.sel(kind=kind, level=level, rewind=k).data  # dask (R, S, P)
-    x = da.concatenate([w[r][steps] for r in reps], axis=0)
+    return da.concatenate([w[r][steps] for r in reps], axis=0), reps, steps
+
+
+def _held_whole(x) -> bool:
+    """Whether :func:`path_pca` holds the (N, P) points whole (one Gram block)."""
     n, p = x.shape
-    if n <= GRAM_MAX_POINTS and p <= BLOCK_VALUES // max(n, 1):
-        # path_pca holds these points whole (one Gram block): read them once, as loading
-        (x,) = ctx.timed_compute(x)
-    return path_pca(x, n_components), reps, steps
+    return n <= GRAM_MAX_POINTS and p <= BLOCK_VALUES // max(n, 1)
 
 
 @group("trajectory_map", reads="trajectory", phase="trajectory maps", rank=17,
@@ -74,19 +87,24 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     path = np.full((n, len(ctx.replicas), len(ctx.steps), len(comps)), np.nan)
     explained = np.full((n, len(comps)), np.nan)
     start = np.full((n, len(comps)), np.nan)
-    labels = zip(*(cells.coord(d).values for d in ("kind", "level", "rewind")))
-    for i, (kind, level, k) in enumerate(labels):
-        try:
-            found = map_pca(ctx, str(kind), int(level), int(k))
-        except ValueError as exc:  # non-finite weights: NaN, one line
-            log.warning("trajectory map of (%s, %s, %s) left NaN: %s", kind, level, k, exc)
-            found = None
-        if found is not None:
-            res, reps, steps = found
-            scores = res.scores.reshape(len(reps), len(steps), -1)
-            path[i][np.ix_(reps, steps)] = scores
-            explained[i] = res.explained
-            start[i] = scores[0, 0]
+    labels = list(zip(*(cells.coord(d).values for d in ("kind", "level", "rewind"))))
+    found = [_map_points(ctx, str(kind), int(level), int(k)) for kind, level, k in labels]
+    # The cells held whole are read on a background thread while the one before is
+    # computed (ctx.read_ahead: at most two in memory); the others are read block by block.
+    reads = ctx.read_ahead((f[0],) if f is not None and _held_whole(f[0]) else ()
+                           for f in found)
+    for i, ((kind, level, k), cell, read) in enumerate(zip(labels, found, reads)):
+        if cell is not None:
+            x, reps, steps = cell
+            try:
+                res = path_pca(read[0] if read else x, MAP_COMPONENTS)
+            except ValueError as exc:  # non-finite weights: NaN, one line
+                log.warning("trajectory map of (%s, %s, %s) left NaN: %s", kind, level, k, exc)
+            else:
+                scores = res.scores.reshape(len(reps), len(steps), -1)
+                path[i][np.ix_(reps, steps)] = scores
+                explained[i] = res.explained
+                start[i] = scores[0, 0]
         if progress is not None:
             progress(1)
     out = {name: cells.scatter(ctx, name, values, component=comps) for name, values in (
