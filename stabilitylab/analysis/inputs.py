@@ -53,8 +53,11 @@ def exclude_nonfinite_inputs(ctx) -> list[str]:
     if not idx:
         return []
     sel = tuple(np.array(idx).T)
-    final = np.asarray(ds.weights.isel(step=-1).values)[sel]
-    final_buffers = np.asarray(ds.final_buffers.values)[sel]
+    if int(ctx.steps[-1]) == ctx.resolved.total_steps:  # the shared views, read already
+        final = ctx.load("final_weights").transpose(..., "param").values[sel]
+    else:
+        final = np.asarray(ds.weights.isel(step=-1).values)[sel]
+    final_buffers = np.asarray(ctx.load("final_buffers").values)[sel]
     starts = {}
     for r in {i[2] for i in idx if ctx.kinds[i[0]] == "imp"}:
         w_k = np.asarray(ds.rewind_state_weights.values[r]) if "rewind_state_weights" in ds \

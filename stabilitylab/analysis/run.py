@@ -337,12 +337,13 @@ def _analyze(url, groups, *, measures, device, alphas, adaptive, progress, stora
 
     for module in dict.fromkeys(m for g in passes for m in registry.GROUPS[g].preload):
         importlib.import_module(module)  # a group's first-use imports: loading, not the group
-    phases = _Phases()
-    phases.add("loading", time.perf_counter() - started)  # store, model, data, shared views
     partial = _partial_note(ctx, url)
     from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
 
     damaged = exclude_nonfinite_inputs(ctx)  # a NaN input: one line naming it, never numbers
+    phases = _Phases()
+    # store, model, data, shared views and their check for non-finite values
+    phases.add("loading", time.perf_counter() - started)
     if partial:
         log.warning("%s", partial)
     from stabilitylab.store.schema import check_writable
