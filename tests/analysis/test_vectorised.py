@@ -160,6 +160,47 @@ def test_trajectory_blocks_do_not_change_the_result(conv_store, monkeypatch):
     assert np.isnan(got[~valid]).all()
 
 
+def test_trajectory_curves_are_the_same_bits_on_any_number_of_threads(conv_store):
+    from stabilitylab.analysis import trajectory_measures as tm
+    from stabilitylab.analysis.context import load_context
+
+    ctx = load_context(str(conv_store[0]))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = tm.trajectory_measures(ctx)
+        torch.set_num_threads(3)  # more shares than this machine's cores, uneven ones
+        three = tm.trajectory_measures(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.isfinite(one["data_order_angle"].values).any()
+    for name in one:
+        xr.testing.assert_identical(three[name], one[name])
+
+
+def test_test_logits_and_losses_are_those_of_each_network_alone(conv_store):
+    import torch.nn.functional as F
+
+    from stabilitylab.analysis.context import load_context
+    from stabilitylab.analysis.function_measures import _test_logits_and_losses
+    from stabilitylab.analysis.interpolate import compile_policy
+
+    ctx = load_context(str(conv_store[0]))
+    w = ctx.ds.weights.isel(kind=0, level=0, rewind=0, replica=0).values[-7:]  # 7 networks
+    flat = torch.from_numpy(np.ascontiguousarray(w))
+    with compile_policy("off"):
+        logits, losses = _test_logits_and_losses(ctx, flat, None)
+    x, y = ctx.data.test_x, ctx.data.test_y
+    assert logits.shape == (7, len(x), 10) and losses.shape == (7, len(x))
+    for i in (0, 6):
+        params = ctx.stacked.unflatten(flat[i:i + 1])
+        want = torch.cat([ctx.stacked.forward(params, {}, x[j:j + 100], train=False,
+                                              shared_input=True)[0]
+                          for j in range(0, len(x), 100)])
+        np.testing.assert_array_equal(logits[i], want.numpy())
+        np.testing.assert_array_equal(losses[i], F.cross_entropy(want, y, reduction="none"))
+
+
 def test_analyze_profile_prints_the_phase_table(tiny_study, tmp_path, capsys):
     import shutil
 
