@@ -49,6 +49,8 @@ class StudyContext:
     #: Arrays read from the store, each once (:meth:`load`), and the seconds spent reading.
     cache: dict = field(default_factory=dict, repr=False)
     load_seconds: float = 0.0
+    storage_options: dict | None = field(default=None, repr=False)
+    _arrays: dict = field(default_factory=dict, repr=False)
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -100,21 +102,26 @@ class StudyContext:
         if not todo:
             return
         started = time.perf_counter()
+        self.cache.update(_weight_views(self, todo))
+        todo = [n for n in todo if n not in self.cache]
         lazy = [VIEWS[n](self) for n in todo]
         for name, value in zip(todo, dask.compute(*lazy)):
             self.cache[name] = value
         self.load_seconds += time.perf_counter() - started
 
     def read_ahead(self, items):
-        """``dask.compute(*item)`` for each tuple of lazy arrays in ``items``, in order, each
-        read on a background thread while the caller works on the one before (double
-        buffering: at most two items in memory). Only the time the caller waits for a read
-        counts as loading; the values are those of reading each item alone."""
+        """``dask.compute(*item)`` for each tuple of lazy arrays in ``items`` (or ``item()``
+        for a callable item, e.g. one of :meth:`read_cells`), in order, each read on a
+        background thread while the caller works on the one before (double buffering: at
+        most two items in memory). Only the time the caller waits for a read counts as
+        loading; the values are those of reading each item alone."""
         from concurrent.futures import ThreadPoolExecutor
 
         import dask
 
         def _read(item):
+            if callable(item):
+                return item()
             # on this one thread (scheduler "sync"): read by dask's pool threads as well,
             # the default study's analysis peaked 0.5 GB higher (glibc malloc arenas:
             # MALLOC_ARENA_MAX=2 removed it); read here, it peaked lower than reading inline
@@ -131,6 +138,27 @@ class StudyContext:
                 item = next(items, None)
                 pending = None if item is None else pool.submit(_read, item)
                 yield value
+
+    def read_cells(self, kind, level, rewind, replica=slice(None), step=slice(None),
+                   name: str = "weights") -> np.ndarray:
+        """The store's ``name`` (kind, level, rewind, replica, step, param) at the cells
+        (``kind[i]``, ``level[i]``, ``rewind[i]``) (position arrays), ``replica`` and
+        ``step`` (an int or a slice each), as float32 (cell, ...): one zarr call per cell,
+        which reads that cell's chunks concurrently, with no dask graph. The values are
+        those of the dask-backed ``ds[name]`` (the raw stored values: a never-written chunk
+        reads as the fill value there too); a chunk that cannot be read raises
+        :class:`~stabilitylab.core.errors.StoreError`."""
+        from stabilitylab.store.schema import describe, reading
+
+        if name not in self._arrays:
+            from stabilitylab.store.reader import open_array
+
+            self._arrays[name] = open_array(self.url, name, storage_options=self.storage_options)
+        arr = self._arrays[name]
+        with reading(describe(self.url)):
+            parts = [np.asarray(arr[int(k), int(lv), int(r), replica, step])
+                     for k, lv, r in zip(kind, level, rewind)]
+        return np.stack(parts).astype(np.float32, copy=False)
 
     def timed_compute(self, *lazy):
         """``dask.compute(*lazy)``, the seconds counted as loading (a group's own read of
@@ -213,6 +241,39 @@ VIEWS = {"final_weights": _final_weights, "start_weights": _start_weights, "mask
          "final_buffers": _final_buffers, "last_weights": _last_weights}
 
 
+def _weight_views(ctx, names) -> dict:
+    """The weight views among ``names`` (``final_weights``, ``last_weights``,
+    ``start_weights``) read straight through zarr (:meth:`StudyContext.read_cells`), every
+    (kind, level, rewind) cell's last :data:`LAST_STEPS` steps in one call (T the last of
+    them) and its W_k in another: the values, dims and coords of the lazy :data:`VIEWS`.
+    Empty unless the last recorded step is T (then the dask views are read)."""
+    wanted = [n for n in ("final_weights", "last_weights", "start_weights") if n in names]
+    if not wanted or int(ctx.steps[-1]) != ctx.resolved.total_steps:
+        return {}
+    shape = (len(ctx.kinds), len(ctx.levels), len(ctx.rewinds))
+    k, lv, r = (a.reshape(-1) for a in np.indices(shape))
+    out = {}
+    if "final_weights" in wanted or "last_weights" in wanted:
+        n_last = min(LAST_STEPS, len(ctx.steps))
+        last = ctx.read_cells(k, lv, r, step=slice(len(ctx.steps) - n_last, None))
+        last = last.reshape(*shape, *last.shape[1:])  # (kind, level, rewind, replica, step, P)
+        if "last_weights" in wanted:
+            out["last_weights"] = _last_weights(ctx).copy(data=last)
+        if "final_weights" in wanted:
+            out["final_weights"] = _final_weights(ctx).copy(data=last[..., -1, :].copy())
+    if "start_weights" in wanted:
+        at = np.searchsorted(ctx.steps, ctx.rewinds)  # W_k: the step index of each rewind
+        if (np.asarray(ctx.steps)[np.minimum(at, len(ctx.steps) - 1)] != ctx.rewinds).any():
+            return out  # a rewind point not recorded: the dask view says so
+        parts = [ctx.read_cells(k[r == i], lv[r == i], r[r == i], step=int(at[i]))
+                 for i in range(len(ctx.rewinds))]
+        start = np.empty((*shape, *parts[0].shape[1:]), np.float32)
+        for i, part in enumerate(parts):
+            start[:, :, i] = part.reshape(shape[0], shape[1], *part.shape[1:])
+        out["start_weights"] = _start_weights(ctx).copy(data=start)
+    return out
+
+
 def _skipped_lines(ds, status, kinds, levels, rewinds) -> list[str]:
     lines = []
     diverged = ds.diverged_step.values
@@ -284,4 +345,5 @@ def load_context(url, *, device=None, storage_options=None, data_root=None,
         status=status, kinds=kinds, levels=levels, rewinds=rewinds,
         replicas=[int(v) for v in ds.replica.values], steps=ds.step.values, prunable=prunable,
         skipped=_skipped_lines(ds, status, kinds, levels, rewinds),
+        storage_options=storage_options,
     )

@@ -18,6 +18,7 @@ contour of the PC1–PC2 plane is computed by the opt-in ``plane`` group
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -91,8 +92,14 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     found = [_map_points(ctx, str(kind), int(level), int(k)) for kind, level, k in labels]
     # The cells held whole are read on a background thread while the one before is
     # computed (ctx.read_ahead: at most two in memory); the others are read block by block.
-    reads = ctx.read_ahead((f[0],) if f is not None and _held_whole(f[0]) else ()
-                           for f in found)
+    def read_points(i, reps, steps):  # straight through zarr (StudyContext.read_cells)
+        w = ctx.read_cells(cells.kind[i:i + 1], cells.level[i:i + 1], cells.rewind[i:i + 1],
+                           step=slice(int(steps[0]), int(steps[-1]) + 1))[0]
+        return (w[reps].reshape(-1, w.shape[-1]),)
+
+    reads = ctx.read_ahead(functools.partial(read_points, i, f[1], f[2])
+                           if f is not None and _held_whole(f[0]) else ()
+                           for i, f in enumerate(found))
     for i, ((kind, level, k), cell, read) in enumerate(zip(labels, found, reads)):
         if cell is not None:
             x, reps, steps = cell

@@ -14,6 +14,7 @@ for runs that are not complete stay NaN. The arithmetic runs through the wrapper
 
 from __future__ import annotations
 
+import functools
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
@@ -190,9 +191,18 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     blocks = [(c0, min(c0 + group, n_cell), s0, s1)
               for c0 in range(0, n_cell, group) for s0, s1 in itertools.pairwise(bounds)]
     done = 0
-    reads = ((traj.isel(cell=slice(c0, c1), step=slice(max(s0 - 1, 0), s1)).astype(np.float32),
-              dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).astype(np.float32))
-             for c0, c1, s0, s1 in blocks)  # the next block is read while this one is computed
+    imp, level0 = ctx.kinds.index("imp"), ctx.levels.index(0)
+
+    def read(c0, c1, s0, s1):  # one block, straight through zarr (StudyContext.read_cells)
+        k, lv, r = cells.kind[c0:c1], cells.level[c0:c1], cells.rewind[c0:c1]
+        lo = max(s0 - 1, 0)
+        w = ctx.read_cells(k, lv, r, step=slice(lo, s1))
+        d = ctx.read_cells(np.full_like(k, imp), np.full_like(lv, level0), r, 0, slice(s0, s1))
+        return (traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).copy(data=w),
+                dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).copy(data=d))
+
+    # the next block is read while this one is computed
+    reads = (functools.partial(read, *block) for block in blocks)
     threads = max(1, torch.get_num_threads())
     with ThreadPoolExecutor(threads, thread_name_prefix="curves") as pool:
         for (c0, c1, s0, s1), (part, dpart) in zip(blocks, ctx.read_ahead(reads)):

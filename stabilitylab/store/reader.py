@@ -89,6 +89,20 @@ def open_study(url, *, storage_options: dict | None = None) -> xr.Dataset:
     return ds
 
 
+def open_array(url, name: str, *, storage_options: dict | None = None):
+    """The study's array ``name`` as a read-only ``zarr.Array``, through the same checks and
+    bounded store as :func:`open_study`, for reads of many chunks in one zarr call (zarr
+    fetches them concurrently; through the dask arrays each chunk is a task of its own, and
+    the default study's trajectory took 1.6-2.9 s against zarr's 1.0 s). Wrap reads in
+    :func:`stabilitylab.store.schema.reading`."""
+    where, _store, root, _attrs = _root(url, storage_options)
+    with S.quiet():
+        try:
+            return root[name]
+        except KeyError:
+            raise StoreError(f"{where} has no array {name!r}") from None
+
+
 def open_analysis(url, *, storage_options: dict | None = None) -> xr.Dataset:
     """The ``analysis`` sub-group written by the analysis layer; StoreError if absent."""
     from stabilitylab.store import analysis_group

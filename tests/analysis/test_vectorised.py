@@ -231,3 +231,53 @@ def test_read_ahead_yields_each_read_in_order(conv_store):
         np.testing.assert_array_equal(a, p.compute())
         np.testing.assert_array_equal(b, p.compute() + 1)
     assert list(ctx.read_ahead(iter(()))) == []
+
+
+@pytest.fixture(scope="module")
+def conv_layout():
+    from stabilitylab.config import load_config
+    from stabilitylab.models import build_model
+    from stabilitylab.train.functional import StackedModel
+
+    model = build_model(load_config(None).model, (1, 40), 10,
+                        generator=torch.Generator().manual_seed(0))
+    return StackedModel(model).layout()
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_weight_views_read_through_zarr_are_the_dask_views(tmp_path, conv_layout, complete):
+    import dask
+
+    from stabilitylab.analysis import context as C
+    from stabilitylab.store.testing import make_fake_store
+
+    path = tmp_path / "s.zarr"  # an incomplete run: its unwritten chunks read as the fill
+    make_fake_store(str(path), levels=2, rewinds=(0, 10, 20), replicas=3, total_steps=40,
+                    record_every=4, step_chunk=3, complete=complete, param_layout=conv_layout)
+    ctx = C.load_context(str(path))
+    ctx.prefetch(*C.VIEWS)
+    assert {"final_weights", "last_weights", "start_weights"} <= set(
+        C._weight_views(ctx, list(C.VIEWS)))
+    names = list(C.VIEWS)
+    for name, want in zip(names, dask.compute(*[C.VIEWS[n](ctx) for n in names])):
+        xr.testing.assert_identical(ctx.load(name), want)
+    # and a block of cells at a few steps, as the trajectory groups read them
+    got = ctx.read_cells([0, 1], [1, 1], [2, 0], step=slice(3, 7))
+    want = ctx.ds.weights.isel(step=slice(3, 7)).values[[0, 1], [1, 1], [2, 0]]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_read_cells_turns_a_damaged_chunk_into_a_store_error(tmp_path, conv_layout):
+    from stabilitylab.analysis.context import load_context
+    from stabilitylab.core.errors import StoreError
+    from stabilitylab.store.testing import make_fake_store
+
+    path = tmp_path / "s.zarr"
+    make_fake_store(str(path), levels=1, rewinds=(0, 10), replicas=2, step_chunk=2,
+                    param_layout=conv_layout)
+    ctx = load_context(str(path))
+    chunk = next(p for p in sorted((path / "weights").rglob("*")) if p.is_file()
+                 and p.name != "zarr.json")
+    chunk.write_bytes(b"not a chunk")
+    with pytest.raises(StoreError, match="weights.*chunk"):  # one line, not a zarr error
+        ctx.read_cells(*np.zeros((3, 2), np.int64))
