@@ -40,28 +40,43 @@ def map_pca(ctx, kind, level, k, n_components: int = MAP_COMPONENTS):
     found = _map_points(ctx, kind, level, k)
     if found is None:
         return None
-    x, reps, steps = found
-    if _held_whole(x):  # path_pca holds these points whole: read them once, as loading
-        (x,) = ctx.timed_compute(x)
+    reps, steps = found
+    if _held_whole(ctx, reps, steps):  # path_pca holds them whole: read once, as loading
+        at = (ctx.kinds.index(kind), ctx.levels.index(level), ctx.rewinds.index(k))
+        (x,) = next(ctx.read_ahead([functools.partial(_read_points, ctx, at, reps, steps)]))
+    else:
+        x = _lazy_points(ctx, kind, level, k, reps, steps)
     return path_pca(x, n_components), reps, steps
 
 
 def _map_points(ctx, kind, level, k):
-    """(lazy (N, P) points, replica indices, step indices) of the paths of (kind, level, k):
-    each complete replica's recorded weights from k on; None with no complete replica."""
-    import dask.array as da
-
+    """(replica indices, step indices) of the paths of (kind, level, k): each complete
+    replica's recorded steps from k on; None with no complete replica."""
     reps = ctx.complete_replicas(kind, level, k)
     if not reps:
         return None
-    steps = np.nonzero(np.asarray(ctx.steps) >= k)[0]
+    return reps, np.nonzero(np.asarray(ctx.steps) >= k)[0]
+
+
+def _lazy_points(ctx, kind, level, k, reps, steps):
+    """The (N, P) points of the paths as a dask array (read block by block by path_pca)."""
+    import dask.array as da
+
     w = ctx.ds.weights.sel(kind=kind, level=level, rewind=k).data  # dask (R, S, P)
-    return da.concatenate([w[r][steps] for r in reps], axis=0), reps, steps
+    return da.concatenate([w[r][steps] for r in reps], axis=0)
 
 
-def _held_whole(x) -> bool:
+def _read_points(ctx, at, reps, steps) -> tuple[np.ndarray]:
+    """The (N, P) points of the paths of the cell at positions ``at`` (kind, level,
+    rewind), straight through zarr (:meth:`StudyContext.read_cells`), as a 1-tuple.
+    ``steps``: a contiguous run of step indices (those from k on)."""
+    w = ctx.read_cells(*([i] for i in at), step=slice(int(steps[0]), int(steps[-1]) + 1))[0]
+    return (w[reps].reshape(-1, w.shape[-1]),)
+
+
+def _held_whole(ctx, reps, steps) -> bool:
     """Whether :func:`path_pca` holds the (N, P) points whole (one Gram block)."""
-    n, p = x.shape
+    n, p = len(reps) * len(steps), len(ctx.prunable)
     return n <= GRAM_MAX_POINTS and p <= BLOCK_VALUES // max(n, 1)
 
 
@@ -92,19 +107,17 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     found = [_map_points(ctx, str(kind), int(level), int(k)) for kind, level, k in labels]
     # The cells held whole are read on a background thread while the one before is
     # computed (ctx.read_ahead: at most two in memory); the others are read block by block.
-    def read_points(i, reps, steps):  # straight through zarr (StudyContext.read_cells)
-        w = ctx.read_cells(cells.kind[i:i + 1], cells.level[i:i + 1], cells.rewind[i:i + 1],
-                           step=slice(int(steps[0]), int(steps[-1]) + 1))[0]
-        return (w[reps].reshape(-1, w.shape[-1]),)
-
-    reads = ctx.read_ahead(functools.partial(read_points, i, f[1], f[2])
-                           if f is not None and _held_whole(f[0]) else ()
-                           for i, f in enumerate(found))
+    reads = ctx.read_ahead(
+        functools.partial(_read_points, ctx, (cells.kind[i], cells.level[i], cells.rewind[i]),
+                          *f) if f is not None and _held_whole(ctx, *f) else ()
+        for i, f in enumerate(found))
     for i, ((kind, level, k), cell, read) in enumerate(zip(labels, found, reads)):
         if cell is not None:
-            x, reps, steps = cell
+            reps, steps = cell
             try:
-                res = path_pca(read[0] if read else x, MAP_COMPONENTS)
+                x = read[0] if read else _lazy_points(ctx, str(kind), int(level), int(k),
+                                                      reps, steps)
+                res = path_pca(x, MAP_COMPONENTS)
             except ValueError as exc:  # non-finite weights: NaN, one line
                 log.warning("trajectory map of (%s, %s, %s) left NaN: %s", kind, level, k, exc)
             else:
