@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
                           "around each barrier's maximum (its resolution is stored as "
                           "attrs['alpha_resolution'])")
     ana.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                     help="torch.compile the CPU evaluation forward: auto (default: for an "
+                     help="compile the CPU evaluation forward (torch inductor): auto (default: for an "
                           "evaluation of at least 2M network-examples, e.g. the default "
                           "study's barriers), on or off; used only where it gives the eager "
                           "logits bit for bit")

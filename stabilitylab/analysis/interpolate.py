@@ -299,8 +299,8 @@ def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_
 _COMPILE = contextvars.ContextVar("stabilitylab_eval_compile", default="auto")
 COMPILE_POLICIES = ("auto", "on", "off")
 #: Network-examples of one :func:`evaluate_points` call from which "auto" compiles: the
-#: compilation (2.5-3.5 s from torch's on-disk cache, about 17 s on a fresh machine; 2-core
-#: Xeon) then pays for itself. Once a model has its compiled forward, later calls use it at
+#: compilation (about 2 s from torch's on-disk cache, importing inductor included; 15-16 s on
+#: a fresh machine, where the C++ compiler runs; 2-core Xeon) then pays for itself. Once a model has its compiled forward, later calls use it at
 #: any size.
 AUTO_COMPILE_EXAMPLES = 2_000_000
 
@@ -337,8 +337,8 @@ def compile_policy(policy: str):
 
 def _compiled_forward(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor, mode: str,
                       block: int, batch_size: int):
-    """The ``torch.compile``d stacked forward for blocks of ``block`` points and chunks of
-    ``batch_size`` examples, or None where the eager one runs.
+    """The inductor-compiled stacked forward (:func:`_inductor_forward`) for blocks of
+    ``block`` points and chunks of ``batch_size`` examples, or None where the eager one runs.
 
     On the CPU the compiled forward fuses what surrounds the matrix products (im2col
     copies, padding, bias, ReLU), which is most of an eager forward of a small net: on the
@@ -363,10 +363,10 @@ def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: in
     def forward(params, xb):
         return stacked.forward(params, {}, xb, train=False, shared_input=True)
 
-    fn = torch.compile(forward, dynamic=False)
     probe = _pad_points(points[:block], block)
     params, xb = stacked.unflatten(probe), x[:batch_size]
     try:
+        fn = _inductor_forward(stacked, params, xb, forward)
         with torch.no_grad():
             got = fn(params, xb)
             want = forward(params, xb)
@@ -378,6 +378,43 @@ def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: in
         log.info("compiled evaluation differs from the eager forward: evaluating eagerly")
         return False
     return fn
+
+
+def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eager):
+    """``eager(params, xb)`` compiled by inductor for tensors of exactly these shapes and
+    strides (others run ``eager``).
+
+    The stacked forward is traced to an aten graph by ``make_fx`` (0.1 s) and that graph
+    handed to ``torch._inductor.compile``, rather than ``torch.compile``: Dynamo's tracing of
+    the vmapped ``functional_call`` took 1.3 s of the 2.6 s that ``torch.compile`` needed
+    from a warm cache, against 0.95 s in all here (default conv1d net, 2-core Xeon), and
+    each call skips Dynamo's guards. The example inputs are fake tensors of a mode with a
+    shape environment, which inductor's on-disk graph cache needs to key the graph."""
+    import torch._inductor
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    names = list(params)
+    inputs = [params[n] for n in names] + [xb]
+    layout = [(t.shape, t.stride(), t.dtype) for t in inputs]
+
+    def flat(*args):
+        return (eager(dict(zip(names, args[:-1])), args[-1]),)
+
+    with torch.no_grad():
+        graph = make_fx(flat)(*inputs)
+    mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
+    compiled = torch._inductor.compile(graph, [mode.from_tensor(t, static_shapes=True)
+                                              for t in inputs])
+
+    def forward(params, xb):
+        args = [params[n] for n in names] + [xb]
+        if any((t.shape, t.stride(), t.dtype) != want for t, want in zip(args, layout)):
+            return eager(params, xb)  # the compiled code assumes the traced layout
+        return compiled(*args)[0]
+
+    return forward
 
 
 def _recompute_bn_stacked(stacked: StackedModel, params: dict, x: torch.Tensor,

@@ -285,7 +285,7 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
     :func:`stabilitylab.data.default_data_root`; never the ``data.root`` saved in the store).
 
     ``compile``: "auto", "on" or "off", whether the evaluation forward of the CPU may be
-    ``torch.compile``d (:func:`~stabilitylab.analysis.interpolate.compile_policy`; used only
+    compiled by inductor (:func:`~stabilitylab.analysis.interpolate.compile_policy`; used only
     where it gives the eager logits bit for bit).
     """
     from stabilitylab.analysis.interpolate import check_compile_policy, compile_policy

@@ -186,3 +186,29 @@ def test_compiled_evaluation_gives_the_eager_bits():
     with pytest.raises(ValueError, match="--compile: choose from auto, on, off"), \
             compile_policy("always"):
         pass
+
+
+def test_compiled_forward_runs_eager_on_another_layout():
+    """The compiled forward assumes the traced shapes and strides: called with others (a
+    strided view of the points, another batch) it gives the eager logits, never an error."""
+    from stabilitylab.analysis.interpolate import _inductor_forward
+    from stabilitylab.models.conv1d import Conv1dNet
+
+    torch.manual_seed(4)
+    m = Conv1dNet(1, 40, 6, 10)
+    stacked = StackedModel(m)
+    g = torch.Generator().manual_seed(5)
+    pts = torch.randn(4, stacked.num_params, generator=g) * 0.3
+    x = torch.randn(16, 1, 40, generator=g)
+
+    def eager(params, xb):
+        return stacked.forward(params, {}, xb, train=False, shared_input=True)
+
+    fn = _inductor_forward(stacked, stacked.unflatten(pts), x[:8], eager)
+    with torch.no_grad():
+        assert torch.equal(fn(stacked.unflatten(pts), x[8:]),
+                           eager(stacked.unflatten(pts), x[8:]))
+        wide = torch.randn(4, 2 * stacked.num_params, generator=g)[:, ::2]  # other strides
+        assert torch.equal(fn(stacked.unflatten(wide), x[:8]), eager(stacked.unflatten(wide), x[:8]))
+        assert torch.equal(fn(stacked.unflatten(pts[:2]), x[:8]),
+                           eager(stacked.unflatten(pts[:2]), x[:8]))
