@@ -117,45 +117,57 @@ def magnitude_mask(w, density: float, prunable_mask=None, axis: int = -1) -> np.
     sort would). Cost O(P log P) per row: a value sort for the threshold (rows holding
     NaN: a stable argsort, several times slower); float32 weights are sorted as float32.
     """
-    w = np.moveaxis(_magnitudes(w), axis, -1)
-    elig = np.ones(w.shape, bool) if prunable_mask is None else np.moveaxis(
-        np.broadcast_to(_np(prunable_mask, bool), np.moveaxis(w, -1, axis).shape), axis, -1)
-    n_elig = elig.sum(-1, keepdims=True)
-    keep = np.rint(density * n_elig).astype(np.int64)
-    score = np.where(elig, w, -np.inf)
-    score = score.reshape(-1, w.shape[-1])
-    nan = np.isnan(score).any(-1)
-    flat_keep = np.broadcast_to(keep[..., 0], w.shape[:-1]).reshape(-1)
-    kinds = np.unique(flat_keep[~nan])
-    if len(kinds) == 1 and not nan.any():  # the usual case: one sort of every row
-        out = _top_k_stable(score, int(kinds[0]))
+    magnitudes = _magnitudes(w)
+    w = np.moveaxis(magnitudes, axis, -1)
+    n = w.shape[-1]
+    if prunable_mask is None:
+        elig = np.ones(w.shape, bool)
+        n_elig = np.full(w.shape[:-1] + (1,), n)
     else:
-        out = np.zeros(score.shape, bool)
-        for k in kinds:  # rows alike in how many they keep
-            rows = ~nan & (flat_keep == k)
-            out[rows] = _top_k_stable(score[rows], int(k))
-        if nan.any():
-            out[nan] = _top_k_sorted(score[nan], flat_keep[nan])
+        elig, n_elig = _eligible(_np(prunable_mask, bool), magnitudes.shape, axis)
+    keep = np.rint(density * n_elig).astype(np.int64)
+    score = np.where(elig, w, -np.inf).reshape(-1, n)
+    ordered = np.sort(score, axis=-1)  # NaN sorts last: a row holds NaN iff its last does
+    nan = np.isnan(ordered[:, -1]) if n else np.zeros(len(score), bool)
+    flat_keep = np.broadcast_to(keep[..., 0], w.shape[:-1]).reshape(-1)
+    out = _top_k_stable(score, flat_keep, ordered)
+    if nan.any():
+        out[nan] = _top_k_sorted(score[nan], flat_keep[nan])
     return np.moveaxis(out.reshape(w.shape) & elig, -1, axis)
 
 
-def _top_k_stable(score: np.ndarray, k: int) -> np.ndarray:
-    """(rows, n) → mask of each row's k largest entries, ties to the earlier position."""
+def _eligible(mask: np.ndarray, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mask`` broadcast to the magnitudes' ``shape`` with ``axis`` moved last, and each
+    row's count of eligible entries (…, 1), counted on ``mask`` before the broadcast (a
+    mask shared by many rows is not summed once per row)."""
+    ax = axis % len(shape)
+    m = mask.reshape((1,) * (len(shape) - mask.ndim) + mask.shape)
+    counts = m.sum(axis=ax, keepdims=True, dtype=np.int64) * (shape[ax] // m.shape[ax])
+    elig = np.moveaxis(np.broadcast_to(m, shape), ax, -1)
+    n_elig = np.moveaxis(np.broadcast_to(counts, shape[:ax] + (1,) + shape[ax + 1:]), ax, -1)
+    return elig, n_elig
+
+
+def _top_k_stable(score: np.ndarray, keep: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """(rows, n) → mask of each row's ``keep[row]`` largest entries, ties to the earlier
+    position, from ``ordered = np.sort(score, axis=-1)`` (rows without NaN; rows with NaN
+    get a value the caller replaces).
+
+    The threshold of a row is its keep-th largest entry (a plain sort: numpy's SIMD sort
+    beats partition's introselect, which the many equal -inf of ineligible entries slow
+    down), gathered for every row at once, whatever each row keeps."""
     n = score.shape[-1]
-    if k <= 0:
+    if n == 0:
         return np.zeros(score.shape, bool)
-    if k >= n:
-        return np.ones(score.shape, bool)
-    # the k-th largest (a plain sort: numpy's SIMD sort beats partition's introselect, which
-    # the many equal -inf of ineligible entries slow down)
-    thr = np.sort(score, axis=-1)[:, n - k, None]
-    above = score > thr
-    tie = score == thr
-    room = k - above.sum(-1, keepdims=True)  # ties to keep, the first ones
-    out = above | tie
-    some = (tie.sum(-1, keepdims=True) > room)[:, 0]  # rare: more ties than room
+    thr = np.take_along_axis(ordered, (n - np.clip(keep, 1, n))[:, None], axis=-1)
+    out = score >= thr  # those above the threshold and every tie with it
+    out[keep <= 0] = False
+    some = (np.count_nonzero(out, axis=-1) > keep) & (keep > 0)  # rare: more ties than room
     if some.any():
-        out[some] = above[some] | (tie[some] & (np.cumsum(tie[some], -1) <= room[some]))
+        s, t = score[some], thr[some]
+        above, tie = s > t, s == t
+        room = keep[some, None] - above.sum(-1, keepdims=True)  # ties to keep, the first ones
+        out[some] = above | (tie & (np.cumsum(tie, -1) <= room))
     return out
 
 
@@ -201,8 +213,8 @@ def early_bird_distance(traj, density: float, prunable_mask=None, delta: int = 1
     diff = masks[..., :-delta, :] != masks[..., delta:, :]
     if elig is None:
         return diff.mean(-1)
-    n = elig.sum(-1)
-    return (diff & elig).sum(-1) / np.maximum(n, 1)
+    n = elig.sum(-1)  # the masks are False outside elig, so their differences are too
+    return np.count_nonzero(diff, axis=-1) / np.maximum(n, 1)
 
 
 # -- convergence diagnostic --------------------------------------------------------------------
