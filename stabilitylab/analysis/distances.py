@@ -163,13 +163,46 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
     return pairs, out
 
 
+#: Bytes of one operand's rows that the pair distances process at a time. A chunk of rows
+#: stays in the core's cache through the several passes of a metric (difference, square,
+#: sum; unit vectors, their sum and difference): on 408 rows of 3 replicas × 5,210 weights
+#: (the default study's trajectories), 2 MiB chunks took the l2 and angle curves in 45-50 ms
+#: against 86 ms for the whole array at once (one thread, 2-core Xeon).
+CHUNK_BYTES = 2 << 20
+
+
+def _row_chunks(lead: tuple, rows: int):
+    """Index tuples that cover an array with leading dims ``lead`` in pieces of at most
+    ``rows`` rows (slices of the last leading dim; one piece when it all fits)."""
+    if not lead or int(np.prod(lead)) <= rows:
+        yield ()
+        return
+    *outer, last = lead
+    for idx in np.ndindex(*outer):
+        for start in range(0, last, rows):
+            yield (*idx, slice(start, start + rows))
+
+
 def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> list:
     """:func:`pairwise_distance` when every replica has the same mask (or none): each
     replica is masked (and, for the angle, scaled to unit norm) once, not once per pair.
     Every value is computed by the same operations on the same rows as :func:`l2_distance`
     and :func:`angle` on the pair, so the results are the same to the bit; the differences,
-    sums and squares go through one scratch buffer instead of a new array each."""
-    x = _masked(x, None if mask is None else mask[..., None, :])
+    sums and squares go through one scratch buffer instead of a new array each, and the
+    rows go through in chunks of :data:`CHUNK_BYTES` (a row's value does not depend on the
+    rows it is computed with)."""
+    lead, (r, p) = x.shape[:-2], x.shape[-2:]
+    out = np.empty(lead + (len(pairs),))
+    rows = max(1, CHUNK_BYTES // max(r * p * 8, 1))
+    for idx in _row_chunks(lead, rows):
+        block = _masked(x[idx], None if mask is None else mask[idx][..., None, :])
+        for j, value in enumerate(_pair_values(block, pairs, metric)):
+            out[(*idx, Ellipsis, j)] = value
+    return [out[..., j] for j in range(len(pairs))]
+
+
+def _pair_values(x: np.ndarray, pairs: np.ndarray, metric: str) -> list:
+    """The pair distances of :func:`_shared_mask_pairs` on one chunk of (masked) rows."""
     buf = np.empty(x.shape[:-2] + x.shape[-1:])
 
     def norm(v):  # np.linalg.norm(v, axis=-1) of a real v: sqrt(add.reduce(v * v)), in buf

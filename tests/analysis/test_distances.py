@@ -122,3 +122,22 @@ def test_pairwise_shared_mask_is_the_per_pair_result_to_the_bit(metric):
     np.testing.assert_array_equal(got, want)
     own = m.copy()  # a mask per replica: the general path, same values here
     np.testing.assert_array_equal(d.pairwise_distance(x, 1, metric=metric, mask=own)[1], want)
+
+
+@pytest.mark.parametrize("metric", ["l2", "angle"])
+@pytest.mark.parametrize("chunk", [1, 3 * 4 * 257 * 8 * 2, 10**9])  # a row, 2 rows, all
+def test_pairwise_rows_in_chunks_give_the_same_bits(metric, chunk, monkeypatch):
+    """The shared-mask path goes through the rows in chunks of CHUNK_BYTES: any chunk size
+    gives the pair-by-pair bits, whatever the leading dims (uneven last chunk included)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 4, 5, 257)).astype(np.float32)  # (cell, replica, step, param)
+    x[1, :, 2] = np.nan  # a NaN row stays NaN and touches no other row
+    mask = rng.random((3, 1, 1, 257)) < 0.7
+    fn = {"l2": d.l2_distance, "angle": d.angle}[metric]
+    m = np.broadcast_to(mask, x.shape)
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    want = np.stack([fn(x[:, i], x[:, j], m[:, i] & m[:, j]) for i, j in pairs], -1)
+    monkeypatch.setattr(d, "CHUNK_BYTES", chunk)
+    got = d.pairwise_distance(x, 1, metric=metric, mask=mask)[1]
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[1, 2]).all() and np.isfinite(np.delete(got, 2, axis=1)).all()
