@@ -193,11 +193,24 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     done = 0
     imp, level0 = ctx.kinds.index("imp"), ctx.levels.index(0)
 
+    carry = {}  # (c0, c1): the last step read for those cells, the next block's overlap
+
     def read(c0, c1, s0, s1):  # one block, straight through zarr (StudyContext.read_cells)
+        # The blocks of a group of cells come in step order (read_ahead reads them one
+        # after the other), so the step of overlap is the last one the block before read:
+        # reading it again would decompress a whole chunk of steps for one step. The
+        # dense runs (one per k) are read once per block, not once per cell.
         k, lv, r = cells.kind[c0:c1], cells.level[c0:c1], cells.rewind[c0:c1]
         lo = max(s0 - 1, 0)
-        w = ctx.read_cells(k, lv, r, step=slice(lo, s1))
-        d = ctx.read_cells(np.full_like(k, imp), np.full_like(lv, level0), r, 0, slice(s0, s1))
+        held = carry.pop((c0, c1), None)
+        if held is not None and lo == s0 - 1:
+            w = np.concatenate([held, ctx.read_cells(k, lv, r, step=slice(s0, s1))], axis=2)
+        else:
+            w = ctx.read_cells(k, lv, r, step=slice(lo, s1))
+        carry[(c0, c1)] = w[:, :, -1:].copy()
+        runs, which = np.unique(r, return_inverse=True)
+        d = ctx.read_cells(np.full_like(runs, imp), np.full_like(runs, level0), runs, 0,
+                           slice(s0, s1))[which]
         return (traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).copy(data=w),
                 dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).copy(data=d))
 

@@ -158,6 +158,15 @@ def test_trajectory_blocks_do_not_change_the_result(conv_store, monkeypatch):
     valid = ctx.steps >= 10
     np.testing.assert_array_equal(got[valid], d[valid])
     assert np.isnan(got[~valid]).all()
+    # the early-bird curve (whose block reads carry one step over from the block before)
+    # equals the mask distance of each recorded step to the one before it, run alone
+    density = 1.0 - ctx.cfg.pruning.fraction
+    run = ctx.ds.weights.sel(kind="imp", level=1, rewind=10, replica=1).values
+    direct = early_bird_distance(run, density, m & np.asarray(ctx.prunable))  # t vs t + 1
+    curve = whole["early_bird"].sel(kind="imp", level=1, rewind=10, replica=1).values
+    later = np.flatnonzero(ctx.steps[:-1] >= 10) + 1  # steps whose step before is >= k
+    assert len(later) >= 8  # steps 12 to 40: several step chunks of 3
+    np.testing.assert_array_equal(curve[later], direct[later - 1])
 
 
 def test_trajectory_curves_are_the_same_bits_on_any_number_of_threads(conv_store):
