@@ -164,10 +164,10 @@ def _parser() -> argparse.ArgumentParser:
                           "around each barrier's maximum (its resolution is stored as "
                           "attrs['alpha_resolution'])")
     ana.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                     help="compile the CPU evaluation forward (torch inductor): auto (default: for an "
-                          "evaluation of at least 2M network-examples, e.g. the default "
-                          "study's barriers), on or off; used only where it gives the eager "
-                          "logits bit for bit")
+                     help="compile the CPU evaluation forward (torch inductor): auto "
+                          "(default: for an evaluation of at least 2M network-examples, e.g. "
+                          "the default study's barriers), on or off; used only where it gives "
+                          "the eager logits bit for bit")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--profile", action="store_true",
                      help="print the seconds of each phase (reading the store is its own row)")

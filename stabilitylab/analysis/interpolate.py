@@ -299,9 +299,9 @@ def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_
 _COMPILE = contextvars.ContextVar("stabilitylab_eval_compile", default="auto")
 COMPILE_POLICIES = ("auto", "on", "off")
 #: Network-examples of one :func:`evaluate_points` call from which "auto" compiles: the
-#: compilation (about 2 s from torch's on-disk cache, importing inductor included; 15-16 s on
-#: a fresh machine, where the C++ compiler runs; 2-core Xeon) then pays for itself. Once a model has its compiled forward, later calls use it at
-#: any size.
+#: compilation (about 2 s from torch's on-disk cache, importing inductor included; 15-16 s
+#: on a fresh machine, where the C++ compiler runs; 2-core Xeon) then pays for itself. Once
+#: a model has its compiled forward, later calls use it at any size.
 AUTO_COMPILE_EXAMPLES = 2_000_000
 
 

@@ -209,6 +209,7 @@ def test_compiled_forward_runs_eager_on_another_layout():
         assert torch.equal(fn(stacked.unflatten(pts), x[8:]),
                            eager(stacked.unflatten(pts), x[8:]))
         wide = torch.randn(4, 2 * stacked.num_params, generator=g)[:, ::2]  # other strides
-        assert torch.equal(fn(stacked.unflatten(wide), x[:8]), eager(stacked.unflatten(wide), x[:8]))
+        assert torch.equal(fn(stacked.unflatten(wide), x[:8]),
+                           eager(stacked.unflatten(wide), x[:8]))
         assert torch.equal(fn(stacked.unflatten(pts[:2]), x[:8]),
                            eager(stacked.unflatten(pts[:2]), x[:8]))
