@@ -155,10 +155,10 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
     r = x.shape[-2]
     pairs = np.array(list(combinations(range(r), 2)), dtype=np.int64).reshape(-1, 2)
     if mask is None or mask.strides[-2] == 0:  # one mask for every replica: prepare each once
-        values = _shared_mask_pairs(x, None if mask is None else mask[..., 0, :], pairs, metric)
-    else:
-        values = [fn(x[..., i, :], x[..., j, :], mask[..., i, :] & mask[..., j, :])
-                  for i, j in pairs]
+        return pairs, _shared_mask_pairs(x, None if mask is None else mask[..., 0, :], pairs,
+                                         metric)
+    values = [fn(x[..., i, :], x[..., j, :], mask[..., i, :] & mask[..., j, :])
+              for i, j in pairs]
     out = np.stack(values, axis=-1) if values else np.empty(x.shape[:-2] + (0,))
     return pairs, out
 
@@ -183,9 +183,10 @@ def _row_chunks(lead: tuple, rows: int):
             yield (*idx, slice(start, start + rows))
 
 
-def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> list:
-    """:func:`pairwise_distance` when every replica has the same mask (or none): each
-    replica is masked (and, for the angle, scaled to unit norm) once, not once per pair.
+def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> np.ndarray:
+    """:func:`pairwise_distance`'s values (…, pair) when every replica has the same mask
+    (or none): each replica is masked (and, for the angle, scaled to unit norm) once, not
+    once per pair.
     Every value is computed by the same operations on the same rows as :func:`l2_distance`
     and :func:`angle` on the pair, so the results are the same to the bit; the differences,
     sums and squares go through one scratch buffer instead of a new array each, and the
@@ -198,7 +199,7 @@ def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> l
         block = _masked(x[idx], None if mask is None else mask[idx][..., None, :])
         for j, value in enumerate(_pair_values(block, pairs, metric)):
             out[(*idx, Ellipsis, j)] = value
-    return [out[..., j] for j in range(len(pairs))]
+    return out
 
 
 def _pair_values(x: np.ndarray, pairs: np.ndarray, metric: str) -> list:

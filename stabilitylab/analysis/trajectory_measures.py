@@ -203,7 +203,7 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
         k, lv, r = cells.kind[c0:c1], cells.level[c0:c1], cells.rewind[c0:c1]
         lo = max(s0 - 1, 0)
         held = carry.pop((c0, c1), None)
-        if held is not None and lo == s0 - 1:
+        if held is not None:  # s0 > 0: the block before held these cells' steps up to s0
             w = np.concatenate([held, ctx.read_cells(k, lv, r, step=slice(s0, s1))], axis=2)
         else:
             w = ctx.read_cells(k, lv, r, step=slice(lo, s1))
