@@ -313,8 +313,10 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
     path = local_path(url)  # two analyzes of one local store: the second refuses, one line
     lock = None if path is None or not path.is_dir() else acquire(path, describe(url),
                                                                   ANALYSIS_LOCK_NAME)
+    from stabilitylab.core.memory import small_pages
+
     try:
-        with compile_policy(compile):
+        with compile_policy(compile), small_pages():
             return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
                             adaptive=adaptive,
                             progress=progress, storage_options=storage_options,
