@@ -70,6 +70,10 @@ def l2_distance(a, b, mask=None, axis: int = -1) -> np.ndarray:
     numpy.ndarray
         float64 distances with ``axis`` removed. Cost O(P).
     """
+    return _by_rows(_l2_rows, a, b, mask, axis)
+
+
+def _l2_rows(a, b, mask, axis):
     diff = _masked(_as_float64(a) - _as_float64(b), mask)
     return np.sqrt(np.sum(diff * diff, axis=axis))
 
@@ -98,6 +102,10 @@ def angle(a, b, mask=None, axis: int = -1) -> np.ndarray:
         float64 angles in [0, π]; NaN where either (masked) vector is all zeros.
         Scale-invariant: ``angle(c·a, c·b) == angle(a, b)`` for c > 0. Cost O(P).
     """
+    return _by_rows(_angle_rows, a, b, mask, axis)
+
+
+def _angle_rows(a, b, mask, axis):
     a = _masked(_as_float64(a), mask)
     b = _masked(_as_float64(b), mask)
     a, b = np.broadcast_arrays(a, b)
@@ -106,6 +114,44 @@ def angle(a, b, mask=None, axis: int = -1) -> np.ndarray:
         ub = b / np.linalg.norm(b, axis=axis, keepdims=True)
         return 2.0 * np.arctan2(np.linalg.norm(ua - ub, axis=axis),
                                 np.linalg.norm(ua + ub, axis=axis))
+
+
+def _by_rows(fn, a, b, mask, axis):
+    """``fn(a, b, mask, axis)`` on large inputs reduced over their last axis: in chunks of
+    rows of at most :data:`CHUNK_BYTES` (float64) each, which stay in the core's cache
+    through the metric's several passes, where the whole arrays went through memory once a
+    pass. A row's value does not depend on the rows it is computed with, and each chunk
+    goes through the same operations, so the results are the same to the bit."""
+    a, b = _as_array(a), _as_array(b)
+    shapes = [a.shape, b.shape] + ([] if mask is None else [np.shape(mask)])
+    shape = np.broadcast_shapes(*shapes)
+    if len(shape) < 2 or axis % len(shape) != len(shape) - 1 \
+            or np.prod(shape) * 8 <= CHUNK_BYTES:
+        return fn(a, b, mask, axis)
+    mask = None if mask is None else _as_bool(mask)
+    out = np.empty(shape[:-1])
+    rows = max(1, CHUNK_BYTES // max(shape[-1] * 8, 1))
+    for idx in _row_chunks(shape[:-1], rows):
+        out[idx] = fn(_chunk(a, idx, shape), _chunk(b, idx, shape),
+                      None if mask is None else _chunk(mask, idx, shape), -1)
+    return out
+
+
+def _chunk(x: np.ndarray, idx: tuple, shape: tuple) -> np.ndarray:
+    """The part of ``x`` (broadcastable to ``shape``) that chunk ``idx`` of ``shape`` sees,
+    its broadcast dims kept of length 1 (not broadcast out: NumPy lays out the results of
+    stride-0 operands otherwise, and its sums then round otherwise)."""
+    x = x.reshape((1,) * (len(shape) - x.ndim) + x.shape)
+    return x[tuple((0 if isinstance(i, (int, np.integer)) else slice(None))
+                   if n == 1 and full != 1 else i for i, n, full in zip(idx, x.shape, shape))]
+
+
+def _as_array(x) -> np.ndarray:
+    """``x`` as a numpy array of its own float type (float32 stays: widened per chunk)."""
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
 _METRICS = {"l2": l2_distance, "angle": angle}
@@ -118,8 +164,8 @@ def _metric(name: str):
         raise ValueError(f"unknown metric {name!r}; choose one of {sorted(_METRICS)}") from None
 
 
-def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None,
-                      axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def pairwise_distance(x, replica_axis: int = 0, *, metric: str | tuple[str, ...] = "l2",
+                      mask=None, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Distances between all replica pairs (i < j), e.g. the data-order distance.
 
     Parameters
@@ -128,8 +174,10 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
         Weights with a replica axis and a parameter axis.
     replica_axis : int
         Axis indexing replicas (R of them).
-    metric : {"l2", "angle"}
+    metric : {"l2", "angle"} or a tuple of them
         Distance between two weight vectors (see :func:`l2_distance`, :func:`angle`).
+        A tuple gives every metric from one pass over ``x`` (each value the same as
+        with that metric alone), in a new last ``metric`` axis of the values.
     mask : array_like of bool, optional
         Broadcasts against ``x``; True where weights survive. If masks differ
         between replicas, a coordinate counts for a pair when it survives in both.
@@ -144,8 +192,10 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
         Distances with the replica and parameter axes removed and a new last
         ``pair`` axis of length R(R−1)/2. Cost O(R² P).
     """
-    fn = _metric(metric)
-    x = _as_float64(x)
+    several = not isinstance(metric, str)
+    metrics = tuple(metric) if several else (metric,)
+    fns = [_metric(m) for m in metrics]
+    x = _as_array(x)  # float32 is widened (exactly) chunk by chunk
     ra, pa = replica_axis % x.ndim, axis % x.ndim
     if ra == pa:
         raise ValueError("replica_axis and the parameter axis must differ")
@@ -155,12 +205,14 @@ def pairwise_distance(x, replica_axis: int = 0, *, metric: str = "l2", mask=None
     r = x.shape[-2]
     pairs = np.array(list(combinations(range(r), 2)), dtype=np.int64).reshape(-1, 2)
     if mask is None or mask.strides[-2] == 0:  # one mask for every replica: prepare each once
-        return pairs, _shared_mask_pairs(x, None if mask is None else mask[..., 0, :], pairs,
-                                         metric)
-    values = [fn(x[..., i, :], x[..., j, :], mask[..., i, :] & mask[..., j, :])
-              for i, j in pairs]
-    out = np.stack(values, axis=-1) if values else np.empty(x.shape[:-2] + (0,))
-    return pairs, out
+        out = _shared_mask_pairs(x, None if mask is None else mask[..., 0, :], pairs, metrics)
+    else:
+        out = np.empty(x.shape[:-2] + (len(pairs), len(metrics)))
+        for j, (a, b) in enumerate(pairs):
+            both = mask[..., a, :] & mask[..., b, :]
+            for i, fn in enumerate(fns):
+                out[..., j, i] = fn(x[..., a, :], x[..., b, :], both)
+    return pairs, out if several else out[..., 0]
 
 
 #: Bytes of one operand's rows that the pair distances process at a time. A chunk of rows
@@ -183,8 +235,9 @@ def _row_chunks(lead: tuple, rows: int):
             yield (*idx, slice(start, start + rows))
 
 
-def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> np.ndarray:
-    """:func:`pairwise_distance`'s values (…, pair) when every replica has the same mask
+def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray,
+                       metrics: tuple[str, ...]) -> np.ndarray:
+    """:func:`pairwise_distance`'s values (…, pair, metric) when every replica has the same mask
     (or none): each replica is masked (and, for the angle, scaled to unit norm) once, not
     once per pair.
     Every value is computed by the same operations on the same rows as :func:`l2_distance`
@@ -193,12 +246,13 @@ def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray, metric: str) -> n
     rows go through in chunks of :data:`CHUNK_BYTES` (a row's value does not depend on the
     rows it is computed with)."""
     lead, (r, p) = x.shape[:-2], x.shape[-2:]
-    out = np.empty(lead + (len(pairs),))
+    out = np.empty(lead + (len(pairs), len(metrics)))
     rows = max(1, CHUNK_BYTES // max(r * p * 8, 1))
     for idx in _row_chunks(lead, rows):
-        block = _masked(x[idx], None if mask is None else mask[idx][..., None, :])
-        for j, value in enumerate(_pair_values(block, pairs, metric)):
-            out[(*idx, Ellipsis, j)] = value
+        block = _masked(_as_float64(x[idx]), None if mask is None else mask[idx][..., None, :])
+        for i, metric in enumerate(metrics):
+            for j, value in enumerate(_pair_values(block, pairs, metric)):
+                out[(*idx, Ellipsis, j, i)] = value
     return out
 
 

@@ -245,22 +245,24 @@ def _block_curves(out, part, dpart, c0, s0, steps, rewinds, masks, survivors, no
     c1 = c0 + part.sizes["cell"]
     s1 = s0 + dpart.sizes["step"]
     lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
-    # Steps before k are not recorded (NaN): zero them. Every value they reach is set to
-    # NaN by the caller, and NaN rows would send the early-bird masks to a slow sort.
+    # Steps before k are not recorded (NaN). Every value they reach is set to NaN by the
+    # caller; their rows are filled in place (this thread's cells of the block) with
+    # distinct magnitudes 1..P: NaN rows would send the early-bird masks to a slow sort,
+    # and rows of equal values (zeros) to its slow path for ties.
     before = steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
-    part = part.where(~xr.DataArray(before, dims=("cell", "step")), np.float32(0))
+    part = part.transpose("cell", "replica", "step", "param")
+    cell, step = np.nonzero(before)
+    if len(cell):
+        part.values[cell, :, step] = np.arange(1, part.sizes["param"] + 1, dtype=part.dtype)
     here = part.isel(step=slice(s0 - lo, None))
     m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
     with np.errstate(invalid="ignore", divide="ignore"):  # per thread: set here
-        # widened to float64 and masked once for both metrics (what pairwise does to
-        # its input on every call), param kept the innermost axis
-        here = here.transpose(..., "param")
-        wide = here.copy(data=np.where(m.transpose("cell", "param").values[:, None, None, :],
-                                       here.values, np.float64(0.0)))  # float32 -> 64: exact
+        # float32 in: pairwise widens it to float64 (exactly) and masks it chunk by chunk,
+        # once for both metrics
+        both = sxr.pairwise(here, "replica", metric=("l2", "angle"), mask=m)
         for metric in ("l2", "angle"):
-            out[f"data_order_{metric}"][c0:c1, :, s0:s1] = sxr.pairwise(
-                wide, "replica", metric=metric).transpose("cell", "pair", "step").values
-        del wide
+            out[f"data_order_{metric}"][c0:c1, :, s0:s1] = both.sel(metric=metric).transpose(
+                "cell", "pair", "step").values
         rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
         if len(rows):
             first = here.isel(replica=0, drop=True).isel(cell=rows)

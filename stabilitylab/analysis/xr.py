@@ -52,8 +52,10 @@ def angle(da1: xr.DataArray, da2: xr.DataArray, dim: str = "param",
 
 
 def pairwise(da: xr.DataArray, dim: str = "replica", *, param_dim: str = "param",
-             metric: str = "l2", mask: xr.DataArray | None = None) -> xr.DataArray:
-    """Distance between every pair i < j along ``dim``, as a new ``pair`` dim.
+             metric: str | tuple[str, ...] = "l2",
+             mask: xr.DataArray | None = None) -> xr.DataArray:
+    """Distance between every pair i < j along ``dim``, as a new ``pair`` dim; with a tuple
+    of metrics, every one from one pass over ``da``, along a new ``metric`` dim.
 
     The ``pair`` coordinate holds labels like ``"0-1"`` built from the ``dim``
     coordinate, with ``pair_a`` / ``pair_b`` (the two ``dim`` labels) as extra coordinates, as in the
@@ -68,15 +70,17 @@ def pairwise(da: xr.DataArray, dim: str = "replica", *, param_dim: str = "param"
         mask_ = m[0][..., None, :] if m else None  # the mask has no replica axis
         return distances.pairwise_distance(x, -2, metric=metric, mask=mask_, axis=-1)[1]
 
+    several = not isinstance(metric, str)
     args = [da] if mask is None else [da, mask]
     cores = [[dim, param_dim]] + ([] if mask is None else [[param_dim]])
-    out = xr.apply_ufunc(fn, *args, input_core_dims=cores, output_core_dims=[["pair"]],
+    sizes = {"pair": len(pairs)} | ({"metric": len(metric)} if several else {})
+    out = xr.apply_ufunc(fn, *args, input_core_dims=cores, output_core_dims=[list(sizes)],
                          output_dtypes=[np.float64], dask="parallelized",
-                         dask_gufunc_kwargs={"allow_rechunk": True,
-                                             "output_sizes": {"pair": len(pairs)}})
-    return out.assign_coords(
+                         dask_gufunc_kwargs={"allow_rechunk": True, "output_sizes": sizes})
+    out = out.assign_coords(
         pair=[f"{labels[i]}-{labels[j]}" for i, j in pairs],
         pair_a=("pair", labels[pairs[:, 0]]), pair_b=("pair", labels[pairs[:, 1]]))
+    return out.assign_coords(metric=list(metric)) if several else out
 
 
 def instability(curve: xr.DataArray, dim: str = "alpha") -> xr.DataArray:

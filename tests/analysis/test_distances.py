@@ -141,3 +141,46 @@ def test_pairwise_rows_in_chunks_give_the_same_bits(metric, chunk, monkeypatch):
     got = d.pairwise_distance(x, 1, metric=metric, mask=mask)[1]
     np.testing.assert_array_equal(got, want)
     assert np.isnan(got[1, 2]).all() and np.isfinite(np.delete(got, 2, axis=1)).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "angle"])
+@pytest.mark.parametrize("chunk", [1, 2 * 257 * 8, 5 * 257 * 8 + 1])  # a row, 2 rows, uneven
+def test_distances_in_row_chunks_give_the_same_bits(metric, chunk, monkeypatch):
+    """l2_distance and angle go through large inputs in chunks of rows (reduced over the
+    last axis): any chunk size gives the bits of the whole arrays at once, with inputs
+    that broadcast (one side and the mask without the step axis), float32 in, NaN rows."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(3, 7, 257)).astype(np.float32)  # (cell, step, param)
+    b = rng.normal(size=(3, 1, 257)).astype(np.float32)
+    a[2, 4] = np.nan
+    mask = rng.random((3, 1, 257)) < 0.7
+    fn = {"l2": d.l2_distance, "angle": d.angle}[metric]
+    monkeypatch.setattr(d, "CHUNK_BYTES", 10**9)
+    want = fn(a, b, mask)
+    other_axis = fn(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0), np.moveaxis(mask, -1, 0),
+                    axis=0)
+    monkeypatch.setattr(d, "CHUNK_BYTES", chunk)
+    got = fn(a, b, mask)
+    assert got.shape == (3, 7)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[2, 4]) and np.isfinite(np.delete(got.reshape(-1), 2 * 7 + 4)).all()
+    np.testing.assert_array_equal(fn(a, b), fn(a.astype(np.float64), b.astype(np.float64)))
+    np.testing.assert_allclose(other_axis, want, rtol=1e-12)  # another axis: whole arrays
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_pairwise_several_metrics_are_each_metric_alone(shared):
+    """A tuple of metrics gives, along a last metric axis, exactly each metric's values alone
+    (one mask for all replicas, or a mask per replica), from float32 weights."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 3, 4, 129)).astype(np.float32)  # (cell, replica, step, param)
+    mask = rng.random((2, 1, 1, 129)) < 0.6
+    if not shared:
+        mask = rng.random((2, 3, 1, 129)) < 0.6
+    _, both = d.pairwise_distance(x, 1, metric=("l2", "angle"), mask=mask)
+    assert both.shape == (2, 4, 3, 2)
+    for i, metric in enumerate(("l2", "angle")):
+        np.testing.assert_array_equal(both[..., i],
+                                      d.pairwise_distance(x, 1, metric=metric, mask=mask)[1])
+    with pytest.raises(ValueError, match="unknown metric"):
+        d.pairwise_distance(x, 1, metric=("l2", "cosine"))

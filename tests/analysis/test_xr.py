@@ -72,3 +72,16 @@ def test_barriers_rhat_and_correlations():
     ref = stats.rank_correlations(measure.values[1], acc.values[1], n_boot=100)
     for k in ("n", "spearman", "kendall_low", "kendall_high", "spearman_pvalue"):
         assert ds[k].values[1] == pytest.approx(ref[k])
+
+
+def test_pairwise_several_metrics_along_a_metric_dim():
+    """sxr.pairwise with a tuple of metrics: a ``metric`` dim holding each metric alone."""
+    rng = np.random.default_rng(7)
+    w = xr.DataArray(rng.normal(size=(3, 5, 40)).astype(np.float32),
+                     dims=("replica", "step", "param"))
+    mask = xr.DataArray(rng.random(40) < 0.5, dims="param")
+    both = sxr.pairwise(w, "replica", metric=("l2", "angle"), mask=mask)
+    assert list(both.metric.values) == ["l2", "angle"] and both.sizes["pair"] == 3
+    for metric in ("l2", "angle"):
+        xr.testing.assert_identical(both.sel(metric=metric, drop=True),
+                                    sxr.pairwise(w, "replica", metric=metric, mask=mask))
