@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import copy
 import logging
+import time
 
 import numpy as np
 import torch
@@ -359,7 +360,26 @@ def _compiled_forward(stacked: StackedModel, points: torch.Tensor, x: torch.Tens
     return cache[key] or None
 
 
+#: The phase of ``analyze --profile`` that building the compiled forward counts in (its
+#: imports, tracing, compilation and check), not in the group that first evaluates.
+COMPILE_PHASE = "compiling the forward"
+
+
+def compile_seconds(stacked: StackedModel) -> float:
+    """Seconds spent building ``stacked``'s compiled forwards so far (:data:`COMPILE_PHASE`)."""
+    return stacked.__dict__.get("_compile_seconds", 0.0)
+
+
 def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: int):
+    started = time.perf_counter()
+    try:
+        return _build_checked(stacked, points, x, block, batch_size)
+    finally:
+        stacked.__dict__["_compile_seconds"] = (compile_seconds(stacked)
+                                                + time.perf_counter() - started)
+
+
+def _build_checked(stacked: StackedModel, points, x, block: int, batch_size: int):
     def forward(params, xb):
         return stacked.forward(params, {}, xb, train=False, shared_input=True)
 

@@ -237,7 +237,9 @@ def _partial_note(ctx, url) -> str:
 
 class _Phases:
     """Seconds per phase of ``analyze``: reading the store (``loading``, wherever a group
-    reads through the context) is its own row, never counted in the group that asked."""
+    reads through the context) and building the compiled evaluation forward
+    (:data:`~stabilitylab.analysis.interpolate.COMPILE_PHASE`, in the first group that
+    evaluates) are rows of their own, never counted in the group that asked."""
 
     def __init__(self):
         self.rows: dict[str, float] = {}
@@ -246,11 +248,17 @@ class _Phases:
         self.rows[phase] = self.rows.get(phase, 0.0) + seconds
 
     def run(self, phase: str, ctx, fn, *args, **kwargs):
-        loaded, started = ctx.load_seconds, time.perf_counter()
+        from stabilitylab.analysis.interpolate import COMPILE_PHASE, compile_seconds
+
+        loaded, compiled = ctx.load_seconds, compile_seconds(ctx.stacked)
+        started = time.perf_counter()
         out = fn(*args, **kwargs)
         reading = ctx.load_seconds - loaded
-        self.add(phase, time.perf_counter() - started - reading)
+        building = compile_seconds(ctx.stacked) - compiled
+        self.add(phase, time.perf_counter() - started - reading - building)
         self.add("loading", reading)
+        if building:
+            self.add(COMPILE_PHASE, building)
         return out
 
 

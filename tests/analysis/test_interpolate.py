@@ -180,6 +180,13 @@ def test_compiled_evaluation_gives_the_eager_bits():
     with compile_policy("on"):  # blocks of 3000 // 50 = 60 points: 60 + 10 padded to 60
         compiled = evaluate_points(stacked, pts, x, y, batch_size=50, return_logits=True)
     assert any(callable(f) for f in stacked.__dict__["_compiled_eval"].values())
+    from stabilitylab.analysis import interpolate
+
+    built = interpolate.compile_seconds(stacked)
+    assert built > 0  # counted where analyze's profile finds it
+    with compile_policy("on"):  # built once: a second call adds nothing
+        evaluate_points(stacked, pts, x, y, batch_size=50)
+    assert interpolate.compile_seconds(stacked) == built
     assert torch.equal(eager["logits"], compiled["logits"])
     assert np.array_equal(eager["error"], compiled["error"])
     assert np.array_equal(eager["loss"], compiled["loss"])

@@ -290,3 +290,28 @@ def test_read_cells_turns_a_damaged_chunk_into_a_store_error(tmp_path, conv_layo
     chunk.write_bytes(b"not a chunk")
     with pytest.raises(StoreError, match="weights.*chunk"):  # one line, not a zarr error
         ctx.read_cells(*np.zeros((3, 2), np.int64))
+
+
+def test_profile_counts_compiling_and_reading_in_their_own_rows():
+    """A group's row excludes the seconds its call spent reading the store and building the
+    compiled forward: those go to ``loading`` and ``compiling the forward``."""
+    import time
+    from types import SimpleNamespace
+
+    from stabilitylab.analysis.interpolate import COMPILE_PHASE
+    from stabilitylab.analysis.run import _Phases
+
+    ctx = SimpleNamespace(load_seconds=0.0, stacked=SimpleNamespace())
+
+    def group():  # 0.3 s, of which 0.1 s "reading" and 0.15 s "compiling"
+        time.sleep(0.3)
+        ctx.load_seconds += 0.1
+        ctx.stacked.__dict__["_compile_seconds"] = 0.15
+        return "done"
+
+    phases = _Phases()
+    assert phases.run("divergence", ctx, group) == "done"
+    assert phases.rows["loading"] == 0.1 and phases.rows[COMPILE_PHASE] == 0.15
+    assert 0.04 < phases.rows["divergence"] < 0.25  # 0.3 s less the 0.25 s counted elsewhere
+    phases.run("interpolation", ctx, lambda: None)  # nothing built or read: no new seconds
+    assert phases.rows[COMPILE_PHASE] == 0.15 and phases.rows["loading"] == 0.1
