@@ -109,8 +109,10 @@ def rows(store: str = "runs/mnist1d-default.zarr", quick: bool = False) -> list[
         return block(stacked, points, x, *args, **kwargs)
 
     interpolate._evaluate_block = counting
-    try:
-        with interpolate.compile_policy("on"):  # as analyze runs the default study
+    from stabilitylab.core.memory import small_pages
+
+    try:  # as analyze runs the default study: compiled forward, NumPy on ordinary pages
+        with interpolate.compile_policy("on"), small_pages():
             return _group_rows(ctx, groups, options, counted, rate, read, gemm_rate,
                                interpolation)
     finally:
