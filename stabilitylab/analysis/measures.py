@@ -126,7 +126,11 @@ def magnitude_mask(w, density: float, prunable_mask=None, axis: int = -1) -> np.
     else:
         elig, n_elig = _eligible(_np(prunable_mask, bool), magnitudes.shape, axis)
     keep = np.rint(density * n_elig).astype(np.int64)
-    score = np.where(elig, w, -np.inf).reshape(-1, n)
+    # The ineligible entries set to -inf in place on the magnitudes (a new array already),
+    # not in another array from np.where
+    if prunable_mask is not None:
+        np.copyto(w, -np.inf, where=~elig)
+    score = w.reshape(-1, n)
     ordered = np.sort(score, axis=-1)  # NaN sorts last: a row holds NaN iff its last does
     nan = np.isnan(ordered[:, -1]) if n else np.zeros(len(score), bool)
     flat_keep = np.broadcast_to(keep[..., 0], w.shape[:-1]).reshape(-1)
