@@ -170,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
                           "the eager logits bit for bit")
     ana.add_argument("--no-report", action="store_true", help="skip writing the report")
     ana.add_argument("--profile", action="store_true",
-                     help="print the seconds of each phase (reading the store is its own row)")
+                     help="print the seconds of each phase (reading the store and compiling "
+                          "the forward are rows of their own)")
     ana.add_argument("--report-out", default=None, help="report folder (default: reports/<name>)")
     ana.add_argument("--no-progress", action="store_true",
                      help="print no progress (default: a bar on a terminal, else one line per "

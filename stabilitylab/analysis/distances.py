@@ -34,9 +34,7 @@ __all__ = [
 
 
 def _as_float64(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
+    return np.asarray(_as_array(x), dtype=np.float64)
 
 
 def _as_bool(mask) -> np.ndarray:
