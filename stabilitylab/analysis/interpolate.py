@@ -300,8 +300,9 @@ def _evaluate_block(stacked, points, x, y, mode, buffers, bn_recompute_x, batch_
 _COMPILE = contextvars.ContextVar("stabilitylab_eval_compile", default="auto")
 COMPILE_POLICIES = ("auto", "on", "off")
 #: Network-examples of one :func:`evaluate_points` call from which "auto" compiles: the
-#: compilation (about 2 s from torch's on-disk cache, importing inductor included; 15-16 s
-#: on a fresh machine, where the C++ compiler runs; 2-core Xeon) then pays for itself. Once
+#: compilation (about 2 s from torch's on-disk cache, importing inductor included; about
+#: 9 s on a fresh machine, where the C++ compiler runs (:func:`_compile_skipping_isa_probe`;
+#: 2-core AMD EPYC)) then pays for itself. Once
 #: a model has its compiled forward, later calls use it at any size.
 AUTO_COMPILE_EXAMPLES = 2_000_000
 
@@ -425,8 +426,8 @@ def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eag
     with torch.no_grad():
         graph = make_fx(flat)(*inputs)
     mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
-    compiled = torch._inductor.compile(graph, [mode.from_tensor(t, static_shapes=True)
-                                              for t in inputs])
+    compiled = _compile_skipping_isa_probe(graph, [mode.from_tensor(t, static_shapes=True)
+                                                   for t in inputs])
 
     def forward(params, xb):
         args = [params[n] for n in names] + [xb]
@@ -435,6 +436,28 @@ def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eag
         return compiled(*args)[0]
 
     return forward
+
+
+def _compile_skipping_isa_probe(graph, example_inputs):
+    """``torch._inductor.compile(graph, example_inputs)`` without inductor's probe of the
+    vector instruction sets, which on a fresh machine builds and loads a test library for
+    each set the CPU reports (``cpu_vec_isa.valid_vec_isa_list``): 6.6 s of a 15.7 s first
+    compilation of the default conv net (2-core AMD EPYC with AVX-512; 9.1 s without the
+    probe; from the on-disk cache the probe costs nothing). Inductor then takes the widest
+    set the CPU reports, the one the probe picked here. If the compilation fails that way
+    (a compiler that cannot build that set, say), the probe runs and inductor compiles again."""
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    try:
+        with inductor_config.patch({"cpp.vec_isa_ok": True}):
+            return torch._inductor.compile(graph, example_inputs)
+    except Exception as err:  # noqa: BLE001 - retried with the probe; a second failure raises
+        log.info("compiling without the vector-ISA probe failed (%s); probing",
+                 type(err).__name__)
+        cpu_vec_isa.valid_vec_isa_list.cache_clear()  # the unprobed list is cached per process
+        return torch._inductor.compile(graph, example_inputs)
 
 
 def _recompute_bn_stacked(stacked: StackedModel, params: dict, x: torch.Tensor,

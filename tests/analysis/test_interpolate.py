@@ -220,3 +220,37 @@ def test_compiled_forward_runs_eager_on_another_layout():
                            eager(stacked.unflatten(wide), x[:8]))
         assert torch.equal(fn(stacked.unflatten(pts[:2]), x[:8]),
                            eager(stacked.unflatten(pts[:2]), x[:8]))
+
+
+def test_compile_skips_the_isa_probe_and_probes_when_that_fails(monkeypatch):
+    """The evaluation forward is compiled with inductor's vector-ISA probe off; where that
+    compilation fails, the probe's cached list is cleared and inductor compiles again with
+    the probe on (the setting restored), and that result is returned."""
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+
+    from stabilitylab.analysis.interpolate import _compile_skipping_isa_probe
+
+    seen, cleared = [], []
+    monkeypatch.setattr(cpu_vec_isa.valid_vec_isa_list, "cache_clear",
+                        lambda: cleared.append(True))
+
+    def fake_compile(graph, inputs):
+        seen.append(inductor_config.cpp.vec_isa_ok)
+        if inductor_config.cpp.vec_isa_ok:
+            raise RuntimeError("cannot build this ISA")
+        return ("compiled", graph, inputs)
+
+    monkeypatch.setattr(torch._inductor, "compile", fake_compile)
+    before = inductor_config.cpp.vec_isa_ok
+    assert _compile_skipping_isa_probe("g", ["x"]) == ("compiled", "g", ["x"])
+    assert seen == [True, before] and before is not True
+    assert cleared == [True]
+    assert inductor_config.cpp.vec_isa_ok == before
+
+    seen.clear()
+    monkeypatch.setattr(torch._inductor, "compile",
+                        lambda g, i: seen.append(inductor_config.cpp.vec_isa_ok) or "ok")
+    assert _compile_skipping_isa_probe("g", ["x"]) == "ok"
+    assert seen == [True] and len(cleared) == 1  # no failure: no probe, no second compile
