@@ -369,12 +369,19 @@ def _analyze(url, groups, *, measures, device, alphas, adaptive, progress, stora
                    unit="tasks", enabled=progress)
     options = registry.Options(groups=groups, alphas=alphas, adaptive=adaptive)
     results: dict[str, xr.DataArray] = {}
-    for name in passes:
-        g = registry.GROUPS[name]
-        joined = [registry.GROUPS[c].phase for c in groups if registry.GROUPS[c].part_of == name]
-        bar.set(phase=" + ".join([g.phase, *joined]), announce=True)
-        results.update(phases.run(g.phase, ctx, g.compute, ctx, results, options,
-                                  progress=bar.update))
+    from stabilitylab.analysis.interpolate import on_compile
+
+    def compiling(started: bool) -> None:  # the line says why the count stands still
+        bar.set(compiling="the evaluation forward" if started else None, announce=started)
+
+    with on_compile(compiling):
+        for name in passes:
+            g = registry.GROUPS[name]
+            joined = [registry.GROUPS[c].phase for c in groups
+                      if registry.GROUPS[c].part_of == name]
+            bar.set(phase=" + ".join([g.phase, *joined]), announce=True)
+            results.update(phases.run(g.phase, ctx, g.compute, ctx, results, options,
+                                      progress=bar.update))
     bar.close()
     finishing = time.perf_counter()
     absent = _absent_trajectory_measures(ctx, results)

@@ -85,6 +85,18 @@ def test_record_and_analyze_print_progress_lines_when_piped(tmp_path, capsys, mo
     analyze_store(str(copy), n_boot=20, alphas=3, measures=["instability"])  # one group
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("analyze: ")]
     assert "100% of" in lines[-1] and "done in" in lines[-1], lines
+    # Building the compiled forward (9-18 s on a fresh machine) is named while it runs; a
+    # build that falls back to the eager forward at once keeps this test fast.
+    from stabilitylab.analysis import interpolate
+
+    monkeypatch.setattr(interpolate, "_build_checked", lambda *a, **k: False)
+    analyze_store(str(copy), n_boot=20, alphas=3, measures=["instability"], compile="on")
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("analyze: ")]
+    named = [i for i, x in enumerate(lines)
+             if re.match(r"analyze: phase interpolation[^|]* \| compiling the evaluation "
+                         r"forward \| \d+% of", x)]
+    assert named, lines
+    assert "compiling" not in lines[-1] and "100% of" in lines[-1], lines
 
 
 def test_terminal_mode_is_a_tqdm_bar_with_the_fields():
