@@ -28,7 +28,7 @@ def density(masks: dict[str, torch.Tensor]) -> float:
 
 
 def _prune_count(alive: int, fraction: float) -> int:
-    return int(round(fraction * alive))
+    return round(fraction * alive)
 
 
 def global_magnitude_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],

@@ -213,10 +213,8 @@ def describe(url: Any) -> str:
         return str(root)
     fs, path = getattr(url, "fs", None), getattr(url, "path", None)  # FsspecStore
     if fs is not None and path is not None:
-        try:
+        with contextlib.suppress(Exception):  # any fsspec oddity: fall back to the type
             return fs.unstrip_protocol(path)
-        except Exception:  # noqa: BLE001 - any fsspec oddity: fall back to the type
-            pass
     return type(url).__name__
 
 
