@@ -330,11 +330,18 @@ def compile_policy(policy: str):
     "auto" (the default: on the CPU, for a call of at least :data:`AUTO_COMPILE_EXAMPLES`
     network-examples), "on" (on the CPU, any size) or "off"."""
     check_compile_policy(policy)
-    token = _COMPILE.set(policy)
+    with _set_within(_COMPILE, policy):
+        yield
+
+
+@contextlib.contextmanager
+def _set_within(var: contextvars.ContextVar, value):
+    """``var`` set to ``value`` inside the block, restored after."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _COMPILE.reset(token)
+        var.reset(token)
 
 
 def _compiled_forward(stacked: StackedModel, points: torch.Tensor, x: torch.Tensor, mode: str,
@@ -376,15 +383,11 @@ def compile_seconds(stacked: StackedModel) -> float:
 _ON_COMPILE = contextvars.ContextVar("stabilitylab_on_compile", default=None)
 
 
-@contextlib.contextmanager
 def on_compile(callback):
-    """Within the block, ``callback(True)`` runs before a compiled evaluation forward is built
-    (seconds from torch's cache, 9-18 s on a fresh machine) and ``callback(False)`` after."""
-    token = _ON_COMPILE.set(callback)
-    try:
-        yield
-    finally:
-        _ON_COMPILE.reset(token)
+    """Within the ``with`` block, ``callback(True)`` runs before a compiled evaluation forward
+    is built (seconds from torch's cache, 9-18 s on a fresh machine) and ``callback(False)``
+    after."""
+    return _set_within(_ON_COMPILE, callback)
 
 
 def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: int):
