@@ -315,3 +315,53 @@ def test_profile_counts_compiling_and_reading_in_their_own_rows():
     assert 0.04 < phases.rows["divergence"] < 0.25  # 0.3 s less the 0.25 s counted elsewhere
     phases.run("interpolation", ctx, lambda: None)  # nothing built or read: no new seconds
     assert phases.rows[COMPILE_PHASE] == 0.15 and phases.rows["loading"] == 0.1
+
+
+def test_aligned_paths_left_in_place_by_matching_are_copied_not_evaluated(conv_store,
+                                                                         monkeypatch):
+    """Where weight matching keeps every unit in place, the aligned curve is the plain test
+    curve; it equals the aligned path evaluated point by point, for those pairs and for the
+    ones that did move."""
+    from stabilitylab.analysis import align, endpoints
+    from stabilitylab.analysis import function_measures as fm
+    from stabilitylab.analysis.barriers import alpha_grid
+    from stabilitylab.analysis.context import load_context
+    from stabilitylab.analysis.interpolate import evaluate_points, interpolate_flat
+
+    ctx = load_context(str(conv_store[0]))
+    real = align.flat_aligner(ctx.stacked)
+    seen = []
+
+    def every_other_in_place(stacked, what="aligned barrier"):
+        def aligner(wa, wb):
+            other = wb.copy() if len(seen) % 2 == 0 else real(wa, wb)
+            seen.append((wa, wb, other))
+            return other
+        return aligner
+
+    evaluated = []
+    paths = endpoints.evaluate_paths
+
+    def counting(ctx_, wa, wb, alphas, *rest):
+        evaluated.append(len(wa))
+        return paths(ctx_, wa, wb, alphas, *rest)
+
+    monkeypatch.setattr(align, "flat_aligner", every_other_in_place)
+    monkeypatch.setattr(fm, "evaluate_paths", counting)
+    out = fm.interpolation_measures(ctx, n_alphas=7)
+    moved = [not np.array_equal(other, wb) for _, wb, other in seen]
+    n = len(seen)
+    assert n >= 4 and any(moved) and not any(moved[::2])
+    # test and train paths, then only the aligned paths of pairs that matching moved
+    assert evaluated == [n, n, int(np.sum(moved))]
+    got = out["aligned_test_error"].values.reshape(-1, 7)
+    got = got[np.isfinite(got).all(1)]
+    assert len(got) == n
+    alphas = alpha_grid(7)
+    x, y = endpoints.splits(ctx)["test"]
+    for i, (wa, _, other) in enumerate(seen):
+        points = interpolate_flat(torch.from_numpy(wa), torch.from_numpy(other), alphas)
+        np.testing.assert_array_equal(got[i], evaluate_points(ctx.stacked, points, x, y)["error"])
+    plain = out["interp_test_error"].values.reshape(-1, 7)
+    plain = plain[np.isfinite(plain).all(1)]
+    np.testing.assert_array_equal(got[::2], plain[::2])
