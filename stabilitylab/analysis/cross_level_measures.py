@@ -18,9 +18,8 @@ import xarray as xr
 
 from stabilitylab.analysis.barriers import alpha_grid, instability
 from stabilitylab.analysis.cells import Cells
-from stabilitylab.analysis.endpoints import finals
-from stabilitylab.analysis.interpolate import interpolate_flat
-from stabilitylab.analysis.layerwise import evaluate_in_chunks
+from stabilitylab.analysis.endpoints import endpoint_values, finals
+from stabilitylab.analysis.interpolate import evaluate_points, interpolate_flat
 from stabilitylab.analysis.registry import Variable, allocate, group
 
 CROSS_LEVEL_ALPHAS = 11  # 0, 0.1, ..., 1 (`stabilitylab compare --alphas 11` gives the same)
@@ -43,7 +42,8 @@ def _work(ctx) -> int:
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     """Every (imp cell at level ≥ 1, replica) path of the study in one stacked evaluation
-    (chunked by :func:`~stabilitylab.analysis.layerwise.evaluate_in_chunks`)."""
+    of its interior points; both ends are final networks, whose values are shared
+    (:func:`~stabilitylab.analysis.endpoints.endpoint_values`)."""
     names = ("cross_level_barrier", "cross_level_loss_barrier")
     if "imp" not in ctx.kinds or len(ctx.levels) < 2:
         return {name: allocate(ctx, name) for name in names}
@@ -63,14 +63,17 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     values = {name: np.full(both.shape, np.nan) for name in names}
     if len(cell_i):
         pts = torch.cat([interpolate_flat(torch.from_numpy(child[c, r]).to(ctx.device),
-                                          torch.from_numpy(older[c, r]).to(ctx.device), alphas)
+                                          torch.from_numpy(older[c, r]).to(ctx.device),
+                                          alphas[1:-1])
                          for c, r in zip(cell_i, rep_i)])
-        res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
-                                 bn_recompute_x=bn_x)
-        shape = (len(cell_i), len(alphas))
-        values["cross_level_barrier"][cell_i, rep_i] = instability(res["error"].reshape(shape))
-        values["cross_level_loss_barrier"][cell_i, rep_i] = instability(
-            res["loss"].reshape(shape))
+        res = evaluate_points(ctx.stacked, pts, data.test_x, data.test_y, bn_recompute_x=bn_x)
+        shape = (len(cell_i), len(alphas) - 2)
+        # α = 0: level L − 1's final network, α = 1: level L's (both evaluated already)
+        start, end = (endpoint_values(ctx, "test", side.kind[cell_i], side.level[cell_i],
+                                      side.rewind[cell_i], rep_i) for side in (parents, cells))
+        for name, q in zip(names, ("error", "loss")):
+            curve = np.concatenate([start[q][:, None], res[q].reshape(shape), end[q][:, None]], 1)
+            values[name][cell_i, rep_i] = instability(curve)
     if progress is not None:
         progress(len(cells))
     return {name: cells.scatter(ctx, name, v, drop="kind") for name, v in values.items()}

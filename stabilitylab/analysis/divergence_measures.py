@@ -31,6 +31,7 @@ from stabilitylab.analysis import xr as sxr
 from stabilitylab.analysis.barriers import alpha_grid, instability
 from stabilitylab.analysis.cells import Cells
 from stabilitylab.analysis.endpoints import bn_recompute_x, evaluate_paths
+from stabilitylab.analysis.interpolate import evaluate_points
 from stabilitylab.analysis.registry import Measure, Variable, allocate, group
 
 DIVERGENCE_WINDOW = 100  # iterations after k over which the log-distance slope is fitted
@@ -111,9 +112,10 @@ def _rates_and_times(ctx, dist: xr.DataArray) -> tuple[xr.DataArray, xr.DataArra
 
 
 def _barriers(ctx, at_step: np.ndarray, deltas: list[int]) -> xr.DataArray:
-    """barrier_at for the level-0 cells: every (cell, pair, Δ) path in one stack of points
-    (:func:`~stabilitylab.analysis.interpolate.evaluate_points`, blocks of pairs if large);
-    the probe steps of all cells read in one pass."""
+    """barrier_at for the level-0 cells: the interior points of every (cell, pair, Δ) path
+    in one stack of points (:func:`~stabilitylab.analysis.interpolate.evaluate_points`,
+    blocks of pairs if large) and each network at the ends once; the probe steps of all
+    cells read in one pass."""
     barrier = allocate(ctx, "barrier_at", delta=deltas)
     level0 = np.zeros(ctx.cells().shape, bool)
     level0[:, 0, :] = True
@@ -134,9 +136,17 @@ def _barriers(ctx, at_step: np.ndarray, deltas: list[int]) -> xr.DataArray:
     ci, di, pi = np.nonzero(ok)
     values = np.full(ok.shape, np.nan)
     if len(ci):
+        x, y, bn_x = ctx.data.test_x, ctx.data.test_y, bn_recompute_x(ctx)
         wa = torch.from_numpy(w[ci, di, a[pi]]).to(ctx.device)
         wb = torch.from_numpy(w[ci, di, b[pi]]).to(ctx.device)
-        res = evaluate_paths(ctx, wa, wb, alpha_grid(BARRIER_ALPHAS), ctx.data.test_x,
-                              ctx.data.test_y, bn_recompute_x(ctx))
-        values[ci, di, pi] = instability(res["error"])
+        inner = evaluate_paths(ctx, wa, wb, alpha_grid(BARRIER_ALPHAS)[1:-1], x, y, bn_x)
+        # the ends: each network once, though a replica is an end of R - 1 pairs
+        used = np.zeros(w.shape[:3], bool)
+        used[ci, di, a[pi]] = used[ci, di, b[pi]] = True
+        ends = np.full(used.shape, np.nan)
+        ends[used] = evaluate_points(ctx.stacked, torch.from_numpy(w[used]).to(ctx.device),
+                                     x, y, bn_recompute_x=bn_x)["error"]
+        curves = np.concatenate([ends[ci, di, b[pi]][:, None], inner["error"],
+                                 ends[ci, di, a[pi]][:, None]], 1)  # α·W_a + (1 − α)·W_b
+        values[ci, di, pi] = instability(curves)
     return cells.scatter(ctx, "barrier_at", values.transpose(0, 2, 1), delta=deltas)

@@ -61,6 +61,21 @@ def endpoint_eval(ctx, split: str) -> dict:
     return out
 
 
+def endpoint_values(ctx, split: str, kind, level, rewind, replica) -> dict[str, np.ndarray]:
+    """Error and loss of the final networks at (kind, level, rewind, replica) positions
+    (arrays of indices into the context's lists), from :func:`endpoint_eval`: a group whose
+    paths end at final networks takes their values from there instead of evaluating them
+    again (each point's values do not depend on what it is evaluated with)."""
+    ends = endpoint_eval(ctx, split)
+    cells = ends["cells"]
+    out = {}
+    for q in ("error", "loss"):
+        grid = np.full(ctx.cells().shape + ends[q].shape[1:], np.nan)
+        grid[cells.kind, cells.level, cells.rewind] = ends[q]
+        out[q] = grid[kind, level, rewind, replica]
+    return out
+
+
 #: Weights of the points evaluated at once (N = pairs × α per block, memory permitting).
 POINTS_BUDGET_BYTES = 256 * 2**20
 

@@ -43,18 +43,3 @@ def layerwise_points(wa: torch.Tensor, wb: torch.Tensor, alphas, selected) -> to
     path = interpolate_flat(wa, wb, alphas)
     sel = torch.as_tensor(np.asarray(selected, bool), device=wa.device)
     return torch.where(sel[None, :], path, wb[None, :].expand_as(path))
-
-
-def evaluate_in_chunks(stacked, points: torch.Tensor, x, y, *, bn_recompute_x=None,
-                       max_points: int = 128) -> dict:
-    """:func:`stabilitylab.analysis.interpolate.evaluate_points` on (N, P) ``points``,
-    ``max_points`` stacked replicas at a time (small stacks keep activations in cache)."""
-    from stabilitylab.analysis.interpolate import evaluate_points
-
-    error, loss = [], []
-    for start in range(0, points.shape[0], max_points):
-        res = evaluate_points(stacked, points[start:start + max_points], x, y,
-                              bn_recompute_x=bn_recompute_x)
-        error.append(res["error"])
-        loss.append(res["loss"])
-    return {"error": np.concatenate(error), "loss": np.concatenate(loss)}

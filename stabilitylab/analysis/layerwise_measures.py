@@ -19,8 +19,9 @@ import xarray as xr
 
 from stabilitylab.analysis.barriers import alpha_grid, instability
 from stabilitylab.analysis.cells import Cells
-from stabilitylab.analysis.endpoints import POINTS_BUDGET_BYTES, finals
-from stabilitylab.analysis.layerwise import evaluate_in_chunks, layer_selectors, layerwise_points
+from stabilitylab.analysis.endpoints import POINTS_BUDGET_BYTES, endpoint_values, finals
+from stabilitylab.analysis.interpolate import evaluate_points
+from stabilitylab.analysis.layerwise import layer_selectors, layerwise_points
 from stabilitylab.analysis.registry import Variable, group
 
 LAYERWISE_ALPHAS = 7  # 0, 1/6, ..., 1 (0.5 included); analyze's time budget, issue #20
@@ -46,9 +47,10 @@ def _work(ctx) -> int:
                     "with W_a's layer", "fraction"),
        ))
 def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
-    """Every (imp cell, pair) × layer × α point of the study in stacked evaluations (blocks
-    of at most :data:`~stabilitylab.analysis.endpoints.POINTS_BUDGET_BYTES` of weights);
-    each point's error and loss do not depend on what it is stacked with."""
+    """Every (imp cell, pair) × layer × α > 0 point of the study in stacked evaluations
+    (blocks of at most :data:`~stabilitylab.analysis.endpoints.POINTS_BUDGET_BYTES` of
+    weights); each point's error and loss do not depend on what it is stacked with. The
+    α = 0 end, W_b, comes from the shared evaluation of the final networks."""
     selectors = layer_selectors(ctx.stacked)
     layers = list(selectors)
     alphas = alpha_grid(LAYERWISE_ALPHAS)
@@ -60,25 +62,28 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     ok = ctx.completed.values[cells.kind, cells.level, cells.rewind] & np.isfinite(w).all(-1)
     a, b = ctx.pair_sides
     cell_i, pair_i = np.nonzero(ok[:, a] & ok[:, b])  # the (cell, pair) rows to evaluate
-    per_row = (1 + len(layers) * (len(alphas) - 1)) * w.shape[-1] * w.itemsize
+    per_row = len(layers) * (len(alphas) - 1) * w.shape[-1] * w.itemsize
     block = max(1, POINTS_BUDGET_BYTES // per_row)
     shape = (len(cells), len(ctx.pairs), len(layers))
     out = {name: np.full(shape, np.nan) for name in _NAMES}
     reported = 0
     for r0 in range(0, len(cell_i), block):
         rows = slice(r0, r0 + block)
-        wa = torch.from_numpy(w[cell_i[rows], a[pair_i[rows]]]).to(ctx.device)
-        wb = torch.from_numpy(w[cell_i[rows], b[pair_i[rows]]]).to(ctx.device)
-        # α = 0 is W_b for every layer: evaluated once per pair, then the α > 0 points
-        pts = torch.cat([wb] + [layerwise_points(wa[i], wb[i], alphas[1:], selectors[name])
-                                for i in range(len(wa)) for name in layers])
-        res = evaluate_in_chunks(ctx.stacked, pts, data.test_x, data.test_y,
-                                 bn_recompute_x=bn_x)
+        ci, pi = cell_i[rows], pair_i[rows]
+        wa = torch.from_numpy(w[ci, a[pi]]).to(ctx.device)
+        wb = torch.from_numpy(w[ci, b[pi]]).to(ctx.device)
+        pts = torch.cat([layerwise_points(wa[i], wb[i], alphas[1:], selectors[name])
+                         for i in range(len(wa)) for name in layers])
+        res = evaluate_points(ctx.stacked, pts, data.test_x, data.test_y, bn_recompute_x=bn_x)
+        # α = 0 is W_b for every layer: a final network, whose values are shared
+        start = endpoint_values(ctx, "test", cells.kind[ci], cells.level[ci], cells.rewind[ci],
+                                b[pi])
         paths = (len(wa), len(layers), len(alphas) - 1)
-        curves = _paths(res["error"], paths)
-        at = (cell_i[rows], pair_i[rows])
+        curves = _paths(np.concatenate([start["error"], res["error"]]), paths)
+        at = (ci, pi)
         out["layerwise_barrier"][at] = instability(curves)
-        out["layerwise_loss_barrier"][at] = instability(_paths(res["loss"], paths))
+        out["layerwise_loss_barrier"][at] = instability(
+            _paths(np.concatenate([start["loss"], res["loss"]]), paths))
         out["layerwise_hybrid_error"][at] = curves[:, :, -1]
         if progress is not None:  # the cells before the next block's first row are done
             stop = r0 + block

@@ -4,8 +4,12 @@ import numpy as np
 import torch
 
 from stabilitylab.analysis.barriers import alpha_grid, instability
-from stabilitylab.analysis.interpolate import evaluate_interpolation, interpolate_flat
-from stabilitylab.analysis.layerwise import evaluate_in_chunks, layer_selectors, layerwise_points
+from stabilitylab.analysis.interpolate import (
+    evaluate_interpolation,
+    evaluate_points,
+    interpolate_flat,
+)
+from stabilitylab.analysis.layerwise import layer_selectors, layerwise_points
 from stabilitylab.data import load_dataset
 from stabilitylab.models import build_model
 from stabilitylab.testing import tiny_config
@@ -39,11 +43,11 @@ def test_every_layer_is_the_linear_path_and_no_layer_is_the_endpoint():
     none = layerwise_points(wa, wb, alphas, np.zeros(stacked.num_params, bool))
     assert torch.equal(none, wb.expand(len(alphas), -1))
     path = evaluate_interpolation(stacked, wa, wb, alphas, data.test_x, data.test_y)
-    res = evaluate_in_chunks(stacked, layerwise_points(wa, wb, alphas, every), data.test_x,
-                             data.test_y, max_points=4)
+    res = evaluate_points(stacked, layerwise_points(wa, wb, alphas, every), data.test_x,
+                          data.test_y)
     np.testing.assert_array_equal(res["error"], path["error"])
     assert instability(res["error"]) == instability(path["error"])
-    flat = evaluate_in_chunks(stacked, none, data.test_x, data.test_y)
+    flat = evaluate_points(stacked, none, data.test_x, data.test_y)
     assert instability(flat["error"]) == 0.0
 
 
