@@ -62,8 +62,12 @@ def network_examples(ctx) -> tuple[int, int]:
     pairs = int((ok[:, a] & ok[:, b]).sum())
     n_test, n_train = len(ctx.data.test_y), ctx.cfg.data.train_eval_size
     work = int(ok.sum()) * (n_test + n_train) + pairs * (N_ALPHAS - 2) * (n_test + n_train)
-    if flat_aligner(ctx.stacked, "aligned barrier") is not None:
-        work += pairs * (N_ALPHAS - 1) * n_test
+    align = flat_aligner(ctx.stacked, "aligned barrier")
+    if align is not None:  # the aligned paths of the pairs that weight matching moved
+        cell_i, pair_i = np.nonzero(ok[:, a] & ok[:, b])
+        moved = sum(not np.array_equal(align(w[c, a[p]], w[c, b[p]]), w[c, b[p]])
+                    for c, p in zip(cell_i, pair_i))
+        work += moved * (N_ALPHAS - 1) * n_test
     return pairs, work
 
 

@@ -165,14 +165,15 @@ def interpolation_measures(ctx, *, n_alphas: int = 30, aligned: bool = True,
     aligned_curve = np.full((len(cell_i), len(alphas)), np.nan)
     if align is not None and len(cell_i):
         wa_np, wb_np = wa.cpu().numpy(), wb.cpu().numpy()
-        other = torch.as_tensor(np.stack([align(wa_np[i], wb_np[i]) for i in range(len(wa_np))]),
-                                device=ctx.device)
+        other_np = np.stack([align(wa_np[i], wb_np[i]) for i in range(len(wa_np))])
+        other = torch.as_tensor(other_np, device=ctx.device)
         # Where matching keeps every unit in place (often so for late rewinds), the aligned
         # path is the plain one, point for point: its curve is copied, not evaluated again.
-        moved = ~(other == wb).all(1).cpu().numpy()
+        moved = ~(other_np == wb_np).all(1)
         aligned_curve = curves["interp_test_error"].copy()
         if moved.any():
-            res = evaluate_paths(ctx, wa[moved], other[moved], alphas[:-1],
+            rows = torch.from_numpy(moved).to(ctx.device)
+            res = evaluate_paths(ctx, wa[rows], other[rows], alphas[:-1],
                                  *splits(ctx)["test"], bn_x)
             ends = endpoint_eval(ctx, "test")
             aligned_curve[moved] = np.concatenate(
