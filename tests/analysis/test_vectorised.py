@@ -365,3 +365,21 @@ def test_aligned_paths_left_in_place_by_matching_are_copied_not_evaluated(conv_s
     plain = out["interp_test_error"].values.reshape(-1, 7)
     plain = plain[np.isfinite(plain).all(1)]
     np.testing.assert_array_equal(got[::2], plain[::2])
+
+
+def test_endpoint_values_are_those_of_each_final_network_evaluated_alone(conv_store):
+    from stabilitylab.analysis.context import load_context
+    from stabilitylab.analysis.endpoints import endpoint_values, splits
+    from stabilitylab.analysis.interpolate import evaluate_points
+
+    ctx = load_context(str(conv_store[0]))
+    final = ctx.load("final_weights")  # (kind, level, rewind, replica, param)
+    complete = np.argwhere(ctx.completed.values)  # (n, 4): kind, level, rewind, replica
+    at = tuple(complete[[0, len(complete) // 2, -1]].T)
+    got = endpoint_values(ctx, "train", *at)
+    x, y = splits(ctx)["train"]
+    for i in range(3):
+        w = final.isel(kind=at[0][i], level=at[1][i], rewind=at[2][i], replica=at[3][i])
+        want = evaluate_points(ctx.stacked, torch.from_numpy(w.values[None].copy()), x, y)
+        assert got["error"][i] == want["error"][0] and got["loss"][i] == want["loss"][0]
+    assert len({float(v) for v in got["loss"]}) == 3  # three different networks
