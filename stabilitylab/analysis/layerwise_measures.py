@@ -78,12 +78,11 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
         # α = 0 is W_b for every layer: a final network, whose values are shared
         start = endpoint_values(ctx, "test", cells.kind[ci], cells.level[ci], cells.rewind[ci],
                                 b[pi])
-        paths = (len(wa), len(layers), len(alphas) - 1)
-        curves = _paths(np.concatenate([start["error"], res["error"]]), paths)
+        curves = _paths(start["error"], res["error"], len(layers))
         at = (ci, pi)
         out["layerwise_barrier"][at] = instability(curves)
         out["layerwise_loss_barrier"][at] = instability(
-            _paths(np.concatenate([start["loss"], res["loss"]]), paths))
+            _paths(start["loss"], res["loss"], len(layers)))
         out["layerwise_hybrid_error"][at] = curves[:, :, -1]
         if progress is not None:  # the cells before the next block's first row are done
             stop = r0 + block
@@ -98,9 +97,9 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
 _NAMES = ("layerwise_barrier", "layerwise_loss_barrier", "layerwise_hybrid_error")
 
 
-def _paths(values: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """(pair, layer, alpha) paths from one evaluation: the first ``pair`` values are each
-    pair's W_b (α = 0 for every layer), the rest each layer's α > 0 points."""
-    n, layers = shape[0], shape[1]
-    start = np.broadcast_to(values[:n, None, None], (n, layers, 1))
-    return np.concatenate([start, values[n:].reshape(shape)], axis=-1)
+def _paths(start: np.ndarray, rest: np.ndarray, layers: int) -> np.ndarray:
+    """(pair, layer, alpha) paths: each pair's W_b value ``start`` (pair,) at α = 0 for every
+    layer, then the α > 0 values ``rest`` (pair × layer × α > 0, flat, in that order)."""
+    n = len(start)
+    return np.concatenate([np.broadcast_to(start[:, None, None], (n, layers, 1)),
+                           rest.reshape(n, layers, -1)], axis=-1)
