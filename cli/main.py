@@ -428,7 +428,15 @@ def _dry_run(study, out, args) -> int:
 
 
 def _analyze(args) -> int:
-    from stabilitylab.analysis.run import analyze_store
+    import gc
+
+    from stabilitylab.core.memory import collector_paused
+
+    with collector_paused():  # torch, xarray, zarr, scipy: no collections while they load
+        from stabilitylab.analysis.run import analyze_store
+
+        if args.owns_process:  # they live until it ends: collections skip them from now on
+            gc.freeze()  # (stabilitylab.core.memory; main([...]) from Python leaves it alone)
     from stabilitylab.store import validate
 
     validate(args.store)  # cheap; a damaged store stops here, before anything is written
@@ -509,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 where += f" {args.data_command}"
             raise _UsageError(f"unrecognized arguments: {' '.join(extra)} "
                               f"(see `{where} --help`)")
+        args.owns_process = argv is None  # the command line's process, not a caller's
         handler = {"record": _record, "analyze": _analyze, "report": _report,
                    "validate": _validate, "presets": _presets, "data": _data,
                    **_PLUGIN_HANDLERS}[args.command]

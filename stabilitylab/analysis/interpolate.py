@@ -395,8 +395,11 @@ def _build_compiled(stacked: StackedModel, points, x, block: int, batch_size: in
     if callback is not None:
         callback(True)
     started = time.perf_counter()
+    from stabilitylab.core.memory import long_lived_imports
+
     try:
-        return _build_checked(stacked, points, x, block, batch_size)
+        with long_lived_imports():  # inductor's modules and the compiled code: kept to the end
+            return _build_checked(stacked, points, x, block, batch_size)
     finally:
         stacked.__dict__["_compile_seconds"] = (compile_seconds(stacked)
                                                 + time.perf_counter() - started)

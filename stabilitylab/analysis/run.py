@@ -321,10 +321,10 @@ def analyze_store(url, *, measures=None, device=None, alphas: int | str = 30, pr
     path = local_path(url)  # two analyzes of one local store: the second refuses, one line
     lock = None if path is None or not path.is_dir() else acquire(path, describe(url),
                                                                   ANALYSIS_LOCK_NAME)
-    from stabilitylab.core.memory import small_pages
+    from stabilitylab.core.memory import long_lived_frozen, small_pages
 
     try:
-        with compile_policy(compile), small_pages():
+        with compile_policy(compile), small_pages(), long_lived_frozen():
             return _analyze(url, groups, measures=measures, device=device, alphas=alphas,
                             adaptive=adaptive,
                             progress=progress, storage_options=storage_options,
@@ -351,8 +351,11 @@ def _analyze(url, groups, *, measures, device, alphas, adaptive, progress, stora
     passes = _passes(groups)
     import importlib
 
-    for module in dict.fromkeys(m for g in passes for m in registry.GROUPS[g].preload):
-        importlib.import_module(module)  # a group's first-use imports: loading, not the group
+    from stabilitylab.core.memory import long_lived_imports
+
+    with long_lived_imports():
+        for module in dict.fromkeys(m for g in passes for m in registry.GROUPS[g].preload):
+            importlib.import_module(module)  # a group's first-use imports: loading, not the group
     partial = _partial_note(ctx, url)
     from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
 
