@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--rows replicas,efficiency,recording,barrier,interpolation,scaling,report,end_to_end,cuda]
 
-Each row measures both sides in this process (end_to_end: in subprocesses), after a
+Each row measures both sides in this process (end_to_end and collector: in subprocesses), after a
 warm-up, on the same work, and prints the ratio next to its target. ``--quick`` cuts
 step counts and shortens the studies so the whole suite takes a few minutes; use the
 full run (no ``--quick``) on a quiet machine for numbers to report. See
@@ -27,7 +27,8 @@ import torch
 from common import machine, print_table
 
 ROWS = ("replicas", "which_k", "conv", "efficiency", "recording", "barrier", "interpolation",
-        "scaling", "group_bounds", "report", "plane", "pca", "curve", "end_to_end", "cuda")
+        "scaling", "group_bounds", "collector", "report", "plane", "pca", "curve", "end_to_end",
+        "cuda")
 
 
 def _replicas(quick: bool) -> list[dict]:
