@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(_ROOT / "benchmarks"))
 
 _RUN = r"""
 import atexit, gc, json, os, sys, time
@@ -73,10 +75,9 @@ def _side(side: str, store: Path, scratch: Path) -> dict:
 
 
 def rows(store: str = "runs/mnist1d-default.zarr", quick: bool = False) -> list[dict]:
-    path = Path(store) if Path(store).is_absolute() else _ROOT / store
-    if not path.exists():
-        raise FileNotFoundError(f"{store}: record the default study first (README's first "
-                                "command), or pass a store")
+    from common import recorded_store
+
+    path = Path(recorded_store(store))
     with tempfile.TemporaryDirectory() as tmp:
         base = _side("baseline", path, Path(tmp))
         ours = _side("ours", path, Path(tmp))
@@ -93,13 +94,9 @@ def rows(store: str = "runs/mnist1d-default.zarr", quick: bool = False) -> list[
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(_ROOT / "benchmarks"))
-    from common import machine, print_table
+    from common import store_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    print(f"machine: {machine()}")
-    print_table(rows(argv[0] if argv else "runs/mnist1d-default.zarr"))
-    return 0
+    return store_main(rows, argv)
 
 
 if __name__ == "__main__":

@@ -114,13 +114,13 @@ def _start_seconds(store: str) -> tuple[float, float]:
 
 
 def rows(store: str = "runs/mnist1d-default.zarr", quick: bool = False) -> list[dict]:
+    from common import recorded_store
+
     from stabilitylab.analysis import registry
     from stabilitylab.analysis.context import VIEWS, load_context
     from stabilitylab.analysis.inputs import exclude_nonfinite_inputs
 
-    if not Path(store).exists():
-        raise FileNotFoundError(f"{store}: record the default study first (README's first "
-                                "command), or pass a store")
+    store = recorded_store(store)  # absolute: the start is measured in another directory
     ctx = load_context(store)
     ctx.prefetch(*VIEWS)
     exclude_nonfinite_inputs(ctx)
@@ -225,12 +225,9 @@ def _group_rows(ctx, groups, options, counted, rate, read, gemm_rate, interpolat
 
 
 def main(argv=None) -> int:
-    from common import machine, print_table
+    from common import store_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    print(f"machine: {machine()}")
-    print_table(rows(argv[0] if argv else "runs/mnist1d-default.zarr"))
-    return 0
+    return store_main(rows, argv)
 
 
 if __name__ == "__main__":

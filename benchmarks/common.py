@@ -6,8 +6,10 @@ Every row measures both sides in the same process, after warm-up, on the same wo
 from __future__ import annotations
 
 import platform
+import sys
 import time
 import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -131,3 +133,26 @@ def rss_mb() -> float:
     """Current resident set size of this process, MiB."""
     now = _status_mb("VmRSS")
     return float("nan") if now is None else now
+
+
+#: The default study's store, as README's first command records it.
+DEFAULT_STORE = "runs/mnist1d-default.zarr"
+
+
+def recorded_store(store: str) -> str:
+    """``store`` as an absolute path: as given where it exists, else under the repository
+    (the default's place); a one-line FileNotFoundError where neither exists."""
+    for path in (Path(store), Path(__file__).resolve().parents[1] / store):
+        if path.exists():
+            return str(path.resolve())
+    raise FileNotFoundError(f"{store}: record the default study first (README's first "
+                            "command), or pass a store")
+
+
+def store_main(rows, argv=None) -> int:
+    """``main`` of a row module that takes one optional argument, a store: the machine line
+    and ``rows(store)``'s table."""
+    argv = sys.argv[1:] if argv is None else argv
+    print(f"machine: {machine()}")
+    print_table(rows(argv[0] if argv else DEFAULT_STORE))
+    return 0
