@@ -211,14 +211,40 @@ def early_bird_distance(traj, density: float, prunable_mask=None, delta: int = 1
         (..., S − Δ) distances in [0, 1]; entry t compares step t with t + Δ.
     """
     x = np.moveaxis(_np(traj), axis_step, -2)  # float32 stays (magnitude_mask: exact)
-    elig = None if prunable_mask is None else np.broadcast_to(
-        _np(prunable_mask, bool), x.shape[:-2] + x.shape[-1:])[..., None, :]
-    masks = magnitude_mask(x, density, elig)
-    diff = masks[..., :-delta, :] != masks[..., delta:, :]
-    if elig is None:
-        return diff.mean(-1)
-    n = elig.sum(-1)  # the masks are False outside elig, so their differences are too
-    return np.count_nonzero(diff, axis=-1) / np.maximum(n, 1)
+    if prunable_mask is None:
+        masks = magnitude_mask(x, density)
+        return (masks[..., :-delta, :] != masks[..., delta:, :]).mean(-1)
+    elig = np.broadcast_to(_np(prunable_mask, bool), x.shape[:-2] + x.shape[-1:])
+    lead, (steps, n) = x.shape[:-2], x.shape[-2:]
+    rows, eligs = x.reshape(-1, steps, n), elig.reshape(-1, n)
+    out = np.empty((len(rows), max(steps - delta, 0)))
+    cols, previous = None, None
+    for i, (row, e) in enumerate(zip(rows, eligs)):
+        # Only the eligible weights, in their order: the threshold, the ties broken by
+        # position and the differences are the same as over the whole row (the masks are
+        # False outside it), and the sort is shorter by the ineligible ones.
+        if previous is None or not (e is previous or np.array_equal(e, previous)):
+            cols, previous = np.flatnonzero(e), e
+        masks = _eligible_masks(row, cols, e, density)
+        diff = masks[:-delta] != masks[delta:]
+        out[i] = np.count_nonzero(diff, axis=-1) / max(len(cols), 1)
+    return out.reshape(lead + out.shape[-1:])
+
+
+def _eligible_masks(row: np.ndarray, cols: np.ndarray, elig: np.ndarray,
+                    density: float) -> np.ndarray:
+    """(S, len(cols)): :func:`magnitude_mask` of each step of ``row`` (S, P) over the
+    eligible ``elig`` (P,), at the columns ``cols`` (those of ``elig``). A step holding
+    NaN among them goes through the whole row with ``elig``, as NaN magnitudes there rank
+    after the ineligible entries."""
+    part = row[:, cols]
+    if not len(cols):  # nothing eligible: no mask, no differences
+        return np.zeros(part.shape, bool)
+    masks = magnitude_mask(part, density)
+    bad = np.isnan(part).any(-1)
+    if bad.any():
+        masks[bad] = magnitude_mask(row[bad], density, elig)[:, cols]
+    return masks
 
 
 # -- convergence diagnostic --------------------------------------------------------------------

@@ -61,6 +61,31 @@ def test_magnitude_mask_and_early_bird():
                                d[None])
 
 
+def _whole_row_early_bird(traj, density, prunable):
+    """The early-bird distance from masks over whole rows (ineligible entries in the row)."""
+    elig = np.broadcast_to(prunable, traj.shape[:-2] + traj.shape[-1:])[..., None, :]
+    masks = ms.magnitude_mask(traj, density, elig)
+    return np.count_nonzero(masks[..., 1:, :] != masks[..., :-1, :], -1) / np.maximum(
+        elig.sum(-1), 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+       st.sampled_from(["none", "ties", "nan"]))
+def test_early_bird_over_the_eligible_columns_equals_the_whole_row(seed, density, trouble):
+    # early_bird_distance sorts only each row's eligible weights: the same values as masks
+    # drawn over whole rows, with ties broken by position and NaN steps as before
+    rng = np.random.default_rng(seed)
+    traj = rng.normal(size=(2, 3, 6, 40)).astype(np.float32)  # (cell, replica, step, param)
+    prunable = rng.random((2, 1, 40)) < rng.uniform(0, 1, (2, 1, 1))  # per cell, maybe empty
+    if trouble == "ties":
+        traj = np.round(traj * 2) / 2  # many equal magnitudes
+    elif trouble == "nan":
+        traj[rng.random(traj.shape) < 0.05] = np.nan
+    got = ms.early_bird_distance(traj, density, prunable)
+    np.testing.assert_array_equal(got, _whole_row_early_bird(traj, density, prunable))
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2**31 - 1))
 def test_split_rhat_iid_vs_shifted(seed):
