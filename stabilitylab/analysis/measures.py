@@ -114,30 +114,49 @@ def magnitude_mask(w, density: float, prunable_mask=None, axis: int = -1) -> np.
 
     ``prunable_mask`` (True = eligible) broadcasts against ``w``; ineligible entries
     are False in the result. Ties are broken by position (the earlier kept, as a stable
-    sort would). Cost O(P log P) per row: a value sort for the threshold (rows holding
-    NaN: a stable argsort, several times slower); float32 weights are sorted as float32.
+    sort would). Cost O(P log P) per row: the threshold by a selection (no mask) or a value
+    sort (with a mask, whose ineligible entries are −inf: many equal values, which slow a
+    selection down); rows holding NaN: a stable argsort, several times slower. float32
+    weights are compared as float32.
     """
     magnitudes = _magnitudes(w)
     w = np.moveaxis(magnitudes, axis, -1)
     n = w.shape[-1]
     if prunable_mask is None:
-        elig = np.ones(w.shape, bool)
-        n_elig = np.full(w.shape[:-1] + (1,), n)
+        elig = None
+        keep = np.full(w.shape[:-1], int(np.rint(density * n)), np.int64)
     else:
         elig, n_elig = _eligible(_np(prunable_mask, bool), magnitudes.shape, axis)
-    keep = np.rint(density * n_elig).astype(np.int64)
-    # The ineligible entries set to -inf in place on the magnitudes (a new array already),
-    # not in another array from np.where
-    if prunable_mask is not None:
+        keep = np.broadcast_to(np.rint(density * n_elig).astype(np.int64)[..., 0], w.shape[:-1])
+        # The ineligible entries set to -inf in place on the magnitudes (a new array
+        # already), not in another array from np.where
         np.copyto(w, -np.inf, where=~elig)
     score = w.reshape(-1, n)
-    ordered = np.sort(score, axis=-1)  # NaN sorts last: a row holds NaN iff its last does
-    nan = np.isnan(ordered[:, -1]) if n else np.zeros(len(score), bool)
-    flat_keep = np.broadcast_to(keep[..., 0], w.shape[:-1]).reshape(-1)
-    out = _top_k_stable(score, flat_keep, ordered)
+    flat_keep = keep.reshape(-1)
+    thr, nan = _thresholds(score, flat_keep, select=elig is None)
+    out = _top_k_stable(score, flat_keep, thr)
     if nan.any():
         out[nan] = _top_k_sorted(score[nan], flat_keep[nan])
-    return np.moveaxis(out.reshape(w.shape) & elig, -1, axis)
+    out = out.reshape(w.shape)
+    return np.moveaxis(out if elig is None else out & elig, -1, axis)
+
+
+def _thresholds(score: np.ndarray, keep: np.ndarray, *, select: bool):
+    """(rows,) each row's ``keep``-th largest entry (its largest when it keeps none) and
+    (rows,) whether the row holds NaN (its threshold is then meaningless). ``select``
+    (every row keeps the same number): by ``np.partition`` (numpy's SIMD selection, faster
+    than the sort on rows of distinct magnitudes); else by a sort (NaN sorts last)."""
+    rows, n = score.shape
+    if n == 0:
+        return np.zeros(rows, score.dtype), np.zeros(rows, bool)
+    kth = n - np.clip(keep, 1, n)
+    if not select:
+        ordered = np.sort(score, axis=-1)
+        return np.take_along_axis(ordered, kth[:, None], axis=-1)[:, 0], np.isnan(ordered[:, -1])
+    if rows == 0:
+        return np.zeros(0, score.dtype), np.zeros(0, bool)
+    k = int(kth[0])  # without a mask every row keeps the same number
+    return np.partition(score, k, axis=-1)[:, k], np.isnan(score).any(-1)
 
 
 def _eligible(mask: np.ndarray, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,18 +171,15 @@ def _eligible(mask: np.ndarray, shape: tuple, axis: int) -> tuple[np.ndarray, np
     return elig, n_elig
 
 
-def _top_k_stable(score: np.ndarray, keep: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+def _top_k_stable(score: np.ndarray, keep: np.ndarray, thr: np.ndarray) -> np.ndarray:
     """(rows, n) → mask of each row's ``keep[row]`` largest entries, ties to the earlier
-    position, from ``ordered = np.sort(score, axis=-1)`` (rows without NaN; rows with NaN
-    get a value the caller replaces).
-
-    The threshold of a row is its keep-th largest entry (a plain sort: numpy's SIMD sort
-    beats partition's introselect, which the many equal -inf of ineligible entries slow
-    down), gathered for every row at once, whatever each row keeps."""
+    position, given each row's ``keep``-th largest entry ``thr`` (:func:`_thresholds`;
+    rows without NaN: rows with NaN get a value the caller replaces), for every row at
+    once, whatever each row keeps."""
     n = score.shape[-1]
     if n == 0:
         return np.zeros(score.shape, bool)
-    thr = np.take_along_axis(ordered, (n - np.clip(keep, 1, n))[:, None], axis=-1)
+    thr = thr[:, None]
     out = score >= thr  # those above the threshold and every tie with it
     out[keep <= 0] = False
     some = (np.count_nonzero(out, axis=-1) > keep) & (keep > 0)  # rare: more ties than room

@@ -64,7 +64,7 @@ def test_the_gram_pass_sums_column_blocks_exactly(monkeypatch):
 def _reference(x, c):
     """The PCA by a dense SVD of the centred points (signs as path_pca fixes them)."""
     centred = x - x.mean(0)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
     scores = u[:, :c] * s[:c]
     flip = np.where(scores[0] > 0, -1.0, 1.0)
     return scores * flip, (s[:c] ** 2) / (s ** 2).sum()

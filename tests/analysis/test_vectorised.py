@@ -36,6 +36,23 @@ def test_magnitude_mask_equals_the_stable_sort(rng):
                 keep.reshape(5, 4)[np.isfinite(w).all(-1)]).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_magnitude_mask_without_a_mask_selects_as_the_stable_sort(rng, dtype):
+    # no mask: thresholds by np.partition, not a sort; the same masks as the stable sort
+    w = rng.normal(size=(6, 5, 300)).astype(dtype)
+    w[0, 0, :60] = 0.5  # many ties at the threshold
+    w[1, 2] = np.round(w[1, 2], 1)
+    w[2, 3, 7] = np.nan  # a row with NaN
+    w[3, 1] = 0.0  # a row of equal values
+    for density in (0.0, 0.004, 0.1, 0.5, 0.93, 1.0):
+        got = magnitude_mask(w, density)
+        keep = np.full(30, int(np.rint(density * 300)))
+        want = _top_k_sorted(np.abs(w).reshape(-1, 300), keep).reshape(w.shape)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(magnitude_mask(w, 0.3, axis=0),
+                                  np.moveaxis(magnitude_mask(np.moveaxis(w, 0, -1), 0.3), -1, 0))
+
+
 def test_magnitude_mask_keeps_the_first_of_tied_weights():
     w = np.array([1.0, 2.0, 2.0, 2.0, 0.5])
     np.testing.assert_array_equal(magnitude_mask(w, 0.4), [False, True, True, False, False])
