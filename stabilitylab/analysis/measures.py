@@ -239,7 +239,7 @@ def early_bird_distance(traj, density: float, prunable_mask=None, delta: int = 1
         # Only the eligible weights, in their order: the threshold, the ties broken by
         # position and the differences are the same as over the whole row (the masks are
         # False outside it), and the sort is shorter by the ineligible ones.
-        if previous is None or not (e is previous or np.array_equal(e, previous)):
+        if previous is None or not np.array_equal(e, previous):
             cols, previous = np.flatnonzero(e), e
         masks = _eligible_masks(row, cols, e, density)
         diff = masks[:-delta] != masks[delta:]
