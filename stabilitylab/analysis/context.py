@@ -140,14 +140,16 @@ class StudyContext:
                 yield value
 
     def read_cells(self, kind, level, rewind, replica=slice(None), step=slice(None),
-                   name: str = "weights") -> np.ndarray:
+                   name: str = "weights", out: np.ndarray | None = None) -> np.ndarray:
         """The store's ``name`` (kind, level, rewind, replica, step, param) at the cells
         (``kind[i]``, ``level[i]``, ``rewind[i]``) (position arrays), ``replica`` and
         ``step`` (an int or a slice each), as float32 (cell, ...): one zarr call per cell,
         which reads that cell's chunks concurrently, with no dask graph. The values are
         those of the dask-backed ``ds[name]`` (the raw stored values: a never-written chunk
         reads as the fill value there too); a chunk that cannot be read raises
-        :class:`~stabilitylab.core.errors.StoreError`."""
+        :class:`~stabilitylab.core.errors.StoreError`. ``out``: a float32 array of the
+        result's shape (a view will do) that zarr decodes the chunks into, in place of a new
+        array per cell and their stack (the trajectory blocks reuse two such buffers)."""
         from stabilitylab.store.schema import describe, reading
 
         if name not in self._arrays:
@@ -155,7 +157,17 @@ class StudyContext:
 
             self._arrays[name] = open_array(self.url, name, storage_options=self.storage_options)
         arr = self._arrays[name]
+        if out is not None and (out.dtype != np.float32 or out.shape[0] != len(kind)):
+            raise ValueError(f"out must be float32 with {len(kind)} cells, not "
+                             f"{out.dtype} {out.shape}")
         with reading(describe(self.url)):
+            if out is not None:
+                from zarr.core.buffer.cpu import NDBuffer
+
+                for i, (k, lv, r) in enumerate(zip(kind, level, rewind)):
+                    arr.get_orthogonal_selection((int(k), int(lv), int(r), replica, step),
+                                                 out=NDBuffer.from_numpy_array(out[i]))
+                return out
             parts = [np.asarray(arr[int(k), int(lv), int(r), replica, step])
                      for k, lv, r in zip(kind, level, rewind)]
         return np.stack(parts).astype(np.float32, copy=False)

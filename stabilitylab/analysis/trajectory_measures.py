@@ -173,12 +173,15 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
 def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[str, np.ndarray]:
     """The curves over step, block by block: data-order L2 and angle (cell, pair, step),
     pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
-    distance (cell, replica, step)."""
+    distance (cell, replica, step).
+
+    Only steps whose values are kept are read and computed: the blocks take the cells in
+    order of their rewind point, and leave out the cells, and the steps, that lie wholly
+    before k (no curve keeps a value there; the default study has 17% of its cell-steps
+    before k). Each block is decoded by zarr straight into one of two reused buffers."""
     weights = ctx.ds.weights
-    traj = cells.take(weights)  # (cell, replica, step, param), lazy
-    dense = weights.sel(kind="imp", level=0, replica=0, drop=True)
-    dense = dense.sel(rewind=cells.coord("rewind"), drop=True)  # (cell, step, param), lazy
     n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
+    n_param = len(ctx.prunable)
     out = {name: np.full((n_cell, len(ctx.pairs), n_step), np.nan)
            for name in ("data_order_l2", "data_order_angle")}
     out.update({name: np.full((n_cell, n_step), np.nan)
@@ -186,93 +189,115 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     out["early_bird"] = np.full((n_cell, n_rep, n_step), np.nan)
     bounds = np.cumsum((0, *weights.chunks[weights.dims.index("step")]))
     rewinds = cells.coord("rewind").values
-    per_cell = n_rep * (bounds[1] - bounds[0] + 1) * len(ctx.prunable) * 4
+    first = np.searchsorted(ctx.steps, rewinds)  # each cell's first step >= k (steps ascend)
+    order = np.argsort(first, kind="stable")
+    per_cell = n_rep * (bounds[1] - bounds[0] + 1) * n_param * 4
     group = max(1, BLOCK_BYTES // max(per_cell, 1))
-    blocks = [(c0, min(c0 + group, n_cell), s0, s1)
-              for c0 in range(0, n_cell, group) for s0, s1 in itertools.pairwise(bounds)]
-    done = 0
+    blocks = []  # (cells in rewind order, first row read, s0, s1, finished cells)
+    for g0 in range(0, n_cell, group):
+        members = order[g0:g0 + group]
+        for s0, s1 in itertools.pairwise(bounds):
+            live = members[first[members] < s1]  # a prefix: they come in order of k
+            finished = len(members) * (s1 == bounds[-1])
+            if len(live):  # the early-bird distance needs the step before s0 (if after k)
+                blocks.append((live, max(s0 - 1, int(first[live[0]])), s0, s1, finished))
     imp, level0 = ctx.kinds.index("imp"), ctx.levels.index(0)
+    size = max((len(b[0]) * n_rep * (b[3] - b[1]) * n_param for b in blocks), default=0)
+    buffers = [np.empty(size, np.float32) for _ in range(2 if len(blocks) > 1 else 1)]
+    carry = {}  # first cell of a group: its last step read, the next block's overlap
 
-    carry = {}  # (c0, c1): the last step read for those cells, the next block's overlap
-
-    def read(c0, c1, s0, s1):  # one block, straight through zarr (StudyContext.read_cells)
+    def read(slot, live, lo, s0, s1):  # one block, straight through zarr (read_cells)
         # The blocks of a group of cells come in step order (read_ahead reads them one
-        # after the other), so the step of overlap is the last one the block before read:
-        # reading it again would decompress a whole chunk of steps for one step. The
-        # dense runs (one per k) are read once per block, not once per cell.
-        k, lv, r = cells.kind[c0:c1], cells.level[c0:c1], cells.rewind[c0:c1]
-        lo = max(s0 - 1, 0)
-        held = carry.pop((c0, c1), None)
-        if held is not None:  # s0 > 0: the block before held these cells' steps up to s0
-            w = np.concatenate([held, ctx.read_cells(k, lv, r, step=slice(s0, s1))], axis=2)
+        # after the other), so the step of overlap is the last one the block before read,
+        # for the cells it held: reading it again would decompress a whole chunk of steps
+        # for one step. Cells new to this block have that step before k (refilled later).
+        k, lv, r = cells.kind[live], cells.level[live], cells.rewind[live]
+        w = buffers[slot][:len(live) * n_rep * (s1 - lo) * n_param]
+        w = w.reshape(len(live), n_rep, s1 - lo, n_param)
+        held = carry.pop(int(live[0]), None)
+        if held is not None:  # lo == s0 - 1: the block before ended at lo
+            w[:len(held), :, 0] = held
+            w[len(held):, :, 0] = np.nan
+            ctx.read_cells(k, lv, r, step=slice(s0, s1), out=w[:, :, 1:])
         else:
-            w = ctx.read_cells(k, lv, r, step=slice(lo, s1))
-        carry[(c0, c1)] = w[:, :, -1:].copy()
-        runs, which = np.unique(r, return_inverse=True)
-        d = ctx.read_cells(np.full_like(runs, imp), np.full_like(runs, level0), runs, 0,
-                           slice(s0, s1))[which]
-        return (traj.isel(cell=slice(c0, c1), step=slice(lo, s1)).copy(data=w),
-                dense.isel(cell=slice(c0, c1), step=slice(s0, s1)).copy(data=d))
+            ctx.read_cells(k, lv, r, step=slice(lo, s1), out=w)
+        if s1 < n_step:
+            carry[int(live[0])] = w[:, :, -1].copy()
+        # the dense runs (one per k) of the cells whose pruning noise is defined, read once
+        # per block, not once per cell
+        a = max(lo, s0)
+        runs, which = np.unique(cells.rewind[live], return_inverse=True)
+        use = np.unique(which[noise_ok[live]])
+        d = np.zeros((len(runs), s1 - a, n_param), np.float32)
+        if len(use):
+            d[use] = ctx.read_cells(np.full(len(use), imp), np.full(len(use), level0),
+                                    runs[use], 0, slice(a, s1))
+        return w, d, which
 
-    # the next block is read while this one is computed
-    reads = (functools.partial(read, *block) for block in blocks)
+    # the next block is read while this one is computed, into the other buffer
+    reads = (functools.partial(read, i % len(buffers), *block[:4])
+             for i, block in enumerate(blocks))
     threads = max(1, torch.get_num_threads())
+    done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="curves") as pool:
-        for (c0, c1, s0, s1), (part, dpart) in zip(blocks, ctx.read_ahead(reads)):
+        for (live, lo, s0, s1, finished), (w, d, which) in zip(blocks, ctx.read_ahead(reads)):
             # the block's cells in one contiguous share per thread: every value is computed
             # by the same operations on the same rows as on one thread (numpy releases the
             # GIL in them), so the curves are the same to the bit
-            cuts = np.linspace(0, c1 - c0, min(threads, c1 - c0) + 1).astype(int)
-            shares = [pool.submit(_block_curves, out, part.isel(cell=slice(i, j)),
-                                  dpart.isel(cell=slice(i, j)), c0 + i, s0, ctx.steps, rewinds,
-                                  masks, survivors, noise_ok, density)
+            cuts = np.linspace(0, len(live), min(threads, len(live)) + 1).astype(int)
+            shares = [pool.submit(_block_curves, out, w[i:j], d, which[i:j], live[i:j], lo,
+                                  s0, ctx, rewinds, masks, survivors, noise_ok, density)
                       for i, j in itertools.pairwise(cuts)]
             for share in shares:
                 share.result()
-            if progress is not None:  # one unit per cell, as the blocks of its steps finish
-                finished = c0 + (c1 - c0) * (s1 == bounds[-1])
-                if finished > done:
-                    progress(finished - done)
-                    done = finished
+            if progress is not None and finished:  # one unit per cell, as its last block ends
+                progress(finished)
+                done += finished
+    if progress is not None and done < n_cell:
+        progress(n_cell - done)
     return out
 
 
-def _block_curves(out, part, dpart, c0, s0, steps, rewinds, masks, survivors, noise_ok,
+def _block_curves(out, w, d, which, idx, lo, s0, ctx, rewinds, masks, survivors, noise_ok,
                   density) -> None:
-    """:func:`_curves` on one block: ``part`` the trajectories of cells ``c0`` on at the
-    block's steps (from one step before ``s0``), ``dpart`` the dense runs' at its steps;
-    written into ``out``."""
-    c1 = c0 + part.sizes["cell"]
-    s1 = s0 + dpart.sizes["step"]
-    lo = max(s0 - 1, 0)  # one step of overlap for the early-bird distance
+    """:func:`_curves` on one thread's share of a block: ``w`` (cell, replica, step,
+    param) the trajectories of the cells ``idx`` from step ``lo`` (one before ``s0``
+    where the early-bird distance needs it) on, ``d`` the dense runs' (run, step, param)
+    from ``max(lo, s0)`` on, ``which`` each cell's run; written into ``out``."""
+    steps = ctx.steps
+    s1 = lo + w.shape[2]
+    a = max(lo, s0)  # the first step whose distances this block gives
     # Steps before k are not recorded (NaN). Every value they reach is set to NaN by the
     # caller; their rows are filled in place (this thread's cells of the block) with
     # distinct magnitudes 1..P: NaN rows would send the early-bird masks to a slow sort,
     # and rows of equal values (zeros) to its slow path for ties.
-    before = steps[lo:s1][None, :] < rewinds[c0:c1, None]  # (cell, step)
-    part = part.transpose("cell", "replica", "step", "param")
+    before = steps[lo:s1][None, :] < rewinds[idx, None]  # (cell, step)
     cell, step = np.nonzero(before)
     if len(cell):
-        part.values[cell, :, step] = np.arange(1, part.sizes["param"] + 1, dtype=part.dtype)
-    here = part.isel(step=slice(s0 - lo, None))
-    m, surv = masks.isel(cell=slice(c0, c1)), survivors.isel(cell=slice(c0, c1))
+        w[cell, :, step] = np.arange(1, w.shape[-1] + 1, dtype=w.dtype)
+    part = xr.DataArray(w, dims=("cell", "replica", "step", "param"),
+                        coords={"replica": ctx.replicas})
+    here = part.isel(step=slice(a - lo, None))
+    m = masks.isel(cell=idx)
+    surv = survivors.isel(cell=idx)
     with np.errstate(invalid="ignore", divide="ignore"):  # per thread: set here
         # float32 in: pairwise widens it to float64 (exactly) and masks it chunk by chunk,
         # once for both metrics
         both = sxr.pairwise(here, "replica", metric=("l2", "angle"), mask=m)
         for metric in ("l2", "angle"):
-            out[f"data_order_{metric}"][c0:c1, :, s0:s1] = both.sel(metric=metric).transpose(
+            out[f"data_order_{metric}"][idx, :, a:s1] = both.sel(metric=metric).transpose(
                 "cell", "pair", "step").values
-        rows = np.flatnonzero(noise_ok[c0:c1])  # only where it is defined
+        rows = np.flatnonzero(noise_ok[idx])  # only where it is defined
         if len(rows):
             first = here.isel(replica=0, drop=True).isel(cell=rows)
-            d, mm = dpart.isel(cell=rows), m.isel(cell=rows)
-            out["pruning_noise_l2"][c0 + rows, s0:s1] = sxr.l2_distance(
-                d, first, mask=mm).transpose("cell", "step").values
-            out["pruning_noise_angle"][c0 + rows, s0:s1] = sxr.angle(
-                d, first, mask=mm).transpose("cell", "step").values
+            dense = xr.DataArray(d[which[rows]], dims=("cell", "step", "param"))
+            mm = m.isel(cell=rows)
+            out["pruning_noise_l2"][idx[rows], a:s1] = sxr.l2_distance(
+                dense, first, mask=mm).transpose("cell", "step").values
+            out["pruning_noise_angle"][idx[rows], a:s1] = sxr.angle(
+                dense, first, mask=mm).transpose("cell", "step").values
         eb = sxr.early_bird_curve(part, density, surv).transpose("cell", "replica", "step")
-        out["early_bird"][c0:c1, :, s0:s1] = eb.values[..., s0 - lo:]
+        out["early_bird"][idx, :, lo + 1:s1] = eb.values[..., 1:]
 
 
 def _first_mean(curve: np.ndarray, use: np.ndarray, n: int) -> np.ndarray:

@@ -186,6 +186,44 @@ def test_trajectory_blocks_do_not_change_the_result(conv_store, monkeypatch):
     np.testing.assert_array_equal(curve[later], direct[later - 1])
 
 
+def test_trajectory_blocks_read_no_step_wholly_before_k(conv_store, monkeypatch):
+    from stabilitylab.analysis import trajectory_measures as tm
+    from stabilitylab.analysis.context import StudyContext, load_context
+
+    ctx = load_context(str(conv_store[0]))
+    monkeypatch.setattr(tm, "BLOCK_BYTES", 1)  # one cell × one step chunk at a time
+    seen, read = [], StudyContext.read_cells
+
+    def spy(self, kind, level, rewind, replica=slice(None), step=slice(None), **kw):
+        if isinstance(step, slice) and step != slice(None):  # the blocks, not the views
+            seen.append((np.asarray(rewind), step))
+        return read(self, kind, level, rewind, replica, step, **kw)
+
+    monkeypatch.setattr(StudyContext, "read_cells", spy)
+    tm.trajectory_measures(ctx)
+    assert len(seen) > 4
+    for rewinds, step in seen:  # every block reaches k: its last step is at or after it
+        last = ctx.steps[step][-1]
+        assert (last >= np.asarray(ctx.rewinds)[rewinds]).all()
+    # the rewind-10 cells (first step >= k: 12, the second chunk) skip the first chunk
+    first_chunk = [r for r, step in seen if step.start in (0, None)]
+    assert all((np.asarray(ctx.rewinds)[r] == 0).all() for r in first_chunk)
+
+
+def test_read_cells_into_a_buffer_reads_the_same_values(conv_store):
+    from stabilitylab.analysis.context import load_context
+
+    ctx = load_context(str(conv_store[0]))
+    want = ctx.read_cells([0, 1, 2], [1, 1, 0], [1, 0, 1], step=slice(2, 9))
+    buf = np.full((3, want.shape[1], 9, want.shape[-1]), -1.0, np.float32)
+    got = ctx.read_cells([0, 1, 2], [1, 1, 0], [1, 0, 1], step=slice(2, 9), out=buf[:, :, 2:])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(buf[:, :, 2:], want)
+    assert (buf[:, :, :2] == -1).all()  # nothing outside the view is touched
+    with pytest.raises(ValueError, match="float32"):
+        ctx.read_cells([0], [1], [1], out=np.zeros((1, 3, 11, want.shape[-1])))
+
+
 def test_trajectory_curves_are_the_same_bits_on_any_number_of_threads(conv_store):
     from stabilitylab.analysis import trajectory_measures as tm
     from stabilitylab.analysis.context import load_context
