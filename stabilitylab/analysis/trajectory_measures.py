@@ -14,9 +14,10 @@ for runs that are not complete stay NaN. The arithmetic runs through the wrapper
 
 from __future__ import annotations
 
-import functools
 import itertools
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -100,7 +101,8 @@ def compute(ctx, results, options, progress=None) -> dict[str, xr.DataArray]:
     return out
 
 
-#: Weights (float32 bytes) of the (cells × replicas × steps) block read at once.
+#: Weights (float32 bytes) of the (cells × replicas × steps) blocks held at once, by all
+#: the pipelines of :func:`_curves` together.
 BLOCK_BYTES = 64 * 2**20
 
 
@@ -110,10 +112,10 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     The (kind, level, rewind) cells with a complete run become one ``cell`` dim of the
     dask-backed weights. The curves over step are computed block by block: the store's
     step chunks, for as many cells as :data:`BLOCK_BYTES` holds, each block read once
-    (plus one step of overlap for the early-bird distance; the next block is read while
-    this one is computed, :meth:`StudyContext.read_ahead`) and passed whole through the
-    :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of a block, however many
-    steps are recorded. The endpoint measures use the context's shared final and start
+    (plus one step of overlap for the early-bird distance), by one pipeline per thread
+    that reads a block and computes it, and passed whole through the
+    :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of the blocks, however many
+    steps are recorded; their reading counts in this group's time, not as loading. The endpoint measures use the context's shared final and start
     weights.
     """
     cells = Cells.of(ctx)
@@ -175,10 +177,14 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
     distance (cell, replica, step).
 
-    Only steps whose values are kept are read and computed: the blocks take the cells in
-    order of their rewind point, and leave out the cells, and the steps, that lie wholly
-    before k (no curve keeps a value there; the default study has 17% of its cell-steps
-    before k). Each block is decoded by zarr straight into one of two reused buffers."""
+    One pipeline per thread (``torch.get_num_threads()``): each takes every n-th cell in
+    order of its rewind point (so the pipelines' work is alike) and, block after block,
+    reads the block (zarr decodes it straight into the pipeline's buffer) and computes it
+    while it is still in the cache. While one pipeline waits for zarr, the other computes,
+    and they do not wait for each other: no core idles on a block boundary. Only steps
+    whose values are kept are read and computed: a block leaves out the cells, and the
+    steps, that lie wholly before k (no curve keeps a value there; the default study has
+    17% of its cell-steps before k)."""
     weights = ctx.ds.weights
     n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
     n_param = len(ctx.prunable)
@@ -191,71 +197,87 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     rewinds = cells.coord("rewind").values
     first = np.searchsorted(ctx.steps, rewinds)  # each cell's first step >= k (steps ascend)
     order = np.argsort(first, kind="stable")
+    threads = max(1, min(torch.get_num_threads(), n_cell))
     per_cell = n_rep * (bounds[1] - bounds[0] + 1) * n_param * 4
-    group = max(1, BLOCK_BYTES // max(per_cell, 1))
-    blocks = []  # (cells in rewind order, first row read, s0, s1, finished cells)
-    for g0 in range(0, n_cell, group):
-        members = order[g0:g0 + group]
-        for s0, s1 in itertools.pairwise(bounds):
-            live = members[first[members] < s1]  # a prefix: they come in order of k
-            finished = len(members) * (s1 == bounds[-1])
-            if len(live):  # the early-bird distance needs the step before s0 (if after k)
-                blocks.append((live, max(s0 - 1, int(first[live[0]])), s0, s1, finished))
+    group = max(1, BLOCK_BYTES // threads // max(per_cell, 1))
+    plans = []  # per pipeline: (cells in order of k, first row read, s0, s1, finished cells)
+    for t in range(threads):
+        mine, blocks = order[t::threads], []
+        for g0 in range(0, len(mine), group):
+            members = mine[g0:g0 + group]
+            for s0, s1 in itertools.pairwise(bounds):
+                live = members[first[members] < s1]  # a prefix: they come in order of k
+                finished = len(members) * (s1 == bounds[-1])
+                if len(live):  # the early-bird distance needs the step before s0 (if after k)
+                    blocks.append((live, max(s0 - 1, int(first[live[0]])), s0, s1, finished))
+        plans.append(blocks)
     imp, level0 = ctx.kinds.index("imp"), ctx.levels.index(0)
-    size = max((len(b[0]) * n_rep * (b[3] - b[1]) * n_param for b in blocks), default=0)
-    buffers = [np.empty(size, np.float32) for _ in range(2 if len(blocks) > 1 else 1)]
-    carry = {}  # first cell of a group: its last step read, the next block's overlap
+    shared = (ctx, rewinds, masks, survivors, noise_ok, density)
+    finished_cells: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
 
-    def read(slot, live, lo, s0, s1):  # one block, straight through zarr (read_cells)
-        # The blocks of a group of cells come in step order (read_ahead reads them one
-        # after the other), so the step of overlap is the last one the block before read,
-        # for the cells it held: reading it again would decompress a whole chunk of steps
-        # for one step. Cells new to this block have that step before k (refilled later).
-        k, lv, r = cells.kind[live], cells.level[live], cells.rewind[live]
-        w = buffers[slot][:len(live) * n_rep * (s1 - lo) * n_param]
-        w = w.reshape(len(live), n_rep, s1 - lo, n_param)
-        held = carry.pop(int(live[0]), None)
-        if held is not None:  # lo == s0 - 1: the block before ended at lo
-            w[:len(held), :, 0] = held
-            w[len(held):, :, 0] = np.nan
-            ctx.read_cells(k, lv, r, step=slice(s0, s1), out=w[:, :, 1:])
-        else:
-            ctx.read_cells(k, lv, r, step=slice(lo, s1), out=w)
-        if s1 < n_step:
-            carry[int(live[0])] = w[:, :, -1].copy()
-        # the dense runs (one per k) of the cells whose pruning noise is defined, read once
-        # per block, not once per cell
-        a = max(lo, s0)
-        runs, which = np.unique(cells.rewind[live], return_inverse=True)
-        use = np.unique(which[noise_ok[live]])
-        d = np.zeros((len(runs), s1 - a, n_param), np.float32)
-        if len(use):
-            d[use] = ctx.read_cells(np.full(len(use), imp), np.full(len(use), level0),
-                                    runs[use], 0, slice(a, s1))
-        return w, d, which
+    def pipeline(blocks):
+        size = max((len(b[0]) * n_rep * (b[3] - b[1]) * n_param for b in blocks), default=0)
+        buffer, carry = np.empty(size, np.float32), None
+        for live, lo, s0, s1, finished in blocks:
+            if stop.is_set():
+                return
+            w, d, which = _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok,
+                                      imp, level0)
+            # The blocks of a group of cells come in step order, so the step of overlap
+            # is the last one the block before read, for the cells it held: reading it
+            # again would decompress a whole chunk of steps for one step.
+            carry = w[:, :, -1].copy() if s1 < n_step else None
+            _block_curves(out, w, d, which, live, lo, s0, *shared)
+            if finished:
+                finished_cells.put(finished)
 
-    # the next block is read while this one is computed, into the other buffer
-    reads = (functools.partial(read, i % len(buffers), *block[:4])
-             for i, block in enumerate(blocks))
-    threads = max(1, torch.get_num_threads())
     done = 0
     with ThreadPoolExecutor(threads, thread_name_prefix="curves") as pool:
-        for (live, lo, s0, s1, finished), (w, d, which) in zip(blocks, ctx.read_ahead(reads)):
-            # the block's cells in one contiguous share per thread: every value is computed
-            # by the same operations on the same rows as on one thread (numpy releases the
-            # GIL in them), so the curves are the same to the bit
-            cuts = np.linspace(0, len(live), min(threads, len(live)) + 1).astype(int)
-            shares = [pool.submit(_block_curves, out, w[i:j], d, which[i:j], live[i:j], lo,
-                                  s0, ctx, rewinds, masks, survivors, noise_ok, density)
-                      for i, j in itertools.pairwise(cuts)]
-            for share in shares:
-                share.result()
-            if progress is not None and finished:  # one unit per cell, as its last block ends
-                progress(finished)
-                done += finished
+        running = {pool.submit(pipeline, blocks) for blocks in plans}
+        try:
+            while running:
+                ended, running = wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    future.result()  # a pipeline's error, raised here
+                while not finished_cells.empty():  # one unit per cell, as its last block ends
+                    n = finished_cells.get()
+                    done += n
+                    if progress is not None:
+                        progress(n)
+        finally:
+            stop.set()  # on an error or an interrupt the other pipelines end at their block
     if progress is not None and done < n_cell:
         progress(n_cell - done)
     return out
+
+
+def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, level0):
+    """One block, straight through zarr (:meth:`StudyContext.read_cells`): the trajectories
+    (cell, replica, step, param) of the cells ``live`` from step ``lo`` to ``s1``, decoded
+    into ``buffer``; the step ``lo`` from ``carry`` (the block before's last step, for its
+    cells: the first ones of ``live``) when ``lo == s0 - 1``. Cells new to the block have
+    that step before k (it is refilled in :func:`_block_curves`). With them, the dense runs'
+    weights (run, step, param) from ``max(lo, s0)`` on, one per k of the cells whose pruning
+    noise is defined (read once per block, not once per cell), and each cell's run."""
+    n_rep, n_param = len(ctx.replicas), len(ctx.prunable)
+    k, lv, r = cells.kind[live], cells.level[live], cells.rewind[live]
+    w = buffer[:len(live) * n_rep * (s1 - lo) * n_param]
+    w = w.reshape(len(live), n_rep, s1 - lo, n_param)
+    if carry is not None and lo == s0 - 1:
+        w[:len(carry), :, 0] = carry
+        w[len(carry):, :, 0] = np.nan
+        ctx.read_cells(k, lv, r, step=slice(s0, s1), out=w[:, :, 1:])
+    else:
+        ctx.read_cells(k, lv, r, step=slice(lo, s1), out=w)
+    a = max(lo, s0)
+    runs, which = np.unique(r, return_inverse=True)
+    use = np.unique(which[noise_ok[live]])
+    d = np.zeros((len(runs), s1 - a, n_param), np.float32)
+    if len(use):
+        d[use] = ctx.read_cells(np.full(len(use), imp), np.full(len(use), level0), runs[use],
+                                0, slice(a, s1))
+    return w, d, which
 
 
 def _block_curves(out, w, d, which, idx, lo, s0, ctx, rewinds, masks, survivors, noise_ok,
