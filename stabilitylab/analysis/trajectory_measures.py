@@ -177,11 +177,12 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     pruning-noise L2 and angle (cell, step; the cells ``noise_ok`` only), early-bird
     distance (cell, replica, step).
 
-    One pipeline per thread (``torch.get_num_threads()``): each takes every n-th cell in
-    order of its rewind point (so the pipelines' work is alike) and, block after block,
-    reads the block (zarr decodes it straight into the pipeline's buffer) and computes it
-    while it is still in the cache. While one pipeline waits for zarr, the other computes,
-    and they do not wait for each other: no core idles on a block boundary. Only steps
+    One pipeline per thread (``torch.get_num_threads()``): each takes the cells of some
+    rewind points (:func:`_pipeline_cells`; the pipelines' work is alike) and, block after
+    block, reads the block (zarr decodes it straight into the pipeline's buffer) and
+    computes it while it is still in the cache. While one pipeline waits for zarr, the
+    other computes, and they do not wait for each other: no core idles on a block
+    boundary. Only steps
     whose values are kept are read and computed: a block leaves out the cells, and the
     steps, that lie wholly before k (no curve keeps a value there; the default study has
     17% of its cell-steps before k)."""
@@ -196,21 +197,16 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     bounds = np.cumsum((0, *weights.chunks[weights.dims.index("step")]))
     rewinds = cells.coord("rewind").values
     first = np.searchsorted(ctx.steps, rewinds)  # each cell's first step >= k (steps ascend)
-    order = np.argsort(first, kind="stable")
     threads = max(1, min(torch.get_num_threads(), n_cell))
     per_cell = n_rep * (bounds[1] - bounds[0] + 1) * n_param * 4
     group = max(1, BLOCK_BYTES // threads // max(per_cell, 1))
-    plans = []  # per pipeline: (cells in order of k, first row read, s0, s1, finished cells)
-    for t in range(threads):
-        mine, blocks = order[t::threads], []
-        for g0 in range(0, len(mine), group):
-            members = mine[g0:g0 + group]
-            for s0, s1 in itertools.pairwise(bounds):
-                live = members[first[members] < s1]  # a prefix: they come in order of k
-                finished = len(members) * (s1 == bounds[-1])
-                if len(live):  # the early-bird distance needs the step before s0 (if after k)
-                    blocks.append((live, max(s0 - 1, int(first[live[0]])), s0, s1, finished))
-        plans.append(blocks)
+    plans = [[] for _ in range(threads)]  # per pipeline: (cells, first row, s0, s1, finished)
+    for t, members in _pipeline_cells(cells.rewind, first, n_step, threads, group):
+        for s0, s1 in itertools.pairwise(bounds):
+            live = members[first[members] < s1]  # a prefix: they come in order of k
+            finished = len(members) * (s1 == bounds[-1])
+            if len(live):  # the early-bird distance needs the step before s0 (if after k)
+                plans[t].append((live, max(s0 - 1, int(first[live[0]])), s0, s1, finished))
     imp, level0 = ctx.kinds.index("imp"), ctx.levels.index(0)
     shared = (ctx, rewinds, masks, survivors, noise_ok, density)
     finished_cells: queue.SimpleQueue = queue.SimpleQueue()
@@ -252,6 +248,38 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     return out
 
 
+def _pipeline_cells(rewind: np.ndarray, first: np.ndarray, n_step: int, threads: int,
+                    group: int) -> list[tuple[int, np.ndarray]]:
+    """(pipeline, cell positions in order of k) of each group of blocks. The cells of one
+    k go to one pipeline, and into one group when they fit in ``group`` cells: the dense
+    run of that k, which the pruning noise compares with, is then in the block, not read a
+    second time. The pipelines get about as many cell-steps to compute as one another
+    (the k with the most first, each to the pipeline with the fewest so far)."""
+    ks = np.unique(rewind)
+    by_k = {k: np.flatnonzero(rewind == k) for k in ks}
+    work = {k: len(by_k[k]) * (n_step - int(first[by_k[k][0]])) for k in ks}
+    load, mine = np.zeros(threads), [[] for _ in range(threads)]
+    for k in sorted(ks, key=lambda k: -work[k]):
+        t = int(np.argmin(load))
+        load[t] += work[k]
+        mine[t].append(k)
+    out = []
+    for t, own in enumerate(mine):
+        pending: list = []
+        for k in sorted(own, key=lambda k: first[by_k[k][0]]):
+            members = list(by_k[k])
+            if pending and len(pending) + len(members) > group:
+                out.append((t, np.array(pending)))
+                pending = []
+            while len(members) > group:
+                out.append((t, np.array(members[:group])))
+                members = members[group:]
+            pending += members
+        if pending:
+            out.append((t, np.array(pending)))
+    return out
+
+
 def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, level0):
     """One block, straight through zarr (:meth:`StudyContext.read_cells`): the trajectories
     (cell, replica, step, param) of the cells ``live`` from step ``lo`` to ``s1``, decoded
@@ -272,11 +300,17 @@ def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, leve
         ctx.read_cells(k, lv, r, step=slice(lo, s1), out=w)
     a = max(lo, s0)
     runs, which = np.unique(r, return_inverse=True)
-    use = np.unique(which[noise_ok[live]])
     d = np.zeros((len(runs), s1 - a, n_param), np.float32)
-    if len(use):
-        d[use] = ctx.read_cells(np.full(len(use), imp), np.full(len(use), level0), runs[use],
-                                0, slice(a, s1))
+    read = []
+    for i in np.unique(which[noise_ok[live]]):
+        held = np.flatnonzero((k == imp) & (lv == level0) & (r == runs[i]))
+        if len(held):  # the dense run is a cell of the block: its replica 0
+            d[i] = w[held[0], 0, a - lo:]
+        else:
+            read.append(i)
+    if read:
+        d[read] = ctx.read_cells(np.full(len(read), imp), np.full(len(read), level0),
+                                 runs[read], 0, slice(a, s1))
     return w, d, which
 
 

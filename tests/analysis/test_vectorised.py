@@ -210,6 +210,29 @@ def test_trajectory_blocks_read_no_step_wholly_before_k(conv_store, monkeypatch)
     assert all((np.asarray(ctx.rewinds)[r] == 0).all() for r in first_chunk)
 
 
+def test_pipelines_take_whole_rewind_points_and_alike_work():
+    from stabilitylab.analysis.trajectory_measures import _pipeline_cells
+
+    rewind = np.repeat([0, 1, 2, 3, 4, 5], 5)  # 5 cells per k, cells in (kind, level) order
+    rewind = np.concatenate([rewind[::2], rewind[1::2]])  # and not grouped by k
+    first = np.array([0, 7, 14, 27, 52, 102])[rewind]
+    groups = _pipeline_cells(rewind, first, 203, threads=2, group=10)
+    cells = np.concatenate([m for _, m in groups])
+    assert sorted(cells) == list(range(30))  # every cell once
+    for _, members in groups:
+        assert len(members) <= 10
+        assert (np.diff(first[members]) >= 0).all()  # in order of k: the live cells a prefix
+    for k in range(6):  # the cells of one k in one group: its dense run with them
+        assert len({i for i, (_, m) in enumerate(groups) if (rewind[m] == k).any()}) == 1
+    work = np.zeros(2)
+    for t, members in groups:
+        work[t] += (203 - first[members]).sum()
+    assert abs(work[0] - work[1]) <= 5 * 203  # no more apart than one k's work
+    # a k with more cells than a group holds is split, in groups of at most `group`
+    split = _pipeline_cells(np.zeros(7, int), np.zeros(7, int), 10, threads=2, group=3)
+    assert [len(m) for _, m in split] == [3, 3, 1]
+
+
 def test_read_cells_into_a_buffer_reads_the_same_values(conv_store):
     from stabilitylab.analysis.context import load_context
 
