@@ -47,6 +47,14 @@ def _masked(x: np.ndarray, mask) -> np.ndarray:
     return x if mask is None else np.where(_as_bool(mask), x, 0.0)
 
 
+def _masked_float64(x: np.ndarray, mask) -> np.ndarray:
+    """``_masked(_as_float64(x), mask)`` in one pass over ``x`` (float32 is widened as
+    ``np.where`` picks: the same values)."""
+    if mask is None:
+        return _as_float64(x)
+    return np.where(_as_bool(mask), _as_array(x), np.float64(0.0))
+
+
 def l2_distance(a, b, mask=None, axis: int = -1) -> np.ndarray:
     """Euclidean distance ‖m⊙a − m⊙b‖₂ over the parameter axis.
 
@@ -104,8 +112,8 @@ def angle(a, b, mask=None, axis: int = -1) -> np.ndarray:
 
 
 def _angle_rows(a, b, mask, axis):
-    a = _masked(_as_float64(a), mask)
-    b = _masked(_as_float64(b), mask)
+    a = _masked_float64(a, mask)
+    b = _masked_float64(b, mask)
     a, b = np.broadcast_arrays(a, b)
     with np.errstate(invalid="ignore", divide="ignore"):
         ua = a / np.linalg.norm(a, axis=axis, keepdims=True)
@@ -247,7 +255,7 @@ def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray,
     out = np.empty(lead + (len(pairs), len(metrics)))
     rows = max(1, CHUNK_BYTES // max(r * p * 8, 1))
     for idx in _row_chunks(lead, rows):
-        block = _masked(_as_float64(x[idx]), None if mask is None else mask[idx][..., None, :])
+        block = _masked_float64(x[idx], None if mask is None else mask[idx][..., None, :])
         for i, metric in enumerate(metrics):
             for j, value in enumerate(_pair_values(block, pairs, metric)):
                 out[(*idx, Ellipsis, j, i)] = value
