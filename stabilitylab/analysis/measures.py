@@ -131,14 +131,18 @@ def magnitude_mask(w, density: float, prunable_mask=None, axis: int = -1) -> np.
         # The ineligible entries set to -inf in place on the magnitudes (a new array
         # already), not in another array from np.where
         np.copyto(w, -np.inf, where=~elig)
-    score = w.reshape(-1, n)
-    flat_keep = keep.reshape(-1)
-    thr, nan = _thresholds(score, flat_keep, select=elig is None)
-    out = _top_k_stable(score, flat_keep, thr)
-    if nan.any():
-        out[nan] = _top_k_sorted(score[nan], flat_keep[nan])
-    out = out.reshape(w.shape)
+    out = _top_k(w.reshape(-1, n), keep.reshape(-1), select=elig is None)[0].reshape(w.shape)
     return np.moveaxis(out if elig is None else out & elig, -1, axis)
+
+
+def _top_k(score: np.ndarray, keep: np.ndarray, *, select: bool):
+    """(rows, n) magnitudes → (mask of each row's ``keep[row]`` largest, ties to the earlier
+    position; whether the row holds NaN), as :func:`magnitude_mask` draws them."""
+    thr, nan = _thresholds(score, keep, select=select)
+    out = _top_k_stable(score, keep, thr)
+    if nan.any():
+        out[nan] = _top_k_sorted(score[nan], keep[nan])
+    return out, nan
 
 
 def _thresholds(score: np.ndarray, keep: np.ndarray, *, select: bool):
@@ -256,8 +260,11 @@ def _eligible_masks(row: np.ndarray, cols: np.ndarray, elig: np.ndarray,
     part = row[:, cols]
     if not len(cols):  # nothing eligible: no mask, no differences
         return np.zeros(part.shape, bool)
-    masks = magnitude_mask(part, density)
-    bad = np.isnan(part).any(-1)
+    # magnitude_mask(part, density), on magnitudes taken in place of the gathered copy
+    keep = np.full(len(part), int(np.rint(density * len(cols))), np.int64)
+    exact = part.dtype in (np.float32, np.float64)  # else _magnitudes widens it
+    masks, bad = _top_k(np.abs(part, out=part) if exact else _magnitudes(part), keep,
+                        select=True)
     if bad.any():
         masks[bad] = magnitude_mask(row[bad], density, elig)[:, cols]
     return masks
