@@ -160,7 +160,12 @@ def _thresholds(score: np.ndarray, keep: np.ndarray, *, select: bool):
     if rows == 0:
         return np.zeros(0, score.dtype), np.zeros(0, bool)
     k = int(kth[0])  # without a mask every row keeps the same number
-    return np.partition(score, k, axis=-1)[:, k], np.isnan(score).any(-1)
+    # Magnitudes have their sign bit clear (NaN too, after |.|), so their bits as signed
+    # integers of their width order them as their values do (NaN after +inf, as the float
+    # selection puts it): the integer selection is faster and gives the same entry.
+    keys = score.view({4: np.int32, 8: np.int64}.get(score.itemsize, score.dtype)) \
+        if score.dtype.kind == "f" else score
+    return np.partition(keys, k, axis=-1)[:, k].view(score.dtype), np.isnan(score).any(-1)
 
 
 def _eligible(mask: np.ndarray, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray]:

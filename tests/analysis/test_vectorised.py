@@ -44,6 +44,11 @@ def test_magnitude_mask_without_a_mask_selects_as_the_stable_sort(rng, dtype):
     w[1, 2] = np.round(w[1, 2], 1)
     w[2, 3, 7] = np.nan  # a row with NaN
     w[3, 1] = 0.0  # a row of equal values
+    # signed zeros, infinities and subnormals: the selection orders the magnitudes' bits
+    w[4, 0, :30] = -0.0
+    w[4, 0, 30:40] = [np.inf, -np.inf] * 5
+    w[4, 1, :100] = np.finfo(dtype).smallest_subnormal * rng.integers(-50, 50, 100)
+    w[5, 4, ::3] = -np.nan
     for density in (0.0, 0.004, 0.1, 0.5, 0.93, 1.0):
         got = magnitude_mask(w, density)
         keep = np.full(30, int(np.rint(density * 300)))
