@@ -3,7 +3,9 @@
     python benchmarks/bench_group_bounds.py [STORE]   # default runs/mnist1d-default.zarr
 
 For each group but interpolation, on a recorded store, in this process: the group's own
-seconds (the store's shared views read first, so reading is not in them), and two floors
+seconds (the store's shared views read first, so reading is not in them; but the trajectory
+group reads its weight blocks as it computes them, and that reading is in its seconds), and
+two floors
 that no rewrite of the group's Python can go below:
 
 - **forwards**: the network-examples the group pushes through the model (counted while it

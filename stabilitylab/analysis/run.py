@@ -237,9 +237,11 @@ def _partial_note(ctx, url) -> str:
 
 class _Phases:
     """Seconds per phase of ``analyze``: reading the store (``loading``, wherever a group
-    reads through the context) and building the compiled evaluation forward
+    waits on a read through the context) and building the compiled evaluation forward
     (:data:`~stabilitylab.analysis.interpolate.COMPILE_PHASE`, in the first group that
-    evaluates) are rows of their own, never counted in the group that asked."""
+    evaluates) are rows of their own, never counted in the group that asked. The trajectory
+    group's weight blocks are the exception: its pipelines read each block and compute it
+    (``StudyContext.read_cells``), so their reading is in its row."""
 
     def __init__(self):
         self.rows: dict[str, float] = {}
