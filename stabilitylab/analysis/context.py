@@ -149,7 +149,7 @@ class StudyContext:
         reads as the fill value there too); a chunk that cannot be read raises
         :class:`~stabilitylab.core.errors.StoreError`. ``out``: a float32 array of the
         result's shape (a view will do) that zarr decodes the chunks into, in place of a new
-        array per cell and their stack (the trajectory blocks reuse two such buffers)."""
+        array per cell and their stack (each trajectory pipeline reuses one such buffer)."""
         from stabilitylab.store.schema import describe, reading
 
         if name not in self._arrays:

@@ -115,8 +115,8 @@ def trajectory_measures(ctx, progress=None) -> dict[str, xr.DataArray]:
     (plus one step of overlap for the early-bird distance), by one pipeline per thread
     that reads a block and computes it, and passed whole through the
     :mod:`stabilitylab.analysis.xr` wrappers. Memory is that of the blocks, however many
-    steps are recorded; their reading counts in this group's time, not as loading. The endpoint measures use the context's shared final and start
-    weights.
+    steps are recorded; their reading counts in this group's time, not as loading. The
+    endpoint measures use the context's shared final and start weights.
     """
     cells = Cells.of(ctx)
     next_density = 1.0 - ctx.cfg.pruning.fraction
@@ -182,10 +182,9 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     block, reads the block (zarr decodes it straight into the pipeline's buffer) and
     computes it while it is still in the cache. While one pipeline waits for zarr, the
     other computes, and they do not wait for each other: no core idles on a block
-    boundary. Only steps
-    whose values are kept are read and computed: a block leaves out the cells, and the
-    steps, that lie wholly before k (no curve keeps a value there; the default study has
-    17% of its cell-steps before k)."""
+    boundary. Only steps whose values are kept are read and computed: a block leaves out
+    the cells, and the steps, that lie wholly before k (no curve keeps a value there; the
+    default study has 17% of its cell-steps before k)."""
     weights = ctx.ds.weights
     n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
     n_param = len(ctx.prunable)
@@ -287,7 +286,8 @@ def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, leve
     cells: the first ones of ``live``) when ``lo == s0 - 1``. Cells new to the block have
     that step before k (it is refilled in :func:`_block_curves`). With them, the dense runs'
     weights (run, step, param) from ``max(lo, s0)`` on, one per k of the cells whose pruning
-    noise is defined (read once per block, not once per cell), and each cell's run."""
+    noise is defined (replica 0 of the block's own ``imp`` level-0 cell of that k where it
+    holds one, else read once per block, not once per cell), and each cell's run."""
     n_rep, n_param = len(ctx.replicas), len(ctx.prunable)
     k, lv, r = cells.kind[live], cells.level[live], cells.rewind[live]
     w = buffer[:len(live) * n_rep * (s1 - lo) * n_param]
@@ -316,7 +316,7 @@ def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, leve
 
 def _block_curves(out, w, d, which, idx, lo, s0, ctx, rewinds, masks, survivors, noise_ok,
                   density) -> None:
-    """:func:`_curves` on one thread's share of a block: ``w`` (cell, replica, step,
+    """:func:`_curves` on one block of a pipeline: ``w`` (cell, replica, step,
     param) the trajectories of the cells ``idx`` from step ``lo`` (one before ``s0``
     where the early-bird distance needs it) on, ``d`` the dense runs' (run, step, param)
     from ``max(lo, s0)`` on, ``which`` each cell's run; written into ``out``."""
@@ -324,7 +324,7 @@ def _block_curves(out, w, d, which, idx, lo, s0, ctx, rewinds, masks, survivors,
     s1 = lo + w.shape[2]
     a = max(lo, s0)  # the first step whose distances this block gives
     # Steps before k are not recorded (NaN). Every value they reach is set to NaN by the
-    # caller; their rows are filled in place (this thread's cells of the block) with
+    # caller; their rows are filled in place (the block's cells) with
     # distinct magnitudes 1..P: NaN rows would send the early-bird masks to a slow sort,
     # and rows of equal values (zeros) to its slow path for ties.
     before = steps[lo:s1][None, :] < rewinds[idx, None]  # (cell, step)
