@@ -65,9 +65,9 @@ def _forward_rate(ctx) -> float:
 
 
 def _read_seconds(ctx) -> float:
-    """Seconds to read every recorded weight once, a (kind, level, rewind) cell at a time
-    straight through zarr, as analyze reads them (``StudyContext.read_cells``; through the
-    dask arrays, one task per chunk, it took 1.6-2.9x as long)."""
+    """Seconds to read every recorded weight once, a (kind, level, rewind) cell at a time,
+    as analyze reads them (``StudyContext.read_cells``, in this one thread; through the
+    dask arrays, one task per chunk, it took 1.6-2.9x as long as through zarr)."""
     import numpy as np
 
     cells = [a.reshape(-1, 1) for a in np.indices((len(ctx.kinds), len(ctx.levels),

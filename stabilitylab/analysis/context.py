@@ -143,24 +143,35 @@ class StudyContext:
                    name: str = "weights", out: np.ndarray | None = None) -> np.ndarray:
         """The store's ``name`` (kind, level, rewind, replica, step, param) at the cells
         (``kind[i]``, ``level[i]``, ``rewind[i]``) (position arrays), ``replica`` and
-        ``step`` (an int or a slice each), as float32 (cell, ...): one zarr call per cell,
-        which reads that cell's chunks concurrently, with no dask graph. The values are
-        those of the dask-backed ``ds[name]`` (the raw stored values: a never-written chunk
-        reads as the fill value there too); a chunk that cannot be read raises
+        ``step`` (an int or a slice each), as float32 (cell, ...), with no dask graph: in
+        the calling thread, chunk by chunk (:class:`~stabilitylab.store.chunks.DirectReader`:
+        a local store with the study store's codecs), else one zarr call per cell, which
+        reads that cell's chunks concurrently. The values are those of the dask-backed
+        ``ds[name]`` (the raw stored values: a never-written chunk reads as the fill value
+        there too); a chunk that cannot be read raises
         :class:`~stabilitylab.core.errors.StoreError`. ``out``: a float32 array of the
-        result's shape (a view will do) that zarr decodes the chunks into, in place of a new
+        result's shape (a view will do) that the chunks are decoded into, in place of a new
         array per cell and their stack (each trajectory pipeline reuses one such buffer)."""
         from stabilitylab.store.schema import describe, reading
 
         if name not in self._arrays:
+            from stabilitylab.store.chunks import DirectReader
             from stabilitylab.store.reader import open_array
 
-            self._arrays[name] = open_array(self.url, name, storage_options=self.storage_options)
-        arr = self._arrays[name]
+            arr = open_array(self.url, name, storage_options=self.storage_options)
+            self._arrays[name] = arr, DirectReader.of(arr, self.url, describe(self.url))
+        arr, direct = self._arrays[name]
         if out is not None and (out.dtype != np.float32 or out.shape[0] != len(kind)):
             raise ValueError(f"out must be float32 with {len(kind)} cells, not "
                              f"{out.dtype} {out.shape}")
         with reading(describe(self.url)):
+            if direct is not None and direct.dtype == np.float32:
+                if out is None:
+                    out = np.empty((len(kind), *direct.selection_shape(
+                        (0, 0, 0, replica, step))), np.float32)
+                for i, (k, lv, r) in enumerate(zip(kind, level, rewind)):
+                    direct.read((int(k), int(lv), int(r), replica, step), out[i])
+                return out
             if out is not None:
                 from zarr.core.buffer.cpu import NDBuffer
 
@@ -255,7 +266,7 @@ VIEWS = {"final_weights": _final_weights, "start_weights": _start_weights, "mask
 
 def _weight_views(ctx, names) -> dict:
     """The weight views among ``names`` (``final_weights``, ``last_weights``,
-    ``start_weights``) read straight through zarr (:meth:`StudyContext.read_cells`), every
+    ``start_weights``) read with :meth:`StudyContext.read_cells` (no dask graph), every
     (kind, level, rewind) cell's last :data:`LAST_STEPS` steps in one call (T the last of
     them) and its W_k in another: the values, dims and coords of the lazy :data:`VIEWS`.
     Empty unless the last recorded step is T (then the dask views are read)."""

@@ -69,7 +69,7 @@ def _lazy_points(ctx, kind, level, k, reps, steps):
 
 def _read_points(ctx, at, reps, steps) -> tuple[np.ndarray]:
     """The (N, P) points of the paths of the cell at positions ``at`` (kind, level,
-    rewind), straight through zarr (:meth:`StudyContext.read_cells`), as a 1-tuple.
+    rewind), read with :meth:`StudyContext.read_cells` (no dask graph), as a 1-tuple.
     ``steps``: a contiguous run of step indices (those from k on)."""
     w = ctx.read_cells(*([i] for i in at), step=slice(int(steps[0]), int(steps[-1]) + 1))[0]
     return (w[reps].reshape(-1, w.shape[-1]),)

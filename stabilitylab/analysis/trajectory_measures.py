@@ -179,10 +179,10 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
 
     One pipeline per thread (``torch.get_num_threads()``): each takes the cells of some
     rewind points (:func:`_pipeline_cells`; the pipelines' work is alike) and, block after
-    block, reads the block (zarr decodes it straight into the pipeline's buffer) and
-    computes it while it is still in the cache. While one pipeline waits for zarr, the
-    other computes, and they do not wait for each other: no core idles on a block
-    boundary. Only steps whose values are kept are read and computed: a block leaves out
+    block, reads the block (decoded in its own thread, straight into the pipeline's
+    buffer: :meth:`StudyContext.read_cells`) and computes it while it is still in the
+    cache. While one pipeline decodes, the other computes, and they do not wait for each
+    other: no core idles on a block boundary. Only steps whose values are kept are read and computed: a block leaves out
     the cells, and the steps, that lie wholly before k (no curve keeps a value there; the
     default study has 17% of its cell-steps before k)."""
     weights = ctx.ds.weights
@@ -280,7 +280,7 @@ def _pipeline_cells(rewind: np.ndarray, first: np.ndarray, n_step: int, threads:
 
 
 def _read_block(ctx, cells, buffer, carry, live, lo, s0, s1, noise_ok, imp, level0):
-    """One block, straight through zarr (:meth:`StudyContext.read_cells`): the trajectories
+    """One block, read with :meth:`StudyContext.read_cells`: the trajectories
     (cell, replica, step, param) of the cells ``live`` from step ``lo`` to ``s1``, decoded
     into ``buffer``; the step ``lo`` from ``carry`` (the block before's last step, for its
     cells: the first ones of ``live``) when ``lo == s0 - 1``. Cells new to the block have

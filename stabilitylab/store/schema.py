@@ -377,13 +377,19 @@ class BoundedStore(zarr.storage.WrapperStore):
             head = bytes(buf.as_numpy_array()[:min(32, max(n - tail, 0))])
         except Exception:  # noqa: BLE001 - a buffer type without a host view
             head = buf.to_bytes()[:min(32, max(n - tail, 0))]
-        size = declared_size(codec, head)
-        if size is None:
-            raise StoreError(f"{self._where}: array {name!r} chunk {chunk} does not declare its "
-                             "decoded size (refused: it could inflate without bound)")
-        if size > nbytes:
-            raise StoreError(f"{self._where}: array {name!r} chunk {chunk} declares {size} decoded "
-                             f"bytes, more than its chunk shape holds ({nbytes}); refused")
+        check_declared_size(self._where, name, chunk, declared_size(codec, head), nbytes)
+
+
+def check_declared_size(where: str, name: str, chunk: str, size: int | None,
+                        nbytes: int) -> None:
+    """StoreError unless a chunk's stream declares its decoded ``size``, and it is at most
+    the ``nbytes`` its chunk shape holds (:class:`BoundedStore`)."""
+    if size is None:
+        raise StoreError(f"{where}: array {name!r} chunk {chunk} does not declare its "
+                         "decoded size (refused: it could inflate without bound)")
+    if size > nbytes:
+        raise StoreError(f"{where}: array {name!r} chunk {chunk} declares {size} decoded "
+                         f"bytes, more than its chunk shape holds ({nbytes}); refused")
 
 
 def chunk_limits(group: zarr.Group, prefix: str = "") -> dict:
