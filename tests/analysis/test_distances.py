@@ -133,6 +133,7 @@ def test_pairwise_rows_in_chunks_give_the_same_bits(metric, chunk, monkeypatch):
     x = rng.normal(size=(3, 4, 5, 257)).astype(np.float32)  # (cell, replica, step, param)
     x[1, :, 2] = np.nan  # a NaN row stays NaN and touches no other row
     mask = rng.random((3, 1, 1, 257)) < 0.7
+    x[0, 1, 3, ~mask[0, 0, 0]] = np.nan  # NaN where pruned: ignored
     fn = {"l2": d.l2_distance, "angle": d.angle}[metric]
     m = np.broadcast_to(mask, x.shape)
     pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
@@ -154,6 +155,8 @@ def test_distances_in_row_chunks_give_the_same_bits(metric, chunk, monkeypatch):
     b = rng.normal(size=(3, 1, 257)).astype(np.float32)
     a[2, 4] = np.nan
     mask = rng.random((3, 1, 257)) < 0.7
+    a[0, 1, ~mask[0, 0]] = np.nan  # NaN and -0.0 where pruned: ignored, as np.where drops them
+    b[1, 0, ~mask[1, 0]] = -0.0
     fn = {"l2": d.l2_distance, "angle": d.angle}[metric]
     monkeypatch.setattr(d, "CHUNK_BYTES", 10**9)
     want = fn(a, b, mask)
