@@ -170,7 +170,8 @@ _SCRATCH = threading.local()
 
 def _scratch(slot: int, shape: tuple, dtype=np.float64) -> np.ndarray:
     """A C-ordered array of ``shape`` in this thread's buffer ``slot``, kept for its next
-    chunk. A chunk's temporaries are then not allocated anew: fresh pages cost a fault
+    chunk (four buffers of about :data:`CHUNK_BYTES` per thread, for as long as the thread
+    lives). A chunk's temporaries are then not allocated anew: fresh pages cost a fault
     each, and until glibc's thresholds have grown in a process it hands such blocks back
     to the kernel as they are freed (the trajectory group's first run faulted in about
     75,000 more pages through them, and took 0.1 s longer)."""
@@ -338,9 +339,9 @@ def _pair_values(x: np.ndarray, pairs: np.ndarray, metric: str) -> list:
         unit = _scratch(2, x.shape)
         for i in range(x.shape[-2]):
             np.divide(x[..., i, :], _norm(x[..., i, :], buf)[..., None], out=unit[..., i, :])
-        return [2.0 * np.arctan2(_norm(np.subtract(unit[..., i, :], unit[..., j, :], out=buf), buf),
-                                 _norm(np.add(unit[..., i, :], unit[..., j, :], out=buf), buf))
-                for i, j in pairs]
+        u = [unit[..., i, :] for i in range(x.shape[-2])]
+        return [2.0 * np.arctan2(_norm(np.subtract(u[i], u[j], out=buf), buf),
+                                 _norm(np.add(u[i], u[j], out=buf), buf)) for i, j in pairs]
 
 
 def pruning_noise_distance(dense, sub, mask, *, metric: str = "l2", axis: int = -1) -> np.ndarray:

@@ -182,9 +182,9 @@ def _curves(ctx, cells, masks, survivors, density, noise_ok, progress) -> dict[s
     block, reads the block (decoded in its own thread, straight into the pipeline's
     buffer: :meth:`StudyContext.read_cells`) and computes it while it is still in the
     cache. While one pipeline decodes, the other computes, and they do not wait for each
-    other: no core idles on a block boundary. Only steps whose values are kept are read and computed: a block leaves out
-    the cells, and the steps, that lie wholly before k (no curve keeps a value there; the
-    default study has 17% of its cell-steps before k)."""
+    other: no core idles on a block boundary. Only steps whose values are kept are read
+    and computed: a block leaves out the cells, and the steps, that lie wholly before k (no
+    curve keeps a value there; the default study has 17% of its cell-steps before k)."""
     weights = ctx.ds.weights
     n_cell, n_rep, n_step = len(cells), len(ctx.replicas), len(ctx.steps)
     n_param = len(ctx.prunable)

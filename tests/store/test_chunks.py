@@ -151,3 +151,15 @@ def test_a_damaged_chunk_raises_as_through_zarr(tmp_path, damage):
     assert direct == through_zarr
     assert "\n" not in direct
 
+
+def test_an_oversized_chunk_file_is_refused_before_it_is_read(tmp_path):
+    path = str(tmp_path / "d.zarr")
+    make_fake_store(path, levels=1, rewinds=(0, 10), replicas=2, step_chunk=2)
+    chunk = next(p for p in sorted((tmp_path / "d.zarr" / "weights").rglob("*"))
+                 if p.is_file() and p.name != "zarr.json")
+    with open(chunk, "r+b") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB that a reader would have to hold
+    arr, direct = _pair(path)
+    with pytest.raises(StoreError, match="more than a blosc stream"), reading(describe(path)):
+        direct.read((0, 0, 0))
+
