@@ -110,17 +110,33 @@ GEMMS = ("mm", "bmm", "addmm", "baddbmm")
 GEMM_LAYOUTS = ((30, 100), (10, 300), (4, 1000), (1, 1000))  # (points, examples) a forward
 
 
-def gemm_bound(ctx, work: int, layouts=GEMM_LAYOUTS) -> tuple[float, str]:
+def gemm_bound(ctx, work: int, layouts=GEMM_LAYOUTS, *, swapped: bool = False
+               ) -> tuple[float, str]:
     """Seconds of the matrix products alone of ``work`` network × example forward passes,
     in the fastest of ``layouts`` (points × examples per stacked forward; the evaluator's
-    block is 30 × 100)."""
-    return min((_gemm_seconds(ctx, work, points, examples) for points, examples in layouts),
-               key=lambda r: r[0])
+    block is 30 × 100). ``swapped``: each product as its transpose, Cᵀ = Bᵀ·Aᵀ (the
+    weights on the left, activations channels first: the same multiplications, the
+    output laid out the other way)."""
+    return min((_gemm_seconds(ctx, work, points, examples, swapped=swapped)
+                for points, examples in layouts), key=lambda r: r[0])
+
+
+def _swap(name: str, args: list) -> list:
+    """Operands of the GEMM ``name`` whose product is the transpose of the traced one's,
+    (A·B)ᵀ = Bᵀ·Aᵀ, the bias operand (of addmm, baddbmm) transposed too: fresh tensors of
+    those shapes, as the replay uses."""
+    def t(a):
+        a = a.reshape((1,) * (2 - a.dim()) + tuple(a.shape)) if a.dim() < 2 else a
+        return torch.empty(a.shape[:-2] + (a.shape[-1], a.shape[-2]), dtype=a.dtype,
+                           device=a.device).normal_()
+    if name in ("mm", "bmm"):
+        return [t(args[1]), t(args[0]), *args[2:]]
+    return [t(args[0]), t(args[2]), t(args[1]), *args[3:]]
 
 
 @torch.no_grad()
 def _gemm_seconds(ctx, work: int, points_per_block: int, examples: int,
-                  repeat: int = 3) -> tuple[float, str]:
+                  repeat: int = 3, swapped: bool = False) -> tuple[float, str]:
     """One layout of :func:`gemm_bound`.
 
     One stacked forward of ``points_per_block`` points × ``examples`` examples is traced
@@ -129,7 +145,7 @@ def _gemm_seconds(ctx, work: int, points_per_block: int, examples: int,
     the same shapes, with nothing else: no im2col, activation, loss or bookkeeping, on T
     threads of one torch thread each as ``evaluate_points`` runs its blocks. Like
     ``bench_replicas.py``'s GEMM row for the training step, this is the floor of the
-    forwards in that layout.
+    forwards in that layout. ``swapped``: each GEMM replayed as its transpose (:func:`_swap`).
     """
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -150,6 +166,8 @@ def _gemm_seconds(ctx, work: int, points_per_block: int, examples: int,
         ctx.stacked.forward(params, {}, x, train=False, shared_input=True)
     calls = [(f, [a.normal_() if isinstance(a, torch.Tensor) else a for a in args])
              for f, args in calls]
+    if swapped:
+        calls = [(f, _swap(f.overloadpacket.__name__, args)) for f, args in calls]
     threads = torch.get_num_threads()
     blocks = max(2, 120_000 // (points_per_block * examples))  # per worker, per timing
 
