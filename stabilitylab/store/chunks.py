@@ -52,7 +52,17 @@ class DirectReader:
     @classmethod
     def of(cls, arr, url, where: str) -> DirectReader | None:
         """A reader of ``arr`` (opened from ``url``) when the store is a local directory and
-        the array's codecs are those above on a regular chunk grid, else None."""
+        the array's codecs are those above on a regular chunk grid, else None (also where
+        this zarr or numcodecs lacks a piece the reader uses: zarr then reads)."""
+        try:
+            return cls._of(arr, url, where)
+        except (ImportError, AttributeError, TypeError):
+            return None
+
+    @classmethod
+    def _of(cls, arr, url, where: str) -> DirectReader | None:
+        import google_crc32c  # noqa: F401 - zarr's crc32c codec uses it (zarr >= 3.1)
+        from numcodecs import blosc  # noqa: F401
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, TransposeCodec
         from zarr.core.chunk_grids import RegularChunkGrid
 
@@ -74,6 +84,7 @@ class DirectReader:
             return None
         if dtype.itemsize > 1 and getattr(codecs[0].endian, "value", None) != "little":
             return None  # a big-endian store: zarr swaps the bytes
+        meta.encode_chunk_key((0,) * len(meta.shape))  # this zarr names chunks as used below
         return cls(arr, Path(root), where)
 
     def selection_shape(self, selection: tuple) -> tuple:

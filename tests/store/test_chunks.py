@@ -117,6 +117,14 @@ def test_other_stores_and_codecs_go_through_zarr(tmp_path, store):
     assert DirectReader.of(open_array(url, "weights"), url, url) is None
 
 
+def test_without_a_piece_it_uses_zarr_reads(store, monkeypatch):
+    import sys
+
+    arr = open_array(str(store), "weights")
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)  # as on a zarr without it
+    assert DirectReader.of(arr, str(store), "s") is None
+
+
 def _damaged(tmp_path, damage):
     path = str(tmp_path / "d.zarr")
     make_fake_store(path, levels=1, rewinds=(0, 10), replicas=2, step_chunk=2)
@@ -159,7 +167,7 @@ def test_an_oversized_chunk_file_is_refused_before_it_is_read(tmp_path):
                  if p.is_file() and p.name != "zarr.json")
     with open(chunk, "r+b") as f:
         f.truncate(1 << 30)  # sparse: 1 GiB that a reader would have to hold
-    arr, direct = _pair(path)
+    _, direct = _pair(path)
     with pytest.raises(StoreError, match="more than a blosc stream"), reading(describe(path)):
         direct.read((0, 0, 0))
 
