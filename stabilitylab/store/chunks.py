@@ -61,7 +61,7 @@ class DirectReader:
 
     @classmethod
     def _of(cls, arr, url, where: str) -> DirectReader | None:
-        import google_crc32c  # noqa: F401 - zarr's crc32c codec uses it (zarr >= 3.1)
+        import google_crc32c  # noqa: F401 - as zarr >= 3.1.4 checks CRC-32C (before: crc32c)
         from numcodecs import blosc  # noqa: F401
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, TransposeCodec
         from zarr.core.chunk_grids import RegularChunkGrid
