@@ -413,24 +413,39 @@ def _build_checked(stacked: StackedModel, points, x, block: int, batch_size: int
 
     probe = _pad_points(points[:block], block)
     params, xb = stacked.unflatten(probe), x[:batch_size]
-    try:
-        fn = _inductor_forward(stacked, params, xb, forward)
-        with torch.no_grad():
-            got = fn(params, xb)
-            want = forward(params, xb)
-    except Exception as err:  # noqa: BLE001 - any failure to compile means: stay eager
-        log.warning("compiled evaluation unavailable, evaluating eagerly: %s",
-                    str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        return False
-    if not torch.equal(got, want):
-        log.info("compiled evaluation differs from the eager forward: evaluating eagerly")
-        return False
-    return fn
+    # Traced with the conv products channels first (faster GEMMs, same bits where the BLAS
+    # sums alike); where that differs from the eager forward, traced as the eager one runs.
+    for channels_first in (True, False):
+        try:
+            fn = _inductor_forward(stacked, params, xb, forward, channels_first=channels_first)
+            with torch.no_grad():
+                got = fn(params, xb)
+                want = forward(params, xb)
+        except Exception as err:  # noqa: BLE001 - any failure to compile means: stay eager
+            log.warning("compiled evaluation unavailable, evaluating eagerly: %s",
+                        str(err).strip().splitlines()[0] if str(err).strip()
+                        else type(err).__name__)
+            return False
+        if torch.equal(got, want):
+            return fn
+        if not _has_matmul_conv(stacked):  # the second trace would be the same graph
+            break
+    log.info("compiled evaluation differs from the eager forward: evaluating eagerly")
+    return False
 
 
-def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eager):
+def _has_matmul_conv(stacked: StackedModel) -> bool:
+    """Whether the model holds a layer that :func:`channels_first_products` changes."""
+    from stabilitylab.models.conv1d import MatmulConv1d
+
+    return any(isinstance(m, MatmulConv1d) for m in stacked.template.modules())
+
+
+def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eager, *,
+                      channels_first: bool = False):
     """``eager(params, xb)`` compiled by inductor for tensors of exactly these shapes and
-    strides (others run ``eager``).
+    strides (others run ``eager``); ``channels_first``: traced within
+    :func:`~stabilitylab.models.conv1d.channels_first_products`.
 
     The stacked forward is traced to an aten graph by ``make_fx`` (0.1 s) and that graph
     handed to ``torch._inductor.compile``, rather than ``torch.compile``: Dynamo's tracing of
@@ -450,7 +465,10 @@ def _inductor_forward(stacked: StackedModel, params: dict, xb: torch.Tensor, eag
     def flat(*args):
         return (eager(dict(zip(names, args[:-1])), args[-1]),)
 
-    with torch.no_grad():
+    from stabilitylab.models.conv1d import channels_first_products
+
+    with torch.no_grad(), (channels_first_products() if channels_first
+                           else contextlib.nullcontext()):
         graph = make_fx(flat)(*inputs)
     mode = FakeTensorMode(shape_env=ShapeEnv(), static_shapes=True)
     compiled = _compile_skipping_isa_probe(graph, [mode.from_tensor(t, static_shapes=True)

@@ -15,9 +15,32 @@ The flatten before ``fc`` is channel-major, as with ``nn.Conv1d``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Whether :class:`MatmulConv1d` evaluates (no autograd) with the weights on the left
+#: (:func:`channels_first_products`).
+_CHANNELS_FIRST = contextvars.ContextVar("stabilitylab_channels_first", default=False)
+
+
+@contextlib.contextmanager
+def channels_first_products():
+    """Within the block, :class:`MatmulConv1d` without autograd computes its product as
+    its transpose, Wᵀ-side first: (C_out, k·C) · (k·C, B·L_out), the windows gathered
+    channels first, and returns a (B, L_out, C_out) view of that (C_out, B, L_out) output.
+    The multiplications are the same; where the BLAS sums each output in the same order
+    (MKL on the default net: yes, checked to the bit), so are the values. The compiled
+    evaluation forward is traced this way: its GEMMs took 1.3-1.7x less time in that
+    layout, and inductor fuses the gathers (eagerly the gathers cost more than that)."""
+    token = _CHANNELS_FIRST.set(True)
+    try:
+        yield
+    finally:
+        _CHANNELS_FIRST.reset(token)
 
 
 class MatmulConv1d(nn.Conv1d):
@@ -32,9 +55,15 @@ class MatmulConv1d(nn.Conv1d):
         (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
         batch, length, channels = x.shape
         out_len = (length + 2 * p - k) // s + 1
+        weight = self.weight.permute(0, 2, 1).reshape(self.out_channels, k * channels)
+        if not torch.is_grad_enabled() and _CHANNELS_FIRST.get():  # channels_first_products
+            cols = _im2col_unfold(x, k, s, p, out_len)  # (B, L_out, k, C)
+            out = weight @ cols.permute(2, 3, 0, 1).reshape(k * channels, batch * out_len)
+            if self.bias is not None:
+                out = out + self.bias[:, None]
+            return out.t().view(batch, out_len, self.out_channels)
         cols = (_im2col_cat if torch.is_grad_enabled() else _im2col_unfold)(x, k, s, p, out_len)
         cols = cols.reshape(batch * out_len, k * channels)
-        weight = self.weight.permute(0, 2, 1).reshape(self.out_channels, k * channels)
         out = cols @ weight.t() if self.bias is None else torch.addmm(self.bias, cols, weight.t())
         return out.view(batch, out_len, self.out_channels)
 

@@ -222,6 +222,37 @@ def test_compiled_forward_runs_eager_on_another_layout():
                            eager(stacked.unflatten(pts[:2]), x[:8]))
 
 
+def test_compiled_forward_falls_back_to_the_eager_layout_where_channels_first_differs(
+        monkeypatch):
+    """The compiled forward is traced with the conv products channels first; where that
+    graph's logits differ from the eager forward's in any bit, it is traced again as the
+    eager forward runs, and that one is used; where both differ, evaluation stays eager."""
+    from stabilitylab.analysis import interpolate
+    from stabilitylab.models.conv1d import Conv1dNet
+
+    torch.manual_seed(6)
+    stacked = StackedModel(Conv1dNet(1, 40, 6, 10))
+    pts = torch.randn(4, stacked.num_params) * 0.3
+    x = torch.randn(8, 1, 40)
+    calls = []
+
+    def fake(stacked_, params, xb, eager, *, channels_first=False):
+        calls.append(channels_first)
+        off = 1e-3 if channels_first or "both" in calls else 0.0
+        return lambda p, b: eager(p, b) + off
+
+    monkeypatch.setattr(interpolate, "_inductor_forward", fake)
+    fn = interpolate._build_checked(stacked, pts, x, 4, 8)
+    assert calls == [True, False] and callable(fn)
+    params = stacked.unflatten(pts)
+    with torch.no_grad():
+        assert torch.equal(fn(params, x), stacked.forward(params, {}, x, train=False,
+                                                          shared_input=True))
+    calls[:] = ["both"]
+    assert interpolate._build_checked(stacked, pts, x, 4, 8) is False
+    assert calls == ["both", True, False]
+
+
 def test_compile_skips_the_isa_probe_and_probes_when_that_fails(monkeypatch):
     """The evaluation forward is compiled with inductor's vector-ISA probe off; where that
     compilation fails, the probe's cached list is cleared and inductor compiles again with

@@ -122,6 +122,41 @@ def test_matmul_conv1d_evaluation_and_training_paths_give_the_same_bits(length, 
     torch.testing.assert_close(evaluated, ref.transpose(1, 2).detach())
 
 
+@pytest.mark.parametrize("length,k,s,p,bias", [(40, 5, 2, 2, True), (20, 3, 2, 1, False),
+                                               (17, 4, 3, 1, True)])
+def test_matmul_conv1d_channels_first_products_compute_the_same_conv(length, k, s, p, bias):
+    """Within channels_first_products, evaluation (no autograd) computes each product as
+    its transpose and returns a (B, L_out, C_out) view of channels-first memory: the same
+    convolution (to rounding; on MKL to the bit, which the compiled forward's builder
+    checks), with a batch dim under vmap too. Under autograd nothing changes."""
+    from torch.func import vmap
+
+    from stabilitylab.models.conv1d import MatmulConv1d, channels_first_products
+
+    torch.manual_seed(2)
+    conv = MatmulConv1d(3, 4, k, stride=s, padding=p, bias=bias)
+    x = torch.randn(6, length, 3)
+    with torch.no_grad():
+        plain = conv(x)
+        with channels_first_products():
+            first = conv(x)
+    assert first.shape == plain.shape and first.stride() != plain.stride()
+    torch.testing.assert_close(first, plain, rtol=1e-6, atol=1e-6)
+    with channels_first_products():
+        assert torch.equal(conv(x).detach(), conv(x.clone()).detach())
+        assert conv(x).is_contiguous()  # the autograd path: as outside
+    weights = torch.randn(2, *conv.weight.shape)
+
+    def one(w, xb):
+        return torch.func.functional_call(conv, {"weight": w, "bias": conv.bias}, (xb,))
+
+    with torch.no_grad():
+        want = vmap(one, in_dims=(0, None))(weights, x)
+        with channels_first_products():
+            got = vmap(one, in_dims=(0, None))(weights, x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_resnet_structure():
     m = build_model(ModelConfig(name="resnet20", options={"width": 2}), IMAGE, 10, device="meta")
     assert len(m.blocks) == 9
