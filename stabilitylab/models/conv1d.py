@@ -32,8 +32,8 @@ def channels_first_products():
     """Within the block, :class:`MatmulConv1d` without autograd computes its product as
     its transpose, Wᵀ-side first: (C_out, k·C) · (k·C, B·L_out), the windows gathered
     channels first, and returns a (B, L_out, C_out) view of that (C_out, B, L_out) output.
-    The multiplications are the same; where the BLAS sums each output in the same order
-    (MKL on the default net: yes, checked to the bit), so are the values. The compiled
+    The multiplications are the same; where the BLAS sums each output alike (MKL on the
+    default net's convs: the same bits), so are the values. The compiled
     evaluation forward is traced this way: its GEMMs took 1.3-1.7x less time in that
     layout, and inductor fuses the gathers (eagerly the gathers cost more than that)."""
     token = _CHANNELS_FIRST.set(True)
