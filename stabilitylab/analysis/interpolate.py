@@ -414,22 +414,23 @@ def _build_checked(stacked: StackedModel, points, x, block: int, batch_size: int
     probe = _pad_points(points[:block], block)
     params, xb = stacked.unflatten(probe), x[:batch_size]
     # Traced with the conv products channels first (faster GEMMs, same bits where the BLAS
-    # sums alike); where that differs from the eager forward, traced as the eager one runs.
-    for channels_first in (True, False):
+    # sums alike); where that fails or differs from the eager forward, traced as the eager
+    # one runs (for a model without such convs the two traces are the same graph).
+    for channels_first in (True, False) if _has_matmul_conv(stacked) else (False,):
         try:
             fn = _inductor_forward(stacked, params, xb, forward, channels_first=channels_first)
             with torch.no_grad():
                 got = fn(params, xb)
                 want = forward(params, xb)
         except Exception as err:  # noqa: BLE001 - any failure to compile means: stay eager
+            if channels_first:
+                continue
             log.warning("compiled evaluation unavailable, evaluating eagerly: %s",
                         str(err).strip().splitlines()[0] if str(err).strip()
                         else type(err).__name__)
             return False
         if torch.equal(got, want):
             return fn
-        if not _has_matmul_conv(stacked):  # the second trace would be the same graph
-            break
     log.info("compiled evaluation differs from the eager forward: evaluating eagerly")
     return False
 

@@ -252,6 +252,21 @@ def test_compiled_forward_falls_back_to_the_eager_layout_where_channels_first_di
     assert interpolate._build_checked(stacked, pts, x, 4, 8) is False
     assert calls == ["both", True, False]
 
+    def failing(stacked_, params, xb, eager, *, channels_first=False):
+        calls.append(channels_first)
+        if channels_first:
+            raise RuntimeError("no channels-first graph here")
+        return eager
+
+    calls.clear()
+    monkeypatch.setattr(interpolate, "_inductor_forward", failing)
+    assert callable(interpolate._build_checked(stacked, pts, x, 4, 8))
+    assert calls == [True, False]
+    calls.clear()  # a model without MatmulConv1d: one trace
+    mlp = StackedModel(nn.Sequential(nn.Flatten(), nn.Linear(40, 10)))
+    assert callable(interpolate._build_checked(mlp, torch.randn(4, mlp.num_params), x, 4, 8))
+    assert calls == [False]
+
 
 def test_compile_skips_the_isa_probe_and_probes_when_that_fails(monkeypatch):
     """The evaluation forward is compiled with inductor's vector-ISA probe off; where that
