@@ -31,13 +31,13 @@ _CHANNELS_FIRST = contextvars.ContextVar("stabilitylab_channels_first", default=
 
 @contextlib.contextmanager
 def channels_first_products():
-    """Within the block, :class:`MatmulConv1d` without autograd computes its product as
-    its transpose, Wᵀ-side first: (C_out, k·C) · (k·C, B·L_out), the windows gathered
-    channels first, and returns a (B, L_out, C_out) view of that (C_out, B, L_out) output.
-    The multiplications are the same; where the BLAS sums each output alike (MKL on the
-    default net's convs: the same bits), so are the values. The compiled
-    evaluation forward is traced this way: its GEMMs took 1.3-1.7x less time in that
-    layout, and inductor fuses the gathers (eagerly the gathers cost more than that)."""
+    """Within the block, :class:`MatmulConv1d` without autograd computes the transpose of
+    its product, with the weights on the left: (C_out, k·C) · (k·C, B·L_out), the windows
+    gathered channels first. It returns a (B, L_out, C_out) view of that (C_out, B, L_out)
+    output. The multiplications are the same; where the BLAS sums each output alike (MKL
+    on the default net's convs: the same bits), so are the values. The compiled evaluation
+    forward is traced this way: its GEMMs took 1.3-1.7x less time in that layout, and
+    inductor fuses the gathers (run eagerly, the gathers cost more than that saves)."""
     token = _CHANNELS_FIRST.set(True)
     try:
         yield
