@@ -28,15 +28,14 @@ import numpy as np
 class DirectReader:
     """One array of a local store, read chunk by chunk in the calling thread."""
 
-    def __init__(self, arr, root: Path, where: str):
+    def __init__(self, arr, root: Path, where: str, order: tuple | None, crc: bool):
+        """Use :meth:`of`, which checks the codecs: ``order`` is the transpose codec's
+        (None: no transpose), ``crc`` whether the chain ends in crc32c."""
         import google_crc32c
         from numcodecs import blosc
-        from zarr.codecs import Crc32cCodec, TransposeCodec
 
         meta = arr.metadata
-        codecs = list(meta.codecs)
-        self._order = codecs.pop(0).order if isinstance(codecs[0], TransposeCodec) else None
-        self._crc = isinstance(codecs[-1], Crc32cCodec)
+        self._order, self._crc = order, crc
         self._crc32c, self._decompress = google_crc32c.value, blosc.decompress
         self.shape = tuple(meta.shape)
         self.chunks = tuple(meta.chunk_grid.chunk_shape)
@@ -74,9 +73,11 @@ class DirectReader:
                 or not isinstance(meta.chunk_grid, RegularChunkGrid):
             return None
         codecs = list(meta.codecs)
+        order = None
         if codecs and isinstance(codecs[0], TransposeCodec):
-            codecs.pop(0)
-        if codecs and isinstance(codecs[-1], Crc32cCodec):
+            order = tuple(codecs.pop(0).order)
+        crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+        if crc:
             codecs.pop()
         dtype = np.dtype(arr.dtype)
         if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) \
@@ -85,7 +86,7 @@ class DirectReader:
         if dtype.itemsize > 1 and getattr(codecs[0].endian, "value", None) != "little":
             return None  # a big-endian store: zarr swaps the bytes
         meta.encode_chunk_key((0,) * len(meta.shape))  # this zarr names chunks as used below
-        return cls(arr, Path(root), where)
+        return cls(arr, Path(root), where, order, crc)
 
     def selection_shape(self, selection: tuple) -> tuple:
         """The shape of ``arr[selection]`` (see :meth:`read`)."""
