@@ -260,10 +260,16 @@ def _test_logits_and_losses(ctx, flat: torch.Tensor, buffers: torch.Tensor | Non
                           buffers=buffers if buffers is not None and buffers.numel() else None,
                           batch_size=EXAMPLES_PER_FORWARD, return_logits=True)
     logits = res["logits"]  # (N, example, class) float32 on the CPU
+    return logits.float().numpy(), _example_losses(logits, y)
+
+
+def _example_losses(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """(N, example) float32 cross-entropy of (N, example, class) test logits, each row alone
+    (so a network's losses do not depend on the others in the call)."""
     with torch.no_grad():
         losses = F.cross_entropy(logits.flatten(0, 1), y.cpu().repeat(logits.shape[0]),
                                  reduction="none").view(logits.shape[0], -1)
-    return logits.float().numpy(), losses.float().numpy()
+    return losses.float().numpy()
 
 
 @group("replica", reads="function", phase="replica measures", rank=40,
@@ -321,7 +327,13 @@ def _final_test_logits(ctx, cells) -> np.ndarray:
 def _rhat(ctx, cells, complete: np.ndarray) -> np.ndarray:
     """(cell,) split-R̂ of per-example test losses, chains = complete replicas, draws = the
     last recorded steps ≥ k (at most RHAT_STEPS; NaN with fewer than 4 or one chain).
-    BatchNorm nets use their final running statistics at every draw."""
+    BatchNorm nets use their final running statistics at every draw.
+
+    Where the last draw is step T (the store records T last) and the net has no BatchNorm,
+    that draw is the final network, whose test logits the shared endpoint evaluation holds
+    (:func:`~stabilitylab.analysis.endpoints.endpoint_eval`, which the disagreement reads
+    too): they are taken from there, not evaluated again (the same logits, since a
+    network's do not depend on what it is evaluated with)."""
     out = np.full(len(cells), np.nan)
     steps = np.asarray(ctx.steps)
     n_late = np.minimum((steps[None, :] >= cells.coord("rewind").values[:, None]).sum(1),
@@ -335,6 +347,9 @@ def _rhat(ctx, cells, complete: np.ndarray) -> np.ndarray:
     if ctx.stacked.buffer_slots:
         buffers = cells.take(ctx.load("final_buffers")).transpose(
             "cell", "replica", "buffer").values
+    ends = None
+    if not ctx.stacked.buffer_slots and int(steps[-1]) == ctx.resolved.total_steps:
+        ends = endpoint_eval(ctx, "test")  # (cell, replica, example, class) logits
     # Cells alike in their complete replicas and number of draws are one stack.
     keys = [(tuple(np.flatnonzero(complete[c])), int(n_late[c])) if usable[c] else None
             for c in range(len(cells))]
@@ -342,6 +357,12 @@ def _rhat(ctx, cells, complete: np.ndarray) -> np.ndarray:
         rows = np.array([k == key for k in keys])
         reps, n = list(key[0]), key[1]
         w = late[rows][:, reps][:, :, -n:]  # (cells, chains, draws, P)
+        final = None  # the last draw's losses, from the final networks' logits
+        if ends is not None and ends["ok"][rows][:, reps].all():
+            held = torch.from_numpy(ends["logits"][rows][:, reps])  # (cells, chains, ex, class)
+            final = _example_losses(held.flatten(0, 1), ctx.data.test_y)
+            final = final.reshape(*w.shape[:2], 1, -1)
+            w = w[:, :, :-1]
         flat = torch.from_numpy(np.ascontiguousarray(w.reshape(-1, w.shape[-1]))).to(ctx.device)
         b = None
         if buffers is not None:
@@ -349,6 +370,8 @@ def _rhat(ctx, cells, complete: np.ndarray) -> np.ndarray:
             b = b.reshape(-1, b.shape[-1]).repeat_interleave(n, 0)
         _, losses = _test_logits_and_losses(ctx, flat, b)
         losses = losses.reshape(*w.shape[:3], -1)  # (cells, chain, draw, example)
+        if final is not None:
+            losses = np.concatenate([losses, final], axis=2)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_example = split_rhat(losses, chain_axis=1, draw_axis=2)
         with warnings.catch_warnings():

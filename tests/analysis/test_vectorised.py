@@ -293,6 +293,42 @@ def test_test_logits_and_losses_are_those_of_each_network_alone(conv_store):
         np.testing.assert_array_equal(losses[i], F.cross_entropy(want, y, reduction="none"))
 
 
+def test_rhat_takes_its_last_draw_from_the_final_networks_logits(conv_store, monkeypatch):
+    """R-hat's last draw is step T, the final network: its losses come from the shared
+    endpoint logits, and R-hat is bit for bit that of evaluating every draw."""
+    from stabilitylab.analysis import endpoints as ep
+    from stabilitylab.analysis import function_measures as fm
+    from stabilitylab.analysis.cells import Cells
+    from stabilitylab.analysis.context import load_context
+
+    evaluated = []
+    evaluate = fm.evaluate_points
+
+    def counting(stacked, points, *args, **kwargs):
+        evaluated.append(points.shape[0])
+        return evaluate(stacked, points, *args, **kwargs)
+
+    monkeypatch.setattr(fm, "evaluate_points", counting)
+    ctx = load_context(str(conv_store[0]))
+    assert ctx.steps[-1] == ctx.resolved.total_steps  # the last draw is T
+    cells = Cells.of(ctx)
+    complete = ctx.completed.values[cells.kind, cells.level, cells.rewind]
+    ep.endpoint_eval(ctx, "test")  # as the disagreement does first
+    evaluated.clear()
+    reused = fm._rhat(ctx, cells, complete)
+    draws = sum(evaluated)
+    assert np.isfinite(reused).any()
+
+    held = ep.endpoint_eval(ctx, "test")
+    monkeypatch.setitem(ctx.cache, ("endpoints", "test"),
+                        {**held, "ok": np.zeros_like(held["ok"])})  # nothing to take
+    evaluated.clear()
+    full = fm._rhat(ctx, cells, complete)
+    np.testing.assert_array_equal(reused, full)
+    chains = int(complete[np.isfinite(full)].sum())  # one final network per chain
+    assert sum(evaluated) - draws == chains > 0
+
+
 def test_analyze_profile_prints_the_phase_table(tiny_study, tmp_path, capsys):
     import shutil
 
