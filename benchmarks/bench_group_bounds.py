@@ -9,7 +9,8 @@ two floors
 that no rewrite of the group's Python can go below:
 
 - **forwards**: the network-examples the group pushes through the model (counted while it
-  runs) divided by the best throughput of the compiled stacked forward on this machine
+  runs; the shared evaluation of the final networks is made first, as the interpolation
+  group makes it in ``analyze``, and counted with that group) divided by the best throughput of the compiled stacked forward on this machine
   (measured here: ``evaluate_points`` on 900 networks x the test set, 30 networks x 100
   examples per call, the evaluator's block). The groups run with the compiled forward, as
   ``analyze`` runs them on the default study (``--compile auto``);
@@ -173,6 +174,12 @@ def _group_rows(ctx, groups, options, counted, rate, read, gemm_rates, interpola
 
     results, out = {}, []
     examples = interpolation  # every group's network-examples, interpolation included
+    # The shared evaluation of the final networks: in analyze the interpolation group makes
+    # it (and its count above includes it) before the groups that read it run.
+    from stabilitylab.analysis.endpoints import endpoint_eval, splits
+
+    for split in splits(ctx):
+        endpoint_eval(ctx, split)
     for name in registry.groups():
         g = registry.GROUPS[name]
         if name not in groups or g.compute is None:
