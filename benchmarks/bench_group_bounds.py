@@ -10,9 +10,10 @@ that no rewrite of the group's Python can go below:
 
 - **forwards**: the network-examples the group pushes through the model (counted while it
   runs; the shared evaluation of the final networks is made first, as the interpolation
-  group makes it in ``analyze``, and counted with that group) divided by the best throughput of the compiled stacked forward on this machine
-  (measured here: ``evaluate_points`` on 900 networks x the test set, 30 networks x 100
-  examples per call, the evaluator's block). The groups run with the compiled forward, as
+  group makes it in ``analyze``, and counted with that group) divided by the best
+  throughput of the compiled stacked forward on this machine (measured here:
+  ``evaluate_points`` on 900 networks x the test set, 30 networks x 100 examples per call,
+  the evaluator's block). The groups run with the compiled forward, as
   ``analyze`` runs them on the default study (``--compile auto``);
 - **read**: the seconds to read every recorded weight of the store once (one pass over
   its chunks, through zarr as analyze reads them), the floor of a group that reads whole
