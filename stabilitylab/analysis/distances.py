@@ -140,9 +140,7 @@ def _angle_chunk(a, b, mask):
     shape = _chunk_shape(a, b, mask)
     ua, ub, tmp = _scratch(0, shape), _scratch(1, shape), _scratch(2, shape)
     for u, x in ((ua, a), (ub, b)):
-        np.copyto(u, x)  # float32 widened exactly
-        if mask is not None:
-            np.copyto(u, 0.0, where=_not(mask))
+        _masked_float64_into(u, x, mask)
         np.divide(u, _norm(u, tmp)[..., None], out=u)
     with np.errstate(invalid="ignore", divide="ignore"):
         return 2.0 * np.arctan2(_norm(np.subtract(ua, ub, out=tmp), tmp),
@@ -154,6 +152,15 @@ def _norm(v: np.ndarray, buf: np.ndarray) -> np.ndarray:
     squares in ``buf``, which may be ``v``)."""
     np.multiply(v, v, out=buf)
     return np.sqrt(np.add.reduce(buf, axis=-1))
+
+
+def _masked_float64_into(out: np.ndarray, x: np.ndarray, mask) -> np.ndarray:
+    """:func:`_masked_float64` of ``x`` written into ``out`` (float32 widened exactly; the
+    same values), ``~mask`` in this thread's scratch."""
+    np.copyto(out, x)
+    if mask is not None:
+        np.copyto(out, 0.0, where=_not(mask))
+    return out
 
 
 def _chunk_shape(a, b, mask) -> tuple:
@@ -319,11 +326,8 @@ def _shared_mask_pairs(x: np.ndarray, mask, pairs: np.ndarray,
     for idx in _row_chunks(lead, rows):
         part = x[idx]
         m = None if mask is None else mask[idx][..., None, :]
-        # _masked_float64(part, m), into this thread's scratch
-        block = _scratch(0, part.shape if m is None else np.broadcast_shapes(part.shape, m.shape))
-        np.copyto(block, part)
-        if m is not None:
-            np.copyto(block, 0.0, where=_not(m))
+        shape = part.shape if m is None else np.broadcast_shapes(part.shape, m.shape)
+        block = _masked_float64_into(_scratch(0, shape), part, m)
         for i, metric in enumerate(metrics):
             for j, value in enumerate(_pair_values(block, pairs, metric)):
                 out[(*idx, Ellipsis, j, i)] = value

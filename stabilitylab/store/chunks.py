@@ -138,7 +138,7 @@ class DirectReader:
     def _chunk(self, coords: tuple) -> np.ndarray | None:
         """The decoded chunk at ``coords`` (a view of this thread's buffer, valid until its
         next chunk), or None where no chunk was written (the fill value)."""
-        from stabilitylab.store.schema import check_declared_size
+        from stabilitylab.store.schema import check_declared_size, declared_size
 
         key = self._meta.encode_chunk_key(coords)
         local = self._local
@@ -163,7 +163,7 @@ class DirectReader:
         # As through zarr: the declared decoded size is bounded first (BoundedStore, on
         # the stream before its checksum), then the checksum is checked, then it decodes.
         body = view[:max(size - 4, 0)] if self._crc else view
-        declared = int.from_bytes(body[4:8], "little") if len(body) >= 16 else None
+        declared = declared_size("blosc", body)
         check_declared_size(self._where, self._name, "/".join(map(str, coords)), declared,
                             self._nbytes)
         if self._crc and (size < 4 or self._crc32c(np.frombuffer(body, np.uint8))
